@@ -1,0 +1,1 @@
+"""Reading the competition folders: layout, validation, relabelling, image decoding."""
