@@ -1,0 +1,121 @@
+"""Classification heads on pooled backbone features, and the full model.
+
+Every head returns a dict of logits: ``{"class": (N, 18)}`` for the single head,
+``{"mask": (N, 3), "gender": (N, 2), "age": (N, 3)}`` for the multitask head.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+from torch import nn
+
+from ..labels import NUM_CLASSES, TASKS, combine_task_probs, split_class_probs
+from ..registry import Registry
+
+HEADS: Registry = Registry("head")
+
+SINGLE_KEY = "class"
+
+
+class MultiSampleDropoutLinear(nn.Module):
+    """Dropout + linear, with the logits averaged over several dropout masks while training.
+
+    Averaging over masks lowers the variance of the training signal from dropout
+    (multi-sample dropout, Inoue 2019). Because the layer is linear, the mean of the
+    logits equals the logits of the mean dropped-out input, so only one matmul is
+    needed. In eval mode dropout is the identity and one pass gives the same result.
+    """
+
+    def __init__(self, in_features: int, out_features: int, dropout: float = 0.0, samples: int = 1) -> None:
+        super().__init__()
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        self.samples = samples
+        self.drop = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.fc = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.samples == 1 or isinstance(self.drop, nn.Identity):
+            return self.fc(self.drop(x))
+        dropped = torch.stack([self.drop(x) for _ in range(self.samples)]).mean(dim=0)
+        return self.fc(dropped)
+
+    def extra_repr(self) -> str:
+        return f"samples={self.samples}"
+
+
+@HEADS.register("single")
+class SingleHead(nn.Module):
+    """One softmax over all 18 classes."""
+
+    output_sizes = {SINGLE_KEY: NUM_CLASSES}
+
+    def __init__(self, in_features: int, dropout: float = 0.0, samples: int = 1) -> None:
+        super().__init__()
+        self.fc = MultiSampleDropoutLinear(in_features, NUM_CLASSES, dropout, samples)
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {SINGLE_KEY: self.fc(features)}
+
+
+@HEADS.register("multitask")
+class MultiTaskHead(nn.Module):
+    """One softmax per task (mask, gender, age); the 18-class joint is their product."""
+
+    output_sizes = dict(TASKS)
+
+    def __init__(self, in_features: int, dropout: float = 0.0, samples: int = 1) -> None:
+        super().__init__()
+        self.tasks = nn.ModuleDict(
+            {task: MultiSampleDropoutLinear(in_features, k, dropout, samples) for task, k in TASKS.items()}
+        )
+
+    def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {task: layer(features) for task, layer in self.tasks.items()}
+
+
+class MaskStatusModel(nn.Module):
+    """Backbone (pooled features) + head (dict of logits)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def output_keys(self) -> list[str]:
+        """Names of the logits the head returns (what the loss is built for)."""
+        return list(self.head.output_sizes)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.head(self.backbone(x))
+
+
+def _check_outputs(outputs: Mapping[str, torch.Tensor]) -> bool:
+    """True for single-head outputs, False for multitask; anything else is an error."""
+    if SINGLE_KEY in outputs:
+        return True
+    missing = [t for t in TASKS if t not in outputs]
+    if missing:
+        raise ValueError(
+            f"model outputs have keys {sorted(outputs)}; expected {SINGLE_KEY!r} or all of {list(TASKS)}"
+        )
+    return False
+
+
+def outputs_to_probs(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Logits dict -> 18-class probabilities (N, 18), float32 even under mixed precision."""
+    if _check_outputs(outputs):
+        return outputs[SINGLE_KEY].float().softmax(dim=-1)
+    return combine_task_probs({t: outputs[t].float().softmax(dim=-1) for t in TASKS})
+
+
+def outputs_to_task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Logits dict -> per-task probabilities ``{task: (N, k_task)}``."""
+    if _check_outputs(outputs):
+        return split_class_probs(outputs[SINGLE_KEY].float().softmax(dim=-1))
+    return {t: outputs[t].float().softmax(dim=-1) for t in TASKS}
