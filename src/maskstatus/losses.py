@@ -1,0 +1,282 @@
+"""Losses chosen by name from the config, and the per-head loss the trainer calls.
+
+Every loss here maps ``(logits (N, C), target (N,) long) -> scalar`` and works for
+any number of classes, so the same term can serve the 18-way head and each task
+head. ``build_loss`` turns a :class:`~maskstatus.config.LossConfig` into a
+:class:`TaskLoss` that sums the configured terms over the heads a model outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import ConfigError, LossConfig
+from .labels import NUM_CLASSES, TASKS
+from .registry import Registry
+
+_logger = logging.getLogger(__name__)
+
+LOSSES: Registry = Registry("loss")
+
+# Name of the output/target key of the single 18-way head.
+CLASS_HEAD = "class"
+
+WeightArg = Optional[Sequence[float]]
+
+
+def _on(t: Optional[torch.Tensor], ref: torch.Tensor) -> Optional[torch.Tensor]:
+    # The trainer may build the loss before the model moves to its device and
+    # never move the loss, so buffers follow the logits here (no-op if already there).
+    return None if t is None else t.to(ref.device)
+
+
+def _weight_tensor(weight: WeightArg) -> Optional[torch.Tensor]:
+    if weight is None:
+        return None
+    w = torch.as_tensor(list(weight), dtype=torch.float32)
+    if w.ndim != 1 or torch.any(w < 0):
+        raise ValueError(f"per-class weight must be a flat list of non-negative floats, got {list(weight)}")
+    return w
+
+
+class CrossEntropy(nn.Module):
+    """Cross entropy with optional per-class weight and label smoothing."""
+
+    def __init__(self, weight: WeightArg = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+        self.label_smoothing = float(label_smoothing)
+        self.register_buffer("weight", _weight_tensor(weight), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(
+            logits.float(), target, weight=_on(self.weight, logits), label_smoothing=self.label_smoothing
+        )
+
+    def extra_repr(self) -> str:
+        return f"label_smoothing={self.label_smoothing}, weighted={self.weight is not None}"
+
+
+class FocalLoss(nn.Module):
+    """Multi-class focal loss (Lin et al. 2017): ``-alpha_y * (1 - p_y)^gamma * log p_y``.
+
+    ``alpha`` is either one float for all classes or a per-class list. With a
+    per-class ``weight`` the mean is weighted the way ``F.cross_entropy`` does it
+    (sum(w_i * l_i) / sum(w_i)), so ``gamma=0`` reproduces cross entropy exactly.
+    """
+
+    def __init__(
+        self,
+        gamma: float = 2.0,
+        alpha: Union[float, Sequence[float], None] = None,
+        weight: WeightArg = None,
+    ) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"focal gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+        if alpha is None or isinstance(alpha, (int, float)):
+            self.alpha_scalar: Optional[float] = None if alpha is None else float(alpha)
+            self.register_buffer("alpha", None, persistent=False)
+        else:
+            self.alpha_scalar = None
+            self.register_buffer("alpha", _weight_tensor(alpha), persistent=False)
+        self.register_buffer("weight", _weight_tensor(weight), persistent=False)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # float32 because (1 - p)^gamma and log p underflow in half precision.
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, target[:, None]).squeeze(1)
+        loss = -((1.0 - log_p.exp()).clamp_min(0.0) ** self.gamma) * log_p
+        if self.alpha is not None:
+            loss = loss * _on(self.alpha, loss)[target]
+        elif self.alpha_scalar is not None:
+            loss = loss * self.alpha_scalar
+        if self.weight is None:
+            return loss.mean()
+        w = _on(self.weight, loss)[target]
+        return (loss * w).sum() / w.sum()
+
+    def extra_repr(self) -> str:
+        alpha = self.alpha_scalar if self.alpha is None else "per-class"
+        return f"gamma={self.gamma}, alpha={alpha}, weighted={self.weight is not None}"
+
+
+class SoftF1Loss(nn.Module):
+    """``1 - macro soft-F1`` with softmax probabilities standing in for hard predictions.
+
+    The average runs over the classes present in the batch's targets. A class
+    with no targets has tp == 0, so its soft F1 is 0 whatever the model does: it
+    adds a constant and no gradient, and with 18 classes and ordinary batch sizes
+    most batches miss a few rare classes, which would keep the loss far from 0
+    even for a perfect model. Probability put on such a class is still penalised,
+    because it is taken away from the true class's tp.
+    """
+
+    def __init__(self, epsilon: float = 1e-7) -> None:
+        super().__init__()
+        if epsilon <= 0:
+            raise ValueError(f"soft_f1 epsilon must be > 0, got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = F.softmax(logits.float(), dim=1)
+        onehot = F.one_hot(target, num_classes=logits.shape[1]).to(probs.dtype)
+        tp = (probs * onehot).sum(dim=0)
+        fp = (probs * (1.0 - onehot)).sum(dim=0)
+        fn = ((1.0 - probs) * onehot).sum(dim=0)
+        f1 = 2.0 * tp / (2.0 * tp + fp + fn + self.epsilon)
+        present = onehot.sum(dim=0) > 0
+        return 1.0 - f1[present].mean()
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
+
+
+class WeightedSum(nn.Module):
+    """``sum_i weight_i * term_i(logits, target)``."""
+
+    def __init__(self, terms: Sequence[nn.Module], weights: Sequence[float]) -> None:
+        super().__init__()
+        if len(terms) != len(weights):
+            raise ValueError(f"{len(terms)} loss terms but {len(weights)} weights")
+        if not terms:
+            raise ValueError("WeightedSum needs at least one term")
+        self.terms = nn.ModuleList(terms)
+        self.weights = [float(w) for w in weights]
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        total = self.weights[0] * self.terms[0](logits, target)
+        for w, term in zip(self.weights[1:], self.terms[1:]):
+            total = total + w * term(logits, target)
+        return total
+
+    def extra_repr(self) -> str:
+        return f"weights={self.weights}"
+
+
+@LOSSES.register("ce")
+def ce(weight: WeightArg = None, label_smoothing: float = 0.0) -> nn.Module:
+    return CrossEntropy(weight=weight, label_smoothing=label_smoothing)
+
+
+@LOSSES.register("focal")
+def focal(gamma: float = 2.0, alpha: Union[float, Sequence[float], None] = None, weight: WeightArg = None) -> nn.Module:
+    return FocalLoss(gamma=gamma, alpha=alpha, weight=weight)
+
+
+@LOSSES.register("label_smoothing")
+def label_smoothing(smoothing: float = 0.1, weight: WeightArg = None) -> nn.Module:
+    # The default is deliberately non-zero: choosing this loss by name and getting
+    # plain cross entropy (smoothing 0) would be a silent no-op.
+    return CrossEntropy(weight=weight, label_smoothing=smoothing)
+
+
+@LOSSES.register("soft_f1")
+def soft_f1(epsilon: float = 1e-7) -> nn.Module:
+    return SoftF1Loss(epsilon=epsilon)
+
+
+class TaskLoss(nn.Module):
+    """Sum of per-head losses; the module the trainer calls.
+
+    ``forward(outputs, targets)`` computes, for every head key in ``outputs`` that
+    this loss knows ("class" for the single 18-way head; "mask", "gender", "age"
+    for multitask), the head's weighted sum of terms against ``targets[key]``,
+    scaled by the head weight (the config's task weight; 1 for "class").
+    Returns ``(total, parts)`` where ``parts[key]`` is the head's loss before the
+    head weight, detached, for logging.
+    """
+
+    def __init__(self, head_losses: Mapping[str, nn.Module], head_weights: Mapping[str, float]) -> None:
+        super().__init__()
+        self.heads = nn.ModuleDict(dict(head_losses))
+        self.head_weights = {k: float(head_weights.get(k, 1.0)) for k in self.heads}
+
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        keys = [k for k in outputs if k in self.heads]
+        if not keys:
+            raise KeyError(f"no model output matches a loss head: outputs {sorted(outputs)}, heads {list(self.heads)}")
+        total: Optional[torch.Tensor] = None
+        parts: dict[str, torch.Tensor] = {}
+        for key in keys:
+            if key not in targets:
+                raise KeyError(f"targets have no {key!r} (have {sorted(targets)}) for the {key!r} output")
+            loss = self.heads[key](outputs[key], targets[key])
+            parts[key] = loss.detach()
+            weighted = self.head_weights[key] * loss
+            total = weighted if total is None else total + weighted
+        assert total is not None
+        return total, parts
+
+    def extra_repr(self) -> str:
+        return f"head_weights={self.head_weights}"
+
+
+def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
+    known = {CLASS_HEAD: NUM_CLASSES, **TASKS}
+    if isinstance(heads, Mapping):
+        sizes = {str(k): int(v) for k, v in heads.items()}
+    else:
+        unknown = [h for h in heads if h not in known]
+        if unknown:
+            raise ValueError(f"unknown head(s) {unknown}; known heads are {list(known)}")
+        sizes = {h: known[h] for h in heads}
+    if not sizes:
+        raise ValueError("build_loss needs at least one head")
+    return sizes
+
+
+def _term_params(params: dict[str, Any], head: str, where: str) -> dict[str, Any]:
+    """Pick the per-head entry of a ``weight``/``alpha`` given as {head: list}."""
+    out = dict(params)
+    for key in ("weight", "alpha"):
+        value = out.get(key)
+        if isinstance(value, Mapping):
+            # Terms are shared by all heads, but per-class lists depend on the head's
+            # class count, so multitask configs give one list per head.
+            unknown = sorted(set(value) - {CLASS_HEAD, *TASKS})
+            if unknown:
+                raise ConfigError(f"{where}.params.{key}: unknown head(s) {unknown}")
+            out[key] = value.get(head)
+    return out
+
+
+def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) -> TaskLoss:
+    """Build the :class:`TaskLoss` for a model with the given output heads.
+
+    ``heads`` is a list of head names ("class" or task names, sizes from
+    ``labels``) or a mapping head -> number of classes. Per-class ``weight`` or
+    ``alpha`` lists are checked against each head's size; for multitask they may
+    be given as ``{head: list}`` (heads left out get none).
+    """
+    sizes = _head_sizes(heads)
+    head_losses: dict[str, nn.Module] = {}
+    for head, num_classes in sizes.items():
+        terms: list[nn.Module] = []
+        for i, term in enumerate(cfg.terms):
+            where = f"loss.terms[{i}]"
+            if term.name not in LOSSES:
+                raise ConfigError(f"{where}.name: unknown loss {term.name!r}; known: {', '.join(LOSSES.names())}")
+            params = _term_params(term.params, head, where)
+            for key in ("weight", "alpha"):
+                value = params.get(key)
+                if value is not None and not isinstance(value, (int, float)) and len(value) != num_classes:
+                    raise ConfigError(
+                        f"{where}.params.{key}: head {head!r} has {num_classes} classes but {len(value)} values"
+                    )
+            try:
+                terms.append(LOSSES.build(term.name, **params))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"{where}.params: {exc}") from None
+        head_losses[head] = WeightedSum(terms, [t.weight for t in cfg.terms])
+    head_weights = {h: (cfg.task_weights.get(h, 1.0) if h in TASKS else 1.0) for h in sizes}
+    _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
+    return TaskLoss(head_losses, head_weights)

@@ -1,0 +1,163 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from maskstatus.config import ConfigError, OptimizerConfig, SchedulerConfig
+from maskstatus.optim import OPTIMIZERS, SCHEDULERS, EpochScheduler, build_optimizer, build_scheduler
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2), nn.LayerNorm(2))
+
+
+def _optimizer(lr: float = 0.1) -> torch.optim.Optimizer:
+    return build_optimizer(_model(), OptimizerConfig(name="sgd", lr=lr, weight_decay=0.01))
+
+
+def _run(sched: EpochScheduler, metrics) -> list[float]:
+    """lr used in each epoch, stepping after each one as the trainer does."""
+    lrs = []
+    for m in metrics:
+        lrs.append(sched.lr)
+        sched.optimizer.step()  # keeps torch from warning about step order
+        sched.step(m)
+    return lrs
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_no_weight_decay_on_1d_params(name):
+    model = _model()
+    opt = build_optimizer(model, OptimizerConfig(name=name, lr=1e-3, weight_decay=0.05))
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert len(decay_of) == len(list(model.parameters()))
+    for pname, p in model.named_parameters():
+        assert decay_of[id(p)] == (0.0 if p.ndim == 1 else 0.05), pname
+    # Biases, BatchNorm and LayerNorm weights are 1-D; conv and linear weights are not.
+    assert sum(1 for p in model.parameters() if p.ndim > 1) == 2
+
+
+def test_frozen_params_left_out():
+    model = _model()
+    model[0].weight.requires_grad_(False)
+    opt = build_optimizer(model, OptimizerConfig(name="adamw"))
+    assert all(p is not model[0].weight for g in opt.param_groups for p in g["params"])
+
+
+def test_sgd_options():
+    opt = build_optimizer(_model(), OptimizerConfig(name="sgd", params={"nesterov": True}))
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True
+    opt = build_optimizer(_model(), OptimizerConfig(name="adam", params={"betas": [0.8, 0.99]}))
+    assert opt.defaults["betas"] == (0.8, 0.99)
+
+
+def test_unknown_optimizer_and_param():
+    with pytest.raises(ConfigError, match=r"optimizer\.name.*'adamx'.*adam, adamw, sgd"):
+        build_optimizer(_model(), OptimizerConfig(name="adamx"))
+    with pytest.raises(ConfigError, match=r"optimizer\.params.*'momentun'"):
+        build_optimizer(_model(), OptimizerConfig(name="sgd", params={"momentun": 0.8}))
+    with pytest.raises(ConfigError, match="optimizer.params"):
+        build_optimizer(_model(), OptimizerConfig(name="sgd", params={"lr": 0.8}))
+
+
+def test_cosine_with_warmup():
+    lr, min_lr, epochs, warmup = 0.1, 1e-4, 10, 3
+    sched = build_scheduler(_optimizer(lr), SchedulerConfig(name="cosine", warmup_epochs=warmup, params={"min_lr": min_lr}), epochs)
+    lrs = _run(sched, [None] * epochs)
+    # Warm-up: non-zero start, rising, full lr on the first epoch after it.
+    assert lrs[0] == pytest.approx(lr / (warmup + 1))
+    assert all(a < b for a, b in zip(lrs[: warmup + 1], lrs[1 : warmup + 1]))
+    assert lrs[warmup] == pytest.approx(lr)
+    # Then decreasing to min_lr at the last epoch, along the cosine.
+    tail = lrs[warmup:]
+    assert all(a > b for a, b in zip(tail, tail[1:]))
+    assert lrs[-1] == pytest.approx(min_lr)
+    t_max = epochs - warmup - 1
+    for k, value in enumerate(tail):
+        assert value == pytest.approx(min_lr + (lr - min_lr) * (1 + math.cos(math.pi * k / t_max)) / 2)
+
+
+def test_cosine_without_warmup_and_step():
+    sched = build_scheduler(_optimizer(0.1), SchedulerConfig(name="cosine"), 5)
+    lrs = _run(sched, [None] * 5)
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    sched = build_scheduler(
+        _optimizer(0.1), SchedulerConfig(name="step", warmup_epochs=1, params={"step_size": 2, "gamma": 0.5}), 6
+    )
+    assert _run(sched, [None] * 6) == pytest.approx([0.05, 0.1, 0.1, 0.05, 0.05, 0.025])
+    sched = build_scheduler(_optimizer(0.1), SchedulerConfig(name="none", warmup_epochs=1), 3)
+    assert _run(sched, [None] * 3) == pytest.approx([0.05, 0.1, 0.1])
+
+
+def test_plateau_lowers_lr_after_patience():
+    cfg = SchedulerConfig(name="plateau", params={"factor": 0.5, "patience": 2, "min_lr": 0.02})
+    sched = build_scheduler(_optimizer(0.1), cfg, 20)
+    assert sched.needs_metric
+    # Improves for 3 epochs, then 2 epochs without improvement are tolerated, the 3rd cuts the lr.
+    metrics = [0.5, 0.6, 0.7, 0.7, 0.65, 0.69, 0.7, 0.69, 0.68, 0.1, 0.1, 0.1]
+    lrs = _run(sched, metrics)
+    assert lrs[:6] == pytest.approx([0.1] * 6)
+    assert lrs[6] == pytest.approx(0.05)
+    assert lrs[9] == pytest.approx(0.025)
+    assert sched.lr == pytest.approx(0.02)  # floored at min_lr
+    with pytest.raises(ValueError, match="metric"):
+        sched.step(None)
+
+
+def test_plateau_with_warmup():
+    cfg = SchedulerConfig(name="plateau", warmup_epochs=2, params={"factor": 0.5, "patience": 0})
+    sched = build_scheduler(_optimizer(0.3), cfg, 10)
+    # Metrics during warm-up are ignored; then one epoch without gain halves the lr.
+    lrs = _run(sched, [None, 0.9, 0.5, 0.4, 0.4])
+    assert lrs == pytest.approx([0.1, 0.2, 0.3, 0.3, 0.15])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SchedulerConfig(name="cosine", warmup_epochs=2, params={"min_lr": 1e-3}),
+        SchedulerConfig(name="cosine"),
+        SchedulerConfig(name="step", warmup_epochs=1, params={"step_size": 2}),
+        SchedulerConfig(name="plateau", warmup_epochs=1, params={"patience": 1, "factor": 0.5}),
+        SchedulerConfig(name="none", warmup_epochs=2),
+    ],
+    ids=lambda c: f"{c.name}-w{c.warmup_epochs}",
+)
+def test_state_dict_round_trip(cfg):
+    epochs = 10
+    metrics = [0.1, 0.3, 0.2, 0.2, 0.25, 0.2, 0.2, 0.2, 0.2, 0.2]
+    reference = build_scheduler(_optimizer(), cfg, epochs)
+    expected = _run(reference, metrics)
+
+    first = build_scheduler(_optimizer(), cfg, epochs)
+    _run(first, metrics[:3])
+    state = first.state_dict()
+    # A fresh optimizer too: resume must not depend on restoring the optimizer state.
+    resumed = build_scheduler(_optimizer(), cfg, epochs)
+    resumed.load_state_dict(state)
+    assert resumed.lr == pytest.approx(expected[3])
+    assert _run(resumed, metrics[3:]) == pytest.approx(expected[3:])
+
+
+def test_state_dict_survives_torch_save(tmp_path):
+    sched = build_scheduler(_optimizer(), SchedulerConfig(name="cosine", warmup_epochs=2), 6)
+    _run(sched, [None] * 3)
+    torch.save(sched.state_dict(), tmp_path / "s.pt")
+    fresh = build_scheduler(_optimizer(), SchedulerConfig(name="cosine", warmup_epochs=2), 6)
+    fresh.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert fresh.lr == sched.lr and fresh.epoch == 3
+
+
+def test_scheduler_errors():
+    with pytest.raises(ConfigError, match=r"scheduler\.name.*'cosin'.*cosine, none, plateau, step"):
+        build_scheduler(_optimizer(), SchedulerConfig(name="cosin"), 5)
+    with pytest.raises(ConfigError, match=r"scheduler\.params.*'min_lrr'"):
+        build_scheduler(_optimizer(), SchedulerConfig(name="cosine", params={"min_lrr": 0.0}), 5)
+    with pytest.raises(ConfigError, match="warmup_epochs"):
+        build_scheduler(_optimizer(), SchedulerConfig(name="cosine", warmup_epochs=5), 5)
+
+
+def test_registries_list_names():
+    assert OPTIMIZERS.names() == ["adam", "adamw", "sgd"]
+    assert SCHEDULERS.names() == ["cosine", "none", "plateau", "step"]
