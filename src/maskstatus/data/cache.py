@@ -1,0 +1,130 @@
+"""Decode, orient and resize every image once; serve uint8 arrays after that.
+
+Decoding a JPEG each epoch is the usual CPU bottleneck, so the cache is filled
+once before training: in memory (shared copy-on-write with forked DataLoader
+workers), or on disk as one uint8 .npy array memory-mapped by every later epoch
+and every later run on the same files and size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from .images import load_rgb
+
+logger = logging.getLogger(__name__)
+
+Size = Optional[tuple[int, int]]
+
+
+def resize_to(img: np.ndarray, size: Size) -> np.ndarray:
+    """Resize to (height, width); INTER_AREA because the cache only ever shrinks photos."""
+    if size is None or img.shape[:2] == tuple(size):
+        return img
+    h, w = size
+    interp = cv2.INTER_AREA if h <= img.shape[0] and w <= img.shape[1] else cv2.INTER_LINEAR
+    return cv2.resize(img, (w, h), interpolation=interp)
+
+
+def cache_key(paths: Sequence[str], size: Size) -> str:
+    """Identity of the cached array: every file's path, length and mtime, plus the target size."""
+    h = hashlib.sha1(repr(tuple(size) if size else None).encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:20]
+
+
+class ImageCache:
+    """Index -> decoded uint8 RGB image (H, W, 3), for a fixed list of files."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        size: Size = None,
+        mode: str = "memory",
+        cache_dir: Path | str = ".cache/maskstatus",
+        threads: int = 2,
+        progress: bool = True,
+        loader: Callable[[str], np.ndarray] = load_rgb,
+    ) -> None:
+        if mode not in ("memory", "disk", "none"):
+            raise ValueError(f"cache.mode must be memory, disk or none, got {mode!r}")
+        if mode == "disk" and size is None:
+            raise ValueError("cache.mode=disk needs cache.size (height, width): one array holds all images")
+        self.paths = [str(p) for p in paths]
+        self.size = tuple(size) if size else None
+        self.mode = mode
+        self.cache_dir = Path(cache_dir)
+        self.threads = threads
+        self.progress = progress
+        self.loader = loader
+        self._store: Optional[np.ndarray | list[np.ndarray]] = None
+        self.file: Optional[Path] = None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _decode(self, i: int) -> np.ndarray:
+        return resize_to(self.loader(self.paths[i]), self.size)
+
+    def _decode_all(self, out) -> None:
+        with ThreadPoolExecutor(self.threads) as pool:
+            it = pool.map(self._decode, range(len(self.paths)))
+            for i, img in enumerate(tqdm(it, total=len(self.paths), desc="decode", disable=not self.progress)):
+                out[i] = img
+
+    def fill(self) -> "ImageCache":
+        """Decode everything now (no-op for mode=none or when already filled)."""
+        if self.mode == "none" or self._store is not None:
+            return self
+        if self.mode == "memory":
+            if self.size is None:
+                store: list = [None] * len(self.paths)
+                self._decode_all(store)
+                self._store = store
+            else:
+                arr = np.empty((len(self.paths), *self.size, 3), dtype=np.uint8)
+                self._decode_all(arr)
+                self._store = arr
+            return self
+        self._store = self._open_disk()
+        return self
+
+    def _open_disk(self) -> np.ndarray:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        key = cache_key(self.paths, self.size)
+        path = self.cache_dir / f"images-{key}.npy"
+        self.file = path
+        if not path.is_file():
+            logger.info("filling disk cache %s (%d images)", path, len(self.paths))
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size, 3))
+            try:
+                self._decode_all(arr)
+                arr.flush()
+                del arr
+                # The rename is the commit: a crash mid-fill leaves only a temp file, never a half-valid cache.
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        else:
+            logger.info("reusing disk cache %s", path)
+        return np.load(path, mmap_mode="r")
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if self._store is None:
+            if self.mode != "none":
+                raise RuntimeError("ImageCache.fill() must be called before reading")
+            return self._decode(i)
+        return self._store[i]

@@ -1,0 +1,71 @@
+"""torch Dataset over the image cache: (image tensor, targets) per row of the image table."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from ..labels import TASKS
+from .cache import ImageCache
+
+TARGET_KEYS = ("class", *TASKS)
+
+
+def table_targets(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The image table's label columns as the target arrays the model's heads are trained on."""
+    out = {"class": table["label"].to_numpy(np.int64)}
+    out.update({"mask": table["mask"].to_numpy(np.int64), "gender": table["gender"].to_numpy(np.int64)})
+    out["age"] = table["age_group"].to_numpy(np.int64)
+    return out
+
+
+class FaceDataset(Dataset):
+    """Rows `indices` of an ImageCache, transformed, with optional targets.
+
+    Augmentation randomness is seeded per (seed, epoch, row), so a batch's
+    pixels do not depend on the number of DataLoader workers, and a resumed
+    run sees the same augmentations as an uninterrupted one.
+    """
+
+    def __init__(
+        self,
+        cache: ImageCache,
+        indices: np.ndarray,
+        transform: A.Compose,
+        targets: Optional[dict[str, np.ndarray]] = None,
+        seed: int = 0,
+    ) -> None:
+        self.cache = cache
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+        self.targets = targets
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = int(self.indices[i])
+        sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(1)[0])
+        self.transform.set_random_seed(sample_seed)
+        item: dict[str, Any] = {"image": self.transform(image=np.asarray(self.cache[row]))["image"], "row": row}
+        if self.targets is not None:
+            for key, values in self.targets.items():
+                item[key] = torch.as_tensor(values[row])
+        return item
+
+
+def worker_init(_: int) -> None:
+    # Each worker is one process of its own: nested OpenCV/torch thread pools only oversubscribe the cores.
+    cv2.setNumThreads(0)
+    torch.set_num_threads(1)

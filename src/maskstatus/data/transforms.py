@@ -1,0 +1,91 @@
+"""Albumentations pipelines declared in YAML, with train and eval kept apart.
+
+A spec is ``{name: <albumentations class>, **arguments}``; composition
+classes (OneOf, SomeOf, Sequential) take ``transforms: [specs]``. ``Normalize``
+without mean/std takes the backbone's; when a pipeline has no Normalize one is
+appended, and ``ToTensorV2`` always ends it.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Sequence
+
+import albumentations as A
+import numpy as np
+from albumentations.pytorch import ToTensorV2
+
+from ..config import ConfigError
+
+_COMPOSITIONS = {"OneOf", "SomeOf", "Sequential"}
+
+
+def _build_one(spec: dict[str, Any], where: str, mean: Sequence[float], std: Sequence[float]) -> A.BasicTransform:
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError(f"{where}: a transform needs a 'name' key, got {spec!r}")
+    args = {k: v for k, v in spec.items() if k != "name"}
+    name = spec["name"]
+    cls = getattr(A, str(name), None)
+    if not isinstance(cls, type):
+        raise ConfigError(f"{where}.name: unknown albumentations transform {name!r}")
+    if name in _COMPOSITIONS:
+        children = args.pop("transforms", None)
+        if not children:
+            raise ConfigError(f"{where}.transforms: {name} needs a non-empty list of transforms")
+        args["transforms"] = [_build_one(c, f"{where}.transforms[{i}]", mean, std) for i, c in enumerate(children)]
+    if name == "Normalize":
+        args.setdefault("mean", tuple(mean))
+        args.setdefault("std", tuple(std))
+    for key in ("size", "std_range", "hole_height_range", "hole_width_range", "num_holes_range", "limit"):
+        if isinstance(args.get(key), list):
+            args[key] = tuple(args[key])
+    # albumentations only warns about unknown arguments; a config typo must be an error.
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(args) - set(params))
+        if unknown:
+            raise ConfigError(f"{where}: {name} takes no argument(s) {unknown}; it takes {sorted(set(params) - {'self'})}")
+    try:
+        return cls(**args)
+    except Exception as exc:  # albumentations raises pydantic and type errors with useful text
+        raise ConfigError(f"{where}: cannot build {name} with {args}: {exc}") from None
+
+
+def build_transforms(
+    specs: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float], where: str = "transforms"
+) -> A.Compose:
+    steps = [_build_one(s, f"{where}[{i}]", mean, std) for i, s in enumerate(specs)]
+    if not any(isinstance(t, A.Normalize) for t in steps):
+        steps.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
+    steps.append(ToTensorV2())
+    return A.Compose(steps)
+
+
+def output_shape(pipeline: A.Compose, input_hw: tuple[int, int]) -> tuple[int, ...]:
+    """Shape of the tensor the pipeline makes from an image of input_hw (to catch train/eval mismatches)."""
+    dummy = np.zeros((*input_hw, 3), dtype=np.uint8)
+    return tuple(pipeline(image=dummy)["image"].shape)
+
+
+def build_train_eval(
+    train_specs: Sequence[dict[str, Any]],
+    eval_specs: Sequence[dict[str, Any]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_hw: tuple[int, int] | None = None,
+) -> tuple[A.Compose, A.Compose]:
+    """Both pipelines; when the input size is known, insist they make the same tensor shape.
+
+    The starter code trained and predicted at different sizes; this refuses that
+    at start-up instead of silently scoring lower.
+    """
+    train = build_transforms(train_specs, mean, std, "transforms.train")
+    evaluate = build_transforms(eval_specs, mean, std, "transforms.eval")
+    if input_hw is not None:
+        ts, es = output_shape(train, input_hw), output_shape(evaluate, input_hw)
+        if ts != es:
+            raise ConfigError(
+                f"transforms.train makes tensors of shape {ts} but transforms.eval makes {es} "
+                f"from {input_hw[0]}x{input_hw[1]} images; add the same Resize/crop to both"
+            )
+    return train, evaluate

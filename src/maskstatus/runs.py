@@ -1,0 +1,119 @@
+"""The run folder: everything needed to reproduce a run and to predict with it.
+
+    <run>/config.yaml            resolved config
+    <run>/folds.csv              person -> fold assignment used
+    <run>/checkpoints/best.pt    best macro-F1 weights (plain data, weights_only loadable)
+    <run>/checkpoints/last.pt    last epoch, with optimiser/scheduler/RNG state for resume
+    <run>/metrics.csv            one row per epoch
+    <run>/tensorboard/           TensorBoard event files
+    <run>/predictions/           out-of-fold probabilities, eval probabilities
+    <run>/plots/                 curves, confusion matrix
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def folds(self) -> Path:
+        return self.root / "folds.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best(self) -> Path:
+        return self.checkpoints / "best.pt"
+
+    @property
+    def last(self) -> Path:
+        return self.checkpoints / "last.pt"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def make(self) -> "RunDir":
+        for p in (self.root, self.checkpoints, self.predictions, self.plots):
+            p.mkdir(parents=True, exist_ok=True)
+        return self
+
+
+def new_run_dir(output_dir: Path, name: str) -> RunDir:
+    """A fresh, uniquely named folder under output_dir (never reuses an existing one)."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(output_dir) / f"{name}-{stamp}"
+    root, i = base, 1
+    while root.exists():
+        root = base.with_name(f"{base.name}-{i}")
+        i += 1
+    return RunDir(root).make()
+
+
+def open_run_dir(path: Path | str) -> RunDir:
+    run = RunDir(Path(path))
+    if not run.config.is_file():
+        raise FileNotFoundError(f"not a run folder (no config.yaml): {run.root}")
+    return run
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temp file in the same folder, then rename, so a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_save_torch(obj: Any, path: Path) -> None:
+    _atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def atomic_write_csv(df, path: Path, **kwargs: Any) -> None:
+    _atomic_write(path, lambda p: df.to_csv(p, index=False, **kwargs))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Checkpoints hold plain data only, so they load with weights_only=True."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
