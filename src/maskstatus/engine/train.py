@@ -1,0 +1,317 @@
+"""The training loop: Fabric for devices/precision/DDP, validation by macro F1 every epoch.
+
+One function, `train`, read top to bottom: data -> folds -> run folder ->
+cache -> model -> loop (train, validate, checkpoint, early stop) -> plots.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import pandas as pd
+import torch
+from lightning_fabric import Fabric
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm.auto import tqdm
+
+from ..config import Config, ConfigError, config_to_dict, load_config, save_config
+from ..data.cache import ImageCache
+from ..data.dataset import FaceDataset, table_targets, worker_init
+from ..data.folds import attach_folds, make_folds, read_folds
+from ..data.layout import train_table
+from ..data.relabel import read_relabel, resolve_relabel
+from ..data.transforms import build_train_eval
+from ..labels import class_names
+from ..losses import build_loss
+from ..metrics import compute_metrics, confusion, plot_confusion, plot_curves
+from ..models import create_model, model_data_config
+from ..optim import build_optimizer, build_scheduler
+from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
+from .predict import PROB_COLUMNS, eval_loader, infer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_f1: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    is_global_zero: bool = True
+
+
+def load_train_table(cfg: Config) -> pd.DataFrame:
+    """The training image table as the config describes it (layout, validation, relabel, age thresholds)."""
+    if cfg.data.root is None:
+        raise ConfigError("data.root is not set: pass data.root=DIR (the folder holding train/)")
+    train_dir = Path(cfg.data.root) / "train"
+    relabel_path = resolve_relabel(cfg.data.relabel)
+    relabel = read_relabel(relabel_path) if relabel_path is not None else None
+    return train_table(
+        train_dir,
+        thresholds=cfg.data.age.thresholds(),
+        relabel=relabel,
+        skip_bad=cfg.data.skip_bad,
+        check_images=cfg.data.check_images,
+    )
+
+
+def _folds_for(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
+    if cfg.split.folds_file is not None:
+        return read_folds(cfg.split.folds_file)
+    return make_folds(table, cfg.split.folds, cfg.split.seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    # Plain types only, so the checkpoint loads with weights_only=True.
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(state["python"])
+
+
+def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric) -> tuple[DataLoader, DistributedSampler]:
+    # DistributedSampler with explicit rank/world also serves one process: a seeded, per-epoch shuffle.
+    sampler = DistributedSampler(
+        dataset,
+        num_replicas=fabric.world_size,
+        rank=fabric.global_rank,
+        shuffle=True,
+        seed=cfg.seed,
+        drop_last=True,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.train.batch_size,
+        sampler=sampler,
+        num_workers=cfg.train.num_workers,
+        worker_init_fn=worker_init,
+        persistent_workers=cfg.train.num_workers > 0,
+        drop_last=len(dataset) // fabric.world_size >= cfg.train.batch_size,
+    )
+    # Not fabric.setup_dataloaders: its wrapper sets the sampler epoch to the number of times the loader
+    # was iterated, which restarts at 0 on resume and would replay epoch 0's order; batches are moved by hand.
+    return loader, sampler
+
+
+def _write_oof(run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.ndarray) -> None:
+    oof = table.iloc[rows][["person_id", "stem", "image_path", "label", "fold"]].reset_index(drop=True)
+    oof = pd.concat([oof, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+    atomic_write_csv(oof, run.predictions / "oof.csv", float_format="%.6f")
+
+
+def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
+    """Train one fold as configured; with `resume`, continue that run from its last checkpoint."""
+    if resume is not None:
+        run = open_run_dir(resume)
+        cfg = _resume_config(run, cfg)
+    fabric = Fabric(
+        accelerator=cfg.train.accelerator,
+        devices=cfg.train.devices,
+        strategy=cfg.train.strategy,
+        precision=cfg.train.precision,
+    )
+    return fabric.launch(_train, cfg, str(resume) if resume is not None else None)
+
+
+def _resume_config(run: RunDir, cfg: Config) -> Config:
+    """The run's own config, with only the epoch budget taken from the caller (to extend a run)."""
+    saved = load_config(run.config)
+    return saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs})})
+
+
+def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
+    fabric.seed_everything(cfg.seed)
+    table = load_train_table(cfg)
+
+    if resume is not None:
+        run = open_run_dir(resume)
+        folds = read_folds(run.folds)
+    else:
+        folds = _folds_for(cfg, table)
+        root = fabric.broadcast(str(new_run_dir(cfg.output_dir, cfg.name).root) if fabric.is_global_zero else None)
+        run = RunDir(Path(root))
+        if fabric.is_global_zero:
+            save_config(cfg, run.config)
+            atomic_write_csv(folds, run.folds)
+    table = attach_folds(table, folds, cfg.split.folds, source=str(run.folds))
+    fabric.barrier()
+
+    train_rows = np.flatnonzero(table["fold"].to_numpy() != cfg.split.fold)
+    val_rows = np.flatnonzero(table["fold"].to_numpy() == cfg.split.fold)
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ValueError(f"fold {cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
+    logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
+
+    cache = ImageCache(
+        table["image_path"].tolist(),
+        size=cfg.cache.size,
+        mode=cfg.cache.mode,
+        cache_dir=cfg.cache.dir,
+        threads=cfg.cache.decode_threads,
+        progress=cfg.train.progress and fabric.is_global_zero,
+    )
+    # Rank 0 fills a disk cache first so the other ranks only open it.
+    if fabric.is_global_zero:
+        cache.fill()
+    fabric.barrier()
+    cache.fill()
+
+    model = create_model(cfg.model)
+    norm = model_data_config(model)
+    input_hw = tuple(cfg.cache.size) if cfg.cache.size else tuple(np.asarray(cache[0]).shape[:2])
+    train_tf, eval_tf = build_train_eval(cfg.transforms.train, cfg.transforms.eval, norm["mean"], norm["std"], input_hw)
+    targets = table_targets(table)
+    train_set = FaceDataset(cache, train_rows, train_tf, targets, seed=cfg.seed)
+    val_set = FaceDataset(cache, val_rows, eval_tf, targets, seed=cfg.seed)
+    train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
+    val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric)
+
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss, model.output_keys)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.epochs)
+    raw_model = model
+    model, optimizer = fabric.setup(model, optimizer)
+
+    start_epoch, best_f1, best_epoch, history = 0, -1.0, -1, []
+    if resume is not None:
+        state = load_checkpoint(run.last)
+        raw_model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _set_rng_state(state["rng"])
+        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
+        history = [h for h in state["history"] if h["epoch"] < start_epoch]
+        logger.info("resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start_epoch, best_f1, best_epoch)
+
+    tb = None
+    if fabric.is_global_zero:
+        from torch.utils.tensorboard import SummaryWriter
+
+        tb = SummaryWriter(log_dir=str(run.tensorboard))
+
+    stale = 0 if best_epoch < 0 else max(0, start_epoch - 1 - best_epoch)
+    epoch = start_epoch - 1
+    for epoch in range(start_epoch, cfg.train.epochs):
+        train_sampler.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        t0 = time.perf_counter()
+        train_loss, seen = _train_epoch(fabric, model, train_loader, loss_fn, optimizer, cfg, epoch)
+        train_time = time.perf_counter() - t0
+
+        rows, probs, val_loss = infer(
+            fabric, model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress, desc=f"val {epoch}"
+        )
+        metrics = compute_metrics(probs, table["label"].to_numpy()[rows])
+        lr = scheduler.lr
+        scheduler.step(metrics["f1"])
+        row = {
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in metrics.items()},
+            "train_images": seen,
+            "train_time_s": train_time,
+            "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
+        }
+        history.append(row)
+        improved = metrics["f1"] > best_f1
+        if improved:
+            best_f1, best_epoch, stale = metrics["f1"], epoch, 0
+        else:
+            stale += 1
+
+        if fabric.is_global_zero:
+            for k, v in row.items():
+                if k != "epoch":
+                    tb.add_scalar(k, v, epoch)
+            atomic_write_csv(pd.DataFrame(history), run.metrics)
+            state = {
+                "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "best_f1": best_f1,
+                "best_epoch": best_epoch,
+                "history": history,
+                "rng": _rng_state(),
+                "config": config_to_dict(cfg),
+            }
+            if improved:
+                atomic_save_torch({"model": state["model"], "epoch": epoch, "metrics": metrics, "config": state["config"]}, run.best)
+                _write_oof(run, table, rows, probs)
+                plot_confusion(confusion(probs, table["label"].to_numpy()[rows]), run.plots / "confusion.png",
+                               class_names(cfg.data.age.thresholds()))
+            atomic_save_torch(state, run.last)
+        logger.info(
+            "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f)%s",
+            epoch, train_loss, val_loss, metrics["f1"], metrics["mask_f1"], metrics["gender_f1"], metrics["age_f1"],
+            " *" if improved else "",
+        )
+        fabric.barrier()
+        if cfg.train.early_stopping_patience and stale >= cfg.train.early_stopping_patience:
+            logger.info("early stop: no macro-F1 gain for %d epochs", stale)
+            break
+
+    if fabric.is_global_zero:
+        tb.close()
+        if history:
+            plot_curves(run.metrics, run.plots / "curves.png")
+    return TrainResult(run.root, best_f1, best_epoch, epoch + 1, history, fabric.is_global_zero)
+
+
+def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: int) -> tuple[float, int]:
+    model.train()
+    total, seen = torch.zeros((), device=fabric.device), 0
+    limit = cfg.train.limit_train_batches
+    steps = len(loader) if limit is None else min(limit, len(loader))
+    batches = iter(loader)
+    # Dropout draws from the global RNG; reseed it per (seed, epoch, rank) after the loader has taken its
+    # own draws, so the result depends neither on num_workers nor on whether the run was resumed.
+    torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, fabric.global_rank]).generate_state(1)[0]))
+    bar = tqdm(batches, total=steps, desc=f"train {epoch}", disable=not (cfg.train.progress and fabric.is_global_zero),
+               leave=False)
+    for i, batch in enumerate(bar):
+        if i >= steps:
+            break
+        batch = fabric.to_device(batch)
+        images = batch["image"]
+        if cfg.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer.zero_grad(set_to_none=True)
+        with fabric.autocast():
+            outputs = model(images)
+        outputs = {k: v.float() for k, v in outputs.items()}
+        loss, _ = loss_fn(outputs, batch)
+        fabric.backward(loss)
+        if cfg.train.grad_clip:
+            fabric.clip_gradients(model, optimizer, max_norm=cfg.train.grad_clip)
+        optimizer.step()
+        n = len(images)
+        total += loss.detach() * n
+        seen += n
+        if i % 10 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    total = fabric.all_reduce(total, reduce_op="sum") if fabric.world_size > 1 else total
+    seen_all = seen * fabric.world_size
+    return float(total) / max(seen_all, 1), seen_all

@@ -1,0 +1,56 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from maskstatus.cli import main
+
+DEMO_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+COMMANDS = ["demo-data", "validate-data", "train", "predict", "demo"]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+def test_every_command_has_help(cmd, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([cmd, "--help"])
+    assert e.value.code == 0
+    assert "usage: maskstatus " + cmd in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    out = subprocess.run([sys.executable, "-m", "maskstatus.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "demo-data" in out.stdout
+
+
+def test_demo_data_then_validate(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path / "d"), "--people", "24", "--seed", "1"]) == 0
+    assert main(["validate-data", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "OK" in out and "168" in out  # 24 people x 7 images
+
+
+def test_validate_reports_bad_files_and_exits_nonzero(tmp_path, capsys):
+    main(["demo-data", str(tmp_path / "d"), "--people", "24", "--seed", "1"])
+    person = sorted((tmp_path / "d" / "train" / "images").iterdir())[0]
+    victim = sorted(person.iterdir())[0]
+    victim.write_bytes(b"not an image at all")
+    missing = sorted(person.iterdir())[1]
+    missing.unlink()
+    capsys.readouterr()
+    assert main(["validate-data", str(tmp_path / "d")]) == 1
+    err = capsys.readouterr().err
+    assert victim.name in err and person.name in err and missing.stem in err
+
+
+def test_train_cli_prints_run_folder_and_rejects_unknown_key(demo_data, tmp_path, capsys, tiny_overrides):
+    args = ["train", "--config", DEMO_YAML, f"data.root={demo_data.root}", f"output_dir={tmp_path}",
+            *tiny_overrides, "train.epochs=1", "scheduler.warmup_epochs=0", "train.limit_train_batches=1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "run folder:" in out
+    run_dir = out.split("run folder:")[1].strip()
+    assert pd.read_csv(f"{run_dir}/metrics.csv").shape[0] == 1
+    assert main(["train", "--config", DEMO_YAML, "train.epokhs=1"]) == 2
+    assert "train.epokhs" in capsys.readouterr().err
