@@ -1,0 +1,182 @@
+"""Proxy benchmark: train one fold of a config on the maskproxy data, predict its eval set, report.
+
+    python benchmarks/proxy.py --config configs/proxy-cpu.yaml --fold 0 \
+        --out benchmarks/results/proxy-cpu-fold0.json --submission /tmp/proxy-submission.csv
+
+Writes a JSON with the held-out macro F1 (overall and per task), training and
+prediction throughput, the same model's throughput on in-memory tensors (so the
+input pipeline's overhead shows), peak memory, wall time, the machine, the commit
+and the command. Not run by CI: one fold takes tens of minutes on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import resource
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from lightning_fabric import Fabric  # noqa: E402
+
+from maskstatus.config import Config, load_config  # noqa: E402
+from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
+from maskstatus.engine.predict import predict  # noqa: E402
+from maskstatus.engine.train import train  # noqa: E402
+from maskstatus.losses import build_loss  # noqa: E402
+from maskstatus.models import create_model, model_data_config  # noqa: E402
+from maskstatus.optim import build_optimizer  # noqa: E402
+from maskstatus.runs import RunDir, load_checkpoint  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+logger = logging.getLogger("proxy")
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def commit() -> str:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+    sha = git("rev-parse", "HEAD") or "unknown"
+    return sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def model_only_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
+    """Forward + backward + step of the same model on in-memory tensors of the training batch shape."""
+    fabric = Fabric(accelerator=cfg.train.accelerator, devices=1, precision=cfg.train.precision)
+    model = create_model(cfg.model.model_copy(update={"pretrained": False, "pretrained_path": None}))
+    norm = model_data_config(model)
+    hw = output_shape(build_transforms(cfg.transforms.eval, norm["mean"], norm["std"]), tuple(cfg.cache.size))[1:]
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    loss_fn = build_loss(cfg.loss, model.output_keys)
+    optimizer = build_optimizer(model, cfg.optimizer)
+    model, optimizer = fabric.setup(model, optimizer)
+    bs = cfg.train.batch_size
+    x = torch.randn(bs, 3, *hw, device=fabric.device)
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    targets = {k: torch.zeros(bs, dtype=torch.long, device=fabric.device) for k in ("class", "mask", "gender", "age")}
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with fabric.autocast():
+            out = model(x)
+        loss, _ = loss_fn({k: v.float() for k, v in out.items()}, targets)
+        fabric.backward(loss)
+        optimizer.step()
+
+    for _ in range(warmup):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return steps * bs / (time.perf_counter() - t0)
+
+
+def peak_memory_mb() -> float:
+    # ru_maxrss is in KiB on Linux; DataLoader workers are children, count the larger.
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config")
+    p.add_argument("--fold", required=True, type=int, help="held-out fold")
+    p.add_argument("--out", required=True, type=Path, help="result JSON")
+    p.add_argument("--submission", required=True, type=Path, help="eval submission CSV to write")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "maskproxy",
+                   help="maskproxy folder holding train/ and eval/ (default ../shared/data/maskproxy)")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "proxy", help="where the run folder goes")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    overrides = [f"data.root={args.data}", f"split.fold={args.fold}", f"output_dir={args.runs}", *args.overrides]
+    if args.epochs is not None:
+        overrides.append(f"train.epochs={args.epochs}")
+    cfg = load_config(args.config, overrides)
+    started = time.perf_counter()
+
+    model_only = model_only_throughput(cfg)
+    logger.info("model only: %.1f images/s", model_only)
+
+    result = train(cfg)
+    run = RunDir(result.run_dir)
+    best = load_checkpoint(run.best)["metrics"]
+    history = pd.read_csv(run.metrics)
+
+    t0 = time.perf_counter()
+    predict([run.root], args.data / "eval", args.submission, progress=cfg.train.progress)
+    predict_s = time.perf_counter() - t0
+    n_eval = len(pd.read_csv(args.data / "eval" / "info.csv"))
+
+    report = {
+        "config": str(args.config),
+        "fold": args.fold,
+        "epochs": int(len(history)),
+        "best_epoch": int(result.best_epoch),
+        "oof_f1": best["f1"],
+        "oof_acc": best["acc"],
+        "oof_mask_f1": best["mask_f1"],
+        "oof_gender_f1": best["gender_f1"],
+        "oof_age_f1": best["age_f1"],
+        "train_images_per_s": float(history["train_images"].sum() / history["train_time_s"].sum()),
+        "model_only_train_images_per_s": model_only,
+        "predict_images_per_s": n_eval / predict_s,
+        "peak_memory_mb": peak_memory_mb(),
+        "wall_s": time.perf_counter() - started,
+        "machine": machine(),
+        "commit": commit(),
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "run_dir": str(run.root),
+    }
+    if torch.cuda.is_available():
+        report["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
