@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides.append(f"train.epochs={args.epochs}")
     cfg = load_config(args.config, overrides)
     started = time.perf_counter()
+    code_version = commit()  # read now: the tree may change while a long run goes on
 
     model_only = model_only_throughput(cfg)
     logger.info("model only: %.1f images/s", model_only)
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_memory_mb": peak_memory_mb(),
         "wall_s": time.perf_counter() - started,
         "machine": machine(),
-        "commit": commit(),
+        "commit": code_version,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "run_dir": str(run.root),
     }

@@ -31,4 +31,4 @@ def run_demo(out_dir: Path | str = "demo", people: int = 120, seed: int = 0, ove
     submission = out_dir / "submission.csv"
     predict([result.run_dir], data.eval_dir, submission, progress=cfg.train.progress)
     scores = score_submission(submission, data.truth_csv)
-    return DemoResult(result.run_dir, submission, result.best_f1, scores["f1"], scores["acc"])
+    return DemoResult(result.run_dir, submission, result.best_f1, scores["f1"], scores["accuracy"])
