@@ -1,4 +1,5 @@
 import logging
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -18,31 +19,11 @@ from maskstatus.data.layout import (
 from maskstatus.data.validate import DataError
 from maskstatus.labels import GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, age_group, encode
 
-PEOPLE = [
-    ("000001", "female", "Asian", 45),
-    ("001498-1", "male", "White", 25),
-    ("000003", "male", "Black", 60),
-]
-EXTS = (".jpg", ".jpeg", ".PNG")
+from data_builders import PEOPLE
+from data_builders import make_train as build_train
 
-
-def make_train(root: Path, people=PEOPLE) -> Path:
-    """A tiny competition-style train folder: mixed extensions, a grayscale and an RGBA image."""
-    train = root / "train"
-    rows = []
-    for i, (pid, gender, race, age) in enumerate(people):
-        folder = f"{pid}_{gender}_{race}_{age}"
-        person = train / "images" / folder
-        person.mkdir(parents=True)
-        for j, stem in enumerate(IMAGE_STEMS):
-            ext = EXTS[(i + j) % len(EXTS)]
-            mode, color = ("RGBA", (9, 9, 9, 128)) if ext == ".PNG" else ("RGB", (i * 40, j * 30, 90))
-            if (i, stem) == (0, "normal"):
-                mode, color = "L", 120
-            Image.new(mode, (16, 12), color).save(person / f"{stem}{ext}")
-        rows.append({"id": pid, "gender": gender, "race": race, "age": age, "path": folder})
-    pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).to_csv(train / "train.csv", index=False)
-    return train
+# Mixed extensions, a grayscale and an RGBA image.
+make_train = partial(build_train, exts=(".jpg", ".jpeg", ".PNG"), odd_modes=True)
 
 
 def make_eval(root: Path, ids=("c3.jpg", "a1.jpg", "b2.png")) -> Path:

@@ -3,9 +3,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
 
-from maskstatus.data.layout import TRAIN_COLUMNS, train_table
+from maskstatus.data.layout import train_table
 from maskstatus.data.relabel import (
     COMPETITION_RELABEL,
     RelabelError,
@@ -15,25 +14,16 @@ from maskstatus.data.relabel import (
 )
 from maskstatus.labels import GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, age_group, encode
 
-PEOPLE = [
-    ("000001", "female", "Asian", 45),
-    ("001498-1", "male", "White", 25),
-    ("000020", "male", "Black", 60),
-]
+from data_builders import PEOPLE as BASE_PEOPLE
+from data_builders import make_train as build_train
+
+# 000020 (not 000003) as the third person: the competition file swaps its masks.
+PEOPLE = [*BASE_PEOPLE[:2], ("000020", "male", "Black", 60)]
 
 
-def make_train(root: Path, people=PEOPLE) -> Path:
-    train = root / "train"
-    rows = []
-    for pid, gender, race, age in people:
-        folder = f"{pid}_{gender}_{race}_{age}"
-        person = train / "images" / folder
-        person.mkdir(parents=True)
-        for stem in IMAGE_STEMS:
-            Image.new("RGB", (16, 12), (90, 90, 90)).save(person / f"{stem}.jpg")
-        rows.append({"id": pid, "gender": gender, "race": race, "age": age, "path": folder})
-    pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).to_csv(train / "train.csv", index=False)
-    return train
+def make_train(root: Path) -> Path:
+    """Every image a grey .jpg."""
+    return build_train(root, people=PEOPLE, exts=(".jpg",), color=(90, 90, 90))
 
 
 def write(path: Path, text: str) -> Path:

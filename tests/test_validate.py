@@ -6,30 +6,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstatus.data.layout import TRAIN_COLUMNS, train_table
+from maskstatus.data.layout import train_table
 from maskstatus.data.validate import DataError, Problem, format_problems, summarize, validate_eval, validate_train
 from maskstatus.labels import IMAGE_STEMS, NUM_CLASSES, class_names
 
-PEOPLE = [
-    ("000001", "female", "Asian", 45),
-    ("001498-1", "male", "White", 25),
-    ("000003", "male", "Black", 60),
-]
-
-
-def make_train(root: Path, people=PEOPLE) -> Path:
-    train = root / "train"
-    rows = []
-    for i, (pid, gender, race, age) in enumerate(people):
-        folder = f"{pid}_{gender}_{race}_{age}"
-        person = train / "images" / folder
-        person.mkdir(parents=True)
-        for j, stem in enumerate(IMAGE_STEMS):
-            ext = (".jpg", ".jpeg", ".png")[(i + j) % 3]
-            Image.new("RGB", (16, 12), (i * 40, j * 30, 90)).save(person / f"{stem}{ext}")
-        rows.append({"id": pid, "gender": gender, "race": race, "age": age, "path": folder})
-    pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).to_csv(train / "train.csv", index=False)
-    return train
+from data_builders import make_train
 
 
 def person_dir(train: Path, pid: str) -> Path:

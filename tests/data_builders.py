@@ -1,0 +1,53 @@
+"""Shared builders of tiny on-disk datasets for the tests.
+
+tests/ has no __init__.py; pytest's default (prepend) import mode puts tests/ on
+sys.path, so test modules import this as ``from data_builders import make_train``.
+"""
+
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from maskstatus.data.layout import TRAIN_COLUMNS
+from maskstatus.labels import IMAGE_STEMS
+
+PEOPLE = [
+    ("000001", "female", "Asian", 45),
+    ("001498-1", "male", "White", 25),
+    ("000003", "male", "Black", 60),
+]
+
+
+def make_train(
+    root: Path,
+    people=PEOPLE,
+    exts=(".jpg", ".jpeg", ".png"),
+    odd_modes: bool = False,
+    color=None,
+) -> Path:
+    """A tiny competition-style train folder under ``root / "train"``.
+
+    Person ``i``'s image ``j`` (in IMAGE_STEMS order) gets extension
+    ``exts[(i + j) % len(exts)]``; pass a one-element tuple for a single extension.
+    ``color`` fills every image with one RGB colour; by default each image gets
+    ``(i * 40, j * 30, 90)``. With ``odd_modes``, ``.PNG`` images are RGBA and the first
+    person's ``normal`` image is grayscale ("L").
+    """
+    train = root / "train"
+    rows = []
+    for i, (pid, gender, race, age) in enumerate(people):
+        folder = f"{pid}_{gender}_{race}_{age}"
+        person = train / "images" / folder
+        person.mkdir(parents=True)
+        for j, stem in enumerate(IMAGE_STEMS):
+            ext = exts[(i + j) % len(exts)]
+            mode, fill = "RGB", (color if color is not None else (i * 40, j * 30, 90))
+            if odd_modes and ext == ".PNG":
+                mode, fill = "RGBA", (9, 9, 9, 128)
+            if odd_modes and (i, stem) == (0, "normal"):
+                mode, fill = "L", 120
+            Image.new(mode, (16, 12), fill).save(person / f"{stem}{ext}")
+        rows.append({"id": pid, "gender": gender, "race": race, "age": age, "path": folder})
+    pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).to_csv(train / "train.csv", index=False)
+    return train
