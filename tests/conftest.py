@@ -1,6 +1,8 @@
 import os
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Tests never download: an accidental hub request fails at once instead of hanging on the closed network.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 import pytest  # noqa: E402
 

@@ -41,7 +41,7 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
             root / "train",
             thresholds=AgeThresholds(args.young_below, args.old_from),
             relabel=relabel,
-            skip_bad=False,
+            skip_bad=args.skip_bad,
             check_images=not args.no_check_images,
         )
     except DataError as err:
@@ -54,7 +54,7 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
         print(f"train: {summary.attrs['people']} people, {summary.attrs['images']} images")
     if (root / "eval").exists():
         try:
-            ev = eval_table(root / "eval", check_images=not args.no_check_images)
+            ev = eval_table(root / "eval", skip_bad=args.skip_bad, check_images=not args.no_check_images)
         except DataError as err:
             print(err, file=sys.stderr)
             failed = True
@@ -68,9 +68,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.train import train
 
-    if args.resume is None and args.config is None:
-        raise SystemExit("train: --config FILE is required (or --resume RUN_DIR)")
-    cfg = load_config(args.config, args.overrides)
+    from .runs import open_run_dir
+
+    if (args.resume is None) == (args.config is None):
+        raise SystemExit("train: give either --config FILE or --resume RUN_DIR")
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    # A resumed run starts from its own saved config; overrides then change its train section (e.g. epochs).
+    cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
     result = train(cfg, resume=args.resume)
     if result is not None and result.is_global_zero:
         print(f"best val macro F1 {result.best_f1:.4f} at epoch {result.best_epoch}")
@@ -128,12 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--young-below", type=int, default=30, help="age group 0 is age < this (default 30)")
     s.add_argument("--old-from", type=int, default=60, help="age group 2 is age >= this (default 60)")
     s.add_argument("--no-check-images", action="store_true", help="skip decoding every image (faster)")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="report problems as warnings and summarise what is left (exit 0 unless nothing is left)")
     s.set_defaults(fn=_cmd_validate_data)
 
     s = sub.add_parser("train", help="train one fold; prints the run folder")
     s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
     s.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue RUN_DIR from its last checkpoint (train.epochs=N extends it)")
+                   help="continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)")
     s.add_argument("overrides", nargs="*", metavar="key=value",
                    help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18")
     s.set_defaults(fn=_cmd_train)

@@ -143,7 +143,10 @@ def predict_probs(
         transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
         dataset = FaceDataset(caches[key], np.arange(len(table)), transform)
         loader = eval_loader(dataset, batch_size or cfg.train.eval_batch_size, num_workers, fabric)
-        model = fabric.setup_module(run.model)
+        model = run.model
+        if cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        model = fabric.setup_module(model)
         rows, probs, _ = infer(fabric, model, loader, progress=progress, desc=f"predict {run.checkpoint.parent.parent.name}")
         if not np.array_equal(rows, np.arange(len(table))):
             raise RuntimeError("inference lost rows; this is a bug")

@@ -132,9 +132,12 @@ def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
 
 
 def _resume_config(run: RunDir, cfg: Config) -> Config:
-    """The run's own config, with only the epoch budget taken from the caller (to extend a run)."""
+    """The run's own config with the caller's `train` section (epochs to extend it, workers, devices).
+
+    Data, split, model, loss and optimiser stay as saved: changing them would not continue the same run.
+    """
     saved = load_config(run.config)
-    return saved.model_copy(update={"train": saved.train.model_copy(update={"epochs": cfg.train.epochs})})
+    return saved.model_copy(update={"train": cfg.train})
 
 
 def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
@@ -144,6 +147,8 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     if resume is not None:
         run = open_run_dir(resume)
         folds = read_folds(run.folds)
+        if fabric.is_global_zero:
+            save_config(cfg, run.config)
     else:
         folds = _folds_for(cfg, table)
         root = fabric.broadcast(str(new_run_dir(cfg.output_dir, cfg.name).root) if fabric.is_global_zero else None)
