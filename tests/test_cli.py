@@ -67,3 +67,15 @@ def test_train_cli_resume_extends_the_run(demo_data, tmp_path, capsys, tiny_over
     assert "epochs: 2" in Path(run_dir, "config.yaml").read_text()
     with pytest.raises(SystemExit, match="either --config"):
         main(["train", "--config", DEMO_YAML, "--resume", run_dir])
+
+
+def test_demo_command_runs_end_to_end_twice(tmp_path, capsys, tiny_overrides):
+    args = ["demo", "--out", str(tmp_path / "demo"), "--people", "24", *tiny_overrides, "train.epochs=1",
+            "scheduler.warmup_epochs=0", "train.limit_train_batches=2"]
+    for _ in range(2):  # a second `make demo` must work too
+        assert main(args) == 0
+        out = capsys.readouterr().out
+        assert "eval macro F1" in out and "run folder:" in out
+    sub = pd.read_csv(tmp_path / "demo" / "submission.csv", dtype={"ImageID": str})
+    info = pd.read_csv(tmp_path / "demo" / "data" / "eval" / "info.csv", dtype={"ImageID": str})
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist()

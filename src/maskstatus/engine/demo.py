@@ -25,7 +25,8 @@ class DemoResult:
 
 def run_demo(out_dir: Path | str = "demo", people: int = 120, seed: int = 0, overrides: Sequence[str] = ()) -> DemoResult:
     out_dir = Path(out_dir)
-    data = make_demo_data(out_dir / "data", people=people, seed=seed)
+    # The demo owns this folder: redraw it, so `make demo` can run again and again.
+    data = make_demo_data(out_dir / "data", people=people, seed=seed, overwrite=True)
     cfg = load_config(DEMO_CONFIG, [f"data.root={data.root}", f"output_dir={out_dir / 'runs'}", *overrides])
     result = train(cfg)
     submission = out_dir / "submission.csv"
