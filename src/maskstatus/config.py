@@ -24,16 +24,30 @@ class _Section(BaseModel):
 
 
 class AgeConfig(_Section):
-    young_below: int = Field(30, gt=0)
-    old_from: int = Field(60, gt=0)
+    young_below: int = Field(30, gt=0, description="scoring threshold: group 0 is age < this")
+    old_from: int = Field(60, gt=0, description="scoring threshold: group 2 is age >= this")
+    train_young_below: Optional[int] = Field(None, gt=0, description="training labels' threshold (default: young_below)")
+    train_old_from: Optional[int] = Field(None, gt=0, description="training labels' threshold, e.g. 58 (default: old_from)")
+    drop_bands: list[tuple[int, int]] = Field(
+        default_factory=list, description="inclusive age ranges left out of training (never of validation), e.g. [[57, 59]]"
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> "AgeConfig":
-        AgeThresholds(self.young_below, self.old_from)
+        self.thresholds()
+        self.train_thresholds()
+        for lo, hi in self.drop_bands:
+            if lo > hi:
+                raise ValueError(f"drop_bands entry [{lo}, {hi}] has its low end above its high end")
         return self
 
     def thresholds(self) -> AgeThresholds:
+        """The thresholds the scores are computed with."""
         return AgeThresholds(self.young_below, self.old_from)
+
+    def train_thresholds(self) -> AgeThresholds:
+        """The thresholds the training targets are made with (moved near a boundary to help the rare group)."""
+        return AgeThresholds(self.train_young_below or self.young_below, self.train_old_from or self.old_from)
 
 
 class DataConfig(_Section):
@@ -96,6 +110,9 @@ class LossTerm(_Section):
 
 class LossConfig(_Section):
     terms: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")])
+    class_weights: Literal["none", "inverse", "sqrt_inverse"] = Field(
+        "none", description="per-class weights for ce/focal/label_smoothing from the training fold's frequencies"
+    )
     task_weights: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in TASKS})
 
     @field_validator("task_weights")
@@ -127,6 +144,24 @@ class SchedulerConfig(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class SamplerConfig(_Section):
+    name: Literal["none", "weighted"] = Field("none", description="weighted: oversample rare classes")
+    by: Literal["class", "mask", "gender", "age"] = Field("class", description="whose frequencies set the weights")
+
+
+class MixConfig(_Section):
+    cutmix: float = Field(0.0, ge=0.0, le=1.0, description="probability a batch is CutMix-ed")
+    mixup: float = Field(0.0, ge=0.0, le=1.0, description="probability a batch is MixUp-ed")
+    alpha: float = Field(1.0, gt=0.0, description="Beta(alpha, alpha) for the mixing ratio")
+    vertical: bool = Field(False, description="CutMix boxes span the full height (left/right halves of faces)")
+
+    @model_validator(mode="after")
+    def _one_at_a_time(self) -> "MixConfig":
+        if self.cutmix + self.mixup > 1.0:
+            raise ValueError("mix.cutmix + mix.mixup must be <= 1 (one of them per batch)")
+        return self
+
+
 class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
@@ -142,6 +177,18 @@ class TrainConfig(_Section):
     grad_clip: Optional[float] = Field(None, gt=0)
     progress: bool = True
     channels_last: bool = False
+    sampler: SamplerConfig = SamplerConfig()
+    mix: MixConfig = MixConfig()
+    accumulate: int = Field(1, ge=1, description="optimizer step every N batches")
+    ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0, description="validate and save an EMA of the weights")
+    freeze_stages: int = Field(0, ge=0, description="freeze the stem and the first N backbone stages")
+    unfreeze_epoch: Optional[int] = Field(None, ge=0, description="epoch at which frozen stages start training")
+
+
+class PredictConfig(_Section):
+    tta: list[Literal["hflip", "shift"]] = Field(
+        default_factory=list, description="test-time augmentations averaged with the plain view (after softmax)"
+    )
 
 
 class Config(_Section):
@@ -157,6 +204,7 @@ class Config(_Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
 
 
 def _format_errors(err: ValidationError, source: str) -> str:
