@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Mapping, Optional, Sequence, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -280,3 +281,41 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
     head_weights = {h: (cfg.task_weights.get(h, 1.0) if h in TASKS else 1.0) for h in sizes}
     _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
     return TaskLoss(head_losses, head_weights)
+
+
+# Terms whose factories take a per-class ``weight``.
+_WEIGHTED_TERMS = ("ce", "focal", "label_smoothing")
+
+
+def class_weights(targets: Mapping[str, np.ndarray], heads: Sequence[str], mode: str) -> dict[str, list[float]]:
+    """Per-class loss weights per head from the training targets' frequencies, normalised to mean 1.
+
+    ``inverse`` weights a class by 1/count, ``sqrt_inverse`` by 1/sqrt(count) (milder).
+    A class absent from training gets weight 0 (nothing to learn from, nothing to up-weight).
+    """
+    if mode not in ("inverse", "sqrt_inverse"):
+        raise ValueError(f"class weight mode must be inverse or sqrt_inverse, got {mode!r}")
+    sizes = _head_sizes(list(heads))
+    out: dict[str, list[float]] = {}
+    for head, k in sizes.items():
+        counts = np.bincount(np.asarray(targets[head], dtype=np.int64), minlength=k).astype(np.float64)
+        w = np.zeros(k)
+        present = counts > 0
+        w[present] = 1.0 / (counts[present] if mode == "inverse" else np.sqrt(counts[present]))
+        w *= present.sum() / w.sum()
+        out[head] = w.round(6).tolist()
+    return out
+
+
+def with_class_weights(cfg: LossConfig, weights: Mapping[str, list[float]]) -> LossConfig:
+    """A copy of the loss config whose ce/focal/label_smoothing terms carry per-head class weights.
+
+    A weight already given in a term's params wins: the config is explicit there.
+    """
+    terms = [
+        t.model_copy(update={"params": {**t.params, "weight": dict(weights)}})
+        if t.name in _WEIGHTED_TERMS and "weight" not in t.params
+        else t
+        for t in cfg.terms
+    ]
+    return cfg.model_copy(update={"terms": terms})

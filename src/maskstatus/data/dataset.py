@@ -11,18 +11,24 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..labels import TASKS
+from ..labels import AgeThresholds, age_group, encode
 from .cache import ImageCache
 
-TARGET_KEYS = ("class", *TASKS)
 
 
-def table_targets(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    """The image table's label columns as the target arrays the model's heads are trained on."""
-    out = {"class": table["label"].to_numpy(np.int64)}
-    out.update({"mask": table["mask"].to_numpy(np.int64), "gender": table["gender"].to_numpy(np.int64)})
-    out["age"] = table["age_group"].to_numpy(np.int64)
-    return out
+def table_targets(table: pd.DataFrame, thresholds: Optional[AgeThresholds] = None) -> dict[str, np.ndarray]:
+    """The image table's labels as target arrays, one per head.
+
+    With `thresholds`, age groups (and so classes) are recomputed from the ages
+    in years: training may use other boundaries than scoring (e.g. 58 for 60).
+    """
+    mask, gender = table["mask"].to_numpy(np.int64), table["gender"].to_numpy(np.int64)
+    if thresholds is None:
+        age, cls = table["age_group"].to_numpy(np.int64), table["label"].to_numpy(np.int64)
+    else:
+        age = np.asarray(age_group(table["age"].to_numpy(), thresholds), dtype=np.int64)
+        cls = np.asarray(encode(mask, gender, age), dtype=np.int64)
+    return {"class": cls, "mask": mask, "gender": gender, "age": age}
 
 
 class FaceDataset(Dataset):

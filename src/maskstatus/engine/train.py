@@ -18,19 +18,23 @@ import pandas as pd
 import torch
 from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, table_targets, worker_init
+from ..data.mix import mix_batch, mixed_loss
+from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, read_folds
 from ..data.layout import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
 from ..labels import class_names
-from ..losses import build_loss
+from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import compute_metrics, confusion, plot_confusion, plot_curves
 from ..models import create_model, model_data_config
+from ..models.freeze import set_trainable, stage_parameters
 from ..optim import build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
 from .predict import PROB_COLUMNS, eval_loader, infer
@@ -87,16 +91,22 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric) -> tuple[DataLoader, DistributedSampler]:
-    # DistributedSampler with explicit rank/world also serves one process: a seeded, per-epoch shuffle.
-    sampler = DistributedSampler(
-        dataset,
-        num_replicas=fabric.world_size,
-        rank=fabric.global_rank,
-        shuffle=True,
-        seed=cfg.seed,
-        drop_last=True,
-    )
+def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
+    if cfg.train.sampler.name == "weighted":
+        labels = dataset.targets[cfg.train.sampler.by][dataset.indices]
+        sampler = WeightedEpochSampler(
+            inverse_frequency_weights(labels), seed=cfg.seed, rank=fabric.global_rank, world_size=fabric.world_size
+        )
+    else:
+        # DistributedSampler with explicit rank/world also serves one process: a seeded, per-epoch shuffle.
+        sampler = DistributedSampler(
+            dataset,
+            num_replicas=fabric.world_size,
+            rank=fabric.global_rank,
+            shuffle=True,
+            seed=cfg.seed,
+            drop_last=True,
+        )
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
@@ -161,6 +171,16 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
 
     train_rows = np.flatnonzero(table["fold"].to_numpy() != cfg.split.fold)
     val_rows = np.flatnonzero(table["fold"].to_numpy() == cfg.split.fold)
+    if cfg.data.age.drop_bands:
+        # Ages next to a group boundary are the noisiest labels: leave them out of training, never of validation.
+        ages = table["age"].to_numpy()[train_rows]
+        in_band = np.zeros(len(train_rows), dtype=bool)
+        for lo, hi in cfg.data.age.drop_bands:
+            in_band |= (ages >= lo) & (ages <= hi)
+        logger.info("age drop bands %s leave out %d training images", cfg.data.age.drop_bands, int(in_band.sum()))
+        train_rows = train_rows[~in_band]
+        if len(train_rows) == 0:
+            raise ValueError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"fold {cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
     logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
@@ -183,19 +203,32 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     norm = model_data_config(model)
     input_hw = tuple(cfg.cache.size) if cfg.cache.size else tuple(np.asarray(cache[0]).shape[:2])
     train_tf, eval_tf = build_train_eval(cfg.transforms.train, cfg.transforms.eval, norm["mean"], norm["std"], input_hw)
-    targets = table_targets(table)
-    train_set = FaceDataset(cache, train_rows, train_tf, targets, seed=cfg.seed)
-    val_set = FaceDataset(cache, val_rows, eval_tf, targets, seed=cfg.seed)
+    train_targets = table_targets(table, cfg.data.age.train_thresholds())
+    train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed)
+    val_set = FaceDataset(cache, val_rows, eval_tf, table_targets(table), seed=cfg.seed)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
     val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric)
 
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    loss_fn = build_loss(cfg.loss, model.output_keys)
+    loss_cfg = cfg.loss
+    if loss_cfg.class_weights != "none":
+        weights = class_weights({k: v[train_rows] for k, v in train_targets.items()}, model.output_keys,
+                                loss_cfg.class_weights)
+        loss_cfg = with_class_weights(loss_cfg, weights)
+    loss_fn = build_loss(loss_cfg, model.output_keys)
+    # The optimizer sees every parameter, frozen ones included, so unfreezing later needs no rebuild
+    # (a parameter without a gradient is skipped by the optimizer step).
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.epochs)
+    frozen = stage_parameters(model.backbone, cfg.train.freeze_stages)
+    if frozen and cfg.train.unfreeze_epoch is not None and fabric.world_size > 1:
+        raise ConfigError("train.unfreeze_epoch is not supported with more than one process (DDP fixes the "
+                          "trained parameters when it wraps the model); freeze without unfreezing, or use one device")
+    set_trainable(frozen, False)
     raw_model = model
     model, optimizer = fabric.setup(model, optimizer)
+    ema = ModelEmaV3(raw_model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
 
     start_epoch, best_f1, best_epoch, history = 0, -1.0, -1, []
     if resume is not None:
@@ -204,6 +237,8 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         _set_rng_state(state["rng"])
+        if ema is not None:
+            ema.module.load_state_dict(state["ema"])
         start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
         history = [h for h in state["history"] if h["epoch"] < start_epoch]
         logger.info("resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start_epoch, best_f1, best_epoch)
@@ -219,12 +254,17 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     for epoch in range(start_epoch, cfg.train.epochs):
         train_sampler.set_epoch(epoch)
         train_set.set_epoch(epoch)
+        if frozen:
+            set_trainable(frozen, cfg.train.unfreeze_epoch is not None and epoch >= cfg.train.unfreeze_epoch)
         t0 = time.perf_counter()
-        train_loss, seen = _train_epoch(fabric, model, train_loader, loss_fn, optimizer, cfg, epoch)
+        train_loss, seen = _train_epoch(fabric, model, train_loader, loss_fn, optimizer, cfg, epoch, raw_model, ema)
         train_time = time.perf_counter() - t0
 
+        # With EMA, the averaged weights are the ones validated, kept as best and used to predict.
+        eval_model = ema.module if ema is not None else model
         rows, probs, val_loss = infer(
-            fabric, model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress, desc=f"val {epoch}"
+            fabric, eval_model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
+            desc=f"val {epoch}",
         )
         metrics = compute_metrics(probs, table["label"].to_numpy()[rows])
         lr = scheduler.lr
@@ -262,8 +302,12 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
                 "rng": _rng_state(),
                 "config": config_to_dict(cfg),
             }
+            if ema is not None:
+                state["ema"] = ema.module.state_dict()
             if improved:
-                atomic_save_torch({"model": state["model"], "epoch": epoch, "metrics": metrics, "config": state["config"]}, run.best)
+                best_weights = state["ema"] if ema is not None else state["model"]
+                atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": metrics, "config": state["config"]},
+                                  run.best)
                 _write_oof(run, table, rows, probs)
                 plot_confusion(confusion(probs, table["label"].to_numpy()[rows]), run.plots / "confusion.png",
                                class_names(cfg.data.age.thresholds()))
@@ -285,33 +329,45 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     return TrainResult(run.root, best_f1, best_epoch, epoch + 1, history, fabric.is_global_zero)
 
 
-def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: int) -> tuple[float, int]:
+def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: int, raw_model, ema) -> tuple[float, int]:
     model.train()
     total, seen = torch.zeros((), device=fabric.device), 0
     limit = cfg.train.limit_train_batches
     steps = len(loader) if limit is None else min(limit, len(loader))
+    accumulate = cfg.train.accumulate
     batches = iter(loader)
     # Dropout draws from the global RNG; reseed it per (seed, epoch, rank) after the loader has taken its
     # own draws, so the result depends neither on num_workers nor on whether the run was resumed.
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, fabric.global_rank]).generate_state(1)[0]))
+    mix_rng = np.random.default_rng([cfg.seed, epoch, fabric.global_rank, 1])
     bar = tqdm(batches, total=steps, desc=f"train {epoch}", disable=not (cfg.train.progress and fabric.is_global_zero),
                leave=False)
+    optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         if i >= steps:
             break
         batch = fabric.to_device(batch)
         images = batch["image"]
+        mixed = mix_batch(images, cfg.train.mix, mix_rng)
+        if mixed is not None:
+            images = mixed.images
         if cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        optimizer.zero_grad(set_to_none=True)
-        with fabric.autocast():
-            outputs = model(images)
-        outputs = {k: v.float() for k, v in outputs.items()}
-        loss, _ = loss_fn(outputs, batch)
-        fabric.backward(loss)
-        if cfg.train.grad_clip:
-            fabric.clip_gradients(model, optimizer, max_norm=cfg.train.grad_clip)
-        optimizer.step()
+        step_now = (i + 1) % accumulate == 0 or i + 1 == steps
+        # Gradients of the batches in between are summed locally; DDP syncs only on the stepping batch.
+        with fabric.no_backward_sync(model, enabled=not step_now):
+            with fabric.autocast():
+                outputs = model(images)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            loss, _ = mixed_loss(loss_fn, outputs, batch, mixed) if mixed is not None else loss_fn(outputs, batch)
+            fabric.backward(loss / accumulate)
+        if step_now:
+            if cfg.train.grad_clip:
+                fabric.clip_gradients(model, optimizer, max_norm=cfg.train.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(raw_model)
         n = len(images)
         total += loss.detach() * n
         seen += n

@@ -1,0 +1,160 @@
+"""The configurable training parts: sampler, class weights, age thresholds, mixing, freezing, EMA, accumulation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from maskstatus.config import LossConfig, LossTerm, MixConfig
+from maskstatus.data.dataset import table_targets
+from maskstatus.data.mix import mix_batch, mixed_loss
+from maskstatus.data.sampling import WeightedEpochSampler, inverse_frequency_weights
+from maskstatus.engine.train import train
+from maskstatus.labels import AgeThresholds
+from maskstatus.losses import build_loss, class_weights, with_class_weights
+from maskstatus.models.freeze import set_trainable, stage_parameters
+from maskstatus.runs import RunDir, load_checkpoint
+
+
+def test_weighted_sampler_draws_classes_near_uniformly():
+    labels = np.array([0] * 500 + [1] * 100 + [2] * 100 + [3] * 20)
+    sampler = WeightedEpochSampler(inverse_frequency_weights(labels), seed=1)
+    drawn = np.bincount(labels[list(sampler)], minlength=4) / len(labels)
+    assert np.abs(drawn - 0.25).max() < 0.05
+    sampler.set_epoch(0)
+    first = list(sampler)
+    assert first == list(sampler)  # same epoch, same draws (resume replays them)
+    sampler.set_epoch(1)
+    assert first != list(sampler)
+
+
+def test_weighted_sampler_shares_one_draw_across_ranks():
+    w = inverse_frequency_weights(np.arange(100) % 3)
+    ranks = [list(WeightedEpochSampler(w, seed=4, rank=r, world_size=2)) for r in (0, 1)]
+    single = list(WeightedEpochSampler(w, seed=4))
+    assert len(ranks[0]) == len(ranks[1]) == 50
+    assert sorted(ranks[0] + ranks[1]) == sorted(single)
+
+
+def test_class_weights_and_injection():
+    targets = {"mask": np.array([0] * 50 + [1] * 10 + [2] * 10 + [0] * 10)}
+    w = class_weights(targets, ["mask"], "inverse")["mask"]
+    assert np.mean(w) == pytest.approx(1.0, rel=1e-5)
+    assert w[1] == pytest.approx(w[2]) and w[1] == pytest.approx(6 * w[0], rel=1e-4)
+    sq = class_weights(targets, ["mask"], "sqrt_inverse")["mask"]
+    assert sq[1] / sq[0] == pytest.approx(6 ** 0.5, rel=1e-4)
+    cfg = LossConfig(terms=[LossTerm(name="ce"), LossTerm(name="soft_f1"), LossTerm(name="focal", params={"weight": [1, 1, 1]})])
+    out = with_class_weights(cfg, {"mask": w})
+    assert out.terms[0].params["weight"] == {"mask": w}
+    assert "weight" not in out.terms[1].params and out.terms[2].params["weight"] == [1, 1, 1]
+    build_loss(out, ["mask"])  # the weighted config builds
+
+
+def test_training_age_thresholds_move_the_boundary():
+    table = pd.DataFrame({"mask": [0, 0, 0], "gender": [0, 1, 0], "age": [57, 58, 60], "age_group": [1, 1, 2],
+                          "label": [1, 4, 2]})
+    scored = table_targets(table)
+    moved = table_targets(table, AgeThresholds(30, 58))
+    assert scored["age"].tolist() == [1, 1, 2]
+    assert moved["age"].tolist() == [1, 2, 2] and moved["class"].tolist() == [1, 5, 2]
+
+
+def _mix_cfg(**kw):
+    return MixConfig(**kw)
+
+
+def test_cutmix_pastes_a_box_and_lam_matches_its_area():
+    a = torch.zeros(4, 3, 20, 16)
+    a[1], a[2], a[3] = 1.0, 2.0, 3.0
+    rng = np.random.default_rng(0)
+    for vertical in (False, True):
+        for _ in range(10):
+            m = mix_batch(a, _mix_cfg(cutmix=1.0, vertical=vertical), rng)
+            for i in range(4):
+                from_partner = (m.images[i, 0] == a[m.perm[i], 0, 0, 0]).float().mean().item()
+                if m.perm[i] != i:
+                    assert from_partner == pytest.approx(1 - m.lam, abs=1e-6)
+            assert 0.0 <= m.lam <= 1.0
+            if vertical:
+                changed = (m.images[m.perm != torch.arange(4)][:, 0] != a[m.perm != torch.arange(4)][:, 0])
+                if changed.any():
+                    assert changed.any(dim=2).all(dim=1).all()  # every row touched: the band spans the full height
+
+
+def test_mixup_and_mixed_loss_weights_sum_to_one():
+    torch.manual_seed(0)
+    a = torch.randn(6, 3, 8, 8)
+    m = mix_batch(a, _mix_cfg(mixup=1.0), np.random.default_rng(1))
+    assert torch.allclose(m.images, m.lam * a + (1 - m.lam) * a[m.perm])
+    loss_fn = build_loss(LossConfig(), ["mask", "gender", "age"])
+    outputs = {"mask": torch.randn(6, 3), "gender": torch.randn(6, 2), "age": torch.randn(6, 3)}
+    targets = {"mask": torch.randint(0, 3, (6,)), "gender": torch.randint(0, 2, (6,)), "age": torch.randint(0, 3, (6,))}
+    mixed, _ = mixed_loss(loss_fn, outputs, targets, m)
+    la, _ = loss_fn(outputs, targets)
+    lb, _ = loss_fn(outputs, {k: v[m.perm] for k, v in targets.items()})
+    assert mixed.item() == pytest.approx(m.lam * la.item() + (1 - m.lam) * lb.item(), rel=1e-6)
+    assert mix_batch(a, _mix_cfg(), np.random.default_rng(1)) is None
+    with pytest.raises(ValueError):
+        MixConfig(cutmix=0.7, mixup=0.5)
+
+
+def test_stage_parameters_cover_stem_and_first_stages():
+    import timm
+
+    m = timm.create_model("test_efficientnet", num_classes=0)
+    names = {id(p): n for n, p in m.named_parameters()}
+    one = {names[id(p)] for p in stage_parameters(m, 1)}
+    assert any(n.startswith("conv_stem") for n in one) and any(n.startswith("blocks.0.") for n in one)
+    assert not any(n.startswith("blocks.1.") for n in one)
+    assert stage_parameters(m, 0) == []
+    with pytest.raises(ValueError, match="freeze_stages"):
+        stage_parameters(m, 99)
+    set_trainable(stage_parameters(m, 1), False)
+    assert all(not p.requires_grad for p in stage_parameters(m, 1))
+
+
+def _weights(run, which="last", key="model"):
+    return load_checkpoint(getattr(RunDir(run), which))[key]
+
+
+def test_freezing_then_unfreezing_in_training(tiny_config, tmp_path):
+    import timm
+
+    # Start every run from known backbone weights, so "unchanged" can be checked exactly.
+    init = timm.create_model("test_efficientnet", num_classes=0).state_dict()
+    torch.save(init, tmp_path / "init.pt")
+    start = [f"model.pretrained_path={tmp_path / 'init.pt'}", "train.limit_train_batches=2", "train.freeze_stages=1",
+             "scheduler.name=none"]
+    frozen = train(tiny_config("train.epochs=1", *start))
+    thawed = train(tiny_config("train.epochs=2", "train.unfreeze_epoch=1", *start))
+    wf, wt = _weights(frozen.run_dir), _weights(thawed.run_dir)
+    stem, late = "conv_stem.weight", "blocks.2.0.conv_pwl.weight"
+    assert late in init
+    assert torch.equal(init[stem], wf["backbone." + stem]) and not torch.equal(init[late], wf["backbone." + late])
+    assert not torch.equal(init[stem], wt["backbone." + stem])
+
+
+def test_ema_weights_are_validated_and_kept_as_best(tiny_config):
+    run = train(tiny_config("train.epochs=1", "train.limit_train_batches=3", "train.ema_decay=0.5")).run_dir
+    best, last = _weights(run, "best"), load_checkpoint(RunDir(run).last)
+    for k in best:
+        assert torch.equal(best[k], last["ema"][k])
+    assert any(not torch.equal(last["ema"][k], last["model"][k]) for k in best if best[k].is_floating_point())
+
+
+def test_accumulation_steps_every_n_batches(tiny_config):
+    run = train(tiny_config("train.epochs=1", "train.limit_train_batches=5", "train.accumulate=2")).run_dir
+    opt = load_checkpoint(RunDir(run).last)["optimizer"]
+    assert {int(s["step"]) for s in opt["state"].values()} == {3}  # batches 2, 4 and the last one
+
+
+def test_drop_bands_and_weighted_sampler_in_a_run(tiny_config):
+    base = train(tiny_config("train.epochs=1", "train.batch_size=4"))
+    banded = train(tiny_config("train.epochs=1", "train.batch_size=4", "data.age.drop_bands=[[18, 45]]",
+                               "train.sampler.name=weighted", "train.sampler.by=age", "loss.class_weights=inverse",
+                               "train.mix.cutmix=0.5", "train.mix.mixup=0.5"))
+    n_base = pd.read_csv(RunDir(base.run_dir).metrics)["train_images"].iloc[0]
+    n_banded = pd.read_csv(RunDir(banded.run_dir).metrics)["train_images"].iloc[0]
+    assert n_banded < n_base
+    with pytest.raises(ValueError, match="leave no training images"):
+        train(tiny_config("train.epochs=1", "data.age.drop_bands=[[0, 200]]"))
