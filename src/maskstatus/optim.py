@@ -193,8 +193,9 @@ def constant_schedule(optimizer: Optimizer, epochs: int, warmup_epochs: int = 0)
 
 @SCHEDULERS.register("cosine")
 def cosine_schedule(optimizer: Optimizer, epochs: int, warmup_epochs: int = 0, min_lr: float = 0.0) -> EpochScheduler:
-    # The cosine part covers epochs warmup .. epochs-1 and reaches min_lr on the last one.
-    t_max = max(1, epochs - warmup_epochs - 1)
+    # The cosine spans epochs warmup .. epochs and would reach min_lr one step after the last epoch:
+    # reaching it *on* the last epoch would train that epoch at lr=min_lr (0 by default), wasting it.
+    t_max = max(1, epochs - warmup_epochs)
     main = CosineAnnealingLR(optimizer, T_max=t_max, eta_min=min_lr)
     return EpochScheduler(optimizer, _with_warmup(optimizer, main, warmup_epochs))
 
