@@ -53,3 +53,15 @@ def test_folds_file_round_trip_and_errors(tmp_path):
         read_folds(tmp_path / "none.csv")
     with pytest.raises(ValueError, match="cannot make"):
         make_folds(_table(3), 5, 0)
+
+
+def test_image_folds_reproduce_the_leaky_split(tmp_path):
+    from maskstatus.data.folds import make_image_folds
+
+    t = _table(60)
+    t["image_path"] = [f"/d/{p}/{s}.jpg" for p, s in zip(t["person_id"], t["stem"])]
+    folds = make_image_folds(t, 5, seed=0)
+    t = attach_folds(t, folds, 5)
+    assert t.groupby("person_id")["fold"].nunique().max() > 1  # a face on both sides: the pitfall, on purpose
+    folds.to_csv(tmp_path / "f.csv", index=False)
+    assert attach_folds(t, read_folds(tmp_path / "f.csv"), 5)["fold"].tolist() == t["fold"].tolist()

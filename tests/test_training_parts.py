@@ -158,3 +158,9 @@ def test_drop_bands_and_weighted_sampler_in_a_run(tiny_config):
     assert n_banded < n_base
     with pytest.raises(ValueError, match="leave no training images"):
         train(tiny_config("train.epochs=1", "data.age.drop_bands=[[0, 200]]"))
+
+
+def test_bf16_mixed_precision_runs_on_cpu(tiny_config):
+    run = train(tiny_config("train.epochs=1", "train.limit_train_batches=1", "train.precision=bf16-mixed")).run_dir
+    metrics = pd.read_csv(RunDir(run).metrics)
+    assert np.isfinite(metrics[["train_loss", "val_loss", "val_f1"]].to_numpy()).all()

@@ -61,6 +61,9 @@ class DataConfig(_Section):
 
 
 class SplitConfig(_Section):
+    by: Literal["person", "image"] = Field(
+        "person", description="image splits leak a face across the split (the starter code's pitfall; baseline only)"
+    )
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0, description="the held-out fold")
     seed: int = 42

@@ -26,7 +26,7 @@ from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, table_targets, worker_init
 from ..data.mix import mix_batch, mixed_loss
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
-from ..data.folds import attach_folds, make_folds, read_folds
+from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
 from ..data.layout import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
@@ -71,6 +71,8 @@ def load_train_table(cfg: Config) -> pd.DataFrame:
 def _folds_for(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
     if cfg.split.folds_file is not None:
         return read_folds(cfg.split.folds_file)
+    if cfg.split.by == "image":
+        return make_image_folds(table, cfg.split.folds, cfg.split.seed)
     return make_folds(table, cfg.split.folds, cfg.split.seed)
 
 
