@@ -8,7 +8,7 @@ import pytest
 from maskstatus.cli import main
 
 DEMO_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-COMMANDS = ["demo-data", "validate-data", "train", "predict", "demo"]
+COMMANDS = ["demo-data", "validate-data", "train", "cv", "predict", "ensemble", "find-label-errors", "demo"]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS)

@@ -82,6 +82,33 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold_list_arg(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fold numbers like 0,1,2, got {text!r}") from None
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .engine.cv import CV_CONFIG, run_cv
+
+    if (args.resume is None) == (args.config is None):
+        raise SystemExit("cv: give either --config FILE or --resume CV_DIR")
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    # Like train --resume: a resumed CV keeps its saved config; overrides then change its train section.
+    cfg = load_config(args.config if args.resume is None else args.resume / CV_CONFIG, overrides)
+    result = run_cv(cfg, folds=args.folds, resume=args.resume)
+    for f in result.per_fold:
+        print(f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})")
+    m = result.metrics
+    done = "" if result.complete else f" (folds {[f['fold'] for f in result.per_fold]} only)"
+    print(f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}{done}")
+    print(f"OOF per task F1: mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}")
+    print(f"cv folder: {result.cv_dir}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .engine.predict import predict
 
@@ -93,9 +120,71 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         accelerator=args.accelerator,
         num_workers=args.num_workers,
+        tta=_tta_arg(args.tta),
     )
     print(f"submission: {sub}")
     print(f"probabilities: {probs}")
+    return 0
+
+
+def _tta_arg(values: Optional[list[str]]) -> Optional[list[str]]:
+    """--tta given repeatedly -> list; not given -> None (each run's predict.tta); 'none' -> no TTA."""
+    if values is None:
+        return None
+    if "none" in values:
+        if len(values) > 1:
+            raise SystemExit("--tta none cannot be combined with other --tta values")
+        return []
+    return values
+
+
+def _weights_arg(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,2,1, got {text!r}") from None
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from .engine.ensemble import ensemble_oof, oof_path
+    from .engine.predict import predict
+    from .runs import atomic_write_csv
+
+    if (args.data is None) != (args.out is None):
+        raise SystemExit("ensemble: give --data and --out together")
+    missing = []
+    for run in args.run:
+        try:
+            oof_path(run)
+        except FileNotFoundError:
+            missing.append(run)
+    if missing and (args.out_oof or args.data is None):
+        raise FileNotFoundError(f"no out-of-fold predictions (oof.csv or predictions/oof.csv) in: {', '.join(missing)}")
+    if missing:
+        print(f"no OOF score: no out-of-fold predictions in {', '.join(missing)}")
+    else:
+        oof, m = ensemble_oof(args.run, args.weights, args.vote)
+        print(f"OOF images scored: {len(oof)}")
+        print(f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
+        print(f"OOF per task F1: mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}")
+        if args.out_oof:
+            atomic_write_csv(oof, Path(args.out_oof), float_format="%.6f")
+            print(f"OOF probabilities: {args.out_oof}")
+    if args.data is not None:
+        sub, probs = predict(
+            args.run,
+            Path(args.data),
+            Path(args.out),
+            checkpoint=args.checkpoint,
+            batch_size=args.batch_size,
+            accelerator=args.accelerator,
+            num_workers=args.num_workers,
+            tta=_tta_arg(args.tta),
+            weights=args.weights,
+            vote=args.vote,
+        )
+        print(f"submission: {sub}")
+        print(f"probabilities: {probs}")
     return 0
 
 
@@ -107,6 +196,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"eval macro F1 (against the demo ground truth): {result.eval_f1:.4f}  accuracy {result.eval_acc:.4f}")
     print(f"submission: {result.submission}")
     print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def _cmd_find_label_errors(args: argparse.Namespace) -> int:
+    from .engine.label_errors import TASK_NAMES, find_label_errors, load_oof, write_review
+
+    source = Path(args.run)
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "label_review"
+    suspects = find_label_errors(load_oof(source), top=args.top, min_score=args.min_score)
+    paths = write_review(suspects, out)
+    counts = suspects["task"].value_counts()
+    print("suspects: " + ", ".join(f"{task}: {int(counts.get(task, 0))}" for task in TASK_NAMES))
+    for path in paths.values():
+        print(path)
     return 0
 
 
@@ -146,9 +249,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18")
     s.set_defaults(fn=_cmd_train)
 
+    s = sub.add_parser(
+        "cv", help="train every fold on one shared split; prints per-fold and out-of-fold F1 and the CV folder",
+        description="Make the person -> fold split once, train one run per fold on it, pool the held-out "
+                    "predictions into CV_DIR/oof.csv and score them (CV_DIR/cv_metrics.json). The CV folder works as "
+                    "predict --run CV_DIR (its fold runs are soft-voted).",
+    )
+    s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); split.folds sets K")
+    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...",
+                   help="train only these folds (default: all of split.folds); the OOF pools every finished fold")
+    s.add_argument("--resume", type=Path, default=None, metavar="CV_DIR",
+                   help="continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
+                        "fold continues from its last checkpoint (train.epochs=N extends every fold)")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)")
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. data.root=DIR split.folds=5 train.epochs=3")
+    s.set_defaults(fn=_cmd_cv)
+
     s = sub.add_parser("predict", help="predict eval images (or any image folder) with one or more runs")
     s.add_argument("--run", action="append", required=True, metavar="RUN_DIR",
-                   help="run folder; repeat to soft-vote several runs")
+                   help="run folder, or CV folder (the mean of its fold runs); repeat to soft-vote several")
     s.add_argument("--data", required=True, metavar="EVAL_DIR",
                    help="competition eval folder (info.csv + images/) or any folder of images")
     s.add_argument("--out", required=True, metavar="FILE.csv",
@@ -157,7 +278,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
     s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
     s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
+    s.add_argument("--tta", action="append", default=None, metavar="NAME",
+                   help="test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
+                        "repeat to add more, 'none' for none (default: each run's predict.tta)")
     s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
+    s.add_argument("--run", action="append", required=True, metavar="DIR",
+                   help="run folder or CV folder (its oof.csv out of fold, the mean of its fold runs on eval); "
+                        "repeat for each member")
+    s.add_argument("--weights", type=_weights_arg, default=None, metavar="W1,W2,...",
+                   help="one weight >= 0 per --run, in order (default: equal)")
+    s.add_argument("--vote", choices=("soft", "hard"), default="soft",
+                   help="soft: weighted mean of probabilities; hard: weighted majority of argmax classes, "
+                        "ties to the larger summed probability (default soft)")
+    s.add_argument("--out-oof", default=None, metavar="FILE.csv",
+                   help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)")
+    s.add_argument("--data", default=None, metavar="EVAL_DIR",
+                   help="also predict this eval folder (or any folder of images), as predict does; needs --out")
+    s.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
+    s.add_argument("--tta", action="append", default=None, metavar="NAME",
+                   help="test-time augmentation for --data: hflip, shift; repeat to add more, 'none' for none "
+                        "(default: each run's predict.tta)")
+    s.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help="which checkpoint for --data (default best)")
+    s.add_argument("--batch-size", type=int, default=None, help="for --data; default: each run's train.eval_batch_size")
+    s.add_argument("--accelerator", default="auto", help="for --data: cpu, cuda, auto (default auto)")
+    s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for --data (default 0)")
+    s.set_defaults(fn=_cmd_ensemble)
 
     s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")
     s.add_argument("--out", default="demo", help="folder for the demo data, run and submission (default ./demo)")
@@ -165,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="demo data seed")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for the demo run")
     s.set_defaults(fn=_cmd_demo)
+
+    s = sub.add_parser("find-label-errors",
+                       help="rank training people whose labels disagree with out-of-fold predictions")
+    s.add_argument("run", metavar="RUN", help="CV folder (oof.csv), run folder (predictions/oof.csv) or an oof CSV")
+    s.add_argument("--out", default=None, metavar="DIR", help="review folder (default RUN/label_review)")
+    s.add_argument("--top", type=int, default=50, help="most suspects kept per task (default 50)")
+    s.add_argument("--min-score", type=float, default=0.5,
+                   help="keep suspects whose label is at least this likely wrong, 0..1 (default 0.5)")
+    s.set_defaults(fn=_cmd_find_label_errors)
     return p
 
 

@@ -1,11 +1,11 @@
-"""Inference: class probabilities for a table of images, soft voting over runs, submission files."""
+"""Inference: class probabilities for a table of images, test-time augmentation, voting over runs, submission files."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -20,8 +20,10 @@ from ..data.dataset import FaceDataset, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..labels import NUM_CLASSES, decode
-from ..models import create_model, model_data_config, outputs_to_probs
+from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
+from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
+from .tta import average_view_probs, tta_views
 
 logger = logging.getLogger(__name__)
 
@@ -53,23 +55,31 @@ def infer(
     limit_batches: Optional[int] = None,
     progress: bool = False,
     desc: str = "predict",
+    tta: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, float]:
-    """-> (rows, probs (N, 18), mean loss or nan), gathered from every rank, sorted by row, rows unique."""
+    """-> (rows, probs (N, 18), mean loss or nan), gathered from every rank, sorted by row, rows unique.
+
+    ``tta`` names test-time augmentations (see ``tta.TTA``); their probabilities are
+    averaged with the plain view's. The loss is always that of the plain view.
+    """
     model.eval()
+    views = tta_views(tta)
     rows, probs, losses = [], [], []
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
     for i, batch in enumerate(bar):
         if limit_batches is not None and i >= limit_batches:
             break
         batch = fabric.to_device(batch)
-        with fabric.autocast():
-            outputs = model(batch["image"])
-        outputs = {k: v.float() for k, v in outputs.items()}
+        view_outputs = []
+        for view in views:
+            with fabric.autocast():
+                outputs = model(view(batch["image"]))
+            view_outputs.append({k: v.float() for k, v in outputs.items()})
         if loss_fn is not None:
-            loss, _ = loss_fn(outputs, batch)
+            loss, _ = loss_fn(view_outputs[0], batch)
             losses.append(loss.detach().float() * len(batch["row"]))
         rows.append(batch["row"])
-        probs.append(outputs_to_probs(outputs))
+        probs.append(average_view_probs(view_outputs))
     if rows:
         row_t, prob_t = torch.cat(rows), torch.cat(probs)
     else:
@@ -122,36 +132,70 @@ def load_run(run_dir: Path | str, which: str = "best") -> LoadedRun:
 
 
 def predict_probs(
-    runs: Sequence[LoadedRun],
+    runs: Sequence[Union[LoadedRun, Sequence[LoadedRun]]],
     table: pd.DataFrame,
     fabric: Fabric,
     batch_size: Optional[int] = None,
     num_workers: int = 0,
     progress: bool = True,
+    tta: Optional[Sequence[str]] = None,
+    weights: Optional[Sequence[float]] = None,
+    vote: Vote = "soft",
 ) -> np.ndarray:
-    """Soft voting: the mean of every run's 18-class probabilities, in table order."""
+    """Ensemble 18-class probabilities in table order.
+
+    Each member of ``runs`` is a run, or a list of runs (the folds of a CV folder)
+    whose probabilities are averaged into one member. Members are combined by
+    ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
+    overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
+    """
+    members = [[m] if isinstance(m, LoadedRun) else list(m) for m in runs]
+    if not members or any(not m for m in members):
+        raise ValueError("predict_probs needs at least one run in every member")
     caches: dict = {}
-    total = np.zeros((len(table), NUM_CLASSES), dtype=np.float64)
-    for run in runs:
-        cfg = run.cfg
-        key = tuple(cfg.cache.size) if cfg.cache.size else None
-        if key not in caches:  # runs sharing an image size share one decode
-            caches[key] = ImageCache(
-                table["image_path"].tolist(), size=key, mode="memory", threads=cfg.cache.decode_threads, progress=progress
-            ).fill()
-        norm = model_data_config(run.model)
-        transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
-        dataset = FaceDataset(caches[key], np.arange(len(table)), transform)
-        loader = eval_loader(dataset, batch_size or cfg.train.eval_batch_size, num_workers, fabric)
-        model = run.model
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model = fabric.setup_module(model)
-        rows, probs, _ = infer(fabric, model, loader, progress=progress, desc=f"predict {run.checkpoint.parent.parent.name}")
-        if not np.array_equal(rows, np.arange(len(table))):
-            raise RuntimeError("inference lost rows; this is a bug")
-        total += probs
-    return (total / len(runs)).astype(np.float32)
+    member_probs = []
+    for member in members:
+        probs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
+        member_probs.append(np.mean(probs, axis=0))
+    return combine_probs(member_probs, weights, vote)
+
+
+def _run_probs(
+    run: LoadedRun,
+    table: pd.DataFrame,
+    fabric: Fabric,
+    caches: dict,
+    batch_size: Optional[int],
+    num_workers: int,
+    progress: bool,
+    tta: Optional[Sequence[str]],
+) -> np.ndarray:
+    """One run's probabilities (N, 18) as float64; ``caches`` holds decoded images shared between runs."""
+    cfg = run.cfg
+    key = tuple(cfg.cache.size) if cfg.cache.size else None
+    if key not in caches:  # runs sharing an image size share one decode
+        caches[key] = ImageCache(
+            table["image_path"].tolist(), size=key, mode="memory", threads=cfg.cache.decode_threads, progress=progress
+        ).fill()
+    norm = model_data_config(run.model)
+    transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
+    dataset = FaceDataset(caches[key], np.arange(len(table)), transform)
+    loader = eval_loader(dataset, batch_size or cfg.train.eval_batch_size, num_workers, fabric)
+    model = run.model
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = fabric.setup_module(model)
+    rows, probs, _ = infer(
+        fabric,
+        model,
+        loader,
+        progress=progress,
+        desc=f"predict {run.checkpoint.parent.parent.name}",
+        tta=cfg.predict.tta if tta is None else tta,
+    )
+    if not np.array_equal(rows, np.arange(len(table))):
+        raise RuntimeError("inference lost rows; this is a bug")
+    return probs.astype(np.float64)
 
 
 def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool) -> tuple[Path, Path]:
@@ -182,14 +226,29 @@ def predict(
     accelerator: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
+    tta: Optional[Sequence[str]] = None,
+    weights: Optional[Sequence[float]] = None,
+    vote: Vote = "soft",
 ) -> tuple[Path, Path]:
-    """Predict with one or more runs (soft voting) and write the submission and probabilities."""
+    """Predict with one or more runs and write the submission and probabilities.
+
+    Each of ``run_dirs`` is an ensemble member: a run folder, or a CV folder whose
+    fold runs are averaged into one member (see ``ensemble.expand_runs``).
+    ``weights`` (one per member) and ``vote`` combine the members (default: the
+    plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own.
+    """
     if not run_dirs:
         raise ValueError("predict needs at least one run folder")
-    runs = [load_run(r, checkpoint) for r in run_dirs]
+    groups = [expand_runs([r]) for r in run_dirs]
+    # A bad weight list or vote fails here, before any model is loaded or image decoded.
+    normalize_weights(weights, len(groups))
+    check_vote(vote)
+    if tta is not None:
+        tta_views(tta)  # unknown names fail now too
+    runs = [[load_run(r, checkpoint) for r in group] for group in groups]
     table, competition = read_images(Path(data))
     if table.empty:
         raise ValueError(f"no images found in {data}")
-    fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0].cfg.train.precision)
-    probs = predict_probs(runs, table, fabric, batch_size, num_workers, progress)
+    fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
+    probs = predict_probs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
     return write_predictions(table, probs, Path(out), competition)

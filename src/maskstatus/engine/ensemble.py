@@ -1,0 +1,184 @@
+"""Ensembles of runs: combine probabilities (soft or hard vote), score the out-of-fold ensemble.
+
+An ensemble member is a folder given by the user: a run folder (its
+``predictions/oof.csv`` and its checkpoint), or a cross-validation folder (an
+``oof.csv`` at its top covering every fold, and one fold run per subfolder).
+For eval predictions a CV folder stands for the mean of its fold runs, so it is
+one member, just as its ``oof.csv`` is one member out of fold.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..labels import NUM_CLASSES
+from ..metrics import compute_metrics
+
+logger = logging.getLogger(__name__)
+
+Vote = Literal["soft", "hard"]
+
+# The file format of predict.PROB_COLUMNS (not imported: predict imports this module).
+PROB_COLUMNS = [f"p{c}" for c in range(NUM_CLASSES)]
+KEY_COLUMNS = ["person_id", "stem"]
+OOF_COLUMNS = ["person_id", "stem", "image_path", "label", "fold"]
+
+
+def normalize_weights(weights: Optional[Sequence[float]], count: int) -> np.ndarray:
+    """Weights (None = equal) -> float64 array summing to 1; clear errors for a bad list."""
+    if weights is None:
+        return np.full(count, 1.0 / count)
+    w = np.asarray(list(weights), dtype=np.float64)
+    if w.shape != (count,):
+        raise ValueError(f"got {w.size} weight(s) for {count} ensemble member(s); give one weight per --run")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+    if w.sum() <= 0:
+        raise ValueError(f"weights must not all be zero, got {w.tolist()}")
+    return w / w.sum()
+
+
+def check_vote(vote: str) -> Vote:
+    if vote not in ("soft", "hard"):
+        raise ValueError(f"vote must be 'soft' or 'hard', got {vote!r}")
+    return vote  # type: ignore[return-value]
+
+
+def combine_probs(
+    member_probs: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None, vote: Vote = "soft"
+) -> np.ndarray:
+    """Per-member probabilities, each (N, 18) in the same row order -> ensemble probabilities (N, 18), float32.
+
+    soft: the weighted mean. hard: each member votes for its argmax class with its
+    weight; the class with most votes wins, ties go to the larger weighted sum of
+    probabilities; the result is one-hot.
+    """
+    if not member_probs:
+        raise ValueError("an ensemble needs at least one member")
+    check_vote(vote)
+    stack = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs])  # (M, N, 18)
+    w = normalize_weights(weights, len(stack))
+    mean = np.tensordot(w, stack, axes=1)
+    if vote == "soft":
+        return mean.astype(np.float32)
+    n = stack.shape[1]
+    votes = np.zeros((n, NUM_CLASSES))
+    for wm, probs in zip(w, stack):
+        votes[np.arange(n), probs.argmax(axis=1)] += wm
+    # isclose: weights are floats, so equal vote totals may differ in the last bit.
+    tied = np.isclose(votes, votes.max(axis=1, keepdims=True), rtol=0.0, atol=1e-9)
+    winner = np.where(tied, mean, -np.inf).argmax(axis=1)
+    return np.eye(NUM_CLASSES, dtype=np.float32)[winner]
+
+
+def oof_path(path: Path | str) -> Path:
+    """``DIR/oof.csv`` (a CV folder) if present, else ``DIR/predictions/oof.csv`` (a run folder)."""
+    path = Path(path)
+    for candidate in (path / "oof.csv", path / "predictions" / "oof.csv"):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no out-of-fold predictions in {path} (looked for oof.csv and predictions/oof.csv)")
+
+
+def read_oof(path: Path | str) -> pd.DataFrame:
+    """One member's OOF table (columns person_id, stem, image_path, label, fold, p0..p17)."""
+    file = oof_path(path)
+    df = pd.read_csv(file, dtype={"person_id": str, "stem": str, "image_path": str})
+    missing = [c for c in [*OOF_COLUMNS, *PROB_COLUMNS] if c not in df.columns]
+    if missing:
+        raise ValueError(f"{file} lacks column(s) {missing}")
+    dup = df.duplicated(KEY_COLUMNS)
+    if dup.any():
+        first = df.loc[dup, KEY_COLUMNS].iloc[0].tolist()
+        raise ValueError(f"{file} has {int(dup.sum())} duplicate (person_id, stem) row(s), e.g. {first}")
+    return df
+
+
+def ensemble_oof(
+    run_dirs: Sequence[Path | str], weights: Optional[Sequence[float]] = None, vote: Vote = "soft"
+) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Combine the members' out-of-fold probabilities and score them; writes nothing.
+
+    Rows are matched on (person_id, stem); only images every member predicted are
+    kept, in the first member's order, with its labels. Returns a table with the
+    columns of a run's oof.csv (so it can itself be an ensemble member) and
+    ``compute_metrics`` of it.
+    """
+    if not run_dirs:
+        raise ValueError("an ensemble needs at least one run")
+    # A bad weight list or vote fails before anything is read.
+    normalize_weights(weights, len(run_dirs))
+    check_vote(vote)
+    tables = [read_oof(d) for d in run_dirs]
+    keys = [pd.MultiIndex.from_frame(t[KEY_COLUMNS]) for t in tables]
+    common = keys[0]
+    for k in keys[1:]:
+        common = common[common.isin(k)]
+    if len(common) == 0:
+        raise ValueError("the runs' out-of-fold predictions have no (person_id, stem) in common")
+    for d, t, k in zip(run_dirs, tables, keys):
+        dropped = len(t) - int(k.isin(common).sum())
+        if dropped:
+            logger.warning("%s: %d of %d OOF images are not in every run and are left out", d, dropped, len(t))
+    aligned = [t.set_index(KEY_COLUMNS).loc[common] for t in tables]
+
+    base = aligned[0]
+    labels = base["label"].to_numpy(np.int64)
+    for d, a in zip(run_dirs[1:], aligned[1:]):
+        differ = int((a["label"].to_numpy(np.int64) != labels).sum())
+        if differ:  # e.g. runs trained with different relabel files
+            logger.warning("%s: %d labels differ from %s; scoring with the latter's", d, differ, run_dirs[0])
+
+    probs = combine_probs([a[PROB_COLUMNS].to_numpy() for a in aligned], weights, vote)
+    out = base[["image_path", "label", "fold"]].reset_index()
+    out = pd.concat([out, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+    return out, compute_metrics(probs, labels)
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file()
+
+
+def _fold_runs(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    runs = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        if not _is_run(sub):
+            continue
+        if (sub / "checkpoints" / "best.pt").is_file():
+            runs.append(sub)
+        else:
+            logger.warning("%s has a config.yaml but no checkpoints/best.pt; left out of %s", sub, path)
+    return runs
+
+
+def expand_runs(paths: Sequence[Path | str]) -> list[Path]:
+    """Run folders and CV folders -> run folders.
+
+    A folder with config.yaml is one run (unless it has no checkpoints/ but holds
+    fold runs: a CV folder that saved its config at the top). A folder without
+    one, whose subfolders are runs (config.yaml + checkpoints/best.pt), stands
+    for those runs, sorted by name.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if _is_run(p) and (p / "checkpoints").is_dir():
+            out.append(p)
+            continue
+        folds = _fold_runs(p)
+        if folds:
+            out.extend(folds)
+        elif _is_run(p):
+            out.append(p)  # a run without checkpoints: loading it names the missing file
+        else:
+            raise FileNotFoundError(
+                f"not a run folder (no config.yaml) nor a folder of runs (no subfolder with config.yaml and "
+                f"checkpoints/best.pt): {p}"
+            )
+    return out

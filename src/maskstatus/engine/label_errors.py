@@ -1,0 +1,352 @@
+"""Find training people whose labels disagree with confident out-of-fold predictions.
+
+Input is an out-of-fold table (``oof.csv``: person_id, stem, image_path, label,
+fold, p0..p17), where every probability comes from a model that never saw that
+person. Labels are judged per PERSON, because gender and age are given once per
+person and a mask swap concerns two photos of one person:
+
+- ``gender``: mean of the gender marginals over the person's photos;
+  score = mean probability of the other gender.
+- ``age``: mean of the age-group marginals; score = 1 - mean probability of the
+  given group; ``predicted`` is the group with the highest mean.
+- ``mask_swap``: for the incorrect_mask photo (given mask A) and the normal
+  photo (given mask B), score = sqrt(P(incorrect_mask photo looks B) *
+  P(normal photo looks A)), the geometric mean of the two swap probabilities.
+  The geometric mean is high only when both photos point to a swap, and it
+  stays on the 0..1 probability scale of the other tasks (two photos at 0.9
+  score 0.9), so one ``min_score`` means the same for every task. ``given`` and
+  ``predicted`` are the masks of the incorrect_mask / normal photos, in that order.
+
+Every score is "how likely the model thinks the label is wrong", 0..1. The
+labels judged are those in ``oof.csv``, i.e. after any relabel file the run used.
+
+``write_review`` turns a ranking into a review folder: ``review.csv``,
+``review.png`` (each suspect person's photos with a caption) and
+``relabel_draft.csv`` in the relabel format, to check by eye before use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from ..data.relabel import SWAP_STEMS, SWAP_VALUE
+from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, NUM_CLASSES, TASKS, decode, split_class_probs
+from ..runs import atomic_write_csv, atomic_write_text
+
+__all__ = [
+    "DRAFT_MIN_SCORE",
+    "OOF_COLUMNS",
+    "REVIEW_COLUMNS",
+    "REVIEW_ROW_HEIGHT",
+    "REVIEW_THUMB",
+    "TASK_NAMES",
+    "find_label_errors",
+    "load_oof",
+    "score_people",
+    "write_review",
+]
+
+# Same names as engine.predict.PROB_COLUMNS; spelled out here so this module does not import the model code.
+PROB_COLUMNS: list[str] = [f"p{c}" for c in range(NUM_CLASSES)]
+OOF_COLUMNS: tuple[str, ...] = ("person_id", "stem", "image_path", "label", *PROB_COLUMNS)
+REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images")
+# The task names double as relabel field names where a fix is a relabel row.
+TASK_NAMES: tuple[str, ...] = ("gender", "age", "mask_swap")
+
+# A relabel draft row is written only where the model thinks the label is more likely wrong than right.
+DRAFT_MIN_SCORE = 0.5
+
+# Review grid geometry: a caption band (one line per task) above one thumbnail per photo.
+REVIEW_THUMB: tuple[int, int] = (96, 128)  # width, height
+_PAD = 4
+_LINE_HEIGHT = 13
+_CAPTION_HEIGHT = _PAD + _LINE_HEIGHT * len(TASK_NAMES) + _PAD
+REVIEW_ROW_HEIGHT: int = _CAPTION_HEIGHT + REVIEW_THUMB[1] + _PAD
+_GRID_WIDTH = len(IMAGE_STEMS) * (REVIEW_THUMB[0] + _PAD) + _PAD
+
+
+def load_oof(path: Path | str) -> pd.DataFrame:
+    """Read out-of-fold predictions from a CV folder, a run folder or a CSV file.
+
+    A folder is looked up as ``<path>/oof.csv`` (a CV folder) and then
+    ``<path>/predictions/oof.csv`` (a single run). person_id, stem and
+    image_path are read as strings, so ids like "000123" keep their zeros.
+    Raises FileNotFoundError or ValueError naming the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "oof.csv", path / "predictions" / "oof.csv"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            looked = " or ".join(str(c) for c in candidates)
+            raise FileNotFoundError(f"no out-of-fold predictions in {path}: looked for {looked}")
+        path = found
+    elif not path.is_file():
+        raise FileNotFoundError(f"out-of-fold predictions not found: {path} (give a CV folder, run folder or oof.csv)")
+    try:
+        oof = pd.read_csv(path, dtype={"person_id": str, "stem": str, "image_path": str}, keep_default_na=False)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read out-of-fold predictions {path}: {err}") from None
+    try:
+        _check_oof(oof)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return oof
+
+
+def _check_oof(oof: pd.DataFrame) -> None:
+    missing = [c for c in OOF_COLUMNS if c not in oof.columns]
+    if missing:
+        raise ValueError(f"out-of-fold table lacks column(s) {missing}; expected {list(OOF_COLUMNS)}")
+    if oof.empty:
+        raise ValueError("out-of-fold table has no rows")
+    probs = pd.DataFrame(oof[PROB_COLUMNS]).apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
+    if not np.isfinite(probs).all() or (probs < 0).any():
+        raise ValueError("out-of-fold probabilities p0..p17 must be finite numbers >= 0")
+    if (probs.sum(axis=1) <= 0).any():
+        raise ValueError("a row of out-of-fold probabilities sums to 0")
+
+
+def _mode(frame: pd.DataFrame, keys: list[str], column: str) -> pd.Series:
+    """Most common ``column`` value per ``keys`` group (ties: the smallest value), in first-appearance order.
+
+    A person's gender/age label is the same on all photos; the mode keeps one stray row from deciding it.
+    """
+    counts = frame.groupby([*keys, column], sort=True).size().rename("n").reset_index()
+    counts = counts.sort_values("n", ascending=False, kind="stable").drop_duplicates(keys)
+    order = frame[keys].drop_duplicates()
+    return order.merge(counts, on=keys, how="left").set_index(keys)[column]
+
+
+def _person_images(frame: pd.DataFrame) -> pd.Series:
+    """person_id -> the person's image paths in IMAGE_STEMS order, ';'-joined."""
+    order = frame["stem"].map({stem: i for i, stem in enumerate(IMAGE_STEMS)}).fillna(len(IMAGE_STEMS))
+    ordered = frame.assign(_order=order).sort_values(["person_id", "_order", "image_path"], kind="stable")
+    return ordered.groupby("person_id", sort=False)["image_path"].agg(lambda s: ";".join(dict.fromkeys(s)))
+
+
+def score_people(oof: pd.DataFrame) -> pd.DataFrame:
+    """Every (person, task) suspicion score, unfiltered and unsorted; columns REVIEW_COLUMNS.
+
+    The scoring rules are in the module docstring. A person without both an
+    incorrect_mask and a normal photo, or whose two photos carry the same given
+    mask, gets no mask_swap row.
+    """
+    _check_oof(oof)
+    probs = oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    # oof.csv rounds to 6 decimals; renormalise so the marginals sum to 1 exactly.
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    marginals = split_class_probs(probs)
+    given_mask, given_gender, given_age = decode(oof["label"].to_numpy(dtype=np.int64))
+
+    frame = pd.DataFrame(
+        {
+            "person_id": oof["person_id"].astype(str).to_numpy(),
+            "stem": oof["stem"].astype(str).str.lower().to_numpy(),
+            "image_path": oof["image_path"].astype(str).to_numpy(),
+            "given_mask": given_mask,
+            "given_gender": given_gender,
+            "given_age": given_age,
+        }
+    )
+    for task in TASKS:
+        for k in range(TASKS[task]):
+            frame[f"{task}{k}"] = marginals[task][:, k]
+    images = _person_images(frame)
+    people = frame.groupby("person_id", sort=False)
+
+    rows: list[pd.DataFrame] = []
+    for task, names in (("gender", GENDER_NAMES), ("age", AGE_NAMES)):
+        cols = [f"{task}{k}" for k in range(TASKS[task])]
+        given = _mode(frame, ["person_id"], f"given_{task}")
+        mean = people[cols].mean().loc[given.index].to_numpy()
+        given_codes = given.to_numpy(dtype=np.int64)
+        p_given = mean[np.arange(len(mean)), given_codes]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "person_id": given.index,
+                    "task": task,
+                    "given": [names[c] for c in given_codes],
+                    "predicted": [names[c] for c in mean.argmax(axis=1)],
+                    "score": 1.0 - p_given,
+                }
+            )
+        )
+    swaps = _mask_swap_scores(frame)
+    if len(swaps):
+        rows.append(swaps)
+
+    scores = pd.concat(rows, ignore_index=True)
+    scores["score"] = scores["score"].clip(0.0, 1.0)
+    scores["images"] = scores["person_id"].map(images)
+    return scores[list(REVIEW_COLUMNS)]
+
+
+def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    first, second = SWAP_STEMS
+    mask_cols = [f"mask{k}" for k in range(TASKS["mask"])]
+    pair = frame[frame["stem"].isin(SWAP_STEMS)]
+    # Average duplicates (an image predicted twice) so each person has one row per stem.
+    probs = pair.groupby(["person_id", "stem"], sort=False)[mask_cols].mean().unstack("stem")
+    given = _mode(pair, ["person_id", "stem"], "given_mask").unstack("stem")
+    columns = ["person_id", "task", "given", "predicted", "score"]
+    if first not in given.columns or second not in given.columns:
+        return pd.DataFrame(columns=columns)
+    given = given.dropna(subset=[first, second]).astype(np.int64)
+    given = given[given[first] != given[second]]
+    if given.empty:
+        return pd.DataFrame(columns=columns)
+    p_first = np.stack([probs.loc[given.index, (c, first)].to_numpy() for c in mask_cols], axis=1)
+    p_second = np.stack([probs.loc[given.index, (c, second)].to_numpy() for c in mask_cols], axis=1)
+    g_first, g_second = given[first].to_numpy(), given[second].to_numpy()
+    idx = np.arange(len(given))
+    # Swapped means each photo looks like the mask the other one is labelled with.
+    score = np.sqrt(p_first[idx, g_second] * p_second[idx, g_first])
+    pred_first, pred_second = p_first.argmax(axis=1), p_second.argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "person_id": given.index,
+            "task": "mask_swap",
+            "given": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(g_first, g_second)],
+            "predicted": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(pred_first, pred_second)],
+            "score": score,
+        }
+    )
+
+
+def find_label_errors(oof: pd.DataFrame, top: int = 50, min_score: float = 0.5) -> pd.DataFrame:
+    """Rank people whose labels disagree with confident out-of-fold predictions.
+
+    Returns one row per (person, task) with columns person_id, task (gender,
+    age or mask_swap), given, predicted, score (0..1, how likely the label is
+    wrong; rules in the module docstring) and images (the person's image paths
+    in stem order, ';'-joined). A row is kept when its score is at least
+    ``min_score`` (default 0.5: the model finds the label more likely wrong
+    than right) and it is among the ``top`` highest of its task. Sorted by
+    score, highest first.
+    """
+    if top < 1:
+        raise ValueError(f"top must be >= 1, got {top}")
+    scores = score_people(oof)
+    kept = scores[scores["score"] >= min_score]
+    kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
+    kept = kept.groupby("task", sort=False).head(top)
+    return kept.reset_index(drop=True)
+
+
+def write_review(suspects: pd.DataFrame, out_dir: Path, grid_people: int = 20) -> dict[str, Path]:
+    """Write review.csv, review.png and relabel_draft.csv for a find_label_errors table.
+
+    review.png has one row per suspect person (the first ``grid_people`` in
+    ranking order; a person suspect for several tasks gets one row with one
+    caption line per task) showing the person's photos, each tagged with its stem.
+    relabel_draft.csv holds gender and mask_swap fixes scoring above
+    DRAFT_MIN_SCORE; age suspects are listed as '#' comments because a relabel
+    needs the age in whole years. Returns {"review_csv", "review_png",
+    "relabel_draft"} -> path. Every file is written atomically.
+    """
+    missing = [c for c in REVIEW_COLUMNS if c not in suspects.columns]
+    if missing:
+        raise ValueError(f"suspects table lacks column(s) {missing}; expected {list(REVIEW_COLUMNS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "review_csv": out_dir / "review.csv",
+        "review_png": out_dir / "review.png",
+        "relabel_draft": out_dir / "relabel_draft.csv",
+    }
+    atomic_write_csv(suspects[list(REVIEW_COLUMNS)], paths["review_csv"], float_format="%.4f")
+    _write_png(_review_grid(suspects, grid_people), paths["review_png"])
+    atomic_write_text(paths["relabel_draft"], _relabel_draft(suspects))
+    return paths
+
+
+def _relabel_draft(suspects: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    buf.write(
+        "# DRAFT written by find-label-errors from out-of-fold predictions: check every row against "
+        "review.png and delete the wrong ones before using it as a relabel file.\n"
+        "# The fixes are relative to the labels the run trained on (after its relabel file, if any).\n"
+    )
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "field", "value"])
+    sure = suspects[suspects["score"] > DRAFT_MIN_SCORE]
+    for row in sure.itertuples(index=False):
+        if row.task == "gender":
+            writer.writerow([row.person_id, "gender", row.predicted])
+        elif row.task == "mask_swap":
+            writer.writerow([row.person_id, "mask_swap", SWAP_VALUE])
+    ages = suspects[suspects["task"] == "age"]
+    if len(ages):
+        buf.write("# Age suspects: a relabel needs whole years, so look at the photos and add rows like ID,age,YEARS\n")
+        for row in ages.itertuples(index=False):
+            buf.write(f"#   {row.person_id}: given {row.given}, predicted {row.predicted}, score {row.score:.2f}\n")
+    return buf.getvalue()
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _thumbnail(path: str, font) -> Image.Image:
+    w, h = REVIEW_THUMB
+    tile = Image.new("RGB", (w, h), (200, 200, 200))
+    draw = ImageDraw.Draw(tile)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (w, h))
+        tile.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
+    except (OSError, ValueError):
+        # A moved or broken file should not stop the review; the tile says what is missing.
+        draw.text((4, h // 2 - 6), "unreadable", fill=(120, 0, 0), font=font)
+    stem = Path(path).stem
+    draw.rectangle([0, h - 14, w, h], fill=(0, 0, 0))
+    draw.text((3, h - 13), stem, fill=(255, 255, 255), font=font)
+    return tile
+
+
+def _review_grid(suspects: pd.DataFrame, grid_people: int) -> Image.Image:
+    font = _font(11)
+    people = list(dict.fromkeys(suspects["person_id"].astype(str)))[: max(0, grid_people)]
+    grid = Image.new("RGB", (_GRID_WIDTH, REVIEW_ROW_HEIGHT * max(1, len(people))), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    if not people:
+        draw.text((_PAD, _PAD), "no suspects", fill=(0, 0, 0), font=font)
+        return grid
+    ids = suspects["person_id"].astype(str)
+    for r, pid in enumerate(people):
+        top = r * REVIEW_ROW_HEIGHT
+        rows = suspects[ids == pid]
+        for k, row in enumerate(rows.head(len(TASK_NAMES)).itertuples(index=False)):
+            text = f"{pid}  {row.task}: given {row.given}, predicted {row.predicted}, score {row.score:.2f}"
+            draw.text((_PAD, top + _PAD + k * _LINE_HEIGHT), text, fill=(0, 0, 0), font=font)
+        images = [p for p in str(rows["images"].iloc[0]).split(";") if p][: len(IMAGE_STEMS)]
+        for c, path in enumerate(images):
+            grid.paste(_thumbnail(path, font), (_PAD + c * (REVIEW_THUMB[0] + _PAD), top + _CAPTION_HEIGHT))
+        draw.line([(0, top + REVIEW_ROW_HEIGHT - 1), (grid.width, top + REVIEW_ROW_HEIGHT - 1)], fill=(180, 180, 180))
+    return grid
+
+
+def _write_png(img: Image.Image, path: Path) -> None:
+    # Temp file in the same folder, then rename: a crash never leaves half a PNG.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format="PNG")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
