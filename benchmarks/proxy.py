@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         "oof_mask_f1": best["mask_f1"],
         "oof_gender_f1": best["gender_f1"],
         "oof_age_f1": best["age_f1"],
+        "overrides": list(args.overrides),
+        "train_s": float(history["train_time_s"].sum()),
         "train_images_per_s": float(history["train_images"].sum() / history["train_time_s"].sum()),
         "model_only_train_images_per_s": model_only,
         "predict_images_per_s": n_eval / predict_s,

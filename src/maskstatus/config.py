@@ -50,6 +50,21 @@ class AgeConfig(_Section):
         return AgeThresholds(self.train_young_below or self.young_below, self.train_old_from or self.old_from)
 
 
+class PseudoConfig(_Section):
+    probs: Path = Field(description="probabilities CSV of the eval images (predict's or ensemble's *.probs.csv)")
+    eval_dir: Optional[Path] = Field(None, description="the eval folder those rows name (default: data.root/eval)")
+    threshold: float = Field(0.9, ge=0.0, le=1.0, description="keep images whose top class probability reaches this")
+    task_thresholds: dict[str, float] = Field(default_factory=dict, description="and each named task's top marginal")
+
+    @field_validator("task_thresholds")
+    @classmethod
+    def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
+        unknown = sorted(set(v) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+        return v
+
+
 class DataConfig(_Section):
     root: Optional[Path] = Field(None, description="folder holding train/ (and eval/)")
     skip_bad: bool = Field(False, description="warn and leave out bad items instead of failing")
@@ -58,6 +73,7 @@ class DataConfig(_Section):
         None, description="relabel CSV applied on load: a path, or 'competition' for the shipped public fixes"
     )
     age: AgeConfig = AgeConfig()
+    pseudo: Optional[PseudoConfig] = Field(None, description="train on confident eval predictions too (never validated on)")
 
 
 class SplitConfig(_Section):

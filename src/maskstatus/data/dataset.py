@@ -26,7 +26,9 @@ def table_targets(table: pd.DataFrame, thresholds: Optional[AgeThresholds] = Non
     if thresholds is None:
         age, cls = table["age_group"].to_numpy(np.int64), table["label"].to_numpy(np.int64)
     else:
-        age = np.asarray(age_group(table["age"].to_numpy(), thresholds), dtype=np.int64)
+        years = table["age"].to_numpy()
+        # Rows without years (pseudo labels, age -1) keep the age group they came with.
+        age = np.where(years >= 0, age_group(years, thresholds), table["age_group"].to_numpy()).astype(np.int64)
         cls = np.asarray(encode(mask, gender, age), dtype=np.int64)
     return {"class": cls, "mask": mask, "gender": gender, "age": age}
 

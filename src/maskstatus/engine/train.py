@@ -25,6 +25,7 @@ from ..config import Config, ConfigError, config_to_dict, load_config, save_conf
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, table_targets, worker_init
 from ..data.mix import mix_batch, mixed_loss
+from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
 from ..data.layout import train_table
@@ -74,6 +75,18 @@ def _folds_for(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
     if cfg.split.by == "image":
         return make_image_folds(table, cfg.split.folds, cfg.split.seed)
     return make_folds(table, cfg.split.folds, cfg.split.seed)
+
+
+def _add_pseudo_labels(cfg: Config, table: pd.DataFrame, run: RunDir, write: bool) -> pd.DataFrame:
+    """Append confident eval predictions as fold -1 rows: trained on in every fold, never validated on."""
+    pc = cfg.data.pseudo
+    eval_dir = pc.eval_dir if pc.eval_dir is not None else Path(cfg.data.root) / "eval"
+    pseudo = pseudo_rows(pc.probs, eval_dir, pc.threshold, pc.task_thresholds)
+    if write:  # the run records exactly which images it trained on, with which labels
+        atomic_write_csv(pseudo[["person_id", "image_path", "mask", "gender", "age_group", "label", "confidence"]],
+                         run.root / "pseudo.csv")
+    pseudo = pseudo.drop(columns="confidence").assign(fold=PSEUDO_FOLD)
+    return pd.concat([table, pseudo], ignore_index=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -169,6 +182,8 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
             save_config(cfg, run.config)
             atomic_write_csv(folds, run.folds)
     table = attach_folds(table, folds, cfg.split.folds, source=str(run.folds))
+    if cfg.data.pseudo is not None:
+        table = _add_pseudo_labels(cfg, table, run, fabric.is_global_zero)
     fabric.barrier()
 
     train_rows = np.flatnonzero(table["fold"].to_numpy() != cfg.split.fold)
@@ -264,9 +279,10 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
 
         # With EMA, the averaged weights are the ones validated, kept as best and used to predict.
         eval_model = ema.module if ema is not None else model
+        # Validation predicts the way the run will predict (its TTA included), so OOF scores measure that.
         rows, probs, val_loss = infer(
             fabric, eval_model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
-            desc=f"val {epoch}",
+            desc=f"val {epoch}", tta=cfg.predict.tta,
         )
         metrics = compute_metrics(probs, table["label"].to_numpy()[rows])
         lr = scheduler.lr

@@ -1,0 +1,130 @@
+"""Ablation on the proxy data: one row per technique, same fold, same epoch budget.
+
+    python benchmarks/ablation.py                       # run every row not yet measured, then write the table
+    python benchmarks/ablation.py --rows "EMA 0.999"    # just these rows
+    python benchmarks/ablation.py --table-only          # rewrite ablation.md from the JSONs present
+
+Each row runs benchmarks/proxy.py's measurement and keeps its JSON under
+benchmarks/results/ablation/, so the table can be built over several sessions
+(a CPU row takes about 20 minutes) and rows measured elsewhere can be added.
+Rows without a JSON are listed as not run, never guessed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def load_plan(path: Path) -> dict:
+    plan = yaml.safe_load(path.read_text())
+    names = [r["name"] for r in plan["rows"]]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: row names must be unique")
+    return plan
+
+
+def run_row(plan: dict, row: dict, out_dir: Path, data: Path | None, epochs: int | None, runs: Path) -> Path:
+    result = out_dir / f"{slug(row['name'])}.json"
+    config = row.get("recipe", plan["reference"])
+    args = ["--config", str(REPO / config), "--fold", str(plan["fold"]), "--out", str(result),
+            "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs)]
+    if data is not None:
+        args += ["--data", str(data)]
+    if epochs is not None:
+        args += ["--epochs", str(epochs)]
+    proxy.main([*args, *row.get("overrides", [])])
+    return result
+
+
+def render(plan: dict, out_dir: Path) -> str:
+    lines = [
+        "# Ablation on the proxy data",
+        "",
+        f"Reference: `{plan['reference']}`, fold {plan['fold']} of 5 (person-grouped, identical folds for every row), "
+        "same epoch budget. Each row switches one part on (or swaps the whole recipe). "
+        "F1 columns are out-of-fold macro F1 on the held-out fold; Δ is against the reference row. "
+        "Train time is the training loop only, on the machine named in the row's JSON.",
+        "",
+        "| row | overrides | OOF macro F1 | Δ | mask F1 | gender F1 | age F1 | train min | machine | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    ref = None
+    ref_path = out_dir / f"{slug(plan['rows'][0]['name'])}.json"
+    if ref_path.is_file():
+        ref = json.loads(ref_path.read_text())["oof_f1"]
+    for row in plan["rows"]:
+        path = out_dir / f"{slug(row['name'])}.json"
+        what = row.get("recipe") or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—"
+        note = row.get("note", "")
+        if not path.is_file():
+            lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | {note} |")
+            continue
+        r = json.loads(path.read_text())
+        delta = "" if ref is None or row is plan["rows"][0] else f"{r['oof_f1'] - ref:+.3f}"
+        train_min = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
+        machine = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
+        lines.append(
+            f"| {row['name']} | {what} | {r['oof_f1']:.3f} | {delta} | {r['oof_mask_f1']:.3f} | "
+            f"{r['oof_gender_f1']:.3f} | {r['oof_age_f1']:.3f} | {train_min} | {machine} | {note} |"
+        )
+    lines += [
+        "",
+        "Reproduce (rows already measured are skipped; delete a JSON to measure it again):",
+        "",
+        "```bash",
+        "python benchmarks/ablation.py",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--plan", type=Path, default=HERE / "ablation.yaml", help="rows to run (default benchmarks/ablation.yaml)")
+    p.add_argument("--out", type=Path, default=HERE / "results" / "ablation", help="folder of per-row JSONs")
+    p.add_argument("--table", type=Path, default=HERE / "results" / "ablation.md", help="markdown table to write")
+    p.add_argument("--rows", action="append", default=None, help="only this row (repeatable)")
+    p.add_argument("--data", type=Path, default=None, help="maskproxy folder (default: proxy.py's default)")
+    p.add_argument("--epochs", type=int, default=None, help="override every row's train.epochs")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "ablation", help="where the run folders go")
+    p.add_argument("--table-only", action="store_true", help="only rewrite the table from the JSONs present")
+    args = p.parse_args(argv)
+
+    plan = load_plan(args.plan)
+    args.out.mkdir(parents=True, exist_ok=True)
+    known = {r["name"] for r in plan["rows"]}
+    unknown = sorted(set(args.rows or []) - known)
+    if unknown:
+        raise SystemExit(f"unknown row(s) {unknown}; rows are {sorted(known)}")
+    if not args.table_only:
+        for row in plan["rows"]:
+            if args.rows and row["name"] not in args.rows:
+                continue
+            if (args.out / f"{slug(row['name'])}.json").is_file():
+                continue
+            run_row(plan, row, args.out, args.data, args.epochs, args.runs)
+            args.table.write_text(render(plan, args.out))  # after every row, so a stop loses nothing
+    args.table.write_text(render(plan, args.out))
+    print(args.table.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

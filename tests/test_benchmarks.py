@@ -1,0 +1,46 @@
+"""The benchmark scripts themselves, on demo data with a tiny budget (the real runs are not CI's)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import ablation  # noqa: E402
+
+TINY = ["model.backbone=test_efficientnet", "model.pretrained=false", "cache.size=[48, 36]", "train.batch_size=16",
+        "train.limit_train_batches=2", "split.folds=4", "scheduler.warmup_epochs=0", "train.progress=false"]
+
+
+@pytest.mark.slow
+def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
+    plan = {
+        "reference": "configs/demo.yaml",
+        "fold": 0,
+        "rows": [
+            {"name": "reference", "overrides": TINY},
+            {"name": "EMA", "overrides": [*TINY, "train.ema_decay=0.5"]},
+            {"name": "never run", "overrides": TINY},
+        ],
+    }
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "res"), "--table", str(tmp_path / "t.md"),
+            "--data", str(demo_data.root), "--epochs", "1", "--runs", str(tmp_path / "runs"),
+            "--rows", "reference", "--rows", "EMA"]
+    assert ablation.main(args) == 0
+    ref = json.loads((tmp_path / "res" / "reference.json").read_text())
+    for key in ("oof_f1", "oof_mask_f1", "oof_gender_f1", "oof_age_f1", "train_images_per_s",
+                "model_only_train_images_per_s", "predict_images_per_s", "peak_memory_mb", "wall_s", "machine",
+                "commit", "command", "train_s"):
+        assert key in ref
+    table = (tmp_path / "t.md").read_text()
+    assert f"| reference | " in table and f"{ref['oof_f1']:.3f}" in table
+    assert "| never run |" in table and "not run yet" in table
+    # measured rows are skipped the second time
+    stamp = (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns
+    assert ablation.main(args) == 0
+    assert (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns == stamp
