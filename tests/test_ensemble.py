@@ -8,7 +8,8 @@ import torch
 
 from maskstatus.cli import main
 from maskstatus.engine.ensemble import combine_probs, ensemble_oof, expand_runs
-from maskstatus.engine.predict import PROB_COLUMNS, predict
+from maskstatus.engine.predict import predict
+from maskstatus.labels import PROB_COLUMNS
 from maskstatus.labels import NUM_CLASSES
 from maskstatus.metrics import compute_metrics
 

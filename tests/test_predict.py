@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstatus.engine.predict import PROB_COLUMNS, predict
+from maskstatus.engine.predict import predict
+from maskstatus.labels import PROB_COLUMNS
 from maskstatus.engine.train import train
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstatus.data.pseudo import PROB_COLUMNS, read_probs, select_pseudo
+from maskstatus.data.pseudo import read_probs, select_pseudo
+from maskstatus.labels import PROB_COLUMNS
 from maskstatus.engine.predict import predict
 from maskstatus.engine.train import train
 from maskstatus.labels import TASKS, combine_task_probs, encode

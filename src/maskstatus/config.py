@@ -19,6 +19,13 @@ class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key."""
 
 
+def _check_tasks(per_task: dict[str, float]) -> dict[str, float]:
+    unknown = sorted(set(per_task) - set(TASKS))
+    if unknown:
+        raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+    return per_task
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -59,10 +66,7 @@ class PseudoConfig(_Section):
     @field_validator("task_thresholds")
     @classmethod
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
-        return v
+        return _check_tasks(v)
 
 
 class DataConfig(_Section):
@@ -137,9 +141,7 @@ class LossConfig(_Section):
     @field_validator("task_weights")
     @classmethod
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
-        unknown = sorted(set(v) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; tasks are {list(TASKS)}")
+        _check_tasks(v)
         return {t: float(v.get(t, 1.0)) for t in TASKS}
 
     @field_validator("terms")

@@ -18,6 +18,8 @@ AGE_NAMES: tuple[str, ...] = ("young", "middle", "old")
 # Task name -> number of classes; the order is the order of the class formula's digits.
 TASKS: dict[str, int] = {"mask": len(MASK_NAMES), "gender": len(GENDER_NAMES), "age": len(AGE_NAMES)}
 NUM_CLASSES: int = TASKS["mask"] * TASKS["gender"] * TASKS["age"]
+# Column names of the 18 class probabilities in every CSV the tool writes (oof.csv, *.probs.csv).
+PROB_COLUMNS: list[str] = [f"p{c}" for c in range(NUM_CLASSES)]
 
 # Image file stem inside a person folder -> mask code.
 STEM_TO_MASK: dict[str, int] = {

@@ -13,14 +13,13 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
-from ..labels import NUM_CLASSES, TASKS, encode, split_class_probs
+from ..labels import PROB_COLUMNS, TASKS, encode, split_class_probs
 from .layout import TABLE_COLUMNS, eval_table
 
 logger = logging.getLogger(__name__)
 
 PSEUDO_FOLD = -1
 PSEUDO_STEM = "pseudo"
-PROB_COLUMNS = [f"p{c}" for c in range(NUM_CLASSES)]
 
 
 def read_probs(path: Path) -> pd.DataFrame:

@@ -16,15 +16,13 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..labels import NUM_CLASSES
+from ..labels import NUM_CLASSES, PROB_COLUMNS
 from ..metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
 
 Vote = Literal["soft", "hard"]
 
-# The file format of predict.PROB_COLUMNS (not imported: predict imports this module).
-PROB_COLUMNS = [f"p{c}" for c in range(NUM_CLASSES)]
 KEY_COLUMNS = ["person_id", "stem"]
 OOF_COLUMNS = ["person_id", "stem", "image_path", "label", "fold"]
 

@@ -38,8 +38,9 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..data.relabel import SWAP_STEMS, SWAP_VALUE
-from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, NUM_CLASSES, TASKS, decode, split_class_probs
+from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
 from ..runs import atomic_write_csv, atomic_write_text
+from .ensemble import oof_path
 
 __all__ = [
     "DRAFT_MIN_SCORE",
@@ -55,7 +56,6 @@ __all__ = [
 ]
 
 # Same names as engine.predict.PROB_COLUMNS; spelled out here so this module does not import the model code.
-PROB_COLUMNS: list[str] = [f"p{c}" for c in range(NUM_CLASSES)]
 OOF_COLUMNS: tuple[str, ...] = ("person_id", "stem", "image_path", "label", *PROB_COLUMNS)
 REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images")
 # The task names double as relabel field names where a fix is a relabel row.
@@ -83,12 +83,7 @@ def load_oof(path: Path | str) -> pd.DataFrame:
     """
     path = Path(path)
     if path.is_dir():
-        candidates = [path / "oof.csv", path / "predictions" / "oof.csv"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            looked = " or ".join(str(c) for c in candidates)
-            raise FileNotFoundError(f"no out-of-fold predictions in {path}: looked for {looked}")
-        path = found
+        path = oof_path(path)  # the same lookup ensembles use: CV folder first, then run folder
     elif not path.is_file():
         raise FileNotFoundError(f"out-of-fold predictions not found: {path} (give a CV folder, run folder or oof.csv)")
     try:

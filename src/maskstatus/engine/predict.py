@@ -19,7 +19,7 @@ from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
-from ..labels import NUM_CLASSES, decode
+from ..labels import NUM_CLASSES, PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
@@ -27,7 +27,6 @@ from .tta import average_view_probs, tta_views
 
 logger = logging.getLogger(__name__)
 
-PROB_COLUMNS = [f"p{c}" for c in range(NUM_CLASSES)]
 
 
 def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric: Fabric) -> DataLoader:

@@ -31,14 +31,14 @@ from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
 from ..data.layout import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
-from ..labels import class_names
+from ..labels import PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import compute_metrics, confusion, plot_confusion, plot_curves
 from ..models import create_model, model_data_config
 from ..models.freeze import set_trainable, stage_parameters
 from ..optim import build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
-from .predict import PROB_COLUMNS, eval_loader, infer
+from .predict import eval_loader, infer
 
 logger = logging.getLogger(__name__)
 
