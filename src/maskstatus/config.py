@@ -120,9 +120,27 @@ class ModelConfig(_Section):
     )
     pretrained_path: Optional[Path] = None
     head: Literal["single", "multitask"] = "multitask"
+    tasks: list[Literal["mask", "gender", "age"]] = Field(
+        default_factory=lambda: list(TASKS),
+        description="tasks a multitask head predicts; a subset makes a per-task model, combined at predict time",
+    )
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     multisample_dropout: int = Field(1, ge=1, description="number of dropout masks averaged")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_subset(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must name at least one task and each task once, got {v}")
+        return [t for t in TASKS if t in v]  # the class formula's order, whatever order was written
+
+    @model_validator(mode="after")
+    def _single_head_has_all_tasks(self) -> "ModelConfig":
+        if self.head == "single" and self.tasks != list(TASKS):
+            raise ValueError("model.tasks must be all tasks with head=single (use head=multitask for per-task models)")
+        return self
 
 
 class LossTerm(_Section):

@@ -98,14 +98,25 @@ def class_names(thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS) -> list[str]
     ]
 
 
+def _uniform_like(probs, k: int):
+    """(N, k) uniform probabilities of the same kind (numpy or torch, dtype, device) as `probs`."""
+    if isinstance(probs, np.ndarray):
+        return np.full((probs.shape[0], k), 1.0 / k, dtype=probs.dtype)
+    return probs.new_full((probs.shape[0], k), 1.0 / k)
+
+
 def combine_task_probs(task_probs: Mapping[str, "np.ndarray | object"]):
     """Per-task probabilities (N, k_task) -> 18-class probabilities (N, 18).
 
     The joint is the product of the task marginals, laid out by the class
-    formula. Works on numpy arrays and torch tensors alike (only broadcasting
-    and reshape are used).
+    formula. A task left out counts as uniform: a model trained for some tasks
+    only (a per-task model) says nothing about the others. Works on numpy
+    arrays and torch tensors alike (only broadcasting and reshape are used).
     """
-    pm, pg, pa = task_probs["mask"], task_probs["gender"], task_probs["age"]
+    if not task_probs:
+        raise ValueError("combine_task_probs needs the probabilities of at least one task")
+    given = next(iter(task_probs.values()))
+    pm, pg, pa = (task_probs[t] if t in task_probs else _uniform_like(given, TASKS[t]) for t in ("mask", "gender", "age"))
     joint = pm[:, :, None, None] * pg[:, None, :, None] * pa[:, None, None, :]
     return joint.reshape(joint.shape[0], NUM_CLASSES)
 

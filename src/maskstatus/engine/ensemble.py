@@ -16,7 +16,8 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..labels import NUM_CLASSES, PROB_COLUMNS
+from ..config import load_config
+from ..labels import NUM_CLASSES, PROB_COLUMNS, TASKS, combine_task_probs, split_class_probs
 from ..metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -48,19 +49,26 @@ def check_vote(vote: str) -> Vote:
 
 
 def combine_probs(
-    member_probs: Sequence[np.ndarray], weights: Optional[Sequence[float]] = None, vote: Vote = "soft"
+    member_probs: Sequence[np.ndarray],
+    weights: Optional[Sequence[float]] = None,
+    vote: Vote = "soft",
+    member_tasks: Optional[Sequence[Sequence[str]]] = None,
 ) -> np.ndarray:
     """Per-member probabilities, each (N, 18) in the same row order -> ensemble probabilities (N, 18), float32.
 
     soft: the weighted mean. hard: each member votes for its argmax class with its
     weight; the class with most votes wins, ties go to the larger weighted sum of
-    probabilities; the result is one-hot.
+    probabilities; the result is one-hot. When some member predicts only some
+    tasks (``member_tasks``, a per-task model), each task's marginals are
+    averaged over the members that predict it and the 18 classes are their product.
     """
     if not member_probs:
         raise ValueError("an ensemble needs at least one member")
     check_vote(vote)
     stack = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs])  # (M, N, 18)
     w = normalize_weights(weights, len(stack))
+    if member_tasks is not None and any(set(t) != set(TASKS) for t in member_tasks):
+        return _combine_per_task(stack, w, member_tasks, vote)
     mean = np.tensordot(w, stack, axes=1)
     if vote == "soft":
         return mean.astype(np.float32)
@@ -72,6 +80,32 @@ def combine_probs(
     tied = np.isclose(votes, votes.max(axis=1, keepdims=True), rtol=0.0, atol=1e-9)
     winner = np.where(tied, mean, -np.inf).argmax(axis=1)
     return np.eye(NUM_CLASSES, dtype=np.float32)[winner]
+
+
+def _combine_per_task(stack: np.ndarray, w: np.ndarray, member_tasks: Sequence[Sequence[str]], vote: Vote) -> np.ndarray:
+    if vote != "soft":
+        raise ValueError("per-task models combine by soft voting only (each task from the members that predict it)")
+    marginals = [split_class_probs(p) for p in stack]
+    combined = {}
+    for task in TASKS:
+        members = [i for i, tasks in enumerate(member_tasks) if task in tasks]
+        if not members:
+            # Still useful to look at one per-task model's probabilities, but its submission guesses this task.
+            logger.warning("no ensemble member predicts the %r task: it counts as uniform, so the submission's "
+                           "%s is arbitrary; add a run trained for it", task, task)
+            continue
+        tw = w[members] / w[members].sum() if w[members].sum() > 0 else np.full(len(members), 1 / len(members))
+        combined[task] = sum(wi * marginals[i][task] for wi, i in zip(tw, members))
+    return combine_task_probs(combined).astype(np.float32)
+
+
+def member_tasks(path: Path | str) -> tuple[str, ...]:
+    """The tasks a run or CV folder's model predicts (all of them unless it is a per-task model)."""
+    path = Path(path)
+    for name in ("config.yaml", "cv_config.yaml"):
+        if (path / name).is_file():
+            return tuple(load_config(path / name).model.tasks)
+    return tuple(TASKS)  # a bare oof.csv: nothing says otherwise
 
 
 def oof_path(path: Path | str) -> Path:
@@ -132,7 +166,8 @@ def ensemble_oof(
         if differ:  # e.g. runs trained with different relabel files
             logger.warning("%s: %d labels differ from %s; scoring with the latter's", d, differ, run_dirs[0])
 
-    probs = combine_probs([a[PROB_COLUMNS].to_numpy() for a in aligned], weights, vote)
+    probs = combine_probs([a[PROB_COLUMNS].to_numpy() for a in aligned], weights, vote,
+                          [member_tasks(d) for d in run_dirs])
     out = base[["image_path", "label", "fold"]].reset_index()
     out = pd.concat([out, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
     return out, compute_metrics(probs, labels)

@@ -156,7 +156,8 @@ def predict_probs(
     for member in members:
         probs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
         member_probs.append(np.mean(probs, axis=0))
-    return combine_probs(member_probs, weights, vote)
+    # The folds of one member share a config, so its first run tells which tasks it predicts.
+    return combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members])
 
 
 def _run_probs(

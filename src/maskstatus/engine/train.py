@@ -31,7 +31,7 @@ from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
 from ..data.layout import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
-from ..labels import PROB_COLUMNS, class_names
+from ..labels import PROB_COLUMNS, TASKS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import compute_metrics, confusion, plot_confusion, plot_curves
 from ..models import create_model, model_data_config
@@ -87,6 +87,24 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame, run: RunDir, write: boo
                          run.root / "pseudo.csv")
     pseudo = pseudo.drop(columns="confidence").assign(fold=PSEUDO_FOLD)
     return pd.concat([table, pseudo], ignore_index=True)
+
+
+def _with_score(metrics: dict[str, float], heads: list[str]) -> dict[str, float]:
+    """Add `score`, what best checkpoint, early stopping and plateau follow.
+
+    It is the 18-class macro F1; for a per-task model (a subset of the tasks)
+    it is the mean F1 of its tasks, since its 18-class F1 means nothing alone,
+    and the metrics of tasks it does not predict are blanked (NaN).
+    """
+    present = list(TASKS) if "class" in heads else [t for t in TASKS if t in heads]
+    if len(present) == len(TASKS):
+        return {**metrics, "score": metrics["f1"]}
+    out = {**metrics, "f1": float("nan"), "acc": float("nan")}
+    for t in TASKS:
+        if t not in present:
+            out[f"{t}_f1"] = out[f"{t}_acc"] = float("nan")
+    out["score"] = float(np.mean([metrics[f"{t}_f1"] for t in present]))
+    return out
 
 
 def _rng_state() -> dict[str, Any]:
@@ -284,9 +302,9 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
             fabric, eval_model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
             desc=f"val {epoch}", tta=cfg.predict.tta,
         )
-        metrics = compute_metrics(probs, table["label"].to_numpy()[rows])
+        metrics = _with_score(compute_metrics(probs, table["label"].to_numpy()[rows]), raw_model.output_keys)
         lr = scheduler.lr
-        scheduler.step(metrics["f1"])
+        scheduler.step(metrics["score"])
         row = {
             "epoch": epoch,
             "lr": lr,
@@ -298,9 +316,9 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
             "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
         }
         history.append(row)
-        improved = metrics["f1"] > best_f1
+        improved = metrics["score"] > best_f1
         if improved:
-            best_f1, best_epoch, stale = metrics["f1"], epoch, 0
+            best_f1, best_epoch, stale = metrics["score"], epoch, 0
         else:
             stale += 1
 
@@ -331,8 +349,9 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
                                class_names(cfg.data.age.thresholds()))
             atomic_save_torch(state, run.last)
         logger.info(
-            "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f)%s",
+            "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f) score %.4f%s",
             epoch, train_loss, val_loss, metrics["f1"], metrics["mask_f1"], metrics["gender_f1"], metrics["age_f1"],
+            metrics["score"],
             " *" if improved else "",
         )
         fabric.barrier()

@@ -90,7 +90,7 @@ def average_view_probs(view_outputs: Sequence[Mapping[str, torch.Tensor]]) -> to
     if SINGLE_KEY in view_outputs[0]:
         return torch.stack([outputs_to_probs(o) for o in view_outputs]).mean(dim=0)
     per_view = [outputs_to_task_probs(o) for o in view_outputs]
-    return combine_task_probs({t: torch.stack([p[t] for p in per_view]).mean(dim=0) for t in TASKS})
+    return combine_task_probs({t: torch.stack([p[t] for p in per_view]).mean(dim=0) for t in per_view[0]})
 
 
 def tta_probs(

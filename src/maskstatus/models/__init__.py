@@ -45,11 +45,13 @@ __all__ = [
 def create_model(cfg: ModelConfig) -> MaskStatusModel:
     """Build the model a ``ModelConfig`` describes."""
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path, cfg.drop_path_rate)
+    extra = {"tasks": cfg.tasks} if cfg.head == "multitask" else {}
     head = HEADS.build(
         cfg.head,
         in_features=backbone_out_features(backbone),
         dropout=cfg.dropout,
         samples=cfg.multisample_dropout,
+        **extra,
     )
     return MaskStatusModel(backbone, head)
 

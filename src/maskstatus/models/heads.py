@@ -6,7 +6,7 @@ Every head returns a dict of logits: ``{"class": (N, 18)}`` for the single head,
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -66,12 +66,17 @@ class SingleHead(nn.Module):
 class MultiTaskHead(nn.Module):
     """One softmax per task (mask, gender, age); the 18-class joint is their product."""
 
-    output_sizes = dict(TASKS)
-
-    def __init__(self, in_features: int, dropout: float = 0.0, samples: int = 1) -> None:
+    def __init__(
+        self, in_features: int, dropout: float = 0.0, samples: int = 1, tasks: Sequence[str] = tuple(TASKS)
+    ) -> None:
         super().__init__()
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ValueError(f"multitask head tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+        # A subset of tasks makes a per-task model; the missing tasks count as uniform when combined.
+        self.output_sizes = {t: TASKS[t] for t in TASKS if t in tasks}
         self.tasks = nn.ModuleDict(
-            {task: MultiSampleDropoutLinear(in_features, k, dropout, samples) for task, k in TASKS.items()}
+            {task: MultiSampleDropoutLinear(in_features, k, dropout, samples) for task, k in self.output_sizes.items()}
         )
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -96,13 +101,12 @@ class MaskStatusModel(nn.Module):
 
 
 def _check_outputs(outputs: Mapping[str, torch.Tensor]) -> bool:
-    """True for single-head outputs, False for multitask; anything else is an error."""
+    """True for single-head outputs, False for (possibly per-task) multitask ones; anything else is an error."""
     if SINGLE_KEY in outputs:
         return True
-    missing = [t for t in TASKS if t not in outputs]
-    if missing:
+    if not any(t in outputs for t in TASKS):
         raise ValueError(
-            f"model outputs have keys {sorted(outputs)}; expected {SINGLE_KEY!r} or all of {list(TASKS)}"
+            f"model outputs have keys {sorted(outputs)}; expected {SINGLE_KEY!r} or some of {list(TASKS)}"
         )
     return False
 
@@ -111,11 +115,11 @@ def outputs_to_probs(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Logits dict -> 18-class probabilities (N, 18), float32 even under mixed precision."""
     if _check_outputs(outputs):
         return outputs[SINGLE_KEY].float().softmax(dim=-1)
-    return combine_task_probs({t: outputs[t].float().softmax(dim=-1) for t in TASKS})
+    return combine_task_probs({t: outputs[t].float().softmax(dim=-1) for t in TASKS if t in outputs})
 
 
 def outputs_to_task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Logits dict -> per-task probabilities ``{task: (N, k_task)}``."""
     if _check_outputs(outputs):
         return split_class_probs(outputs[SINGLE_KEY].float().softmax(dim=-1))
-    return {t: outputs[t].float().softmax(dim=-1) for t in TASKS}
+    return {t: outputs[t].float().softmax(dim=-1) for t in TASKS if t in outputs}
