@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_only_train_images_per_s": model_only,
         "predict_images_per_s": n_eval / predict_s,
         "peak_memory_mb": peak_memory_mb(),
+        # Above the core count, something else shared the CPU and the timings are low.
+        "load_average_1m_at_end": os.getloadavg()[0],
         "wall_s": time.perf_counter() - started,
         "machine": machine(),
         "commit": code_version,
