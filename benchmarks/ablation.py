@@ -59,7 +59,8 @@ def render(plan: dict, out_dir: Path) -> str:
         f"Reference: `{plan['reference']}`, fold {plan['fold']} of 5 (person-grouped, identical folds for every row), "
         "same epoch budget. Each row switches one part on (or swaps the whole recipe). "
         "F1 columns are out-of-fold macro F1 on the held-out fold; Δ is against the reference row. "
-        "Train time is the training loop only, on the machine named in the row's JSON.",
+        "Train time is the training loop only, on the machine named in the row's JSON. "
+        "Each row is a single fold and seed: a small difference may not hold on other folds.",
         "",
         "| row | overrides | OOF macro F1 | Δ | mask F1 | gender F1 | age F1 | train min | machine | note |",
         "|---|---|---|---|---|---|---|---|---|---|",
