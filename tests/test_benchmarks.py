@@ -25,12 +25,19 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
             {"name": "reference", "overrides": TINY},
             {"name": "EMA", "overrides": [*TINY, "train.ema_decay=0.5"]},
             {"name": "never run", "overrides": TINY},
+            {"name": "unmasked expert",
+             "overrides": [*TINY, "model.tasks=[gender, age]", "data.mask_states=[not_wear]"]},
+            {"name": "cascade", "ensemble": ["reference", "unmasked expert"]},
+            {"name": "age regression", "overrides": [*TINY, "model.age_output=years"]},
+            {"name": "age cuts tuned", "tune_age_of": "age regression"},
         ],
     }
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "res"), "--table", str(tmp_path / "t.md"),
             "--data", str(demo_data.root), "--epochs", "1", "--runs", str(tmp_path / "runs"),
             "--rows", "reference", "--rows", "EMA"]
+    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned"):
+        args += ["--rows", name]
     assert ablation.main(args) == 0
     ref = json.loads((tmp_path / "res" / "reference.json").read_text())
     for key in ("oof_f1", "oof_mask_f1", "oof_gender_f1", "oof_age_f1", "train_images_per_s",
@@ -40,6 +47,17 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     table = (tmp_path / "t.md").read_text()
     assert f"| reference | " in table and f"{ref['oof_f1']:.3f}" in table
     assert "| never run |" in table and "not run yet" in table
+    # An expert has no 18-class F1; the cascade built from it has one, from the members' OOF predictions.
+    assert "| unmasked expert | " in table and "| — |" in table
+    from maskstatus.engine.ensemble import ensemble_oof
+
+    cascade = json.loads((tmp_path / "res" / "cascade.json").read_text())
+    expert = json.loads((tmp_path / "res" / "unmasked-expert.json").read_text())
+    assert cascade["oof_f1"] == pytest.approx(ensemble_oof([ref["run_dir"], expert["run_dir"]])[1]["f1"])
+    assert cascade["train_s"] == pytest.approx(ref["train_s"] + expert["train_s"])
+    tuned = json.loads((tmp_path / "res" / "age-cuts-tuned.json").read_text())
+    assert tuned["oof_f1"] == tuned["age_cuts"]["oof_f1_cross_fitted"]
+    assert "cut points of 'age regression' tuned" in table
     # measured rows are skipped the second time
     stamp = (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns
     assert ablation.main(args) == 0

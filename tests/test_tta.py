@@ -37,7 +37,7 @@ def _infer(model: nn.Module, tta=()) -> np.ndarray:
     images = torch.randn(10, C, H, W, generator=torch.Generator().manual_seed(1))
     data = [{"image": images[i], "row": i} for i in range(len(images))]
     loader = torch.utils.data.DataLoader(data, batch_size=4)
-    rows, probs, _ = infer(Fabric(accelerator="cpu", devices=1), model, loader, tta=tta)
+    rows, probs, _, _ = infer(Fabric(accelerator="cpu", devices=1), model, loader, tta=tta)
     assert rows.tolist() == list(range(10))
     return probs
 

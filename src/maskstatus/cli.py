@@ -105,6 +105,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     done = "" if result.complete else f" (folds {[f['fold'] for f in result.per_fold]} only)"
     print(f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}{done}")
     print(f"OOF per task F1: mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}")
+    if m["score"] != m["f1"]:
+        print(f"OOF score (mean F1 of the tasks this model predicts, on its mask states): {m['score']:.4f}")
     print(f"cv folder: {result.cv_dir}")
     return 0
 
@@ -210,6 +212,21 @@ def _cmd_find_label_errors(args: argparse.Namespace) -> int:
     print("suspects: " + ", ".join(f"{task}: {int(counts.get(task, 0))}" for task in TASK_NAMES))
     for path in paths.values():
         print(path)
+    return 0
+
+
+def _cmd_tune_age(args: argparse.Namespace) -> int:
+    from .engine.age_cuts import tune_age_cuts
+
+    result = tune_age_cuts(args.run, write=not args.dry_run, step=args.step)
+    print(f"age cut points {result['default_cuts']} -> {result['cuts']} on {result['images']} OOF images")
+    print(f"OOF macro F1 {result['oof_f1_default']:.4f} -> {result['oof_f1_tuned']:.4f} "
+          f"(age F1 {result['oof_age_f1_default']:.4f} -> {result['oof_age_f1_tuned']:.4f}; "
+          "tuned on these predictions, so optimistic)")
+    print(f"cross-fitted OOF macro F1 (cuts tuned on half of the people, scored on the other half): "
+          f"{result['oof_f1_cross_fitted']:.4f}")
+    if "file" in result:
+        print(result["file"])
     return 0
 
 
@@ -323,6 +340,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--min-score", type=float, default=0.5,
                    help="keep suspects whose label is at least this likely wrong, 0..1 (default 0.5)")
     s.set_defaults(fn=_cmd_find_label_errors)
+
+    s = sub.add_parser("tune-age", help="tune an age-regression run's age cut points on its out-of-fold predictions",
+                       description="Grid-search the two cut points on predicted years that maximise the OOF macro F1 "
+                                   "and write RUN/age_cuts.json, which predict, ensemble and find-label-errors then "
+                                   "use for RUN. For runs trained with model.age_output=years.")
+    s.add_argument("run", metavar="RUN", help="run folder or CV folder (tune a CV folder: its OOF covers every fold)")
+    s.add_argument("--step", type=float, default=0.5, help="grid step in years (default 0.5)")
+    s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
+    s.set_defaults(fn=_cmd_tune_age)
     return p
 
 

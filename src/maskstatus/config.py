@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .labels import AgeThresholds, TASKS
+from .labels import MASK_NAMES, TASKS, AgeThresholds
 
 
 class ConfigError(ValueError):
@@ -77,7 +77,23 @@ class DataConfig(_Section):
         None, description="relabel CSV applied on load: a path, or 'competition' for the shipped public fixes"
     )
     age: AgeConfig = AgeConfig()
+    mask_states: list[Literal["wear", "incorrect", "not_wear"]] = Field(
+        default_factory=lambda: list(MASK_NAMES),
+        description="train (and score) on faces of these mask states only: a cascade expert for gender/age",
+    )
     pseudo: Optional[PseudoConfig] = Field(None, description="train on confident eval predictions too (never validated on)")
+
+
+    @field_validator("mask_states")
+    @classmethod
+    def _states(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError(f"must name at least one mask state and each once, got {v}")
+        return [m for m in MASK_NAMES if m in v]
+
+    def mask_codes(self) -> list[int]:
+        """``mask_states`` as mask codes."""
+        return [MASK_NAMES.index(m) for m in self.mask_states]
 
 
 class SplitConfig(_Section):
@@ -124,6 +140,9 @@ class ModelConfig(_Section):
         default_factory=lambda: list(TASKS),
         description="tasks a multitask head predicts; a subset makes a per-task model, combined at predict time",
     )
+    age_output: Literal["groups", "years"] = Field(
+        "groups", description="years: regress the exact age (mean and spread); groups come from cut points"
+    )
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     multisample_dropout: int = Field(1, ge=1, description="number of dropout masks averaged")
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
@@ -140,6 +159,8 @@ class ModelConfig(_Section):
     def _single_head_has_all_tasks(self) -> "ModelConfig":
         if self.head == "single" and self.tasks != list(TASKS):
             raise ValueError("model.tasks must be all tasks with head=single (use head=multitask for per-task models)")
+        if self.age_output == "years" and (self.head != "multitask" or "age" not in self.tasks):
+            raise ValueError("model.age_output=years needs head=multitask with age among model.tasks")
         return self
 
 
@@ -244,6 +265,16 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
+
+    @model_validator(mode="after")
+    def _experts_do_not_predict_the_mask(self) -> "Config":
+        if len(self.data.mask_states) < len(MASK_NAMES) and "mask" in self.model.tasks:
+            raise ValueError(
+                f"data.mask_states={self.data.mask_states} trains on some mask states only, so the model cannot "
+                "predict the mask task: set model.head=multitask and model.tasks=[gender, age] (or one of them); "
+                "the mask comes from another member of the cascade"
+            )
+        return self
 
 
 def _format_errors(err: ValidationError, source: str) -> str:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .age import AGE_YEARS
 from .config import ConfigError, LossConfig
 from .labels import NUM_CLASSES, TASKS
 from .registry import Registry
@@ -139,6 +140,22 @@ class SoftF1Loss(nn.Module):
         return f"epsilon={self.epsilon}"
 
 
+class AgeNLL(nn.Module):
+    """Gaussian negative log-likelihood of the true age in years under the predicted (mean, spread).
+
+    Learning the spread lets the head say how sure it is, which sets how much
+    probability each age group gets near a cut point. Rows without an age in
+    years (target < 0: pseudo labels carry only a group) are left out.
+    """
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target >= 0
+        if not bool(valid.any()):
+            return pred.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
+        mean, sigma = pred[valid, 0].float(), pred[valid, 1].float()
+        return F.gaussian_nll_loss(mean, target[valid].float(), sigma**2)
+
+
 class WeightedSum(nn.Module):
     """``sum_i weight_i * term_i(logits, target)``."""
 
@@ -222,7 +239,7 @@ class TaskLoss(nn.Module):
 
 
 def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
-    known = {CLASS_HEAD: NUM_CLASSES, **TASKS}
+    known = {CLASS_HEAD: NUM_CLASSES, **TASKS, AGE_YEARS: 2}
     if isinstance(heads, Mapping):
         sizes = {str(k): int(v) for k, v in heads.items()}
     else:
@@ -256,11 +273,16 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
     ``heads`` is a list of head names ("class" or task names, sizes from
     ``labels``) or a mapping head -> number of classes. Per-class ``weight`` or
     ``alpha`` lists are checked against each head's size; for multitask they may
-    be given as ``{head: list}`` (heads left out get none).
+    be given as ``{head: list}`` (heads left out get none). The age regression
+    head (``age_years``) always trains with :class:`AgeNLL`: the configured terms
+    are classification losses.
     """
     sizes = _head_sizes(heads)
     head_losses: dict[str, nn.Module] = {}
     for head, num_classes in sizes.items():
+        if head == AGE_YEARS:
+            head_losses[head] = AgeNLL()
+            continue
         terms: list[nn.Module] = []
         for i, term in enumerate(cfg.terms):
             where = f"loss.terms[{i}]"
@@ -278,7 +300,8 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}.params: {exc}") from None
         head_losses[head] = WeightedSum(terms, [t.weight for t in cfg.terms])
-    head_weights = {h: (cfg.task_weights.get(h, 1.0) if h in TASKS else 1.0) for h in sizes}
+    head_weights = {h: cfg.task_weights.get("age" if h == AGE_YEARS else h, 1.0) if h in (*TASKS, AGE_YEARS) else 1.0
+                    for h in sizes}
     _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
     return TaskLoss(head_losses, head_weights)
 
@@ -292,10 +315,11 @@ def class_weights(targets: Mapping[str, np.ndarray], heads: Sequence[str], mode:
 
     ``inverse`` weights a class by 1/count, ``sqrt_inverse`` by 1/sqrt(count) (milder).
     A class absent from training gets weight 0 (nothing to learn from, nothing to up-weight).
+    The age regression head has no classes and gets none.
     """
     if mode not in ("inverse", "sqrt_inverse"):
         raise ValueError(f"class weight mode must be inverse or sqrt_inverse, got {mode!r}")
-    sizes = _head_sizes(list(heads))
+    sizes = _head_sizes([h for h in heads if h != AGE_YEARS])
     out: dict[str, list[float]] = {}
     for head, k in sizes.items():
         counts = np.bincount(np.asarray(targets[head], dtype=np.int64), minlength=k).astype(np.float64)

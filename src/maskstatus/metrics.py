@@ -56,6 +56,35 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     return out
 
 
+def model_metrics(
+    probs: np.ndarray, labels: np.ndarray, tasks: Sequence[str] = tuple(TASKS), mask_states: Sequence[int] = (0, 1, 2)
+) -> dict[str, float]:
+    """``compute_metrics`` of what a model was trained to predict, plus ``score``.
+
+    ``score`` is what best checkpoints, early stopping and plateaus follow: the
+    18-class macro F1, or for a per-task model (``tasks`` a subset) the mean F1 of
+    its tasks, with the metrics of the tasks it does not predict blanked (NaN),
+    since its 18-class F1 means nothing alone. A cascade expert trained on some
+    ``mask_states`` (mask codes) is scored on images of those states only.
+    """
+    probs, labels = _check(probs, labels)
+    if len(set(mask_states)) < TASKS["mask"]:
+        keep = np.isin(decode(labels)[0], list(mask_states))
+        if not keep.any():
+            raise ValueError(f"no image of mask state(s) {sorted(mask_states)} to score")
+        probs, labels = probs[keep], labels[keep]
+    metrics = compute_metrics(probs, labels)
+    present = [t for t in TASKS if t in tasks]
+    if len(present) == len(TASKS):
+        return {**metrics, "score": metrics["f1"]}
+    out = {**metrics, "f1": float("nan"), "acc": float("nan")}
+    for t in TASKS:
+        if t not in present:
+            out[f"{t}_f1"] = out[f"{t}_acc"] = float("nan")
+    out["score"] = float(np.mean([metrics[f"{t}_f1"] for t in present]))
+    return out
+
+
 def confusion(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """(18, 18) counts: rows are true classes, columns argmax predictions."""
     probs, labels = _check(probs, labels)

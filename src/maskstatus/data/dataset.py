@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from ..age import AGE_YEARS
 from ..labels import AgeThresholds, age_group, encode
 from .cache import ImageCache
 
@@ -21,6 +22,7 @@ def table_targets(table: pd.DataFrame, thresholds: Optional[AgeThresholds] = Non
 
     With `thresholds`, age groups (and so classes) are recomputed from the ages
     in years: training may use other boundaries than scoring (e.g. 58 for 60).
+    ``age_years`` is the age itself (float; -1 where unknown) for a regression head.
     """
     mask, gender = table["mask"].to_numpy(np.int64), table["gender"].to_numpy(np.int64)
     if thresholds is None:
@@ -30,7 +32,8 @@ def table_targets(table: pd.DataFrame, thresholds: Optional[AgeThresholds] = Non
         # Rows without years (pseudo labels, age -1) keep the age group they came with.
         age = np.where(years >= 0, age_group(years, thresholds), table["age_group"].to_numpy()).astype(np.int64)
         cls = np.asarray(encode(mask, gender, age), dtype=np.int64)
-    return {"class": cls, "mask": mask, "gender": gender, "age": age}
+    years = table["age"].to_numpy(np.float32) if "age" in table else np.full(len(table), -1.0, np.float32)
+    return {"class": cls, "mask": mask, "gender": gender, "age": age, AGE_YEARS: years}
 
 
 class FaceDataset(Dataset):

@@ -41,7 +41,7 @@ import pandas as pd
 
 from ..config import Config, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
-from ..metrics import compute_metrics
+from ..metrics import model_metrics
 from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
 from .predict import PROB_COLUMNS
 from .train import load_train_table, train
@@ -199,7 +199,9 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     if oof["image_path"].duplicated().any():
         dup = oof.loc[oof["image_path"].duplicated(), "image_path"].tolist()[:5]
         raise ValueError(f"images predicted by more than one fold run, e.g. {dup}")
-    metrics = compute_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy())
+    # Scored as the fold runs were: a per-task model on its tasks, a cascade expert on its mask states.
+    metrics = model_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks,
+                            cfg.data.mask_codes())
     complete = len(per_fold) == cfg.split.folds
     atomic_write_csv(oof, cv_dir / CV_OOF, float_format="%.6f")
     summary = {
@@ -208,7 +210,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
         "folds_done": [f["fold"] for f in per_fold],
         "complete": complete,
         "images": len(oof),
-        "oof": metrics,
+        "oof": {k: (None if v != v else v) for k, v in metrics.items()},  # NaN (a task not predicted) -> null
         "per_fold": per_fold,
         "fold_runs": [r.name for r in fold_runs],
     }

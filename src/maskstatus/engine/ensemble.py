@@ -16,8 +16,9 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..config import load_config
-from ..labels import NUM_CLASSES, PROB_COLUMNS, TASKS, combine_task_probs, split_class_probs
+from ..age import oof_with_cuts, read_cuts
+from ..config import Config, load_config
+from ..labels import MASK_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, split_class_probs
 from ..metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -53,22 +54,28 @@ def combine_probs(
     weights: Optional[Sequence[float]] = None,
     vote: Vote = "soft",
     member_tasks: Optional[Sequence[Sequence[str]]] = None,
+    member_states: Optional[Sequence[Sequence[str]]] = None,
 ) -> np.ndarray:
     """Per-member probabilities, each (N, 18) in the same row order -> ensemble probabilities (N, 18), float32.
 
     soft: the weighted mean. hard: each member votes for its argmax class with its
     weight; the class with most votes wins, ties go to the larger weighted sum of
     probabilities; the result is one-hot. When some member predicts only some
-    tasks (``member_tasks``, a per-task model), each task's marginals are
-    averaged over the members that predict it and the 18 classes are their product.
+    tasks (``member_tasks``, a per-task model) or was trained on faces of some mask
+    states only (``member_states``, a cascade expert), the ensemble is combined
+    task by task; see :func:`_combine_per_task`.
     """
     if not member_probs:
         raise ValueError("an ensemble needs at least one member")
     check_vote(vote)
     stack = np.stack([np.asarray(p, dtype=np.float64) for p in member_probs])  # (M, N, 18)
     w = normalize_weights(weights, len(stack))
-    if member_tasks is not None and any(set(t) != set(TASKS) for t in member_tasks):
-        return _combine_per_task(stack, w, member_tasks, vote)
+    tasks = [tuple(TASKS)] * len(stack) if member_tasks is None else [tuple(t) for t in member_tasks]
+    states = [MASK_NAMES] * len(stack) if member_states is None else [tuple(s) for s in member_states]
+    if len(tasks) != len(stack) or len(states) != len(stack):
+        raise ValueError(f"{len(stack)} members but {len(tasks)} task lists and {len(states)} mask-state lists")
+    if any(set(t) != set(TASKS) for t in tasks) or any(set(s) != set(MASK_NAMES) for s in states):
+        return _combine_per_task(stack, w, tasks, states, vote)
     mean = np.tensordot(w, stack, axes=1)
     if vote == "soft":
         return mean.astype(np.float32)
@@ -82,30 +89,72 @@ def combine_probs(
     return np.eye(NUM_CLASSES, dtype=np.float32)[winner]
 
 
-def _combine_per_task(stack: np.ndarray, w: np.ndarray, member_tasks: Sequence[Sequence[str]], vote: Vote) -> np.ndarray:
+def _weighted_marginal(marginals: list[dict], w: np.ndarray, members: list[int], task: str) -> np.ndarray:
+    tw = w[members] / w[members].sum() if w[members].sum() > 0 else np.full(len(members), 1 / len(members))
+    return sum(wi * marginals[i][task] for wi, i in zip(tw, members))
+
+
+def _combine_per_task(
+    stack: np.ndarray, w: np.ndarray, member_tasks: Sequence[Sequence[str]], member_states: Sequence[Sequence[str]],
+    vote: Vote,
+) -> np.ndarray:
+    """Combine members task by task, and gender and age per mask state (the cascade).
+
+    The mask marginal is the weighted mean over the members that predict the mask.
+    For each mask state, the gender and age marginals are the weighted means over
+    the members that predict that task and were trained on faces of that state
+    (every member, unless some are cascade experts). The joint is
+    ``p(mask) * p(gender | mask) * p(age | mask)``: each expert's say is weighted by
+    the mask probability of its state, a soft version of choosing the expert by the
+    predicted mask. Without experts it is the product of the averaged marginals.
+    """
     if vote != "soft":
-        raise ValueError("per-task models combine by soft voting only (each task from the members that predict it)")
+        raise ValueError("per-task models and cascade experts combine by soft voting only "
+                         "(each task from the members that predict it)")
+    n = stack.shape[1]
     marginals = [split_class_probs(p) for p in stack]
-    combined = {}
-    for task in TASKS:
-        members = [i for i, tasks in enumerate(member_tasks) if task in tasks]
+    missing: dict[str, list[str]] = {}
+
+    def marginal(task: str, state: str) -> np.ndarray:
+        members = [i for i, tasks in enumerate(member_tasks) if task in tasks and state in member_states[i]]
         if not members:
-            # Still useful to look at one per-task model's probabilities, but its submission guesses this task.
-            logger.warning("no ensemble member predicts the %r task: it counts as uniform, so the submission's "
-                           "%s is arbitrary; add a run trained for it", task, task)
-            continue
-        tw = w[members] / w[members].sum() if w[members].sum() > 0 else np.full(len(members), 1 / len(members))
-        combined[task] = sum(wi * marginals[i][task] for wi, i in zip(tw, members))
-    return combine_task_probs(combined).astype(np.float32)
+            missing.setdefault(task, []).append(state)
+            return np.full((n, TASKS[task]), 1.0 / TASKS[task])
+        return _weighted_marginal(marginals, w, members, task)
+
+    mask = marginal("mask", MASK_NAMES[0])  # a member predicting the mask was trained on every state
+    joint = np.zeros((n, TASKS["mask"], TASKS["gender"], TASKS["age"]))
+    for m, state in enumerate(MASK_NAMES):
+        gender, age = marginal("gender", state), marginal("age", state)
+        joint[:, m] = mask[:, m, None, None] * gender[:, :, None] * age[:, None, :]
+    for task, states in missing.items():
+        # Still useful to look at one per-task model's probabilities, but the submission guesses these parts.
+        what = f"the {task!r} task" if task == "mask" or len(states) == len(MASK_NAMES) else \
+            f"the {task!r} task of {'/'.join(states)} faces"
+        logger.warning("no ensemble member predicts %s: it counts as uniform, so the submission guesses it; "
+                       "add a run trained for it", what)
+    return joint.reshape(n, NUM_CLASSES).astype(np.float32)
+
+
+def member_config(path: Path | str) -> Optional[Config]:
+    """The config of a run folder (config.yaml) or CV folder (cv_config.yaml); None for anything else."""
+    path = Path(path)
+    for name in ("config.yaml", "cv_config.yaml"):
+        if (path / name).is_file():
+            return load_config(path / name)
+    return None
 
 
 def member_tasks(path: Path | str) -> tuple[str, ...]:
     """The tasks a run or CV folder's model predicts (all of them unless it is a per-task model)."""
-    path = Path(path)
-    for name in ("config.yaml", "cv_config.yaml"):
-        if (path / name).is_file():
-            return tuple(load_config(path / name).model.tasks)
-    return tuple(TASKS)  # a bare oof.csv: nothing says otherwise
+    cfg = member_config(path)
+    return tuple(cfg.model.tasks) if cfg is not None else tuple(TASKS)  # a bare oof.csv: nothing says otherwise
+
+
+def member_states(path: Path | str) -> tuple[str, ...]:
+    """The mask states a run or CV folder's model was trained on (all of them unless it is a cascade expert)."""
+    cfg = member_config(path)
+    return tuple(cfg.data.mask_states) if cfg is not None else MASK_NAMES
 
 
 def oof_path(path: Path | str) -> Path:
@@ -118,7 +167,11 @@ def oof_path(path: Path | str) -> Path:
 
 
 def read_oof(path: Path | str) -> pd.DataFrame:
-    """One member's OOF table (columns person_id, stem, image_path, label, fold, p0..p17)."""
+    """One member's OOF table (columns person_id, stem, image_path, label, fold, p0..p17).
+
+    A folder with tuned age cut points (age_cuts.json) gets its probabilities at those cuts,
+    the way it predicts.
+    """
     file = oof_path(path)
     df = pd.read_csv(file, dtype={"person_id": str, "stem": str, "image_path": str})
     missing = [c for c in [*OOF_COLUMNS, *PROB_COLUMNS] if c not in df.columns]
@@ -128,7 +181,8 @@ def read_oof(path: Path | str) -> pd.DataFrame:
     if dup.any():
         first = df.loc[dup, KEY_COLUMNS].iloc[0].tolist()
         raise ValueError(f"{file} has {int(dup.sum())} duplicate (person_id, stem) row(s), e.g. {first}")
-    return df
+    cuts = read_cuts(path)
+    return oof_with_cuts(df, cuts, str(file)) if cuts is not None else df
 
 
 def ensemble_oof(
@@ -167,7 +221,7 @@ def ensemble_oof(
             logger.warning("%s: %d labels differ from %s; scoring with the latter's", d, differ, run_dirs[0])
 
     probs = combine_probs([a[PROB_COLUMNS].to_numpy() for a in aligned], weights, vote,
-                          [member_tasks(d) for d in run_dirs])
+                          [member_tasks(d) for d in run_dirs], [member_states(d) for d in run_dirs])
     out = base[["image_path", "label", "fold"]].reset_index()
     out = pd.concat([out, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
     return out, compute_metrics(probs, labels)

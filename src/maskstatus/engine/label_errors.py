@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from ..age import oof_with_cuts, read_cuts
 from ..data.relabel import SWAP_STEMS, SWAP_VALUE
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
 from ..runs import atomic_write_csv, atomic_write_text
@@ -82,7 +83,9 @@ def load_oof(path: Path | str) -> pd.DataFrame:
     Raises FileNotFoundError or ValueError naming the path.
     """
     path = Path(path)
+    cuts = None
     if path.is_dir():
+        cuts = read_cuts(path)  # tuned age cut points change the age predictions, as when predicting
         path = oof_path(path)  # the same lookup ensembles use: CV folder first, then run folder
     elif not path.is_file():
         raise FileNotFoundError(f"out-of-fold predictions not found: {path} (give a CV folder, run folder or oof.csv)")
@@ -94,7 +97,7 @@ def load_oof(path: Path | str) -> pd.DataFrame:
         _check_oof(oof)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    return oof
+    return oof_with_cuts(oof, cuts, str(path)) if cuts is not None else oof
 
 
 def _check_oof(oof: pd.DataFrame) -> None:

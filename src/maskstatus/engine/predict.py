@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -14,6 +14,7 @@ from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
+from ..age import Cuts, mean_years, read_cuts, thresholds_cuts
 from ..config import Config, load_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, worker_init
@@ -45,6 +46,13 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric:
     return loader
 
 
+class Inference(NamedTuple):
+    rows: np.ndarray  # table rows, sorted and unique
+    probs: np.ndarray  # (N, 18) float32
+    loss: float  # mean loss of the plain view, nan without a loss function
+    age_years: Optional[np.ndarray]  # (N, 2) predicted mean and spread in years (regression head), else None
+
+
 @torch.no_grad()
 def infer(
     fabric: Fabric,
@@ -55,15 +63,17 @@ def infer(
     progress: bool = False,
     desc: str = "predict",
     tta: Sequence[str] = (),
-) -> tuple[np.ndarray, np.ndarray, float]:
-    """-> (rows, probs (N, 18), mean loss or nan), gathered from every rank, sorted by row, rows unique.
+    age_cuts: Optional[Cuts] = None,
+) -> Inference:
+    """Probabilities of every row of ``loader``, gathered from every rank, sorted by row, rows unique.
 
     ``tta`` names test-time augmentations (see ``tta.TTA``); their probabilities are
     averaged with the plain view's. The loss is always that of the plain view.
+    ``age_cuts`` split a regression head's years into age groups (default 29.5, 59.5).
     """
     model.eval()
     views = tta_views(tta)
-    rows, probs, losses = [], [], []
+    rows, probs, years, losses = [], [], [], []
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
     for i, batch in enumerate(bar):
         if limit_batches is not None and i >= limit_batches:
@@ -78,23 +88,30 @@ def infer(
             loss, _ = loss_fn(view_outputs[0], batch)
             losses.append(loss.detach().float() * len(batch["row"]))
         rows.append(batch["row"])
-        probs.append(average_view_probs(view_outputs))
+        probs.append(average_view_probs(view_outputs, age_cuts))
+        batch_years = mean_years(view_outputs)
+        if batch_years is not None:
+            years.append(batch_years)
     if rows:
         row_t, prob_t = torch.cat(rows), torch.cat(probs)
     else:
         row_t = torch.zeros(0, dtype=torch.long, device=fabric.device)
         prob_t = torch.zeros(0, NUM_CLASSES, device=fabric.device)
+    year_t = torch.cat(years) if years else None
     loss_sum = torch.stack(losses).sum() if losses else torch.zeros((), device=fabric.device)
     count = torch.tensor(float(len(row_t)), device=fabric.device)
     if fabric.world_size > 1:
         row_t = fabric.all_gather(row_t).reshape(-1)
         prob_t = fabric.all_gather(prob_t).reshape(-1, NUM_CLASSES)
+        if year_t is not None:
+            year_t = fabric.all_gather(year_t).reshape(-1, 2)
         loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum")
         count = fabric.all_reduce(count, reduce_op="sum")
     row_np, prob_np = row_t.cpu().numpy(), prob_t.float().cpu().numpy()
     row_np, first = np.unique(row_np, return_index=True)
+    year_np = year_t.float().cpu().numpy()[first] if year_t is not None else None
     mean_loss = float(loss_sum / count) if loss_fn is not None and count > 0 else float("nan")
-    return row_np, prob_np[first], mean_loss
+    return Inference(row_np, prob_np[first], mean_loss, year_np)
 
 
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
@@ -116,18 +133,25 @@ class LoadedRun:
     cfg: Config
     model: torch.nn.Module
     checkpoint: Path
+    age_cuts: Cuts  # where a regression head's predicted years split into age groups
 
 
-def load_run(run_dir: Path | str, which: str = "best") -> LoadedRun:
+def load_run(run_dir: Path | str, which: str = "best", age_cuts: Optional[Cuts] = None) -> LoadedRun:
+    """A run's config and model with its best (or last) weights.
+
+    ``age_cuts`` default to the ones tuned for this run (its age_cuts.json), else the scoring thresholds.
+    """
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
+    if age_cuts is None:
+        age_cuts = read_cuts(run.root) or thresholds_cuts(cfg.data.age.thresholds())
     ckpt_path = run.best if which == "best" else run.last
     state = load_checkpoint(ckpt_path)
     # Weights come from the checkpoint: never fetch or load pretrained ones again.
     model_cfg = cfg.model.model_copy(update={"pretrained": False, "pretrained_path": None})
     model = create_model(model_cfg)
     model.load_state_dict(state["model"])
-    return LoadedRun(cfg, model.eval(), ckpt_path)
+    return LoadedRun(cfg, model.eval(), ckpt_path, age_cuts)
 
 
 def predict_probs(
@@ -157,7 +181,8 @@ def predict_probs(
         probs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
         member_probs.append(np.mean(probs, axis=0))
     # The folds of one member share a config, so its first run tells which tasks it predicts.
-    return combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members])
+    return combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members],
+                         [m[0].cfg.data.mask_states for m in members])
 
 
 def _run_probs(
@@ -185,13 +210,14 @@ def _run_probs(
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = fabric.setup_module(model)
-    rows, probs, _ = infer(
+    rows, probs, _, _ = infer(
         fabric,
         model,
         loader,
         progress=progress,
         desc=f"predict {run.checkpoint.parent.parent.name}",
         tta=cfg.predict.tta if tta is None else tta,
+        age_cuts=run.age_cuts,
     )
     if not np.array_equal(rows, np.arange(len(table))):
         raise RuntimeError("inference lost rows; this is a bug")
@@ -245,7 +271,8 @@ def predict(
     check_vote(vote)
     if tta is not None:
         tta_views(tta)  # unknown names fail now too
-    runs = [[load_run(r, checkpoint) for r in group] for group in groups]
+    # Cut points tuned for a CV folder as a whole hold for each of its fold runs.
+    runs = [[load_run(r, checkpoint, read_cuts(member)) for r in group] for member, group in zip(run_dirs, groups)]
     table, competition = read_images(Path(data))
     if table.empty:
         raise ValueError(f"no images found in {data}")

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
+from ..age import AGE_MEAN, AGE_SIGMA, thresholds_cuts
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, table_targets, worker_init
@@ -31,9 +32,9 @@ from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
 from ..data.layout import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
-from ..labels import PROB_COLUMNS, TASKS, class_names
+from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
-from ..metrics import compute_metrics, confusion, plot_confusion, plot_curves
+from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
 from ..models import create_model, model_data_config
 from ..models.freeze import set_trainable, stage_parameters
 from ..optim import build_optimizer, build_scheduler
@@ -89,24 +90,6 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame, run: RunDir, write: boo
     return pd.concat([table, pseudo], ignore_index=True)
 
 
-def _with_score(metrics: dict[str, float], heads: list[str]) -> dict[str, float]:
-    """Add `score`, what best checkpoint, early stopping and plateau follow.
-
-    It is the 18-class macro F1; for a per-task model (a subset of the tasks)
-    it is the mean F1 of its tasks, since its 18-class F1 means nothing alone,
-    and the metrics of tasks it does not predict are blanked (NaN).
-    """
-    present = list(TASKS) if "class" in heads else [t for t in TASKS if t in heads]
-    if len(present) == len(TASKS):
-        return {**metrics, "score": metrics["f1"]}
-    out = {**metrics, "f1": float("nan"), "acc": float("nan")}
-    for t in TASKS:
-        if t not in present:
-            out[f"{t}_f1"] = out[f"{t}_acc"] = float("nan")
-    out["score"] = float(np.mean([metrics[f"{t}_f1"] for t in present]))
-    return out
-
-
 def _rng_state() -> dict[str, Any]:
     # Plain types only, so the checkpoint loads with weights_only=True.
     np_state = np.random.get_state()
@@ -154,9 +137,12 @@ def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
     return loader, sampler
 
 
-def _write_oof(run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.ndarray) -> None:
+def _write_oof(run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.ndarray,
+               age_years: Optional[np.ndarray]) -> None:
     oof = table.iloc[rows][["person_id", "stem", "image_path", "label", "fold"]].reset_index(drop=True)
     oof = pd.concat([oof, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+    if age_years is not None:  # a regression head's years, so its age cut points can be tuned out of fold
+        oof[AGE_MEAN], oof[AGE_SIGMA] = age_years[:, 0], age_years[:, 1]
     atomic_write_csv(oof, run.predictions / "oof.csv", float_format="%.6f")
 
 
@@ -216,6 +202,11 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         train_rows = train_rows[~in_band]
         if len(train_rows) == 0:
             raise ValueError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
+    if len(cfg.data.mask_codes()) < len(MASK_NAMES):
+        # A cascade expert trains on faces of its mask states only, but still predicts every held-out image:
+        # the cascade weighs each expert by the mask model's probability on every image, so its OOF needs them all.
+        train_rows = train_rows[np.isin(table["mask"].to_numpy()[train_rows], cfg.data.mask_codes())]
+        logger.info("data.mask_states %s: %d training images", cfg.data.mask_states, len(train_rows))
     if len(train_rows) == 0 or len(val_rows) == 0:
         raise ValueError(f"fold {cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
     logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
@@ -298,11 +289,11 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         # With EMA, the averaged weights are the ones validated, kept as best and used to predict.
         eval_model = ema.module if ema is not None else model
         # Validation predicts the way the run will predict (its TTA included), so OOF scores measure that.
-        rows, probs, val_loss = infer(
+        rows, probs, val_loss, val_years = infer(
             fabric, eval_model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
-            desc=f"val {epoch}", tta=cfg.predict.tta,
+            desc=f"val {epoch}", tta=cfg.predict.tta, age_cuts=thresholds_cuts(cfg.data.age.thresholds()),
         )
-        metrics = _with_score(compute_metrics(probs, table["label"].to_numpy()[rows]), raw_model.output_keys)
+        metrics = model_metrics(probs, table["label"].to_numpy()[rows], cfg.model.tasks, cfg.data.mask_codes())
         lr = scheduler.lr
         scheduler.step(metrics["score"])
         row = {
@@ -344,8 +335,10 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
                 best_weights = state["ema"] if ema is not None else state["model"]
                 atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": metrics, "config": state["config"]},
                                   run.best)
-                _write_oof(run, table, rows, probs)
-                plot_confusion(confusion(probs, table["label"].to_numpy()[rows]), run.plots / "confusion.png",
+                _write_oof(run, table, rows, probs, val_years)
+                scored = np.isin(table["mask"].to_numpy()[rows], cfg.data.mask_codes())
+                plot_confusion(confusion(probs[scored], table["label"].to_numpy()[rows][scored]),
+                               run.plots / "confusion.png",
                                class_names(cfg.data.age.thresholds()))
             atomic_save_torch(state, run.last)
         logger.info(

@@ -8,18 +8,21 @@ shifts = 6 forward passes per batch.
 
 Probabilities are averaged after the softmax. A multi-task head is averaged per
 task and the 18-class joint is rebuilt from the averaged marginals, so the joint
-stays the product of the task probabilities the head was trained to predict.
+stays the product of the task probabilities the head was trained to predict. An
+age regression head's years (mean and spread) are averaged before they become
+age-group probabilities.
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from ..labels import TASKS, combine_task_probs
+from ..age import AGE_YEARS, Cuts, mean_years
+from ..labels import combine_task_probs
 from ..models.heads import SINGLE_KEY, outputs_to_probs, outputs_to_task_probs
 from ..registry import Registry
 
@@ -81,20 +84,30 @@ def tta_views(names: Sequence[str]) -> list[View]:
     return views
 
 
-def average_view_probs(view_outputs: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor:
+def average_view_probs(view_outputs: Sequence[Mapping[str, torch.Tensor]], age_cuts: Optional[Cuts] = None) -> torch.Tensor:
     """Logits dicts of the same batch under several views -> averaged 18-class probabilities (N, 18)."""
     if not view_outputs:
         raise ValueError("average_view_probs needs the outputs of at least one view")
     if len(view_outputs) == 1:
-        return outputs_to_probs(view_outputs[0])
+        return outputs_to_probs(view_outputs[0], age_cuts)
     if SINGLE_KEY in view_outputs[0]:
         return torch.stack([outputs_to_probs(o) for o in view_outputs]).mean(dim=0)
-    per_view = [outputs_to_task_probs(o) for o in view_outputs]
-    return combine_task_probs({t: torch.stack([p[t] for p in per_view]).mean(dim=0) for t in per_view[0]})
+    years = mean_years(view_outputs)
+    rest = [{k: v for k, v in o.items() if k != AGE_YEARS} for o in view_outputs]
+    averaged = {}
+    if rest[0]:  # empty for a model that only regresses the age
+        per_view = [outputs_to_task_probs(o) for o in rest]
+        averaged = {t: torch.stack([p[t] for p in per_view]).mean(dim=0) for t in per_view[0]}
+    if years is not None:
+        averaged["age"] = outputs_to_task_probs({AGE_YEARS: years}, age_cuts)["age"]
+    return combine_task_probs(averaged)
 
 
 def tta_probs(
-    forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]], images: torch.Tensor, names: Sequence[str]
+    forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
+    images: torch.Tensor,
+    names: Sequence[str],
+    age_cuts: Optional[Cuts] = None,
 ) -> torch.Tensor:
     """18-class probabilities of ``forward`` (a model, or a wrapper adding autocast) averaged over the views."""
-    return average_view_probs([forward(view(images)) for view in tta_views(names)])
+    return average_view_probs([forward(view(images)) for view in tta_views(names)], age_cuts)

@@ -45,7 +45,7 @@ __all__ = [
 def create_model(cfg: ModelConfig) -> MaskStatusModel:
     """Build the model a ``ModelConfig`` describes."""
     backbone = create_backbone(cfg.backbone, cfg.pretrained, cfg.pretrained_path, cfg.drop_path_rate)
-    extra = {"tasks": cfg.tasks} if cfg.head == "multitask" else {}
+    extra = {"tasks": cfg.tasks, "age_output": cfg.age_output} if cfg.head == "multitask" else {}
     head = HEADS.build(
         cfg.head,
         in_features=backbone_out_features(backbone),

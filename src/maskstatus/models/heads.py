@@ -1,22 +1,31 @@
 """Classification heads on pooled backbone features, and the full model.
 
 Every head returns a dict of logits: ``{"class": (N, 18)}`` for the single head,
-``{"mask": (N, 3), "gender": (N, 2), "age": (N, 3)}`` for the multitask head.
+``{"mask": (N, 3), "gender": (N, 2), "age": (N, 3)}`` for the multitask head. A
+multitask head that regresses the exact age returns ``"age_years"`` (N, 2), the
+predicted mean and spread in years, in place of the age logits.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ..labels import NUM_CLASSES, TASKS, combine_task_probs, split_class_probs
+from ..age import AGE_YEARS, Cuts, group_probs, thresholds_cuts
+from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES, TASKS, combine_task_probs, split_class_probs
 from ..registry import Registry
 
 HEADS: Registry = Registry("head")
 
 SINGLE_KEY = "class"
+
+# The regression layer's raw outputs are O(1) at initialisation; these put them on the scale of
+# adult ages in years (mean around 40, spread of a few years) so training starts sensibly.
+AGE_CENTER, AGE_SCALE = 40.0, 20.0
+MIN_SIGMA, SIGMA_SCALE = 1.0, 5.0
 
 
 class MultiSampleDropoutLinear(nn.Module):
@@ -64,23 +73,44 @@ class SingleHead(nn.Module):
 
 @HEADS.register("multitask")
 class MultiTaskHead(nn.Module):
-    """One softmax per task (mask, gender, age); the 18-class joint is their product."""
+    """One softmax per task (mask, gender, age); the 18-class joint is their product.
+
+    With ``age_output="years"`` the age task is a regression of the exact age: a
+    mean and a spread in years (``"age_years"``), turned into age-group
+    probabilities at prediction time (see ``maskstatus.age``).
+    """
 
     def __init__(
-        self, in_features: int, dropout: float = 0.0, samples: int = 1, tasks: Sequence[str] = tuple(TASKS)
+        self,
+        in_features: int,
+        dropout: float = 0.0,
+        samples: int = 1,
+        tasks: Sequence[str] = tuple(TASKS),
+        age_output: str = "groups",
     ) -> None:
         super().__init__()
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
             raise ValueError(f"multitask head tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
+        if age_output not in ("groups", "years"):
+            raise ValueError(f"age_output must be 'groups' or 'years', got {age_output!r}")
         # A subset of tasks makes a per-task model; the missing tasks count as uniform when combined.
         self.output_sizes = {t: TASKS[t] for t in TASKS if t in tasks}
+        if age_output == "years" and "age" in self.output_sizes:
+            self.output_sizes = {(AGE_YEARS if t == "age" else t): (2 if t == "age" else k)
+                                 for t, k in self.output_sizes.items()}
         self.tasks = nn.ModuleDict(
-            {task: MultiSampleDropoutLinear(in_features, k, dropout, samples) for task, k in self.output_sizes.items()}
+            {key: MultiSampleDropoutLinear(in_features, k, dropout, samples) for key, k in self.output_sizes.items()}
         )
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {task: layer(features) for task, layer in self.tasks.items()}
+        out = {key: layer(features) for key, layer in self.tasks.items()}
+        if AGE_YEARS in out:
+            raw = out[AGE_YEARS].float()
+            mean = AGE_CENTER + AGE_SCALE * raw[:, 0]
+            sigma = MIN_SIGMA + SIGMA_SCALE * F.softplus(raw[:, 1])
+            out[AGE_YEARS] = torch.stack([mean, sigma], dim=1)
+        return out
 
 
 class MaskStatusModel(nn.Module):
@@ -104,22 +134,32 @@ def _check_outputs(outputs: Mapping[str, torch.Tensor]) -> bool:
     """True for single-head outputs, False for (possibly per-task) multitask ones; anything else is an error."""
     if SINGLE_KEY in outputs:
         return True
-    if not any(t in outputs for t in TASKS):
+    if not any(t in outputs for t in (*TASKS, AGE_YEARS)):
         raise ValueError(
             f"model outputs have keys {sorted(outputs)}; expected {SINGLE_KEY!r} or some of {list(TASKS)}"
         )
     return False
 
 
-def outputs_to_probs(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Logits dict -> 18-class probabilities (N, 18), float32 even under mixed precision."""
+def outputs_to_probs(outputs: Mapping[str, torch.Tensor], age_cuts: Optional[Cuts] = None) -> torch.Tensor:
+    """Logits dict -> 18-class probabilities (N, 18), float32 even under mixed precision.
+
+    ``age_cuts`` split a regression head's predicted years into age groups (default: 29.5 and 59.5).
+    """
     if _check_outputs(outputs):
         return outputs[SINGLE_KEY].float().softmax(dim=-1)
-    return combine_task_probs({t: outputs[t].float().softmax(dim=-1) for t in TASKS if t in outputs})
+    return combine_task_probs(outputs_to_task_probs(outputs, age_cuts))
 
 
-def outputs_to_task_probs(outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def outputs_to_task_probs(
+    outputs: Mapping[str, torch.Tensor], age_cuts: Optional[Cuts] = None
+) -> dict[str, torch.Tensor]:
     """Logits dict -> per-task probabilities ``{task: (N, k_task)}``."""
     if _check_outputs(outputs):
         return split_class_probs(outputs[SINGLE_KEY].float().softmax(dim=-1))
-    return {t: outputs[t].float().softmax(dim=-1) for t in TASKS if t in outputs}
+    probs = {t: outputs[t].float().softmax(dim=-1) for t in TASKS if t in outputs}
+    if AGE_YEARS in outputs:
+        years = outputs[AGE_YEARS].float()
+        cuts = age_cuts if age_cuts is not None else thresholds_cuts(DEFAULT_AGE_THRESHOLDS)
+        probs["age"] = group_probs(years[:, 0], years[:, 1], cuts)
+    return {t: probs[t] for t in TASKS if t in probs}

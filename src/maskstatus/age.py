@@ -1,0 +1,183 @@
+"""Exact-age regression: predicted years -> age-group probabilities, and cut points tuned out of fold.
+
+A regression head predicts each face's age as a normal distribution, a mean and a
+spread in years. The probability of an age group is the mass of that
+distribution between two cut points, so the head plugs into everything that
+works on 18-class probabilities (TTA, ensembles, pseudo labels, submissions).
+The cut points default to the scoring thresholds (30 and 60); a regressor pulls
+predictions toward the mean age, so the rare old group is better served by a
+lower cut, which ``tune_cuts`` finds on out-of-fold predictions and
+``write_cuts`` stores in the run or CV folder, where prediction picks it up.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .labels import PROB_COLUMNS, TASKS, AgeThresholds, combine_task_probs, decode, encode, split_class_probs
+
+logger = logging.getLogger(__name__)
+
+# Output/target key of the regression head: (N, 2) = mean and spread (standard deviation) in years.
+AGE_YEARS = "age_years"
+# Columns of an out-of-fold table holding a regression head's predicted years.
+AGE_MEAN, AGE_SIGMA = "age_mean", "age_sigma"
+# The tuned cut points, beside config.yaml (a run) or cv_config.yaml (a CV folder).
+CUTS_FILE = "age_cuts.json"
+
+Cuts = tuple[float, float]
+
+
+def thresholds_cuts(thresholds: AgeThresholds) -> Cuts:
+    """The scoring thresholds as cut points on predicted years.
+
+    Ages are whole years and group 2 starts at ``old_from``: a predicted 59.6
+    rounds to 60, so the cut on the continuous scale sits half a year below.
+    """
+    return (thresholds.young_below - 0.5, thresholds.old_from - 0.5)
+
+
+def check_cuts(cuts: Sequence[float]) -> Cuts:
+    c = tuple(float(x) for x in cuts)
+    if len(c) != 2 or not np.all(np.isfinite(c)) or not 0 < c[0] < c[1]:
+        raise ValueError(f"age cut points must be two increasing positive numbers, got {list(cuts)}")
+    return c  # type: ignore[return-value]
+
+
+def group_probs(mean: torch.Tensor, sigma: torch.Tensor, cuts: Sequence[float]) -> torch.Tensor:
+    """(N,) means and spreads in years -> (N, 3) probabilities of the age groups split at ``cuts``."""
+    c1, c2 = check_cuts(cuts)
+    z1 = torch.special.ndtr((c1 - mean) / sigma)
+    z2 = torch.special.ndtr((c2 - mean) / sigma)
+    probs = torch.stack([z1, z2 - z1, 1.0 - z2], dim=-1).clamp_min(0.0)
+    # Far in a tail all three can round to 0 in float32; renormalising keeps rows summing to 1.
+    return probs / probs.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)
+
+
+def group_probs_np(mean: np.ndarray, sigma: np.ndarray, cuts: Sequence[float]) -> np.ndarray:
+    """numpy version of :func:`group_probs` (float64), for out-of-fold tables."""
+    out = group_probs(torch.from_numpy(np.array(mean, np.float64)), torch.from_numpy(np.array(sigma, np.float64)), cuts)
+    return out.numpy()
+
+
+def mean_years(view_outputs: Sequence[dict]) -> Optional[torch.Tensor]:
+    """The regression output averaged over TTA views (N, 2), or None for a head without one.
+
+    Means and spreads are averaged before the group probabilities are taken, so the
+    out-of-fold table's years reproduce the prediction exactly at any cut points.
+    """
+    if not view_outputs or AGE_YEARS not in view_outputs[0]:
+        return None
+    return torch.stack([o[AGE_YEARS].float() for o in view_outputs]).mean(dim=0)
+
+
+def _macro_f1_codes(true: np.ndarray, pred: np.ndarray, k: int) -> float:
+    # Hand-written because the tuner calls it hundreds of times on the same arrays:
+    # one bincount instead of sklearn's validation and label bookkeeping per call.
+    cm = np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
+    tp = np.diag(cm).astype(np.float64)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)
+    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
+    return float(f1.mean())
+
+
+def tune_cuts(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    mean: np.ndarray,
+    sigma: np.ndarray,
+    thresholds: AgeThresholds,
+    young_range: float = 6.0,
+    old_range: tuple[float, float] = (10.0, 4.0),
+    step: float = 0.5,
+) -> dict:
+    """Grid-search the two cut points that maximise the 18-class macro F1 of out-of-fold predictions.
+
+    ``probs`` (N, 18) supply the mask and gender predictions; the age group comes from
+    (``mean``, ``sigma``) at each candidate pair of cuts. The young cut is searched within
+    ``young_range`` years of the scoring threshold, the old cut from ``old_range[0]`` below
+    to ``old_range[1]`` above. Returns the best cuts and the F1 at the default and tuned cuts
+    (the tuned F1 is optimistic: it is measured on the predictions it was tuned on).
+    """
+    probs = np.asarray(probs, np.float64)
+    labels = np.asarray(labels, np.int64)
+    mean, sigma = np.asarray(mean, np.float64), np.asarray(sigma, np.float64)
+    if not (len(probs) == len(labels) == len(mean) == len(sigma)) or len(labels) == 0:
+        raise ValueError("tune_cuts needs probs, labels, mean and sigma of the same non-zero length")
+    joint = probs.reshape(len(probs), TASKS["mask"], TASKS["gender"], TASKS["age"])
+    mask_pred = joint.sum(axis=(2, 3)).argmax(axis=1)
+    gender_pred = joint.sum(axis=(1, 3)).argmax(axis=1)
+    _, _, true_age = decode(labels)
+
+    def score(cuts: Cuts) -> tuple[float, float]:
+        age_pred = group_probs_np(mean, sigma, cuts).argmax(axis=1)
+        pred = encode(mask_pred, gender_pred, age_pred)
+        return _macro_f1_codes(labels, pred, 18), _macro_f1_codes(true_age, age_pred, TASKS["age"])
+
+    default = thresholds_cuts(thresholds)
+    young = np.arange(default[0] - young_range, default[0] + young_range + step / 2, step)
+    old = np.arange(default[1] - old_range[0], default[1] + old_range[1] + step / 2, step)
+    best, best_f1, best_age = default, *score(default)
+    default_f1, default_age = best_f1, best_age
+    for c1 in young:
+        for c2 in old:
+            if c1 <= 0 or c2 <= c1:
+                continue
+            f1, age_f1 = score((float(c1), float(c2)))
+            if f1 > best_f1 + 1e-12:  # ties keep the earlier (and, for the default, the unchanged) cuts
+                best, best_f1, best_age = (float(c1), float(c2)), f1, age_f1
+    return {
+        "cuts": [round(best[0], 3), round(best[1], 3)],
+        "default_cuts": list(default),
+        "oof_f1_default": default_f1,
+        "oof_f1_tuned": best_f1,
+        "oof_age_f1_default": default_age,
+        "oof_age_f1_tuned": best_age,
+        "images": int(len(labels)),
+        "grid": {"young": [float(young[0]), float(young[-1])], "old": [float(old[0]), float(old[-1])], "step": step},
+    }
+
+
+def oof_with_cuts(oof: pd.DataFrame, cuts: Sequence[float], source: str = "out-of-fold table") -> pd.DataFrame:
+    """A copy of an out-of-fold table whose 18-class probabilities use ``cuts`` for the age groups.
+
+    Mask and gender marginals are kept; the age marginal is recomputed from the
+    regression columns (``age_mean``, ``age_sigma``) the table must have.
+    """
+    missing = [c for c in (AGE_MEAN, AGE_SIGMA) if c not in oof.columns]
+    if missing:
+        raise ValueError(f"{source} has age cut points to apply but lacks column(s) {missing} "
+                         "(only a run with model.age_output=years writes them)")
+    probs = oof[PROB_COLUMNS].to_numpy(np.float64)
+    marginals = split_class_probs(probs)
+    marginals["age"] = group_probs_np(oof[AGE_MEAN].to_numpy(), oof[AGE_SIGMA].to_numpy(), cuts)
+    out = oof.copy()
+    out[PROB_COLUMNS] = combine_task_probs(marginals)
+    return out
+
+
+def write_cuts(folder: Path | str, result: dict) -> Path:
+    from .runs import atomic_write_text
+
+    path = Path(folder) / CUTS_FILE
+    check_cuts(result["cuts"])
+    atomic_write_text(path, json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def read_cuts(folder: Path | str) -> Optional[Cuts]:
+    """The tuned cut points stored in a run or CV folder, or None if it has none."""
+    path = Path(folder) / CUTS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return check_cuts(json.loads(path.read_text())["cuts"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a valid age cut file ({exc}); delete it or run tune-age again") from None
