@@ -8,6 +8,12 @@ Each row runs benchmarks/proxy.py's measurement and keeps its JSON under
 benchmarks/results/ablation/, so the table can be built over several sessions
 (a CPU row takes about 20 minutes) and rows measured elsewhere can be added.
 Rows without a JSON are listed as not run, never guessed.
+
+Two kinds of row train nothing themselves and are scored from other rows' runs:
+``ensemble: [row, ...]`` soft-votes those rows' out-of-fold predictions (a cascade
+of per-task models and mask-state experts), and ``tune_age_of: row`` tunes an age
+regression row's cut points, reporting the cross-fitted F1 (cuts tuned on half of
+the held-out people, scored on the other half), not the optimistic in-sample one.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ import json
 import re
 import sys
 from pathlib import Path
+
+import math
 
 import yaml
 
@@ -39,8 +47,41 @@ def load_plan(path: Path) -> dict:
     return plan
 
 
+def _source(out_dir: Path, name: str) -> dict:
+    path = out_dir / f"{slug(name)}.json"
+    if not path.is_file():
+        raise SystemExit(f"row {name!r} must be measured first (no {path})")
+    return json.loads(path.read_text())
+
+
+def _scored_row(row: dict, out_dir: Path) -> dict:
+    """The JSON of a row scored from other rows' runs (ensemble, or tuned age cut points)."""
+    from maskstatus.engine.age_cuts import tune_age_cuts
+    from maskstatus.engine.ensemble import ensemble_oof
+
+    if "ensemble" in row:
+        sources = [_source(out_dir, name) for name in row["ensemble"]]
+        _, metrics = ensemble_oof([s["run_dir"] for s in sources])
+        report = {"members": row["ensemble"], "run_dirs": [s["run_dir"] for s in sources],
+                  # Every member trains: the ensemble costs their sum.
+                  "train_s": sum(s["train_s"] for s in sources), "machine": sources[0]["machine"]}
+    else:
+        source = _source(out_dir, row["tune_age_of"])
+        tuned = tune_age_cuts(source["run_dir"], write=False)
+        metrics = tuned["cross_fitted"]
+        report = {"tuned_from": row["tune_age_of"], "run_dir": source["run_dir"], "age_cuts": tuned,
+                  "train_s": source["train_s"], "machine": source["machine"]}
+    report.update({"oof_f1": metrics["f1"], "oof_acc": metrics["acc"], "oof_mask_f1": metrics["mask_f1"],
+                   "oof_gender_f1": metrics["gender_f1"], "oof_age_f1": metrics["age_f1"],
+                   "commit": proxy.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
+    return report
+
+
 def run_row(plan: dict, row: dict, out_dir: Path, data: Path | None, epochs: int | None, runs: Path) -> Path:
     result = out_dir / f"{slug(row['name'])}.json"
+    if "ensemble" in row or "tune_age_of" in row:
+        result.write_text(json.dumps(_scored_row(row, out_dir), indent=2) + "\n")
+        return result
     config = row.get("recipe", plan["reference"])
     args = ["--config", str(REPO / config), "--fold", str(plan["fold"]), "--out", str(result),
             "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs)]
@@ -50,6 +91,10 @@ def run_row(plan: dict, row: dict, out_dir: Path, data: Path | None, epochs: int
         args += ["--epochs", str(epochs)]
     proxy.main([*args, *row.get("overrides", [])])
     return result
+
+
+def _num(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
 def render(plan: dict, out_dir: Path) -> str:
@@ -71,18 +116,23 @@ def render(plan: dict, out_dir: Path) -> str:
         ref = json.loads(ref_path.read_text())["oof_f1"]
     for row in plan["rows"]:
         path = out_dir / f"{slug(row['name'])}.json"
-        what = row.get("recipe") or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—"
+        what = (row.get("recipe")
+                or (" + ".join(row["ensemble"]) if "ensemble" in row else "")
+                or (f"cut points of '{row['tune_age_of']}' tuned" if "tune_age_of" in row else "")
+                or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—")
         note = row.get("note", "")
         if not path.is_file():
             lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | {note} |")
             continue
         r = json.loads(path.read_text())
-        delta = "" if ref is None or row is plan["rows"][0] else f"{r['oof_f1'] - ref:+.3f}"
+        # A per-task model or cascade expert has no 18-class F1 (NaN, or null in JSON): shown as a dash.
+        f1 = r["oof_f1"] if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) else None
+        delta = "" if ref is None or f1 is None or row is plan["rows"][0] else f"{f1 - ref:+.3f}"
         train_min = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
         machine = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
         lines.append(
-            f"| {row['name']} | {what} | {r['oof_f1']:.3f} | {delta} | {r['oof_mask_f1']:.3f} | "
-            f"{r['oof_gender_f1']:.3f} | {r['oof_age_f1']:.3f} | {train_min} | {machine} | {note} |"
+            f"| {row['name']} | {what} | {_num(f1)} | {delta} | {_num(r['oof_mask_f1'])} | "
+            f"{_num(r['oof_gender_f1'])} | {_num(r['oof_age_f1'])} | {train_min} | {machine} | {note} |"
         )
     lines += [
         "",

@@ -29,6 +29,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
+from maskstatus.age import AGE_YEARS  # noqa: E402
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
 from maskstatus.engine.predict import predict  # noqa: E402
@@ -89,6 +90,7 @@ def model_only_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> floa
     if cfg.train.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     targets = {k: torch.zeros(bs, dtype=torch.long, device=fabric.device) for k in ("class", "mask", "gender", "age")}
+    targets[AGE_YEARS] = torch.full((bs,), 40.0, device=fabric.device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
