@@ -155,7 +155,7 @@ def test_age_nll_skips_unknown_ages_and_fits_a_normal():
     assert float(full.detach()) == pytest.approx(0.25 * (np.log(25.0) + np.log(4.0) + 1 / 4))
     none = loss(pred, torch.tensor([-1.0, -1.0]))
     none.backward()  # no valid age: zero loss that still backpropagates
-    assert float(none) == 0.0 and pred.grad is not None
+    assert float(none.detach()) == 0.0 and pred.grad is not None
     # The loss is what a regression head trains with, weighted by the age task weight.
     cfg = load_config(None, ["loss.task_weights={age: 0.5}"]).loss
     task_loss = build_loss(cfg, ["mask", "gender", AGE_YEARS])

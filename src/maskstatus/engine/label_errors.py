@@ -37,11 +37,10 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from ..age import oof_with_cuts, read_cuts
 from ..data.relabel import SWAP_STEMS, SWAP_VALUE
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
 from ..runs import atomic_write_csv, atomic_write_text
-from .ensemble import oof_path
+from .ensemble import check_oof_frame, read_oof
 
 __all__ = [
     "DRAFT_MIN_SCORE",
@@ -75,42 +74,8 @@ _GRID_WIDTH = len(IMAGE_STEMS) * (REVIEW_THUMB[0] + _PAD) + _PAD
 
 
 def load_oof(path: Path | str) -> pd.DataFrame:
-    """Read out-of-fold predictions from a CV folder, a run folder or a CSV file.
-
-    A folder is looked up as ``<path>/oof.csv`` (a CV folder) and then
-    ``<path>/predictions/oof.csv`` (a single run). person_id, stem and
-    image_path are read as strings, so ids like "000123" keep their zeros.
-    Raises FileNotFoundError or ValueError naming the path.
-    """
-    path = Path(path)
-    cuts = None
-    if path.is_dir():
-        cuts = read_cuts(path)  # tuned age cut points change the age predictions, as when predicting
-        path = oof_path(path)  # the same lookup ensembles use: CV folder first, then run folder
-    elif not path.is_file():
-        raise FileNotFoundError(f"out-of-fold predictions not found: {path} (give a CV folder, run folder or oof.csv)")
-    try:
-        oof = pd.read_csv(path, dtype={"person_id": str, "stem": str, "image_path": str}, keep_default_na=False)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read out-of-fold predictions {path}: {err}") from None
-    try:
-        _check_oof(oof)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
-    return oof_with_cuts(oof, cuts, str(path)) if cuts is not None else oof
-
-
-def _check_oof(oof: pd.DataFrame) -> None:
-    missing = [c for c in OOF_COLUMNS if c not in oof.columns]
-    if missing:
-        raise ValueError(f"out-of-fold table lacks column(s) {missing}; expected {list(OOF_COLUMNS)}")
-    if oof.empty:
-        raise ValueError("out-of-fold table has no rows")
-    probs = pd.DataFrame(oof[PROB_COLUMNS]).apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
-    if not np.isfinite(probs).all() or (probs < 0).any():
-        raise ValueError("out-of-fold probabilities p0..p17 must be finite numbers >= 0")
-    if (probs.sum(axis=1) <= 0).any():
-        raise ValueError("a row of out-of-fold probabilities sums to 0")
+    """Out-of-fold predictions from a CV folder, a run folder or a CSV file (see ``ensemble.read_oof``)."""
+    return read_oof(path)
 
 
 def _mode(frame: pd.DataFrame, keys: list[str], column: str) -> pd.Series:
@@ -138,7 +103,7 @@ def score_people(oof: pd.DataFrame) -> pd.DataFrame:
     incorrect_mask and a normal photo, or whose two photos carry the same given
     mask, gets no mask_swap row.
     """
-    _check_oof(oof)
+    check_oof_frame(oof, OOF_COLUMNS)
     probs = oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
     # oof.csv rounds to 6 decimals; renormalise so the marginals sum to 1 exactly.
     probs = probs / probs.sum(axis=1, keepdims=True)
