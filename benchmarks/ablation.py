@@ -63,14 +63,17 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
         sources = [_source(out_dir, name) for name in row["ensemble"]]
         _, metrics = ensemble_oof([s["run_dir"] for s in sources])
         report = {"members": row["ensemble"], "run_dirs": [s["run_dir"] for s in sources],
-                  # Every member trains: the ensemble costs their sum.
-                  "train_s": sum(s["train_s"] for s in sources), "machine": sources[0]["machine"]}
+                  "machine": sources[0]["machine"]}
+        if all("train_s" in s for s in sources):  # every member trains: the ensemble costs their sum
+            report["train_s"] = sum(s["train_s"] for s in sources)
     else:
         source = _source(out_dir, row["tune_age_of"])
         tuned = tune_age_cuts(source["run_dir"], write=False)
         metrics = tuned["cross_fitted"]
         report = {"tuned_from": row["tune_age_of"], "run_dir": source["run_dir"], "age_cuts": tuned,
-                  "train_s": source["train_s"], "machine": source["machine"]}
+                  "machine": source["machine"]}
+        if "train_s" in source:
+            report["train_s"] = source["train_s"]
     report.update({"oof_f1": metrics["f1"], "oof_acc": metrics["acc"], "oof_mask_f1": metrics["mask_f1"],
                    "oof_gender_f1": metrics["gender_f1"], "oof_age_f1": metrics["age_f1"],
                    "commit": proxy.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
