@@ -145,16 +145,20 @@ def tune_cuts(
     }
 
 
+def require_years(oof: pd.DataFrame, source: str) -> None:
+    """ValueError naming ``source`` unless the OOF table has the regression columns age_mean and age_sigma."""
+    missing = [c for c in (AGE_MEAN, AGE_SIGMA) if c not in oof.columns]
+    if missing:
+        raise ValueError(f"{source} lacks column(s) {missing} (only a run with model.age_output=years writes them)")
+
+
 def oof_with_cuts(oof: pd.DataFrame, cuts: Sequence[float], source: str = "out-of-fold table") -> pd.DataFrame:
     """A copy of an out-of-fold table whose 18-class probabilities use ``cuts`` for the age groups.
 
     Mask and gender marginals are kept; the age marginal is recomputed from the
     regression columns (``age_mean``, ``age_sigma``) the table must have.
     """
-    missing = [c for c in (AGE_MEAN, AGE_SIGMA) if c not in oof.columns]
-    if missing:
-        raise ValueError(f"{source} has age cut points to apply but lacks column(s) {missing} "
-                         "(only a run with model.age_output=years writes them)")
+    require_years(oof, source)
     probs = oof[PROB_COLUMNS].to_numpy(np.float64)
     marginals = split_class_probs(probs)
     marginals["age"] = group_probs_np(oof[AGE_MEAN].to_numpy(), oof[AGE_SIGMA].to_numpy(), cuts)

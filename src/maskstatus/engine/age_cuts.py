@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..age import AGE_MEAN, AGE_SIGMA, oof_with_cuts, tune_cuts, write_cuts
+from ..age import AGE_MEAN, AGE_SIGMA, oof_with_cuts, require_years, tune_cuts, write_cuts
 from ..labels import PROB_COLUMNS
 from ..metrics import compute_metrics
 from .ensemble import member_config, oof_path, read_oof
@@ -61,9 +61,7 @@ def tune_age_cuts(folder: Path | str, write: bool = True, step: float = 0.5) -> 
         raise ValueError(f"{folder}: its model predicts age groups (model.age_output={cfg.model.age_output}); "
                          "only an age regression (model.age_output=years) has cut points to tune")
     oof = read_oof(folder)
-    missing = [c for c in (AGE_MEAN, AGE_SIGMA) if c not in oof.columns]
-    if missing:
-        raise ValueError(f"{oof_path(folder)} lacks column(s) {missing}")
+    require_years(oof, str(oof_path(folder)))
     result = _tune(oof, cfg.data.age.thresholds(), step)
     result["cross_fitted"] = cross_fitted_metrics(oof, cfg.data.age.thresholds(), step)
     result["oof_f1_cross_fitted"] = result["cross_fitted"]["f1"]
