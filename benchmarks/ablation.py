@@ -9,11 +9,14 @@ benchmarks/results/ablation/, so the table can be built over several sessions
 (a CPU row takes about 20 minutes) and rows measured elsewhere can be added.
 Rows without a JSON are listed as not run, never guessed.
 
-Two kinds of row train nothing themselves and are scored from other rows' runs:
+Three kinds of row train nothing themselves and are scored from other rows' runs:
 ``ensemble: [row, ...]`` soft-votes those rows' out-of-fold predictions (a cascade
-of per-task models and mask-state experts), and ``tune_age_of: row`` tunes an age
+of per-task models and mask-state experts); ``tune_age_of: row`` tunes an age
 regression row's cut points, reporting the cross-fitted F1 (cuts tuned on half of
-the held-out people, scored on the other half), not the optimistic in-sample one.
+the held-out people, scored on the other half), not the optimistic in-sample one;
+``tta_of: row`` with ``tta: [view, ...]`` predicts that row's held-out fold again
+with its best weights and test-time augmentation, so the only change is the TTA
+(the same weights without TTA are re-scored too, as a control).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
-from pathlib import Path
-
 import math
+import sys
+import time
+from pathlib import Path
 
 import yaml
 
@@ -54,8 +57,36 @@ def _source(out_dir: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
+    """Metrics of a measured row's held-out fold predicted again with ``row['tta']``, and the report."""
+    from lightning_fabric import Fabric
+
+    from maskstatus.engine.ensemble import read_oof
+    from maskstatus.engine.predict import load_run, predict_probs
+    from maskstatus.metrics import model_metrics
+
+    source = _source(out_dir, row["tta_of"])
+    run = load_run(source["run_dir"])
+    oof = read_oof(source["run_dir"])  # the held-out images, with their labels
+    fabric = Fabric(accelerator="auto", devices=1, precision=run.cfg.train.precision)
+    scores, seconds = {}, {}
+    for name, views in (("tta", list(row["tta"])), ("no_tta", [])):
+        t0 = time.perf_counter()
+        probs = predict_probs([run], oof, fabric, progress=False, tta=views)
+        seconds[name] = time.perf_counter() - t0
+        scores[name] = model_metrics(probs, oof["label"].to_numpy(), run.cfg.model.tasks, run.cfg.data.mask_codes())
+    report = {"tta_of": row["tta_of"], "tta": list(row["tta"]), "run_dir": source["run_dir"],
+              "images": len(oof), "predict_s": seconds["tta"], "predict_s_no_tta": seconds["no_tta"],
+              # The control: these weights without TTA, which should match the source row's F1.
+              "oof_f1_no_tta": scores["no_tta"]["f1"], "source_oof_f1": source["oof_f1"],
+              "machine": proxy.machine()}
+    if "train_s" in source:
+        report["train_s"] = source["train_s"]
+    return scores["tta"], report
+
+
 def _scored_row(row: dict, out_dir: Path) -> dict:
-    """The JSON of a row scored from other rows' runs (ensemble, or tuned age cut points)."""
+    """The JSON of a row scored from other rows' runs (ensemble, tuned age cut points, or TTA)."""
     from maskstatus.engine.age_cuts import tune_age_cuts
     from maskstatus.engine.ensemble import ensemble_oof
 
@@ -66,6 +97,8 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
                   "machine": sources[0]["machine"]}
         if all("train_s" in s for s in sources):  # every member trains: the ensemble costs their sum
             report["train_s"] = sum(s["train_s"] for s in sources)
+    elif "tta_of" in row:
+        metrics, report = _tta_row(row, out_dir)
     else:
         source = _source(out_dir, row["tune_age_of"])
         tuned = tune_age_cuts(source["run_dir"], write=False)
@@ -82,7 +115,7 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
 
 def run_row(plan: dict, row: dict, out_dir: Path, data: Path | None, epochs: int | None, runs: Path) -> Path:
     result = out_dir / f"{slug(row['name'])}.json"
-    if "ensemble" in row or "tune_age_of" in row:
+    if "ensemble" in row or "tune_age_of" in row or "tta_of" in row:
         result.write_text(json.dumps(_scored_row(row, out_dir), indent=2) + "\n")
         return result
     config = row.get("recipe", plan["reference"])
@@ -122,6 +155,7 @@ def render(plan: dict, out_dir: Path) -> str:
         what = (row.get("recipe")
                 or (" + ".join(row["ensemble"]) if "ensemble" in row else "")
                 or (f"cut points of '{row['tune_age_of']}' tuned" if "tune_age_of" in row else "")
+                or (f"'{row['tta_of']}' predicted with `tta={row['tta']}`" if "tta_of" in row else "")
                 or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—")
         note = row.get("note", "")
         if not path.is_file():

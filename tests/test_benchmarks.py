@@ -16,6 +16,12 @@ TINY = ["model.backbone=test_efficientnet", "model.pretrained=false", "cache.siz
         "train.limit_train_batches=2", "split.folds=4", "scheduler.warmup_epochs=0", "train.progress=false"]
 
 
+def ref_images(run_dir: str) -> int:
+    from maskstatus.engine.ensemble import read_oof
+
+    return len(read_oof(run_dir))
+
+
 @pytest.mark.slow
 def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     plan = {
@@ -30,13 +36,14 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
             {"name": "cascade", "ensemble": ["reference", "unmasked expert"]},
             {"name": "age regression", "overrides": [*TINY, "model.age_output=years"]},
             {"name": "age cuts tuned", "tune_age_of": "age regression"},
+            {"name": "reference + TTA", "tta_of": "reference", "tta": ["hflip"]},
         ],
     }
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "res"), "--table", str(tmp_path / "t.md"),
             "--data", str(demo_data.root), "--epochs", "1", "--runs", str(tmp_path / "runs"),
             "--rows", "reference", "--rows", "EMA"]
-    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned"):
+    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned", "reference + TTA"):
         args += ["--rows", name]
     assert ablation.main(args) == 0
     ref = json.loads((tmp_path / "res" / "reference.json").read_text())
@@ -58,6 +65,12 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     tuned = json.loads((tmp_path / "res" / "age-cuts-tuned.json").read_text())
     assert tuned["oof_f1"] == tuned["age_cuts"]["oof_f1_cross_fitted"]
     assert "cut points of 'age regression' tuned" in table
+    # TTA re-predicts the reference's held-out fold with its own weights: without TTA it gives the reference's F1.
+    tta = json.loads((tmp_path / "res" / "reference-tta.json").read_text())
+    assert tta["tta"] == ["hflip"] and tta["images"] == ref_images(ref["run_dir"])
+    assert tta["oof_f1_no_tta"] == pytest.approx(ref["oof_f1"], abs=1e-6)
+    assert 0.0 <= tta["oof_f1"] <= 1.0 and tta["train_s"] == ref["train_s"]
+    assert "'reference' predicted with `tta=['hflip']`" in table
     # measured rows are skipped the second time
     stamp = (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns
     assert ablation.main(args) == 0
