@@ -142,6 +142,27 @@ def test_ema_weights_are_validated_and_kept_as_best(tiny_config):
     assert any(not torch.equal(last["ema"][k], last["model"][k]) for k in best if best[k].is_floating_point())
 
 
+def test_ema_warmup_starts_from_the_trained_weights_and_counts_optimizer_steps(tiny_config, monkeypatch):
+    # Same seed, same trained weights: with warmup the average follows them; without, it stays near the first step's.
+    three = ("train.epochs=1", "train.limit_train_batches=3", "train.ema_decay=0.999", "scheduler.name=none")
+    warm = load_checkpoint(RunDir(train(tiny_config(*three)).run_dir).last)
+    cold = load_checkpoint(RunDir(train(tiny_config(*three, "train.ema_warmup=false")).run_dir).last)
+    floats = [k for k, v in warm["model"].items() if v.is_floating_point()]
+    assert all(torch.equal(warm["model"][k], cold["model"][k]) for k in floats)
+
+    def gap(state: dict) -> float:
+        return sum(float((state["ema"][k] - state["model"][k]).norm()) for k in floats)
+
+    assert gap(warm) < 0.7 * gap(cold)
+
+    from timm.utils import ModelEmaV3
+
+    steps, update = [], ModelEmaV3.update
+    monkeypatch.setattr(ModelEmaV3, "update", lambda self, model, step=None: (steps.append(step), update(self, model, step)))
+    train(tiny_config("train.epochs=2", "train.limit_train_batches=3", "train.accumulate=2", "train.ema_decay=0.9"))
+    assert steps == [1, 2, 3, 4]  # two optimizer steps per epoch (batches 2 and 3), numbered across epochs
+
+
 def test_accumulation_steps_every_n_batches(tiny_config):
     run = train(tiny_config("train.epochs=1", "train.limit_train_batches=5", "train.accumulate=2")).run_dir
     opt = load_checkpoint(RunDir(run).last)["optimizer"]

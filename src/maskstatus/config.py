@@ -241,6 +241,9 @@ class TrainConfig(_Section):
     mix: MixConfig = MixConfig()
     accumulate: int = Field(1, ge=1, description="optimizer step every N batches")
     ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0, description="validate and save an EMA of the weights")
+    ema_warmup: bool = Field(
+        True, description="ramp the EMA decay up from 0 (1 - (1 + step)^(-2/3), capped at ema_decay), so that "
+        "a short run's average is not mostly its initial weights")
     freeze_stages: int = Field(0, ge=0, description="freeze the stem and the first N backbone stages")
     unfreeze_epoch: Optional[int] = Field(None, ge=0, description="epoch at which frozen stages start training")
 

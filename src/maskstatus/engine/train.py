@@ -7,6 +7,7 @@ cache -> model -> loop (train, validate, checkpoint, early stop) -> plots.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import dataclass, field
@@ -254,7 +255,9 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     set_trainable(frozen, False)
     raw_model = model
     model, optimizer = fabric.setup(model, optimizer)
-    ema = ModelEmaV3(raw_model, decay=cfg.train.ema_decay) if cfg.train.ema_decay else None
+    # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
+    ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
+           if cfg.train.ema_decay else None)
 
     start_epoch, best_f1, best_epoch, history = 0, -1.0, -1, []
     if resume is not None:
@@ -365,6 +368,8 @@ def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: 
     limit = cfg.train.limit_train_batches
     steps = len(loader) if limit is None else min(limit, len(loader))
     accumulate = cfg.train.accumulate
+    # Optimizer steps before this epoch, counted the same way on a resume, for the EMA's warmup.
+    steps_before = epoch * math.ceil(steps / accumulate)
     batches = iter(loader)
     # Dropout draws from the global RNG; reseed it per (seed, epoch, rank) after the loader has taken its
     # own draws, so the result depends neither on num_workers nor on whether the run was resumed.
@@ -397,7 +402,7 @@ def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: 
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if ema is not None:
-                ema.update(raw_model)
+                ema.update(raw_model, step=steps_before + i // accumulate + 1)
         n = len(images)
         total += loss.detach() * n
         seen += n
