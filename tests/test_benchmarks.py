@@ -16,12 +16,6 @@ TINY = ["model.backbone=test_efficientnet", "model.pretrained=false", "cache.siz
         "train.limit_train_batches=2", "split.folds=4", "scheduler.warmup_epochs=0", "train.progress=false"]
 
 
-def ref_images(run_dir: str) -> int:
-    from maskstatus.engine.ensemble import read_oof
-
-    return len(read_oof(run_dir))
-
-
 @pytest.mark.slow
 def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     plan = {
@@ -56,7 +50,7 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     assert "| never run |" in table and "not run yet" in table
     # An expert has no 18-class F1; the cascade built from it has one, from the members' OOF predictions.
     assert "| unmasked expert | " in table and "| — |" in table
-    from maskstatus.engine.ensemble import ensemble_oof
+    from maskstatus.engine.ensemble import ensemble_oof, read_oof
 
     cascade = json.loads((tmp_path / "res" / "cascade.json").read_text())
     expert = json.loads((tmp_path / "res" / "unmasked-expert.json").read_text())
@@ -67,7 +61,7 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     assert "cut points of 'age regression' tuned" in table
     # TTA re-predicts the reference's held-out fold with its own weights: without TTA it gives the reference's F1.
     tta = json.loads((tmp_path / "res" / "reference-tta.json").read_text())
-    assert tta["tta"] == ["hflip"] and tta["images"] == ref_images(ref["run_dir"])
+    assert tta["tta"] == ["hflip"] and tta["images"] == len(read_oof(ref["run_dir"]))
     assert tta["oof_f1_no_tta"] == pytest.approx(ref["oof_f1"], abs=1e-6)
     assert 0.0 <= tta["oof_f1"] <= 1.0 and tta["train_s"] == ref["train_s"]
     assert "'reference' predicted with `tta=['hflip']`" in table

@@ -142,7 +142,7 @@ def test_ema_weights_are_validated_and_kept_as_best(tiny_config):
     assert any(not torch.equal(last["ema"][k], last["model"][k]) for k in best if best[k].is_floating_point())
 
 
-def test_ema_warmup_starts_from_the_trained_weights_and_counts_optimizer_steps(tiny_config, monkeypatch):
+def test_ema_warmup_follows_the_trained_weights_and_counts_optimizer_steps(tiny_config, monkeypatch):
     # Same seed, same trained weights: with warmup the average follows them; without, it stays near the first step's.
     three = ("train.epochs=1", "train.limit_train_batches=3", "train.ema_decay=0.999", "scheduler.name=none")
     warm = load_checkpoint(RunDir(train(tiny_config(*three)).run_dir).last)
