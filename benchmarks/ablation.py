@@ -57,6 +57,12 @@ def _source(out_dir: Path, name: str) -> dict:
     return json.loads(path.read_text())
 
 
+def _cpu_name(machine: dict) -> str:
+    # Rows of one table may come from different CPUs whose speeds differ 2x: name the chip, not just the cores.
+    cpu = re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b|@.*", "", machine.get("cpu", "")).split()
+    return " ".join([f"{machine['cores']}-core", *cpu[:3]]) if cpu else f"{machine['cores']}-core CPU"
+
+
 def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     """Metrics of a measured row's held-out fold predicted again with ``row['tta']``, and the report."""
     from lightning_fabric import Fabric
@@ -140,7 +146,8 @@ def render(plan: dict, out_dir: Path) -> str:
         f"Reference: `{plan['reference']}`, fold {plan['fold']} of 5 (person-grouped, identical folds for every row), "
         "same epoch budget. Each row switches one part on (or swaps the whole recipe). "
         "F1 columns are out-of-fold macro F1 on the held-out fold; Δ is against the reference row. "
-        "Train time is the training loop only, on the machine named in the row's JSON. "
+        "Train time is the training loop only, on the machine named in the row's JSON; rows built on other rows' "
+        "weights (TTA, tuned cuts, ensembles) show the training time of the models they use. "
         "Each row is a single fold and seed: a small difference may not hold on other folds.",
         "",
         "| row | overrides | OOF macro F1 | Δ | mask F1 | gender F1 | age F1 | train min | machine | note |",
@@ -166,7 +173,7 @@ def render(plan: dict, out_dir: Path) -> str:
         f1 = r["oof_f1"] if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) else None
         delta = "" if ref is None or f1 is None or row is plan["rows"][0] else f"{f1 - ref:+.3f}"
         train_min = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
-        machine = r["machine"].get("gpu") or f"{r['machine']['cores']}-core CPU"
+        machine = r["machine"].get("gpu") or _cpu_name(r["machine"])
         lines.append(
             f"| {row['name']} | {what} | {_num(f1)} | {delta} | {_num(r['oof_mask_f1'])} | "
             f"{_num(r['oof_gender_f1'])} | {_num(r['oof_age_f1'])} | {train_min} | {machine} | {note} |"
