@@ -119,19 +119,53 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
     return report
 
 
+def _row_config(plan: dict, row: dict, data: Path, extra: list[str] = ()):
+    from maskstatus.config import load_config
+
+    return load_config(REPO / row.get("recipe", plan["reference"]),
+                       [f"data.root={data}", *row.get("overrides", []), *extra])
+
+
+def reference_folds(plan: dict, data: Path, runs: Path) -> Path:
+    """The first row's person folds, written once under ``runs`` for every row to share.
+
+    A row that changes labels (label fixes, pseudo labels) would otherwise get other folds from the
+    stratified split, and so another held-out fold: its F1 would not be comparable.
+    """
+    from maskstatus.data.folds import make_folds
+    from maskstatus.engine.train import load_train_table
+
+    # Fold assignment needs ids and labels only: skip decoding every image.
+    cfg = _row_config(plan, plan["rows"][0], data, ["data.check_images=false"])
+    folds = make_folds(load_train_table(cfg), cfg.split.folds, cfg.split.seed)
+    path = runs / "folds.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folds.to_csv(path, index=False)
+    return path
+
+
+def _shares_reference_split(plan: dict, row: dict, data: Path) -> bool:
+    # A row whose split differs on purpose (an image split, another fold count or seed) keeps its own.
+    ref, cfg = _row_config(plan, plan["rows"][0], data).split, _row_config(plan, row, data).split
+    return cfg.folds_file is None and ref.by == "person" and (cfg.by, cfg.folds, cfg.seed) == (ref.by, ref.folds, ref.seed)
+
+
 def run_row(plan: dict, row: dict, out_dir: Path, data: Path | None, epochs: int | None, runs: Path) -> Path:
     result = out_dir / f"{slug(row['name'])}.json"
     if "ensemble" in row or "tune_age_of" in row or "tta_of" in row:
         result.write_text(json.dumps(_scored_row(row, out_dir), indent=2) + "\n")
         return result
+    data = proxy.DEFAULT_DATA if data is None else data
+    folds_file = []
+    if _shares_reference_split(plan, row, data):
+        folds_file = [f"split.folds_file={reference_folds(plan, data, runs)}"]
     config = row.get("recipe", plan["reference"])
     args = ["--config", str(REPO / config), "--fold", str(plan["fold"]), "--out", str(result),
             "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs)]
-    if data is not None:
-        args += ["--data", str(data)]
+    args += ["--data", str(data)]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
-    proxy.main([*args, *row.get("overrides", [])])
+    proxy.main([*args, *row.get("overrides", []), *folds_file])
     return result
 
 

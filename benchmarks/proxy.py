@@ -40,6 +40,7 @@ from maskstatus.optim import build_optimizer  # noqa: E402
 from maskstatus.runs import RunDir, load_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "maskproxy"
 logger = logging.getLogger("proxy")
 
 
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="result JSON")
     p.add_argument("--submission", required=True, type=Path, help="eval submission CSV to write")
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "maskproxy",
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="maskproxy folder holding train/ and eval/ (default ../shared/data/maskproxy)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "proxy", help="where the run folder goes")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")

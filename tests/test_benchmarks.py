@@ -18,6 +18,12 @@ TINY = ["model.backbone=test_efficientnet", "model.pretrained=false", "cache.siz
 
 @pytest.mark.slow
 def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
+    import pandas as pd
+
+    # Ages moved across a boundary change the stratified split: the row must still hold out the same people.
+    ids = pd.read_csv(demo_data.root / "train" / "train.csv", dtype=str)["id"].tolist()[:8]
+    relabel = tmp_path / "relabel.csv"
+    relabel.write_text("id,field,value\n" + "".join(f"{i},age,75\n" for i in ids))
     plan = {
         "reference": "configs/demo.yaml",
         "fold": 0,
@@ -31,13 +37,14 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
             {"name": "age regression", "overrides": [*TINY, "model.age_output=years"]},
             {"name": "age cuts tuned", "tune_age_of": "age regression"},
             {"name": "reference + TTA", "tta_of": "reference", "tta": ["hflip"]},
+            {"name": "relabelled", "overrides": [*TINY, f"data.relabel={relabel}"]},
         ],
     }
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "res"), "--table", str(tmp_path / "t.md"),
             "--data", str(demo_data.root), "--epochs", "1", "--runs", str(tmp_path / "runs"),
             "--rows", "reference", "--rows", "EMA"]
-    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned", "reference + TTA"):
+    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned", "reference + TTA", "relabelled"):
         args += ["--rows", name]
     assert ablation.main(args) == 0
     ref = json.loads((tmp_path / "res" / "reference.json").read_text())
@@ -65,6 +72,17 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     assert tta["oof_f1_no_tta"] == pytest.approx(ref["oof_f1"], abs=1e-6)
     assert 0.0 <= tta["oof_f1"] <= 1.0 and tta["train_s"] == ref["train_s"]
     assert "'reference' predicted with `tta=['hflip']`" in table
+    # Every trained row shares the first row's folds, though on its own the relabelled table splits otherwise.
+    from maskstatus.config import load_config
+    from maskstatus.data.folds import make_folds
+    from maskstatus.engine.train import load_train_table
+
+    relabelled = json.loads((tmp_path / "res" / "relabelled.json").read_text())
+    ref_folds = pd.read_csv(Path(ref["run_dir"]) / "folds.csv", dtype=str)
+    pd.testing.assert_frame_equal(pd.read_csv(Path(relabelled["run_dir"]) / "folds.csv", dtype=str), ref_folds)
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={demo_data.root}", *TINY, f"data.relabel={relabel}"])
+    own = make_folds(load_train_table(cfg), cfg.split.folds, cfg.split.seed).astype(str)
+    assert not own.equals(ref_folds)
     # measured rows are skipped the second time
     stamp = (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns
     assert ablation.main(args) == 0
