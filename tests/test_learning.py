@@ -17,12 +17,12 @@ from maskstatus.runs import RunDir
 DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
-def _chance_f1(labels: np.ndarray) -> float:
-    """Macro F1 of guessing at random with the class frequencies (what an untrained model scores, roughly)."""
+def _chance(labels: np.ndarray) -> dict[str, float]:
+    """Macro F1 and accuracy of guessing at random with the class frequencies (an untrained model, roughly)."""
     rng = np.random.default_rng(0)
     freq = np.bincount(labels, minlength=NUM_CLASSES) / len(labels)
     guesses = rng.choice(NUM_CLASSES, size=len(labels), p=freq)
-    return compute_metrics(np.eye(NUM_CLASSES)[guesses], labels)["f1"]
+    return compute_metrics(np.eye(NUM_CLASSES)[guesses], labels)
 
 
 @pytest.mark.slow
@@ -31,13 +31,18 @@ def test_short_training_on_demo_data_beats_chance(demo_data, tmp_path):
                                   "train.epochs=6", "train.progress=false", "split.folds=4"])
     result = train(cfg)
     oof = pd.read_csv(RunDir(result.run_dir).predictions / "oof.csv")
-    chance = _chance_f1(oof["label"].to_numpy())
-    assert chance < 0.15
-    assert result.best_f1 > chance + 0.35, (result.best_f1, chance)
+    chance = _chance(oof["label"].to_numpy())
+    assert chance["f1"] < 0.15 and chance["acc"] < 0.2
+    # The held-out fold is 9 people: its 18-class macro F1 swings from 0.30 to 0.57 with the seed or the CPU's
+    # floating-point kernels, so F1 gets a margin every seed clears and accuracy and gender carry the check.
+    best = result.history[result.best_epoch]
+    assert result.best_f1 > chance["f1"] + 0.2, (result.best_f1, chance)
+    assert best["val_acc"] > chance["acc"] + 0.35, (best, chance)
+    assert best["val_gender_f1"] > 0.9, best
 
     sub, _ = predict([result.run_dir], demo_data.eval_dir, tmp_path / "submission.csv", progress=False)
     scores = score_submission(sub, demo_data.truth_csv)
-    assert scores["f1"] > chance + 0.35, scores
+    assert scores["f1"] > chance["f1"] + 0.3 and scores["accuracy"] > chance["acc"] + 0.4, scores
 
 
 @pytest.mark.slow
