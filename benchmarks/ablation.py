@@ -127,7 +127,7 @@ def _row_config(plan: dict, row: dict, data: Path, extra: list[str] = ()):
 
 
 def reference_folds(plan: dict, data: Path, runs: Path) -> Path:
-    """The first row's person folds, written once under ``runs`` for every row to share.
+    """The first row's person folds, written under ``runs`` for the rows of this invocation to share.
 
     A row that changes labels (label fixes, pseudo labels) would otherwise get other folds from the
     stratified split, and so another held-out fold: its F1 would not be comparable.
@@ -144,25 +144,28 @@ def reference_folds(plan: dict, data: Path, runs: Path) -> Path:
     return path
 
 
+def _trains(row: dict) -> bool:
+    return not ("ensemble" in row or "tune_age_of" in row or "tta_of" in row)
+
+
 def _shares_reference_split(plan: dict, row: dict, data: Path) -> bool:
     # A row whose split differs on purpose (an image split, another fold count or seed) keeps its own.
     ref, cfg = _row_config(plan, plan["rows"][0], data).split, _row_config(plan, row, data).split
     return cfg.folds_file is None and ref.by == "person" and (cfg.by, cfg.folds, cfg.seed) == (ref.by, ref.folds, ref.seed)
 
 
-def run_row(plan: dict, row: dict, out_dir: Path, data: Path | None, epochs: int | None, runs: Path) -> Path:
+def run_row(plan: dict, row: dict, out_dir: Path, data: Path, epochs: int | None, runs: Path,
+            folds: Path | None = None) -> Path:
+    """Measure one row; a trained row that keeps the reference's split is held to ``folds``."""
     result = out_dir / f"{slug(row['name'])}.json"
-    if "ensemble" in row or "tune_age_of" in row or "tta_of" in row:
+    if not _trains(row):
         result.write_text(json.dumps(_scored_row(row, out_dir), indent=2) + "\n")
         return result
-    data = proxy.DEFAULT_DATA if data is None else data
-    folds_file = []
-    if _shares_reference_split(plan, row, data):
-        folds_file = [f"split.folds_file={reference_folds(plan, data, runs)}"]
+    folds_file = [f"split.folds_file={folds}"] if folds is not None and _shares_reference_split(plan, row, data) else []
     config = row.get("recipe", plan["reference"])
     args = ["--config", str(REPO / config), "--fold", str(plan["fold"]), "--out", str(result),
-            "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs)]
-    args += ["--data", str(data)]
+            "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs),
+            "--data", str(data)]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
     proxy.main([*args, *row.get("overrides", []), *folds_file])
@@ -243,12 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}; rows are {sorted(known)}")
     if not args.table_only:
-        for row in plan["rows"]:
-            if args.rows and row["name"] not in args.rows:
-                continue
-            if (args.out / f"{slug(row['name'])}.json").is_file():
-                continue
-            run_row(plan, row, args.out, args.data, args.epochs, args.runs)
+        todo = [row for row in plan["rows"] if (not args.rows or row["name"] in args.rows)
+                and not (args.out / f"{slug(row['name'])}.json").is_file()]
+        data = proxy.DEFAULT_DATA if args.data is None else args.data
+        folds = reference_folds(plan, data, args.runs) if any(_trains(row) for row in todo) else None
+        for row in todo:
+            run_row(plan, row, args.out, data, args.epochs, args.runs, folds)
             args.table.write_text(render(plan, args.out))  # after every row, so a stop loses nothing
     args.table.write_text(render(plan, args.out))
     print(args.table.read_text())
