@@ -180,7 +180,7 @@ def render(plan: dict, out_dir: Path) -> str:
     lines = [
         "# Ablation on the proxy data",
         "",
-        f"Reference: `{plan['reference']}`, fold {plan['fold']} of 5 (person-grouped, identical folds for every row), "
+        f"Reference: `{plan['reference']}`, fold {plan['fold']} of 5 (person-grouped; every row that keeps that split holds out the same people), "
         "same epoch budget. Each row switches one part on (or swaps the whole recipe). "
         "F1 columns are out-of-fold macro F1 on the held-out fold; Δ is against the reference row. "
         "Train time is the training loop only, on the machine named in the row's JSON; rows built on other rows' "
