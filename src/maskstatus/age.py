@@ -27,6 +27,11 @@ logger = logging.getLogger(__name__)
 
 # Output/target key of the regression head: (N, 2) = mean and spread (standard deviation) in years.
 AGE_YEARS = "age_years"
+# Output key of a label-distribution age head: (N, AGE_BIN_COUNT) logits over whole years 0..AGE_BIN_COUNT-1.
+# Such a head also returns AGE_YEARS (the distribution's mean and spread), so everything downstream of the
+# regression (TTA, OOF years, tuned cuts, ensembles) serves it unchanged.
+AGE_BINS = "age_bins"
+AGE_BIN_COUNT = 101
 # Columns of an out-of-fold table holding a regression head's predicted years.
 AGE_MEAN, AGE_SIGMA = "age_mean", "age_sigma"
 # The tuned cut points, beside config.yaml (a run) or cv_config.yaml (a CV folder).
@@ -65,6 +70,30 @@ def group_probs_np(mean: np.ndarray, sigma: np.ndarray, cuts: Sequence[float]) -
     """numpy version of :func:`group_probs` (float64), for out-of-fold tables."""
     out = group_probs(torch.from_numpy(np.array(mean, np.float64)), torch.from_numpy(np.array(sigma, np.float64)), cuts)
     return out.numpy()
+
+
+def bins_to_years(logits: torch.Tensor, min_sigma: float = 0.5) -> torch.Tensor:
+    """(N, K) logits over whole years 0..K-1 -> (N, 2) the distribution's mean and standard deviation.
+
+    The spread is floored at ``min_sigma`` because a peaked distribution on one whole year would
+    otherwise give a near-zero spread and all-or-nothing age-group probabilities at a cut point.
+    """
+    p = logits.float().softmax(dim=-1)
+    ages = torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
+    mean = (p * ages).sum(dim=-1)
+    var = (p * (ages - mean[:, None]) ** 2).sum(dim=-1)
+    return torch.stack([mean, var.clamp_min(0.0).sqrt().clamp_min(min_sigma)], dim=1)
+
+
+def age_distribution_targets(years: torch.Tensor, bins: int, sigma: float) -> torch.Tensor:
+    """(N,) true ages -> (N, bins) normal label distributions over whole years (DLDL, Gao et al. 2017).
+
+    Neighbouring ages look alike, so each face teaches the head about the years around its
+    label too, which suits the noisy, coarse ages of face data sets.
+    """
+    ages = torch.arange(bins, dtype=torch.float32, device=years.device)
+    logp = -((ages[None, :] - years.float()[:, None]) ** 2) / (2.0 * sigma**2)
+    return logp.softmax(dim=-1)
 
 
 def mean_years(view_outputs: Sequence[dict]) -> Optional[torch.Tensor]:

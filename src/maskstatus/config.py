@@ -140,8 +140,9 @@ class ModelConfig(_Section):
         default_factory=lambda: list(TASKS),
         description="tasks a multitask head predicts; a subset makes a per-task model, combined at predict time",
     )
-    age_output: Literal["groups", "years"] = Field(
-        "groups", description="years: regress the exact age (mean and spread); groups come from cut points"
+    age_output: Literal["groups", "years", "distribution"] = Field(
+        "groups", description="years: regress the exact age (mean and spread); distribution: a softmax over whole "
+        "years trained on label distributions (see loss.age_distribution); both give groups from cut points"
     )
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     multisample_dropout: int = Field(1, ge=1, description="number of dropout masks averaged")
@@ -159,8 +160,8 @@ class ModelConfig(_Section):
     def _single_head_has_all_tasks(self) -> "ModelConfig":
         if self.head == "single" and self.tasks != list(TASKS):
             raise ValueError("model.tasks must be all tasks with head=single (use head=multitask for per-task models)")
-        if self.age_output == "years" and (self.head != "multitask" or "age" not in self.tasks):
-            raise ValueError("model.age_output=years needs head=multitask with age among model.tasks")
+        if self.age_output != "groups" and (self.head != "multitask" or "age" not in self.tasks):
+            raise ValueError(f"model.age_output={self.age_output} needs head=multitask with age among model.tasks")
         return self
 
 
@@ -170,7 +171,15 @@ class LossTerm(_Section):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
+class AgeDistributionConfig(_Section):
+    sigma: float = Field(2.0, gt=0.0, description="spread in years of the label distribution around the true age")
+    l1_weight: float = Field(1.0, ge=0.0, description="weight of the absolute error of the predicted mean age")
+
+
 class LossConfig(_Section):
+    age_distribution: AgeDistributionConfig = Field(
+        default_factory=AgeDistributionConfig, description="the loss of model.age_output=distribution"
+    )
     terms: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")])
     class_weights: Literal["none", "inverse", "sqrt_inverse"] = Field(
         "none", description="per-class weights for ce/focal/label_smoothing from the training fold's frequencies"

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .age import AGE_YEARS
+from .age import AGE_BIN_COUNT, AGE_BINS, AGE_YEARS, age_distribution_targets
 from .config import ConfigError, LossConfig
 from .labels import NUM_CLASSES, TASKS
 from .registry import Registry
@@ -156,6 +156,38 @@ class AgeNLL(nn.Module):
         return F.gaussian_nll_loss(mean, target[valid].float(), sigma**2)
 
 
+class AgeDistributionLoss(nn.Module):
+    """Label-distribution loss for an age head over whole years (DLDL-v2, Gao et al. 2018).
+
+    KL divergence from a normal label distribution around the true age (spread ``sigma``
+    years) to the predicted softmax, plus ``l1_weight`` times the absolute error of the
+    predicted mean age: the KL term shapes the distribution, the L1 term aligns its mean,
+    which is what the age groups are cut from. Rows without an age in years (target < 0)
+    are left out, as in :class:`AgeNLL`.
+    """
+
+    def __init__(self, sigma: float = 2.0, l1_weight: float = 1.0) -> None:
+        super().__init__()
+        if sigma <= 0 or l1_weight < 0:
+            raise ValueError(f"age distribution loss needs sigma > 0 and l1_weight >= 0, got {sigma}, {l1_weight}")
+        self.sigma, self.l1_weight = float(sigma), float(l1_weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target >= 0
+        if not bool(valid.any()):
+            return logits.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
+        logits, years = logits[valid].float(), target[valid].float()
+        log_q = F.log_softmax(logits, dim=-1)
+        p = age_distribution_targets(years, logits.shape[-1], self.sigma)
+        kl = F.kl_div(log_q, p, reduction="batchmean")
+        ages = torch.arange(logits.shape[-1], dtype=log_q.dtype, device=log_q.device)
+        mean = (log_q.exp() * ages).sum(dim=-1)
+        return kl + self.l1_weight * (mean - years).abs().mean()
+
+    def extra_repr(self) -> str:
+        return f"sigma={self.sigma}, l1_weight={self.l1_weight}"
+
+
 class WeightedSum(nn.Module):
     """``sum_i weight_i * term_i(logits, target)``."""
 
@@ -211,6 +243,9 @@ class TaskLoss(nn.Module):
     head weight, detached, for logging.
     """
 
+    # Heads whose targets live under another key: an age distribution learns from the age in years.
+    TARGET_KEYS = {AGE_BINS: AGE_YEARS}
+
     def __init__(self, head_losses: Mapping[str, nn.Module], head_weights: Mapping[str, float]) -> None:
         super().__init__()
         self.heads = nn.ModuleDict(dict(head_losses))
@@ -225,9 +260,10 @@ class TaskLoss(nn.Module):
         total: Optional[torch.Tensor] = None
         parts: dict[str, torch.Tensor] = {}
         for key in keys:
-            if key not in targets:
-                raise KeyError(f"targets have no {key!r} (have {sorted(targets)}) for the {key!r} output")
-            loss = self.heads[key](outputs[key], targets[key])
+            target_key = self.TARGET_KEYS.get(key, key)
+            if target_key not in targets:
+                raise KeyError(f"targets have no {target_key!r} (have {sorted(targets)}) for the {key!r} output")
+            loss = self.heads[key](outputs[key], targets[target_key])
             parts[key] = loss.detach()
             weighted = self.head_weights[key] * loss
             total = weighted if total is None else total + weighted
@@ -239,7 +275,7 @@ class TaskLoss(nn.Module):
 
 
 def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
-    known = {CLASS_HEAD: NUM_CLASSES, **TASKS, AGE_YEARS: 2}
+    known = {CLASS_HEAD: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT}
     if isinstance(heads, Mapping):
         sizes = {str(k): int(v) for k, v in heads.items()}
     else:
@@ -274,14 +310,18 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
     ``labels``) or a mapping head -> number of classes. Per-class ``weight`` or
     ``alpha`` lists are checked against each head's size; for multitask they may
     be given as ``{head: list}`` (heads left out get none). The age regression
-    head (``age_years``) always trains with :class:`AgeNLL`: the configured terms
-    are classification losses.
+    head (``age_years``) always trains with :class:`AgeNLL` and the age distribution
+    head (``age_bins``) with :class:`AgeDistributionLoss` (``loss.age_distribution``):
+    the configured terms are classification losses.
     """
     sizes = _head_sizes(heads)
     head_losses: dict[str, nn.Module] = {}
     for head, num_classes in sizes.items():
         if head == AGE_YEARS:
             head_losses[head] = AgeNLL()
+            continue
+        if head == AGE_BINS:
+            head_losses[head] = AgeDistributionLoss(cfg.age_distribution.sigma, cfg.age_distribution.l1_weight)
             continue
         terms: list[nn.Module] = []
         for i, term in enumerate(cfg.terms):
@@ -300,8 +340,8 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}.params: {exc}") from None
         head_losses[head] = WeightedSum(terms, [t.weight for t in cfg.terms])
-    head_weights = {h: cfg.task_weights.get("age" if h == AGE_YEARS else h, 1.0) if h in (*TASKS, AGE_YEARS) else 1.0
-                    for h in sizes}
+    head_weights = {h: cfg.task_weights.get("age" if h in (AGE_YEARS, AGE_BINS) else h, 1.0)
+                    if h in (*TASKS, AGE_YEARS, AGE_BINS) else 1.0 for h in sizes}
     _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
     return TaskLoss(head_losses, head_weights)
 
@@ -315,11 +355,11 @@ def class_weights(targets: Mapping[str, np.ndarray], heads: Sequence[str], mode:
 
     ``inverse`` weights a class by 1/count, ``sqrt_inverse`` by 1/sqrt(count) (milder).
     A class absent from training gets weight 0 (nothing to learn from, nothing to up-weight).
-    The age regression head has no classes and gets none.
+    The age regression and age distribution heads have no classes and get none.
     """
     if mode not in ("inverse", "sqrt_inverse"):
         raise ValueError(f"class weight mode must be inverse or sqrt_inverse, got {mode!r}")
-    sizes = _head_sizes([h for h in heads if h != AGE_YEARS])
+    sizes = _head_sizes([h for h in heads if h not in (AGE_YEARS, AGE_BINS)])
     out: dict[str, list[float]] = {}
     for head, k in sizes.items():
         counts = np.bincount(np.asarray(targets[head], dtype=np.int64), minlength=k).astype(np.float64)

@@ -57,9 +57,10 @@ def tune_age_cuts(folder: Path | str, write: bool = True, step: float = 0.5) -> 
     cfg = member_config(folder)
     if cfg is None:
         raise FileNotFoundError(f"not a run or CV folder (no config.yaml or cv_config.yaml): {folder}")
-    if cfg.model.age_output != "years":
+    if cfg.model.age_output == "groups":
         raise ValueError(f"{folder}: its model predicts age groups (model.age_output={cfg.model.age_output}); "
-                         "only an age regression (model.age_output=years) has cut points to tune")
+                         "only a model that predicts years (model.age_output=years or distribution) has cut "
+                         "points to tune")
     oof = read_oof(folder)
     require_years(oof, str(oof_path(folder)))
     result = _tune(oof, cfg.data.age.thresholds(), step)

@@ -3,7 +3,9 @@
 Every head returns a dict of logits: ``{"class": (N, 18)}`` for the single head,
 ``{"mask": (N, 3), "gender": (N, 2), "age": (N, 3)}`` for the multitask head. A
 multitask head that regresses the exact age returns ``"age_years"`` (N, 2), the
-predicted mean and spread in years, in place of the age logits.
+predicted mean and spread in years, in place of the age logits; one that predicts a
+distribution over whole years returns its logits ``"age_bins"`` and, derived from
+them, ``"age_years"``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..age import AGE_YEARS, Cuts, group_probs, thresholds_cuts
+from ..age import AGE_BIN_COUNT, AGE_BINS, AGE_YEARS, Cuts, bins_to_years, group_probs, thresholds_cuts
 from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES, TASKS, combine_task_probs, split_class_probs
 from ..registry import Registry
 
@@ -77,7 +79,9 @@ class MultiTaskHead(nn.Module):
 
     With ``age_output="years"`` the age task is a regression of the exact age: a
     mean and a spread in years (``"age_years"``), turned into age-group
-    probabilities at prediction time (see ``maskstatus.age``).
+    probabilities at prediction time (see ``maskstatus.age``). With
+    ``age_output="distribution"`` it is a softmax over whole years (``"age_bins"``,
+    trained on label distributions) whose mean and spread are ``"age_years"``.
     """
 
     def __init__(
@@ -92,12 +96,13 @@ class MultiTaskHead(nn.Module):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
             raise ValueError(f"multitask head tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
-        if age_output not in ("groups", "years"):
-            raise ValueError(f"age_output must be 'groups' or 'years', got {age_output!r}")
+        if age_output not in ("groups", "years", "distribution"):
+            raise ValueError(f"age_output must be 'groups', 'years' or 'distribution', got {age_output!r}")
         # A subset of tasks makes a per-task model; the missing tasks count as uniform when combined.
         self.output_sizes = {t: TASKS[t] for t in TASKS if t in tasks}
-        if age_output == "years" and "age" in self.output_sizes:
-            self.output_sizes = {(AGE_YEARS if t == "age" else t): (2 if t == "age" else k)
+        if age_output != "groups" and "age" in self.output_sizes:
+            key, size = (AGE_YEARS, 2) if age_output == "years" else (AGE_BINS, AGE_BIN_COUNT)
+            self.output_sizes = {(key if t == "age" else t): (size if t == "age" else k)
                                  for t, k in self.output_sizes.items()}
         self.tasks = nn.ModuleDict(
             {key: MultiSampleDropoutLinear(in_features, k, dropout, samples) for key, k in self.output_sizes.items()}
@@ -110,6 +115,8 @@ class MultiTaskHead(nn.Module):
             mean = AGE_CENTER + AGE_SCALE * raw[:, 0]
             sigma = MIN_SIGMA + SIGMA_SCALE * F.softplus(raw[:, 1])
             out[AGE_YEARS] = torch.stack([mean, sigma], dim=1)
+        if AGE_BINS in out:
+            out[AGE_YEARS] = bins_to_years(out[AGE_BINS])
         return out
 
 
