@@ -59,3 +59,28 @@ def test_pseudo_rows_train_but_never_validate(tiny_config, demo_data, tmp_path):
     n_first = pd.read_csv(RunDir(first.run_dir).metrics)["train_images"].iloc[0]
     n_second = pd.read_csv(run.metrics)["train_images"].iloc[0]
     assert n_second > n_first
+
+
+def test_pseudo_rows_carry_predicted_years_when_the_file_has_them():
+    ids = ["a.jpg", "b.jpg"]
+    probs = _probs(ids, {"mask": [[1, 0, 0]] * 2, "gender": [[1, 0]] * 2, "age": [[0, 1, 0], [0, 0, 1]]})
+    images = pd.DataFrame({"image_id": ids, "image_path": [f"/e/{i}" for i in ids]})
+    assert select_pseudo(probs, images, threshold=0.0)["age"].tolist() == [-1, -1]  # groups only: years unknown
+    probs["age_mean"], probs["age_sigma"] = [44.4, 61.6], [3.0, 4.0]
+    assert select_pseudo(probs, images, threshold=0.0)["age"].tolist() == [44, 62]
+
+
+@pytest.mark.slow
+def test_years_runs_write_years_beside_the_probabilities_and_pseudo_labels_use_them(tiny_config, demo_data, tmp_path):
+    first = train(tiny_config("train.epochs=1", "model.age_output=years"))
+    _, probs_csv = predict([first.run_dir], demo_data.eval_dir, tmp_path / "sub.csv", progress=False)
+    probs = pd.read_csv(probs_csv)
+    assert np.isfinite(probs[["age_mean", "age_sigma"]].to_numpy()).all()
+    second = train(tiny_config("train.epochs=1", "model.age_output=years", f"data.pseudo.probs={probs_csv}",
+                               "data.pseudo.threshold=0.0", f"split.folds_file={RunDir(first.run_dir).folds}"))
+    used = pd.read_csv(RunDir(second.run_dir).root / "pseudo.csv")
+    assert (used["age"] >= 0).all()
+    # A model of age groups writes no years.
+    groups = train(tiny_config("train.epochs=1", f"split.folds_file={RunDir(first.run_dir).folds}"))
+    _, plain_csv = predict([groups.run_dir], demo_data.eval_dir, tmp_path / "plain.csv", progress=False)
+    assert "age_mean" not in pd.read_csv(plain_csv).columns

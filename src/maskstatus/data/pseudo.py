@@ -13,6 +13,7 @@ from typing import Mapping, Optional
 import numpy as np
 import pandas as pd
 
+from ..age import AGE_MEAN
 from ..labels import PROB_COLUMNS, TASKS, encode, split_class_probs
 from .layout import TABLE_COLUMNS, eval_table
 
@@ -46,7 +47,11 @@ def select_pseudo(
     An image is kept when its top 18-class probability reaches `threshold`, and,
     where `task_thresholds` are given, when each named task's top marginal
     reaches its own threshold (a multi-task model can be sure of the mask and
-    unsure of the age). Labels are the per-task argmax of the marginals.
+    unsure of the age). Labels are the per-task argmax of the marginals. Where the
+    file holds predicted years (``age_mean``, written for models that regress the
+    age), the rows carry them, rounded to whole years, so an age-regression head
+    learns from pseudo labels too; otherwise their age is -1 (unknown) and only
+    the age group is used.
     """
     merged = images.merge(probs, left_on="image_id", right_on="ImageID", how="inner", validate="one_to_one")
     if len(merged) < len(images):
@@ -65,7 +70,9 @@ def select_pseudo(
             "image_path": merged["image_path"],
             "stem": PSEUDO_STEM,
             "gender": codes["gender"],
-            "age": -1,  # years unknown: training keeps the predicted age group as it is
+            # Without predicted years, -1: training keeps the predicted age group as it is.
+            "age": (np.rint(merged[AGE_MEAN].to_numpy(np.float64)).clip(0).astype(np.int64)
+                    if AGE_MEAN in merged else -1),
             "race": "",
             "mask": codes["mask"],
             "age_group": codes["age"],

@@ -14,7 +14,7 @@ from lightning_fabric import Fabric
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
-from ..age import Cuts, mean_years, read_cuts, thresholds_cuts
+from ..age import AGE_MEAN, AGE_SIGMA, Cuts, mean_years, read_cuts, thresholds_cuts
 from ..config import Config, load_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, worker_init
@@ -172,17 +172,38 @@ def predict_probs(
     ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
     overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
     """
+    return predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)[0]
+
+
+def predict_outputs(
+    runs: Sequence[Union[LoadedRun, Sequence[LoadedRun]]],
+    table: pd.DataFrame,
+    fabric: Fabric,
+    batch_size: Optional[int] = None,
+    num_workers: int = 0,
+    progress: bool = True,
+    tta: Optional[Sequence[str]] = None,
+    weights: Optional[Sequence[float]] = None,
+    vote: Vote = "soft",
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """:func:`predict_probs`, plus the predicted age in years (N, 2: mean, spread) or None.
+
+    The years are the plain mean over every run that predicts them (TTA views already
+    averaged); they let pseudo labels carry an age in years for a regression head.
+    """
     members = [[m] if isinstance(m, LoadedRun) else list(m) for m in runs]
     if not members or any(not m for m in members):
         raise ValueError("predict_probs needs at least one run in every member")
     caches: dict = {}
-    member_probs = []
+    member_probs, years = [], []
     for member in members:
-        probs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
-        member_probs.append(np.mean(probs, axis=0))
+        outputs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
+        member_probs.append(np.mean([probs for probs, _ in outputs], axis=0))
+        years += [y for _, y in outputs if y is not None]
     # The folds of one member share a config, so its first run tells which tasks it predicts.
-    return combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members],
-                         [m[0].cfg.data.mask_states for m in members])
+    probs = combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members],
+                          [m[0].cfg.data.mask_states for m in members])
+    return probs, (np.mean(years, axis=0) if years else None)
 
 
 def _run_probs(
@@ -194,8 +215,11 @@ def _run_probs(
     num_workers: int,
     progress: bool,
     tta: Optional[Sequence[str]],
-) -> np.ndarray:
-    """One run's probabilities (N, 18) as float64; ``caches`` holds decoded images shared between runs."""
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """One run's probabilities (N, 18) as float64 and its predicted years (N, 2) or None.
+
+    ``caches`` holds decoded images shared between runs.
+    """
     cfg = run.cfg
     key = tuple(cfg.cache.size) if cfg.cache.size else None
     if key not in caches:  # runs sharing an image size share one decode
@@ -210,7 +234,7 @@ def _run_probs(
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = fabric.setup_module(model)
-    rows, probs, _, _ = infer(
+    rows, probs, _, years = infer(
         fabric,
         model,
         loader,
@@ -221,11 +245,15 @@ def _run_probs(
     )
     if not np.array_equal(rows, np.arange(len(table))):
         raise RuntimeError("inference lost rows; this is a bug")
-    return probs.astype(np.float64)
+    return probs.astype(np.float64), (None if years is None else years.astype(np.float64))
 
 
-def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool) -> tuple[Path, Path]:
-    """submission (ImageID,ans in table order) and a probabilities file beside it; both written atomically."""
+def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool,
+                      years: Optional[np.ndarray] = None) -> tuple[Path, Path]:
+    """submission (ImageID,ans in table order) and a probabilities file beside it; both written atomically.
+
+    With ``years`` (N, 2) the probabilities file also holds the predicted age in years (age_mean, age_sigma).
+    """
     out = Path(out)
     ans = probs.argmax(axis=1)
     if competition:
@@ -238,6 +266,8 @@ def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competi
     probs_path = out.with_name(out.stem + ".probs.csv")
     prob_df = pd.DataFrame(probs, columns=PROB_COLUMNS)
     prob_df.insert(0, "ImageID" if competition else "image", table["image_id"].to_numpy())
+    if years is not None:
+        prob_df[AGE_MEAN], prob_df[AGE_SIGMA] = years[:, 0], years[:, 1]
     atomic_write_csv(prob_df, probs_path, float_format="%.6f")
     atomic_write_csv(submission, out)
     return out, probs_path
@@ -277,5 +307,5 @@ def predict(
     if table.empty:
         raise ValueError(f"no images found in {data}")
     fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
-    probs = predict_probs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
-    return write_predictions(table, probs, Path(out), competition)
+    probs, years = predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
+    return write_predictions(table, probs, Path(out), competition, years)

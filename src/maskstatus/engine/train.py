@@ -85,8 +85,8 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame, run: RunDir, write: boo
     eval_dir = pc.eval_dir if pc.eval_dir is not None else Path(cfg.data.root) / "eval"
     pseudo = pseudo_rows(pc.probs, eval_dir, pc.threshold, pc.task_thresholds)
     if write:  # the run records exactly which images it trained on, with which labels
-        atomic_write_csv(pseudo[["person_id", "image_path", "mask", "gender", "age_group", "label", "confidence"]],
-                         run.root / "pseudo.csv")
+        atomic_write_csv(pseudo[["person_id", "image_path", "mask", "gender", "age", "age_group", "label",
+                                 "confidence"]], run.root / "pseudo.csv")
     pseudo = pseudo.drop(columns="confidence").assign(fold=PSEUDO_FOLD)
     return pd.concat([table, pseudo], ignore_index=True)
 
