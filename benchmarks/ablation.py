@@ -17,6 +17,11 @@ the held-out people, scored on the other half), not the optimistic in-sample one
 ``tta_of: row`` with ``tta: [view, ...]`` predicts that row's held-out fold again
 with its best weights and test-time augmentation, so the only change is the TTA
 (the same weights without TTA are re-scored too, as a control).
+
+Every row gets the 90 % person-bootstrap interval of its OOF macro F1 and task
+F1s (``oof_f1_ci`` etc. in its JSON) when it is measured; a row measured before
+that gets it added from its run's OOF predictions if they are still at hand
+(TTA rows re-predict, so theirs are not kept), else the table says "no OOF kept".
 """
 
 from __future__ import annotations
@@ -69,23 +74,26 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
 
     from maskstatus.engine.ensemble import read_oof
     from maskstatus.engine.predict import load_run, predict_probs
+    from maskstatus.labels import PROB_COLUMNS
     from maskstatus.metrics import model_metrics
 
     source = _source(out_dir, row["tta_of"])
     run = load_run(source["run_dir"])
     oof = read_oof(source["run_dir"])  # the held-out images, with their labels
     fabric = Fabric(accelerator="auto", devices=1, precision=run.cfg.train.precision)
-    scores, seconds = {}, {}
+    scores, seconds, tables = {}, {}, {}
     for name, views in (("tta", list(row["tta"])), ("no_tta", [])):
         t0 = time.perf_counter()
         probs = predict_probs([run], oof, fabric, progress=False, tta=views)
         seconds[name] = time.perf_counter() - t0
         scores[name] = model_metrics(probs, oof["label"].to_numpy(), run.cfg.model.tasks, run.cfg.data.mask_codes())
+        tables[name] = oof.assign(**dict(zip(PROB_COLUMNS, probs.T)))
     report = {"tta_of": row["tta_of"], "tta": list(row["tta"]), "run_dir": source["run_dir"],
               "images": len(oof), "predict_s": seconds["tta"], "predict_s_no_tta": seconds["no_tta"],
               # The control: these weights without TTA, which should match the source row's F1.
               "oof_f1_no_tta": scores["no_tta"]["f1"], "source_oof_f1": source["oof_f1"],
-              "machine": proxy.machine()}
+              "machine": proxy.machine(),
+              **proxy.oof_intervals(tables["tta"], run.cfg.model.tasks, run.cfg.data.mask_codes())}
     if "train_s" in source:
         report["train_s"] = source["train_s"]
     return scores["tta"], report
@@ -98,9 +106,9 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
 
     if "ensemble" in row:
         sources = [_source(out_dir, name) for name in row["ensemble"]]
-        _, metrics = ensemble_oof([s["run_dir"] for s in sources])
+        oof, metrics = ensemble_oof([s["run_dir"] for s in sources])
         report = {"members": row["ensemble"], "run_dirs": [s["run_dir"] for s in sources],
-                  "machine": sources[0]["machine"]}
+                  "machine": sources[0]["machine"], **proxy.oof_intervals(oof)}
         if all("train_s" in s for s in sources):  # every member trains: the ensemble costs their sum
             report["train_s"] = sum(s["train_s"] for s in sources)
     elif "tta_of" in row:
@@ -110,13 +118,76 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
         tuned = tune_age_cuts(source["run_dir"], write=False)
         metrics = tuned["cross_fitted"]
         report = {"tuned_from": row["tune_age_of"], "run_dir": source["run_dir"], "age_cuts": tuned,
-                  "machine": source["machine"]}
+                  "machine": source["machine"], **proxy.oof_intervals(_cross_fitted_oof(source["run_dir"]))}
         if "train_s" in source:
             report["train_s"] = source["train_s"]
     report.update({"oof_f1": metrics["f1"], "oof_acc": metrics["acc"], "oof_mask_f1": metrics["mask_f1"],
                    "oof_gender_f1": metrics["gender_f1"], "oof_age_f1": metrics["age_f1"],
                    "commit": proxy.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
     return report
+
+
+def _cross_fitted_oof(run_dir: str):
+    """An age-regression run's OOF table at cut points cross-fitted the way ``tune_age_cuts`` scores them."""
+    from maskstatus.engine.age_cuts import cross_fitted_oof
+    from maskstatus.engine.ensemble import member_config, read_oof
+
+    return cross_fitted_oof(read_oof(run_dir), member_config(run_dir).data.age.thresholds())
+
+
+def _kept_oof(row: dict, r: dict):
+    """The OOF table a measured row was scored on, rebuilt from its run folders; None if they are gone.
+
+    With the row's model's tasks and mask states, to score it as it was scored. A TTA row's
+    predictions were made on the fly and never kept.
+    """
+    from maskstatus.engine.ensemble import ensemble_oof, member_config, oof_path, read_oof
+
+    if "tta_of" in row:
+        return None
+    dirs = r.get("run_dirs") or [r.get("run_dir")]
+    if not all(d and (Path(d) / "predictions" / "oof.csv").is_file() for d in dirs):
+        return None
+    if "ensemble" in row:
+        return ensemble_oof(dirs)[0], {}
+    if "tune_age_of" in row:
+        return _cross_fitted_oof(dirs[0]), {}
+    cfg = member_config(dirs[0])
+    # The CSV, not the folder: cut points tuned on the run later must not change the trained row.
+    return read_oof(oof_path(dirs[0])), {"tasks": cfg.model.tasks, "mask_states": cfg.data.mask_codes()}
+
+
+def add_intervals(plan: dict, out_dir: Path) -> list[str]:
+    """Add the intervals to measured rows' JSONs that lack them, where the row's OOF is at hand; the names done."""
+    done = []
+    for row in plan["rows"]:
+        path = out_dir / f"{slug(row['name'])}.json"
+        if not path.is_file():
+            continue
+        r = json.loads(path.read_text())
+        if "oof_f1_ci" in r:
+            continue
+        kept = _kept_oof(row, r)
+        if kept is None:
+            continue
+        oof, scope = kept
+        intervals = proxy.oof_intervals(oof, **scope)
+        point = _point_f1(oof, scope)
+        if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) and abs(point - r["oof_f1"]) > 1e-3:
+            # The run folder no longer holds what the row measured (trained again, relabelled...).
+            print(f"{row['name']}: its run's OOF F1 {point:.4f} is not the row's {r['oof_f1']:.4f}; no interval added",
+                  file=sys.stderr)
+            continue
+        path.write_text(json.dumps({**r, **intervals}, indent=2) + "\n")
+        done.append(row["name"])
+    return done
+
+
+def _point_f1(oof, scope: dict) -> float:
+    from maskstatus.labels import PROB_COLUMNS
+    from maskstatus.metrics import model_metrics
+
+    return model_metrics(oof[PROB_COLUMNS].to_numpy(), oof["label"].to_numpy(), **scope)["f1"]
 
 
 def _row_config(plan: dict, row: dict, data: Path, extra: list[str] = ()):
@@ -176,6 +247,13 @@ def _num(x) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
 
 
+def _ci(r: dict, f1) -> str:
+    if "oof_f1_ci" not in r:
+        return "no OOF kept"
+    ci = r["oof_f1_ci"]
+    return "—" if ci is None or f1 is None else f"{ci[0]:.3f}–{ci[1]:.3f}"
+
+
 def render(plan: dict, out_dir: Path) -> str:
     lines = [
         "# Ablation on the proxy data",
@@ -187,13 +265,21 @@ def render(plan: dict, out_dir: Path) -> str:
         "weights (TTA, tuned cuts, ensembles) show the training time of the models they use. "
         "Each row is a single fold and seed: a small difference may not hold on other folds.",
         "",
-        "| row | overrides | OOF macro F1 | Δ | mask F1 | gender F1 | age F1 | train min | machine | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "90 % CI is the person-bootstrap interval of the row's OOF macro F1 (the held-out people resampled with "
+        "replacement, each with all their photos, 1,000 times); *in ref. CI* says whether the row's F1 lies inside "
+        "the reference row's interval, where a row that does is not told apart from the reference by this fold. "
+        "Rows measured before intervals were recorded, whose run folders are gone, show \"no OOF kept\"; "
+        "*in ref. CI* stays blank while the reference has no interval.",
+        "",
+        "| row | overrides | OOF macro F1 | 90 % CI | Δ | in ref. CI | mask F1 | gender F1 | age F1 | train min | machine "
+        "| note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    ref = None
+    ref = ref_ci = None
     ref_path = out_dir / f"{slug(plan['rows'][0]['name'])}.json"
     if ref_path.is_file():
-        ref = json.loads(ref_path.read_text())["oof_f1"]
+        ref_json = json.loads(ref_path.read_text())
+        ref, ref_ci = ref_json["oof_f1"], ref_json.get("oof_f1_ci")
     for row in plan["rows"]:
         path = out_dir / f"{slug(row['name'])}.json"
         what = (row.get("recipe")
@@ -203,7 +289,7 @@ def render(plan: dict, out_dir: Path) -> str:
                 or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—")
         note = row.get("note", "")
         if not path.is_file():
-            lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | {note} |")
+            lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | | | {note} |")
             continue
         r = json.loads(path.read_text())
         # A per-task model or cascade expert has no 18-class F1 (NaN, or null in JSON): shown as a dash.
@@ -211,8 +297,11 @@ def render(plan: dict, out_dir: Path) -> str:
         delta = "" if ref is None or f1 is None or row is plan["rows"][0] else f"{f1 - ref:+.3f}"
         train_min = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
         machine = r["machine"].get("gpu") or _cpu_name(r["machine"])
+        ci = _ci(r, f1)
+        inside = ("" if ref_ci is None or f1 is None or row is plan["rows"][0]
+                  else "yes" if ref_ci[0] <= f1 <= ref_ci[1] else "no")
         lines.append(
-            f"| {row['name']} | {what} | {_num(f1)} | {delta} | {_num(r['oof_mask_f1'])} | "
+            f"| {row['name']} | {what} | {_num(f1)} | {ci} | {delta} | {inside} | {_num(r['oof_mask_f1'])} | "
             f"{_num(r['oof_gender_f1'])} | {_num(r['oof_age_f1'])} | {train_min} | {machine} | {note} |"
         )
     lines += [
@@ -253,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in todo:
             run_row(plan, row, args.out, data, args.epochs, args.runs, folds)
             args.table.write_text(render(plan, args.out))  # after every row, so a stop loses nothing
+    for name in add_intervals(plan, args.out):
+        print(f"{name}: interval added from its run's OOF predictions")
     args.table.write_text(render(plan, args.out))
     print(args.table.read_text())
     return 0

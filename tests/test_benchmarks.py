@@ -50,8 +50,14 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     ref = json.loads((tmp_path / "res" / "reference.json").read_text())
     for key in ("oof_f1", "oof_mask_f1", "oof_gender_f1", "oof_age_f1", "train_images_per_s",
                 "model_only_train_images_per_s", "predict_images_per_s", "peak_memory_mb", "wall_s", "machine",
-                "commit", "command", "train_s"):
+                "commit", "command", "train_s", "oof_f1_ci", "oof_mask_f1_ci", "oof_gender_f1_ci", "oof_age_f1_ci"):
         assert key in ref
+    # Every row, trained or scored from other rows' runs, carries its person-bootstrap interval.
+    for name in ("EMA", "cascade", "age cuts tuned", "reference + TTA"):
+        ci = json.loads((tmp_path / "res" / f"{ablation.slug(name)}.json").read_text())["oof_f1_ci"]
+        assert len(ci) == 2 and 0.0 <= ci[0] <= ci[1] <= 1.0, name
+    expert_ci = json.loads((tmp_path / "res" / "unmasked-expert.json").read_text())
+    assert expert_ci["oof_f1_ci"] is None and expert_ci["oof_age_f1_ci"] is not None  # no 18-class F1 of its own
     table = (tmp_path / "t.md").read_text()
     assert f"| reference | " in table and f"{ref['oof_f1']:.3f}" in table
     assert "| never run |" in table and "not run yet" in table

@@ -85,6 +85,18 @@ def test_cv_metrics_are_the_oof_scores(full_cv):
         assert entry["best_epoch"] == int(history.loc[history["val_f1"].idxmax(), "epoch"])
 
 
+def test_cv_metrics_hold_the_pooled_person_bootstrap_interval(full_cv):
+    from maskstatus.bootstrap import person_bootstrap
+
+    cfg, result = full_cv
+    saved = json.loads((result.cv_dir / "cv_metrics.json").read_text())["oof_ci"]
+    oof = _read(result.cv_dir / "oof.csv")
+    expected = person_bootstrap(oof[PROBS].to_numpy(), oof["label"].to_numpy(), oof["person_id"].to_numpy())
+    assert saved["level"] == 0.9 and saved["n_boot"] == 1000 and saved["people"] == oof["person_id"].nunique()
+    for key in ("f1", "acc", "mask_f1", "gender_f1", "age_f1"):
+        assert saved[key] == pytest.approx(list(expected.ci[key])), key
+    assert result.ci == saved
+
 def test_cli_resume_skips_finished_folds_and_prints_the_scores(full_cv, monkeypatch, capsys):
     cfg, result = full_cv
 
@@ -98,8 +110,14 @@ def test_cli_resume_skips_finished_folds_and_prints_the_scores(full_cv, monkeypa
     assert len(list(result.cv_dir.glob("fold*-*"))) == 3
     m = json.loads((result.cv_dir / "cv_metrics.json").read_text())["oof"]
     assert m == pytest.approx(result.metrics)
-    assert f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}\n" in out
-    assert f"mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}" in out
+    ci = json.loads((result.cv_dir / "cv_metrics.json").read_text())["oof_ci"]
+
+    def shown(key):
+        return f"{m[key]:.4f} [{ci[key][0]:.4f}, {ci[key][1]:.4f}]"
+
+    assert f"OOF macro F1 {shown('f1')}  accuracy {shown('acc')}\n" in out
+    assert f"mask {shown('mask_f1')}  gender {shown('gender_f1')}  age {shown('age_f1')}" in out
+    assert f"90% intervals over {ci['people']} people resampled" in out
     for f in result.per_fold:
         assert f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})" in out
 

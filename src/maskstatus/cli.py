@@ -103,8 +103,15 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         print(f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})")
     m = result.metrics
     done = "" if result.complete else f" (folds {[f['fold'] for f in result.per_fold]} only)"
-    print(f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}{done}")
-    print(f"OOF per task F1: mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}")
+    ci = result.ci
+
+    def with_ci(key: str) -> str:
+        return f"{m[key]:.4f}" + (f" [{ci[key][0]:.4f}, {ci[key][1]:.4f}]" if ci.get(key) else "")
+
+    print(f"OOF macro F1 {with_ci('f1')}  accuracy {with_ci('acc')}{done}")
+    print(f"OOF per task F1: mask {with_ci('mask_f1')}  gender {with_ci('gender_f1')}  age {with_ci('age_f1')}")
+    if ci:
+        print(f"(in brackets: {ci['level']:.0%} intervals over {ci['people']} people resampled, {ci['n_boot']} replicates)")
     if m["score"] != m["f1"]:
         print(f"OOF score (mean F1 of the tasks this model predicts, on its mask states): {m['score']:.4f}")
     print(f"cv folder: {result.cv_dir}")
@@ -230,6 +237,32 @@ def _cmd_tune_age(args: argparse.Namespace) -> int:
     return 0
 
 
+def _format_interval(point, ci) -> str:
+    if point is None:
+        return "—"
+    return f"{point:.4f}" + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci is not None else "")
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    import json
+
+    from .engine.score import score_oof
+
+    result = score_oof(args.path, n_boot=args.boot, level=args.level, seed=args.seed)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    cuts = f"; age cut points {result['age_cuts']} (age_cuts.json)" if result["age_cuts"] else ""
+    print(f"{result['source']}: {result['images']} images, {result['people']} people, "
+          f"fold(s) {', '.join(map(str, result['folds']))}{cuts}")
+    print(f"{'':<11}value   {result['level']:.0%} person-bootstrap interval ({result['n_boot']} replicates)")
+    point, ci = result["point"], result["ci"]
+    for key, name in (("f1", "macro F1"), ("acc", "accuracy"), ("mask_f1", "mask F1"), ("gender_f1", "gender F1"),
+                      ("age_f1", "age F1")):
+        print(f"{name:<11}{_format_interval(point[key], ci[key])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskstatus",
@@ -349,6 +382,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--step", type=float, default=0.5, help="grid step in years (default 0.5)")
     s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
     s.set_defaults(fn=_cmd_tune_age)
+
+    s = sub.add_parser("score", help="OOF macro F1 and per-task F1 with person-bootstrap intervals",
+                       description="Score out-of-fold predictions with their uncertainty: the 90% interval of each "
+                                   "metric over people resampled with replacement (each with all their photos). A "
+                                   "folder's tuned age cut points (age_cuts.json) apply, as in predict.")
+    s.add_argument("path", metavar="PATH", help="run folder (predictions/oof.csv), CV folder (oof.csv) or an OOF CSV")
+    s.add_argument("--boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
+    s.add_argument("--level", type=float, default=0.9, help="interval level, between 0 and 1 (default 0.9)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(fn=_cmd_score)
     return p
 
 

@@ -33,6 +33,12 @@ def cross_fitted_metrics(oof: pd.DataFrame, thresholds, step: float = 0.5, seed:
     in two, tuning on each half and predicting the other, gives every image a prediction
     made with cuts that never saw it. The F1 is then taken over all images at once.
     """
+    scored = cross_fitted_oof(oof, thresholds, step, seed)
+    return compute_metrics(scored[PROB_COLUMNS].to_numpy(), scored["label"].to_numpy())
+
+
+def cross_fitted_oof(oof: pd.DataFrame, thresholds, step: float = 0.5, seed: int = 0) -> pd.DataFrame:
+    """The out-of-fold table with each half of the people's ages cut at the points tuned on the other half."""
     people = np.asarray(sorted(oof["person_id"].astype(str).unique()))
     half = set(np.random.default_rng(seed).permutation(people)[: len(people) // 2])
     in_a = oof["person_id"].astype(str).isin(half).to_numpy()
@@ -42,8 +48,7 @@ def cross_fitted_metrics(oof: pd.DataFrame, thresholds, step: float = 0.5, seed:
     for tune_on, score_on in ((in_a, ~in_a), (~in_a, in_a)):
         cuts = _tune(oof[tune_on], thresholds, step)["cuts"]
         parts.append(oof_with_cuts(oof[score_on], cuts))
-    scored = pd.concat(parts)
-    return compute_metrics(scored[PROB_COLUMNS].to_numpy(), scored["label"].to_numpy())
+    return pd.concat(parts)
 
 
 def tune_age_cuts(folder: Path | str, write: bool = True, step: float = 0.5) -> dict:

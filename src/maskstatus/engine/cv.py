@@ -13,7 +13,8 @@ once and scores it. The CV folder:
       ...
       oof.csv                   every fold run's predictions/oof.csv, stacked (person_id, stem, image_path,
                                 label, fold, p0..p17)
-      cv_metrics.json           pooled OOF macro F1/accuracy overall and per task, per-fold best F1/epoch
+      cv_metrics.json           pooled OOF macro F1/accuracy overall and per task with their 90 % person-bootstrap
+                                intervals (oof_ci), per-fold best F1/epoch
 
 The config is saved as `cv_config.yaml`, not `config.yaml`, on purpose: a
 folder holding `config.yaml` is a single run, while the CV folder is a group
@@ -42,6 +43,7 @@ import pandas as pd
 from ..config import Config, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
 from ..metrics import model_metrics
+from .score import oof_interval
 from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
 from .predict import PROB_COLUMNS
 from .train import load_train_table, train
@@ -61,6 +63,8 @@ class CVResult:
     metrics: dict[str, float]
     per_fold: list[dict[str, Any]] = field(default_factory=list)
     complete: bool = True  # every fold of split.folds is in the pooled OOF
+    # Person-bootstrap intervals of the pooled OOF metrics: level, n_boot, seed, people and {metric: [lo, hi] or None}.
+    ci: dict[str, Any] = field(default_factory=dict)
 
 
 def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[Path | str] = None) -> CVResult:
@@ -202,6 +206,8 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     # Scored as the fold runs were: a per-task model on its tasks, a cascade expert on its mask states.
     metrics = model_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks,
                             cfg.data.mask_codes())
+    interval = oof_interval(oof, cfg.model.tasks, cfg.data.mask_codes()).to_dict()
+    ci = {k: interval[k] for k in ("level", "n_boot", "seed", "people")} | interval["ci"]
     complete = len(per_fold) == cfg.split.folds
     atomic_write_csv(oof, cv_dir / CV_OOF, float_format="%.6f")
     summary = {
@@ -211,13 +217,14 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
         "complete": complete,
         "images": len(oof),
         "oof": {k: (None if v != v else v) for k, v in metrics.items()},  # NaN (a task not predicted) -> null
+        "oof_ci": ci,
         "per_fold": per_fold,
         "fold_runs": [r.name for r in fold_runs],
     }
     atomic_write_text(cv_dir / CV_METRICS, json.dumps(summary, indent=2) + "\n")
     if not complete:
         logger.warning("OOF covers folds %s of %d only", summary["folds_done"], cfg.split.folds)
-    return CVResult(cv_dir, fold_runs, metrics, per_fold, complete)
+    return CVResult(cv_dir, fold_runs, metrics, per_fold, complete, ci)
 
 
 def load_cv_config(cv_dir: Path | str) -> Config:
