@@ -18,6 +18,9 @@ the held-out people, scored on the other half), not the optimistic in-sample one
 with its best weights and test-time augmentation, so the only change is the TTA
 (the same weights without TTA are re-scored too, as a control).
 
+A row with ``pseudo_from: row`` trains with pseudo labels: the eval images as that
+measured row's run predicts them, selected by ``pseudo: {threshold, task_thresholds}``.
+
 Every row gets the 90 % person-bootstrap interval of its OOF macro F1 and task
 F1s (``oof_f1_ci`` etc. in its JSON) when it is measured; a row measured before
 that gets it added from its run's OOF predictions if they are still at hand
@@ -233,14 +236,29 @@ def run_row(plan: dict, row: dict, out_dir: Path, data: Path, epochs: int | None
         result.write_text(json.dumps(_scored_row(row, out_dir), indent=2) + "\n")
         return result
     folds_file = [f"split.folds_file={folds}"] if folds is not None and _shares_reference_split(plan, row, data) else []
+    pseudo = [_pseudo_override(row, out_dir, data)] if "pseudo_from" in row else []
     config = row.get("recipe", plan["reference"])
     args = ["--config", str(REPO / config), "--fold", str(plan["fold"]), "--out", str(result),
             "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs),
             "--data", str(data)]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
-    proxy.main([*args, *row.get("overrides", []), *folds_file])
+    proxy.main([*args, *row.get("overrides", []), *pseudo, *folds_file])
     return result
+
+
+def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
+    """``data.pseudo=...`` from the eval predictions of the measured row ``row['pseudo_from']`` (the teacher).
+
+    The teacher's run predicts the eval images again (its probabilities file carries its predicted
+    years where it regresses the age); ``row['pseudo']`` holds the selection (threshold, task_thresholds).
+    """
+    from maskstatus.engine.predict import predict
+
+    teacher = _source(out_dir, row["pseudo_from"])
+    _, probs = predict([teacher["run_dir"]], data / "eval",
+                       out_dir / "submissions" / f"{slug(row['name'])}-teacher.csv", progress=False)
+    return "data.pseudo=" + json.dumps({"probs": str(probs), **row.get("pseudo", {})})
 
 
 def _num(x) -> str:

@@ -38,13 +38,16 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
             {"name": "age cuts tuned", "tune_age_of": "age regression"},
             {"name": "reference + TTA", "tta_of": "reference", "tta": ["hflip"]},
             {"name": "relabelled", "overrides": [*TINY, f"data.relabel={relabel}"]},
+            {"name": "pseudo", "overrides": [*TINY, "model.age_output=years"], "pseudo_from": "age regression",
+             "pseudo": {"threshold": 0.0}},
         ],
     }
     (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
     args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "res"), "--table", str(tmp_path / "t.md"),
             "--data", str(demo_data.root), "--epochs", "1", "--runs", str(tmp_path / "runs"),
             "--rows", "reference", "--rows", "EMA"]
-    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned", "reference + TTA", "relabelled"):
+    for name in ("unmasked expert", "cascade", "age regression", "age cuts tuned", "reference + TTA", "relabelled",
+                 "pseudo"):
         args += ["--rows", name]
     assert ablation.main(args) == 0
     ref = json.loads((tmp_path / "res" / "reference.json").read_text())
@@ -58,6 +61,11 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
         assert len(ci) == 2 and 0.0 <= ci[0] <= ci[1] <= 1.0, name
     expert_ci = json.loads((tmp_path / "res" / "unmasked-expert.json").read_text())
     assert expert_ci["oof_f1_ci"] is None and expert_ci["oof_age_f1_ci"] is not None  # no 18-class F1 of its own
+    # The pseudo row trained on every eval image (threshold 0) as the age regression row's run predicted them,
+    # with that run's predicted years as their ages.
+    pseudo_run = Path(json.loads((tmp_path / "res" / "pseudo.json").read_text())["run_dir"])
+    used = pd.read_csv(pseudo_run / "pseudo.csv")
+    assert len(used) == len(pd.read_csv(demo_data.eval_dir / "info.csv")) and (used["age"] >= 0).all()
     table = (tmp_path / "t.md").read_text()
     assert f"| reference | " in table and f"{ref['oof_f1']:.3f}" in table
     assert "| never run |" in table and "not run yet" in table
