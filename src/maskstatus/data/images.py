@@ -7,10 +7,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import MaskstatusError
+
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
-class ImageError(ValueError):
+class ImageError(MaskstatusError, ValueError):
     """An image file could not be decoded; ``path`` and ``reason`` are kept for reports."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..errors import DataError, Problem, format_problems
 from ..labels import DEFAULT_AGE_THRESHOLDS, GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, class_names
 from .images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .layout import (
@@ -36,34 +36,6 @@ logger = logging.getLogger(__name__)
 
 # Columns of the checked, not yet encoded, train image table (gender as a name).
 CHECKED_COLUMNS: tuple[str, ...] = ("person_id", "image_path", "stem", "gender", "age", "race")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the data: the file (or ``file:line``) and why."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-def format_problems(problems: Sequence[Problem], where: str | Path, note: Optional[str] = None) -> str:
-    """A header line, then one indented line per problem (all of them)."""
-    header = f"{len(problems)} problem(s) in {where}"
-    if note:
-        header += f" ({note})"
-    return "\n".join([header + ":"] + [f"  {p}" for p in problems])
-
-
-class DataError(ValueError):
-    """The data has problems; ``problems`` holds them and the message lists each one."""
-
-    def __init__(self, problems: Sequence[Problem], where: str | Path, note: Optional[str] = None) -> None:
-        self.problems = list(problems)
-        self.where = str(where)
-        super().__init__(format_problems(self.problems, where, note))
 
 
 # ---------------------------------------------------------------- CSV files
