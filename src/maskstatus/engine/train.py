@@ -227,14 +227,15 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         logger.info("age drop bands %s leave out %d training images", cfg.data.age.drop_bands, int(in_band.sum()))
         train_rows = train_rows[~in_band]
         if len(train_rows) == 0:
-            raise ValueError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
+            raise ConfigError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
     if len(cfg.data.mask_codes()) < len(MASK_NAMES):
         # A cascade expert trains on faces of its mask states only, but still predicts every held-out image:
         # the cascade weighs each expert by the mask model's probability on every image, so its OOF needs them all.
         train_rows = train_rows[np.isin(table["mask"].to_numpy()[train_rows], cfg.data.mask_codes())]
         logger.info("data.mask_states %s: %d training images", cfg.data.mask_states, len(train_rows))
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError(f"fold {cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
+        raise ConfigError(f"split.fold={cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} "
+                          "validation images")
     logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
 
     cache = ImageCache(

@@ -1,0 +1,122 @@
+"""Issue 10: every bad input or fault a user hit is a clear error naming the file or key, and loses nothing."""
+
+import pandas as pd
+import pytest
+import torch
+
+from maskstatus.cli import main
+from maskstatus.config import ConfigError
+from maskstatus.engine.train import train
+from maskstatus.errors import DataError, MaskstatusError, RunError
+from maskstatus.runs import RunDir, atomic_save_torch, load_checkpoint
+
+
+def _run_folders(cfg) -> list:
+    return sorted(cfg.output_dir.iterdir()) if cfg.output_dir.exists() else []
+
+
+# 1. A damaged checkpoint names its file.
+def test_empty_or_truncated_checkpoint_names_the_file(tmp_path):
+    empty = tmp_path / "best.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(RunError, match="best.pt"):
+        load_checkpoint(empty)
+    whole = tmp_path / "whole.pt"
+    atomic_save_torch({"model": {"w": torch.ones(1000)}, "epoch": 1}, whole)
+    cut = tmp_path / "last.pt"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    with pytest.raises(RunError, match=r"last\.pt.*truncated"):
+        load_checkpoint(cut)
+
+
+# 2. Extending a finished cosine run keeps learning.
+def test_extending_a_finished_cosine_run_trains_the_new_epoch(tiny_config):
+    base = ["train.limit_train_batches=1", "scheduler.name=cosine", "optimizer.lr=0.001"]
+    run = RunDir(train(tiny_config("train.epochs=1", *base)).run_dir)
+    before = load_checkpoint(run.last)["model"]
+    train(tiny_config("train.epochs=2", *base), resume=run.root)
+    metrics = pd.read_csv(run.metrics)
+    assert metrics["epoch"].tolist() == [0, 1]
+    # The 2-epoch cosine's rate at epoch 1 (the 1-epoch run's schedule would have given 0).
+    assert metrics["lr"].tolist() == pytest.approx([0.001, 0.0005])
+    after = load_checkpoint(run.last)["model"]
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
+
+
+# 3. --resume refuses overrides it would ignore, naming them.
+def test_resume_refuses_overrides_outside_train(tmp_path, capsys):
+    assert main(["train", "--resume", str(tmp_path), "train.epochs=3", "optimizer.lr=0.5",
+                 "model.backbone=resnet18"]) == 2
+    err = capsys.readouterr().err
+    assert "optimizer.lr" in err and "model.backbone" in err and "train.epochs" not in err.split("ignored:")[1]
+    assert main(["cv", "--resume", str(tmp_path), "split.folds=3"]) == 2
+    assert "split.folds" in capsys.readouterr().err
+
+
+# 5. demo-data onto an existing folder: a clear message and --overwrite.
+def test_demo_data_refuses_an_existing_folder_until_overwrite(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["demo-data", str(out), "--people", "6", "--seed", "1"]) == 0
+    info = (out / "eval" / "info.csv").read_bytes()
+    capsys.readouterr()
+    assert main(["demo-data", str(out), "--people", "6", "--seed", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and str(out) in err and "Traceback" not in err
+    assert (out / "eval" / "info.csv").read_bytes() == info  # nothing lost
+    assert main(["demo-data", str(out), "--people", "6", "--seed", "2", "--overwrite"]) == 0
+    assert (out / "eval" / "info.csv").read_bytes() != info
+
+
+# 9. pretrained=true without internet (conftest sets HF_HUB_OFFLINE=1): the key, the offline way, no run folder.
+def test_pretrained_true_offline_names_the_key_and_the_alternative(tiny_config):
+    cfg = tiny_config("model.pretrained=true", "train.epochs=1")
+    with pytest.raises(ConfigError, match=r"model\.pretrained=true[\s\S]*model\.pretrained=offline"):
+        train(cfg)
+    assert _run_folders(cfg) == []
+
+
+# 10. Failed starts leave no run folder.
+@pytest.mark.parametrize("override, key", [
+    ("optimizer.name=adamx", "optimizer.name"),
+    ("scheduler.name=cosin", "scheduler.name"),
+    ("loss.terms=[{name: focall}]", "loss.terms[0].name"),
+    ("model.backbone=resnet1800", "model.backbone"),
+])
+def test_a_bad_name_leaves_no_run_folder(tiny_config, override, key):
+    cfg = tiny_config(override, "train.epochs=1")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
+        train(cfg)
+    assert _run_folders(cfg) == []
+
+
+def test_a_bad_folds_file_names_the_users_file_and_leaves_no_run_folder(tiny_config, tmp_path):
+    folds = tmp_path / "my_folds.csv"
+    pd.DataFrame({"person_id": ["000001"], "fold": [0]}).to_csv(folds, index=False)
+    cfg = tiny_config(f"split.folds_file={folds}", "train.epochs=1")
+    with pytest.raises(DataError, match="my_folds.csv"):
+        train(cfg)
+    assert _run_folders(cfg) == []
+
+
+# 14. The CLI prints the project's errors as one line and keeps tracebacks for bugs.
+@pytest.mark.parametrize("bug", [ValueError("internal"), KeyError("internal")])
+def test_cli_keeps_the_traceback_of_a_bug(monkeypatch, tmp_path, bug):
+    import maskstatus.cli as cli
+
+    def broken(args):
+        raise bug
+
+    monkeypatch.setattr(cli, "_cmd_demo_data", broken)
+    with pytest.raises(type(bug), match="internal"):
+        main(["demo-data", str(tmp_path / "d")])
+
+
+def test_cli_prints_a_project_error_as_one_line(monkeypatch, tmp_path, capsys):
+    import maskstatus.cli as cli
+
+    def bad_input(args):
+        raise MaskstatusError("the key data.root is wrong")
+
+    monkeypatch.setattr(cli, "_cmd_demo_data", bad_input)
+    assert main(["demo-data", str(tmp_path / "d")]) == 2
+    assert capsys.readouterr().err == "error: the key data.root is wrong\n"
