@@ -120,3 +120,74 @@ def test_cli_prints_a_project_error_as_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(cli, "_cmd_demo_data", bad_input)
     assert main(["demo-data", str(tmp_path / "d")]) == 2
     assert capsys.readouterr().err == "error: the key data.root is wrong\n"
+
+
+@pytest.fixture(scope="module")
+def one_run(demo_data, tmp_path_factory, tiny_overrides):
+    from maskstatus.config import load_config
+
+    out = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={out}", *tiny_overrides,
+                             "train.epochs=1", "train.limit_train_batches=1"])
+    return train(cfg).run_dir
+
+
+def _no_model_loading(monkeypatch):
+    import maskstatus.engine.predict as predict_module
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the output should have been checked before any run was loaded")
+
+    monkeypatch.setattr(predict_module, "load_run", fail)
+
+
+# 4. predict --out onto a folder fails before the work and writes nothing.
+def test_predict_out_onto_a_folder_fails_first(one_run, demo_data, tmp_path, monkeypatch):
+    from maskstatus.engine.predict import predict
+    from maskstatus.errors import UsageError
+
+    outdir = tmp_path / "outdir"
+    outdir.mkdir()
+    _no_model_loading(monkeypatch)
+    with pytest.raises(UsageError, match="outdir.*is a folder"):
+        predict([one_run], demo_data.eval_dir, outdir)
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UsageError, match="afile is a file"):
+        predict([one_run], demo_data.eval_dir, tmp_path / "afile" / "sub" / "submission.csv")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "outdir"]
+
+
+# 11. An edited config.yaml that no longer matches the weights is refused, naming the key.
+def test_predict_refuses_a_config_edited_after_training(one_run, demo_data, tmp_path):
+    import shutil
+
+    import yaml
+
+    from maskstatus.engine.predict import predict
+
+    run = tmp_path / "run"
+    shutil.copytree(one_run, run)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["cache"]["size"] = [64, 64]
+    cfg["predict"]["tta"] = ["hflip"]  # not a key the weights depend on
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(RunError, match=r"cache\.size: \[48, 36\] in the checkpoint, \[64, 64\]") as err:
+        predict([run], demo_data.eval_dir, tmp_path / "sub.csv", progress=False)
+    assert "tta" not in str(err.value)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+# 13. predict says which output format it chose and why.
+def test_predict_says_which_format_and_hints_at_the_eval_folder(one_run, demo_data, tmp_path, caplog):
+    import logging
+
+    from maskstatus.engine.predict import predict
+
+    with caplog.at_level(logging.INFO, logger="maskstatus"):
+        predict([one_run], demo_data.eval_dir / "images", tmp_path / "sub.csv", progress=False)
+    assert f"pass --data {demo_data.eval_dir}" in caplog.text and "plain image folder" in caplog.text
+    assert list(pd.read_csv(tmp_path / "sub.csv").columns) == ["image", "ans", "mask", "gender", "age"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="maskstatus"):
+        predict([one_run], demo_data.eval_dir, tmp_path / "sub.csv", progress=False)
+    assert "competition eval folder" in caplog.text and "info.csv" in caplog.text
