@@ -191,3 +191,26 @@ def test_predict_says_which_format_and_hints_at_the_eval_folder(one_run, demo_da
     with caplog.at_level(logging.INFO, logger="maskstatus"):
         predict([one_run], demo_data.eval_dir, tmp_path / "sub.csv", progress=False)
     assert "competition eval folder" in caplog.text and "info.csv" in caplog.text
+
+
+# 12. Without cache.size, images of mixed sizes fail naming the odd file (not inside torch.stack).
+def test_mixed_image_sizes_name_the_odd_file(tmp_path):
+    import numpy as np
+    from lightning_fabric import Fabric
+    from PIL import Image
+
+    from maskstatus.data.cache import ImageCache
+    from maskstatus.data.dataset import FaceDataset
+    from maskstatus.data.transforms import build_transforms
+    from maskstatus.engine.predict import eval_loader
+
+    paths = []
+    for i, (h, w) in enumerate([(40, 30), (40, 30), (50, 30), (40, 30)]):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        Image.fromarray(np.full((h, w, 3), 100, np.uint8)).save(paths[-1])
+    cache = ImageCache(paths, size=None, progress=False).fill()
+    dataset = FaceDataset(cache, np.arange(4), build_transforms([], (0.5,) * 3, (0.5,) * 3))
+    loader = eval_loader(dataset, 4, 0, Fabric(accelerator="cpu", devices=1))
+    with pytest.raises(DataError, match=r"cache\.size[\s\S]*img2\.png: makes a 50x30 tensor, not 40x30") as err:
+        next(iter(loader))
+    assert "img0.png" not in str(err.value)

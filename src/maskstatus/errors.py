@@ -53,7 +53,11 @@ def format_problems(problems: Sequence[Problem], where: str | Path, note: Option
 class DataError(MaskstatusError, ValueError):
     """The data has problems; ``problems`` holds them and the message lists each one."""
 
-    def __init__(self, problems: Sequence[Problem], where: str | Path, note: Optional[str] = None) -> None:
+    def __init__(self, problems: Sequence[Problem] | str, where: str | Path = "", note: Optional[str] = None) -> None:
+        if isinstance(problems, str):  # rebuilt from its message, as a DataLoader worker's error is re-raised
+            self.problems, self.where = [], str(where)
+            super().__init__(problems)
+            return
         self.problems = list(problems)
         self.where = str(where)
         super().__init__(format_problems(self.problems, where, note))

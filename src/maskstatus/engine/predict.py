@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ..age import Cuts, mean_years, read_cuts, thresholds_cuts
 from ..config import Config, config_to_dict, load_config
 from ..data.cache import ImageCache
-from ..data.dataset import FaceDataset, worker_init
+from ..data.dataset import FaceDataset, NamedCollate, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..errors import DataError, RunError, UsageError
@@ -43,6 +43,7 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric:
         num_workers=num_workers,
         worker_init_fn=worker_init,
         persistent_workers=False,
+        collate_fn=NamedCollate(dataset.cache.paths),
     )
     return loader
 

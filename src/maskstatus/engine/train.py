@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..age import AGE_MEAN, AGE_SIGMA, thresholds_cuts
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache
-from ..data.dataset import FaceDataset, table_targets, worker_init
+from ..data.dataset import FaceDataset, NamedCollate, table_targets, worker_init
 from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
@@ -134,6 +134,7 @@ def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
         worker_init_fn=worker_init,
         persistent_workers=cfg.train.num_workers > 0,
         drop_last=len(dataset) // fabric.world_size >= cfg.train.batch_size,
+        collate_fn=NamedCollate(dataset.cache.paths),
     )
     # Not fabric.setup_dataloaders: its wrapper sets the sampler epoch to the number of times the loader
     # was iterated, which restarts at 0 on resume and would replay epoch 0's order; batches are moved by hand.
