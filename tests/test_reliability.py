@@ -214,3 +214,52 @@ def test_mixed_image_sizes_name_the_odd_file(tmp_path):
     with pytest.raises(DataError, match=r"cache\.size[\s\S]*img2\.png: makes a 50x30 tensor, not 40x30") as err:
         next(iter(loader))
     assert "img0.png" not in str(err.value)
+
+
+# 6. Ages outside 1..120 and images with a side under 8 px are reported like the other data problems.
+def test_implausible_ages_and_tiny_images_are_problems(tmp_path):
+    from PIL import Image
+
+    from data_builders import make_train
+    from maskstatus.data.layout import train_table
+    from maskstatus.data.validate import validate_train
+
+    train = make_train(tmp_path)
+    csv = pd.read_csv(train / "train.csv", dtype=str)
+    csv.loc[csv["id"] == "000001", "age"] = "200"
+    csv.loc[csv["id"] == "000003", "age"] = "0"
+    csv.to_csv(train / "train.csv", index=False)
+    tiny = next((train / "images").glob("001498-1_*")) / "normal.jpg"
+    for old in tiny.parent.glob("normal.*"):
+        old.unlink()
+    Image.new("RGB", (1, 1)).save(tiny)
+    table, problems = validate_train(train)
+    text = "\n".join(map(str, problems))
+    assert f"{train / 'train.csv'}:2: age 200 is outside 1..120 years" in text
+    assert f"{train / 'train.csv'}:4: age 0 is outside 1..120 years" in text
+    assert f"{tiny}: 1x1 pixels: a side under 8 px" in text
+    assert len(problems) == 3 and len(table) == 6  # only the second person's six other images are usable
+    with pytest.raises(DataError, match="age 200"):
+        train_table(train)
+
+
+# 7. A huge image is refused from its header, naming the file, before it is decoded (and without PIL's warning).
+def test_a_huge_image_is_refused_before_decoding(tmp_path):
+    import struct
+    import warnings
+
+    from PIL import Image
+
+    from maskstatus.data.images import ImageError, load_rgb
+    from maskstatus.data.validate import check_image_files
+
+    huge = tmp_path / "huge.bmp"
+    Image.new("RGB", (10, 10)).save(huge)
+    data = bytearray(huge.read_bytes())
+    data[18:26] = struct.pack("<ii", 12000, 12000)  # BMP width and height: a 12000x12000 header, 300 bytes of data
+    huge.write_bytes(bytes(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ImageError, match=r"huge\.bmp.*12000x12000 is 144 million pixels"):
+            load_rgb(huge)
+        assert "144 million pixels" in check_image_files([str(huge)])[str(huge)]

@@ -34,6 +34,9 @@ from .layout import (
 
 logger = logging.getLogger(__name__)
 
+# Plausible ages in years: beyond them a value is a typo or a placeholder (e.g. 200, 0), not a person's age.
+MIN_AGE, MAX_AGE = 1, 120
+
 # Columns of the checked, not yet encoded, train image table (gender as a name).
 CHECKED_COLUMNS: tuple[str, ...] = ("person_id", "image_path", "stem", "gender", "age", "race")
 
@@ -139,6 +142,8 @@ def check_train_rows(csv_path: Path) -> tuple[pd.DataFrame, list[Problem]]:
             reasons.append(f"age {row.age!r} is not a whole number of years")
         elif age < 0:
             reasons.append(f"age {age} is negative")
+        elif not MIN_AGE <= age <= MAX_AGE:
+            reasons.append(f"age {age} is outside {MIN_AGE}..{MAX_AGE} years")
         if not row.path:
             reasons.append("empty path")
         elif row.path in (".", "..") or "/" in row.path or "\\" in row.path:
