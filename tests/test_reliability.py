@@ -263,3 +263,25 @@ def test_a_huge_image_is_refused_before_decoding(tmp_path):
         with pytest.raises(ImageError, match=r"huge\.bmp.*12000x12000 is 144 million pixels"):
             load_rgb(huge)
         assert "144 million pixels" in check_image_files([str(huge)])[str(huge)]
+
+
+# 8. A folder name with a leading or trailing space is found; a CSV with a space after each comma still works.
+def test_folder_names_with_spaces(tmp_path):
+    from data_builders import make_train
+    from maskstatus.data.layout import train_table
+
+    train = make_train(tmp_path)
+    csv = pd.read_csv(train / "train.csv", dtype=str)
+    for pid, spaced in (("000001", " 000001_female_Asian_45"), ("000003", "000003_male_Black_60 ")):
+        old = csv.loc[csv["id"] == pid, "path"].item()
+        (train / "images" / old).rename(train / "images" / spaced)
+        csv.loc[csv["id"] == pid, "path"] = spaced
+    csv.to_csv(train / "train.csv", index=False)
+    table = train_table(train)
+    assert len(table) == 21
+    assert {p.split("/")[-2] for p in table["image_path"]} >= {" 000001_female_Asian_45", "000003_male_Black_60 "}
+
+    other = make_train(tmp_path / "other")
+    lines = (other / "train.csv").read_text().splitlines()
+    (other / "train.csv").write_text("\n".join(", ".join(line.split(",")) for line in lines) + "\n")
+    assert len(train_table(other)) == 21
