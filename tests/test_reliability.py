@@ -285,3 +285,17 @@ def test_folder_names_with_spaces(tmp_path):
     lines = (other / "train.csv").read_text().splitlines()
     (other / "train.csv").write_text("\n".join(", ".join(line.split(",")) for line in lines) + "\n")
     assert len(train_table(other)) == 21
+
+
+def test_the_one_macro_f1_is_sklearns(tmp_path):
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from maskstatus.metrics import macro_f1
+
+    rng = np.random.default_rng(0)
+    for k in (2, 3, 18):
+        true, pred = rng.integers(0, k, 300), rng.integers(0, k - 1, 300)  # the last class is never predicted
+        true[true == 1] = 0  # and class 1 never occurs
+        expected = f1_score(true, pred, labels=list(range(k)), average="macro", zero_division=0)
+        assert macro_f1(true, pred, k) == pytest.approx(expected, abs=1e-12)

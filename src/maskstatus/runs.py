@@ -88,8 +88,11 @@ def open_run_dir(path: Path | str) -> RunDir:
     return run
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temp file in the same folder, then rename, so a crash never leaves half a file."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp_path)`` for a temp file in the same folder, then rename it to ``path``.
+
+    The rename is the commit: a crash never leaves half a file. Every file the project writes goes through here.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -107,15 +110,15 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def atomic_save_torch(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def atomic_write_csv(df, path: Path, **kwargs: Any) -> None:
-    _atomic_write(path, lambda p: df.to_csv(p, index=False, **kwargs))
+    atomic_write(path, lambda p: df.to_csv(p, index=False, **kwargs))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
