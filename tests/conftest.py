@@ -42,3 +42,14 @@ def tiny_config(demo_data, tmp_path):
         )
 
     return make
+
+
+# Every test that trains or predicts with a model draws on the demo data or the tiny overrides; each takes
+# seconds, so they are all `slow` and `make test-fast` (-m "not slow") runs the rest in seconds.
+_MODEL_FIXTURES = frozenset({"demo_data", "tiny_config", "tiny_overrides"})
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -73,6 +73,7 @@ def _biased_oof(n: int = 3000, seed: int = 0):
     return oof.assign(person_id=[f"{i // 7:06d}" for i in range(n)], label=labels, **{AGE_MEAN: mean, AGE_SIGMA: 1.0})
 
 
+@pytest.mark.slow  # grid-searches the cut points many times over
 def test_cross_fitted_tuning_keeps_a_real_gain():
     oof = _biased_oof()
     default = tune_cuts(oof[PROB_COLUMNS].to_numpy(), oof["label"].to_numpy(), oof[AGE_MEAN].to_numpy(),
@@ -82,6 +83,7 @@ def test_cross_fitted_tuning_keeps_a_real_gain():
         cross_fitted_metrics(oof.assign(person_id="one"), DEFAULT_AGE_THRESHOLDS)
 
 
+@pytest.mark.slow
 def test_tune_cuts_recovers_a_planted_bias():
     rng = np.random.default_rng(0)
     n = 3000

@@ -180,6 +180,7 @@ def _features(path: Path) -> np.ndarray:
     return np.concatenate([edges, rgb[::2, ::2].ravel()])
 
 
+@pytest.mark.slow  # fits a classifier on drawn images
 def test_labels_are_learnable(tmp_path):
     # Train on one data set's train split, score on another seed's eval split: new people.
     train = make_demo_data(tmp_path / "a", people=40, eval_people=6, seed=11)

@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .errors import RunError
 from .labels import PROB_COLUMNS, TASKS, AgeThresholds, combine_task_probs, decode, encode, split_class_probs
+from .metrics import macro_f1
 
 logger = logging.getLogger(__name__)
 
@@ -107,16 +109,6 @@ def mean_years(view_outputs: Sequence[dict]) -> Optional[torch.Tensor]:
     return torch.stack([o[AGE_YEARS].float() for o in view_outputs]).mean(dim=0)
 
 
-def _macro_f1_codes(true: np.ndarray, pred: np.ndarray, k: int) -> float:
-    # Hand-written because the tuner calls it hundreds of times on the same arrays:
-    # one bincount instead of sklearn's validation and label bookkeeping per call.
-    cm = np.bincount(true * k + pred, minlength=k * k).reshape(k, k)
-    tp = np.diag(cm).astype(np.float64)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)
-    f1 = np.divide(2 * tp, denom, out=np.zeros(k), where=denom > 0)
-    return float(f1.mean())
-
-
 def tune_cuts(
     probs: np.ndarray,
     labels: np.ndarray,
@@ -148,7 +140,7 @@ def tune_cuts(
     def score(cuts: Cuts) -> tuple[float, float]:
         age_pred = group_probs_np(mean, sigma, cuts).argmax(axis=1)
         pred = encode(mask_pred, gender_pred, age_pred)
-        return _macro_f1_codes(labels, pred, 18), _macro_f1_codes(true_age, age_pred, TASKS["age"])
+        return macro_f1(labels, pred, 18), macro_f1(true_age, age_pred, TASKS["age"])
 
     default = thresholds_cuts(thresholds)
     young = np.arange(default[0] - young_range, default[0] + young_range + step / 2, step)
@@ -178,7 +170,7 @@ def require_years(oof: pd.DataFrame, source: str) -> None:
     """ValueError naming ``source`` unless the OOF table has the regression columns age_mean and age_sigma."""
     missing = [c for c in (AGE_MEAN, AGE_SIGMA) if c not in oof.columns]
     if missing:
-        raise ValueError(f"{source} lacks column(s) {missing} (only a run with model.age_output=years writes them)")
+        raise RunError(f"{source} lacks column(s) {missing} (only a run with model.age_output=years writes them)")
 
 
 def oof_with_cuts(oof: pd.DataFrame, cuts: Sequence[float], source: str = "out-of-fold table") -> pd.DataFrame:
@@ -213,4 +205,4 @@ def read_cuts(folder: Path | str) -> Optional[Cuts]:
     try:
         return check_cuts(json.loads(path.read_text())["cuts"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not a valid age cut file ({exc}); delete it or run tune-age again") from None
+        raise RunError(f"{path}: not a valid age cut file ({exc}); delete it or run tune-age again") from None

@@ -16,8 +16,14 @@ logger = logging.getLogger("maskstatus")
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from .data.synthetic import make_demo_data
+    from .errors import UsageError
 
-    data = make_demo_data(Path(args.out_dir), people=args.people, eval_people=args.eval_people, seed=args.seed)
+    try:
+        data = make_demo_data(Path(args.out_dir), people=args.people, eval_people=args.eval_people, seed=args.seed,
+                              overwrite=args.overwrite)
+    except FileExistsError:
+        raise UsageError(f"{args.out_dir} already holds a data set (train/, eval/ or eval_truth.csv); "
+                         "add --overwrite to replace them, or give another OUT_DIR") from None
     print(f"train: {data.train_dir}")
     print(f"eval:  {data.eval_dir}")
     print(f"eval ground truth: {data.truth_csv}")
@@ -73,6 +79,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if (args.resume is None) == (args.config is None):
         raise SystemExit("train: give either --config FILE or --resume RUN_DIR")
     overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    if args.resume is not None:
+        _check_resume_overrides(overrides, f"{args.resume}/config.yaml")
     # A resumed run starts from its own saved config; overrides then change its train section (e.g. epochs).
     cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
     result = train(cfg, resume=args.resume)
@@ -80,6 +88,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"best val macro F1 {result.best_f1:.4f} at epoch {result.best_epoch}")
         print(f"run folder: {result.run_dir}")
     return 0
+
+
+def _check_resume_overrides(overrides: Sequence[str], saved_config: str) -> None:
+    """A resume keeps the saved config but its train section: refuse overrides it would silently ignore."""
+    from .config import ConfigError, parse_override
+
+    ignored = [".".join(key) for key, _ in map(parse_override, overrides) if key[0] != "train"]
+    if ignored:
+        raise ConfigError(
+            f"--resume continues with the saved config ({saved_config}) and takes overrides of train.* keys only "
+            f"(e.g. train.epochs=N to extend it); these would be ignored: {', '.join(ignored)}. To change them, "
+            f"start a new run: --config {saved_config} KEY=VALUE ..."
+        )
 
 
 def _fold_list_arg(text: str) -> list[int]:
@@ -96,6 +117,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     if (args.resume is None) == (args.config is None):
         raise SystemExit("cv: give either --config FILE or --resume CV_DIR")
     overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    if args.resume is not None:
+        _check_resume_overrides(overrides, f"{args.resume}/{CV_CONFIG}")
     # Like train --resume: a resumed CV keeps its saved config; overrides then change its train section.
     cfg = load_config(args.config if args.resume is None else args.resume / CV_CONFIG, overrides)
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
@@ -277,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--people", type=int, default=120, help="training people, 7 images each (default 120)")
     s.add_argument("--eval-people", type=int, default=None, help="eval people (default: half of --people)")
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same data")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR's train/, eval/ and eval_truth.csv if they exist (default: refuse)")
     s.set_defaults(fn=_cmd_demo_data)
 
     s = sub.add_parser("validate-data", help="check a data folder; print a summary; exit 1 on any problem")
@@ -400,12 +425,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    from .config import ConfigError
-    from .data.validate import DataError
+    from .errors import MaskstatusError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError, KeyError) as err:
+    # Only what the user can fix gets one line; any other exception is a bug and keeps its traceback.
+    except (MaskstatusError, FileNotFoundError) as err:
+        if args.verbose:
+            logger.debug("traceback of the error below", exc_info=True)
         print(f"error: {err}", file=sys.stderr)
         return 2
 

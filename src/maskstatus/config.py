@@ -12,11 +12,8 @@ from typing import Any, Literal, Optional, Sequence, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import ConfigError  # noqa: F401  (importers find it here too)
 from .labels import MASK_NAMES, TASKS, AgeThresholds
-
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
 
 
 def _check_tasks(per_task: dict[str, float]) -> dict[str, float]:

@@ -19,14 +19,12 @@ import torch.nn.functional as F
 from .age import AGE_BIN_COUNT, AGE_BINS, AGE_YEARS, age_distribution_targets
 from .config import ConfigError, LossConfig
 from .labels import NUM_CLASSES, TASKS
+from .models.heads import SINGLE_KEY
 from .registry import Registry
 
 _logger = logging.getLogger(__name__)
 
 LOSSES: Registry = Registry("loss")
-
-# Name of the output/target key of the single 18-way head.
-CLASS_HEAD = "class"
 
 WeightArg = Optional[Sequence[float]]
 
@@ -275,7 +273,7 @@ class TaskLoss(nn.Module):
 
 
 def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
-    known = {CLASS_HEAD: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT}
+    known = {SINGLE_KEY: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT}
     if isinstance(heads, Mapping):
         sizes = {str(k): int(v) for k, v in heads.items()}
     else:
@@ -296,7 +294,7 @@ def _term_params(params: dict[str, Any], head: str, where: str) -> dict[str, Any
         if isinstance(value, Mapping):
             # Terms are shared by all heads, but per-class lists depend on the head's
             # class count, so multitask configs give one list per head.
-            unknown = sorted(set(value) - {CLASS_HEAD, *TASKS})
+            unknown = sorted(set(value) - {SINGLE_KEY, *TASKS})
             if unknown:
                 raise ConfigError(f"{where}.params.{key}: unknown head(s) {unknown}")
             out[key] = value.get(head)

@@ -21,6 +21,8 @@ from typing import Any, Callable
 
 import torch
 
+from .errors import RunError, RunNotFoundError
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -82,12 +84,15 @@ def new_run_dir(output_dir: Path, name: str) -> RunDir:
 def open_run_dir(path: Path | str) -> RunDir:
     run = RunDir(Path(path))
     if not run.config.is_file():
-        raise FileNotFoundError(f"not a run folder (no config.yaml): {run.root}")
+        raise RunNotFoundError(f"not a run folder (no config.yaml): {run.root}")
     return run
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temp file in the same folder, then rename, so a crash never leaves half a file."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temp_path)`` for a temp file in the same folder, then rename it to ``path``.
+
+    The rename is the commit: a crash never leaves half a file. Every file the project writes goes through here.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -105,19 +110,34 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write(path, lambda p: p.write_text(text))
+    atomic_write(path, lambda p: p.write_text(text))
 
 
 def atomic_save_torch(obj: Any, path: Path) -> None:
-    _atomic_write(path, lambda p: torch.save(obj, p))
+    atomic_write(path, lambda p: torch.save(obj, p))
 
 
 def atomic_write_csv(df, path: Path, **kwargs: Any) -> None:
-    _atomic_write(path, lambda p: df.to_csv(p, index=False, **kwargs))
+    atomic_write(path, lambda p: df.to_csv(p, index=False, **kwargs))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Checkpoints hold plain data only, so they load with weights_only=True."""
-    if not Path(path).is_file():
+    """Checkpoints hold plain data only, so they load with weights_only=True.
+
+    An empty, truncated or foreign file raises RunError naming it (torch's own errors name no file).
+    """
+    path = Path(path)
+    if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises EOFError, RuntimeError, UnpicklingError... on a damaged file
+        size = path.stat().st_size
+        raise RunError(
+            f"cannot read checkpoint {path} ({size} bytes; it is empty, truncated or not a checkpoint: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Copy it again from where "
+            "the run was trained; for best.pt, predict --checkpoint last uses the last epoch's weights instead"
+        ) from exc
+    if not isinstance(state, dict) or "model" not in state:
+        raise RunError(f"{path} is not a maskstatus checkpoint (no 'model' entry)")
+    return state

@@ -18,6 +18,8 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
+from ..errors import ConfigError
+from ..runs import atomic_write
 
 from .images import load_rgb
 
@@ -58,9 +60,9 @@ class ImageCache:
         loader: Callable[[str], np.ndarray] = load_rgb,
     ) -> None:
         if mode not in ("memory", "disk", "none"):
-            raise ValueError(f"cache.mode must be memory, disk or none, got {mode!r}")
+            raise ConfigError(f"cache.mode must be memory, disk or none, got {mode!r}")
         if mode == "disk" and size is None:
-            raise ValueError("cache.mode=disk needs cache.size (height, width): one array holds all images")
+            raise ConfigError("cache.mode=disk needs cache.size (height, width): one array holds all images")
         self.paths = [str(p) for p in paths]
         self.size = tuple(size) if size else None
         self.mode = mode
@@ -107,20 +109,17 @@ class ImageCache:
         self.file = path
         if not path.is_file():
             logger.info("filling disk cache %s (%d images)", path, len(self.paths))
-            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size, 3))
-            try:
-                self._decode_all(arr)
-                arr.flush()
-                del arr
-                # The rename is the commit: a crash mid-fill leaves only a temp file, never a half-valid cache.
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            # Written atomically: a crash mid-fill leaves no half-valid cache for a later run to trust.
+            atomic_write(path, self._fill_file)
         else:
             logger.info("reusing disk cache %s", path)
         return np.load(path, mmap_mode="r")
+
+    def _fill_file(self, tmp: Path) -> None:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size, 3))
+        self._decode_all(arr)
+        arr.flush()
+        del arr
 
     def __getitem__(self, i: int) -> np.ndarray:
         if self._store is None:

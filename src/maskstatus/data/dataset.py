@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import albumentations as A
 import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from ..age import AGE_YEARS
+from ..errors import DataError, Problem
 from ..labels import AgeThresholds, age_group, encode
 from .cache import ImageCache
 
@@ -74,6 +75,31 @@ class FaceDataset(Dataset):
             for key, values in self.targets.items():
                 item[key] = torch.as_tensor(values[row])
         return item
+
+
+class NamedCollate:
+    """``default_collate``, but images of different shapes raise a DataError naming the files.
+
+    Without ``cache.size`` every image keeps its own size, and a pipeline that does not resize
+    would otherwise fail inside ``torch.stack`` naming no file.
+    """
+
+    def __init__(self, paths: Sequence[str]) -> None:
+        self.paths = paths
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, Any]:
+        shapes = [tuple(item["image"].shape) for item in batch]
+        if len(set(shapes)) > 1:
+            common = max(set(shapes), key=shapes.count)
+            odd = [Problem(self.paths[item["row"]], f"makes a {_hw(shape)} tensor, not {_hw(common)} like the others")
+                   for item, shape in zip(batch, shapes) if shape != common]
+            raise DataError(odd, "one batch", note="images of different sizes: set cache.size=[height, width] or "
+                                                   "end transforms.train and transforms.eval with a Resize")
+        return default_collate(batch)
+
+
+def _hw(shape: tuple[int, ...]) -> str:
+    return "x".join(str(n) for n in shape[-2:])
 
 
 def worker_init(_: int) -> None:

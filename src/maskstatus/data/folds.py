@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from ..errors import ConfigError, DataError
+
 logger = logging.getLogger(__name__)
 
 FOLD_COLUMNS = ("person_id", "fold")
@@ -39,7 +41,7 @@ def make_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     """
     people = table["person_id"].nunique()
     if people < n_folds:
-        raise ValueError(f"cannot make {n_folds} folds from {people} people")
+        raise ConfigError(f"split.folds: cannot make {n_folds} folds from {people} people")
     splitter = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold_of = {}
     for fold, (_, val_idx) in enumerate(splitter.split(table, y=table["label"], groups=table["person_id"])):
@@ -53,13 +55,18 @@ def read_folds(path: Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"folds file not found: {path}")
-    folds = pd.read_csv(path, dtype={"person_id": str, "image_path": str})
+    try:
+        folds = pd.read_csv(path, dtype={"person_id": str, "image_path": str})
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DataError.one(path, f"cannot read as CSV: {exc}") from None
     if tuple(folds.columns) not in (FOLD_COLUMNS, IMAGE_FOLD_COLUMNS):
-        raise ValueError(f"{path}: expected columns {list(FOLD_COLUMNS)}, found {list(folds.columns)}")
+        raise DataError.one(path, f"expected columns {list(FOLD_COLUMNS)}, found {list(folds.columns)}")
+    if not pd.api.types.is_integer_dtype(folds["fold"]):
+        raise DataError.one(path, "the fold column must hold whole numbers")
     key = folds.columns[0]
     if folds[key].duplicated().any():
         dup = folds.loc[folds[key].duplicated(), key].tolist()[:10]
-        raise ValueError(f"{path}: {key} value(s) listed twice: {dup}")
+        raise DataError.one(path, f"{key} value(s) listed twice: {dup}")
     return folds
 
 
@@ -69,10 +76,10 @@ def attach_folds(table: pd.DataFrame, folds: pd.DataFrame, n_folds: int, source:
     fold_of = dict(zip(folds[key], folds["fold"].astype(int)))
     missing = sorted(set(table[key]) - set(fold_of))
     if missing:
-        raise ValueError(f"{source}: {len(missing)} {key} value(s) have no fold, e.g. {missing[:10]}")
+        raise DataError.one(source, f"{len(missing)} {key} value(s) have no fold, e.g. {missing[:10]}")
     bad = sorted({f for f in fold_of.values() if not 0 <= f < n_folds})
     if bad:
-        raise ValueError(f"{source}: fold numbers {bad} outside 0..{n_folds - 1} (split.folds={n_folds})")
+        raise DataError.one(source, f"fold numbers {bad} outside 0..{n_folds - 1} (split.folds={n_folds})")
     out = table.copy()
     out["fold"] = out[key].map(fold_of).astype(np.int64)
     return out

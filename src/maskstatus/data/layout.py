@@ -46,16 +46,17 @@ def is_ignored_file(name: str) -> bool:
     return name.startswith(".") or name.lower() in _SYSTEM_FILES
 
 
-def read_csv_strings(csv_path: str | Path) -> pd.DataFrame:
+def read_csv_strings(csv_path: str | Path, keep_spaces: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV with every cell as a stripped string and nothing turned into NaN.
 
-    Keeps ids such as "000001" and "001498-1" exactly as written.
+    Keeps ids such as "000001" and "001498-1" exactly as written. Cells of the columns in
+    ``keep_spaces`` keep their spaces: a folder name may begin or end with one.
     Raises pandas' errors (EmptyDataError, ParserError) and UnicodeDecodeError.
     """
     # utf-8-sig: a CSV saved by a spreadsheet may start with a byte-order mark.
     df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_filter=False, encoding="utf-8-sig")
     df.columns = [str(c).strip() for c in df.columns]
-    return df.apply(lambda col: col.str.strip())
+    return df.apply(lambda col: col if col.name in keep_spaces else col.str.strip())
 
 
 def read_train_csv(csv_path: str | Path) -> pd.DataFrame:

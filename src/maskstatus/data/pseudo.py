@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN
+from ..errors import DataError
 from ..labels import PROB_COLUMNS, TASKS, encode, split_class_probs
 from .layout import TABLE_COLUMNS, eval_table
 
@@ -31,7 +32,7 @@ def read_probs(path: Path) -> pd.DataFrame:
     probs = pd.read_csv(path, dtype={"ImageID": str})
     missing = [c for c in ["ImageID", *PROB_COLUMNS] if c not in probs.columns]
     if missing:
-        raise ValueError(f"{path}: not a probabilities file (missing columns {missing[:5]}); use the "
+        raise DataError.one(path, f"not a probabilities file (missing columns {missing[:5]}); use the "
                          f"*.probs.csv that predict or ensemble writes")
     return probs
 

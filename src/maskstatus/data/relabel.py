@@ -20,7 +20,9 @@ from typing import Optional
 
 import pandas as pd
 
+from ..errors import MaskstatusError
 from ..labels import GENDER_TO_CODE, STEM_TO_MASK
+from .validate import MAX_AGE, MIN_AGE
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ _SWAP_SPELLINGS = frozenset({SWAP_VALUE, f"{SWAP_STEMS[1]}<->{SWAP_STEMS[0]}", "
 COMPETITION_RELABEL: Path = Path(__file__).resolve().parents[3] / "configs" / "relabel" / "competition.csv"
 
 
-class RelabelError(ValueError):
+class RelabelError(MaskstatusError, ValueError):
     """A relabel file is missing or invalid; the message names the file and line."""
 
 
@@ -55,6 +57,8 @@ def parse_value(field: str, value: str) -> object:
             raise ValueError(f"age value {text!r} is not a whole number of years") from None
         if age < 0:
             raise ValueError(f"age value {age} is negative")
+        if not MIN_AGE <= age <= MAX_AGE:
+            raise ValueError(f"age value {age} is outside {MIN_AGE}..{MAX_AGE} years")
         return age
     if field == "mask_swap":
         if text.lower().replace(" ", "") not in _SWAP_SPELLINGS:

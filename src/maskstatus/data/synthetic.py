@@ -25,8 +25,9 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
-from sklearn.metrics import f1_score
 
+from ..errors import UsageError
+from ..metrics import macro_f1
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,
@@ -453,10 +454,10 @@ def make_demo_data(
     age group) in the row order of ``eval/info.csv``.
     """
     if people < 1:
-        raise ValueError(f"people must be >= 1, got {people}")
+        raise UsageError(f"people must be >= 1, got {people}")
     eval_people = max(6, people // 2) if eval_people is None else eval_people
     if eval_people < 1:
-        raise ValueError(f"eval_people must be >= 1, got {eval_people}")
+        raise UsageError(f"eval_people must be >= 1, got {eval_people}")
     root = Path(out_dir)
     data = DemoData(root=root, train_dir=root / "train", eval_dir=root / "eval", truth_csv=root / "eval_truth.csv")
     existing = [p for p in (data.train_dir, data.eval_dir, data.truth_csv) if p.exists()]
@@ -507,5 +508,5 @@ def score_submission(submission_csv: Path, truth_csv: Path) -> dict[str, float]:
     merged = truth[["ImageID", "ans"]].merge(sub[["ImageID", "ans"]], on="ImageID", suffixes=("_true", "_pred"))
     y_true = merged["ans_true"].to_numpy(dtype=np.int64)
     y_pred = merged["ans_pred"].to_numpy(dtype=np.int64)
-    f1 = f1_score(y_true, y_pred, labels=list(range(NUM_CLASSES)), average="macro", zero_division=0)
+    f1 = macro_f1(y_true, y_pred, NUM_CLASSES)
     return {"f1": float(f1), "accuracy": float(np.mean(y_true == y_pred)), "num_images": float(len(merged))}

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..errors import DataError, Problem, format_problems
 from ..labels import DEFAULT_AGE_THRESHOLDS, GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, class_names
 from .images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .layout import (
@@ -34,43 +34,19 @@ from .layout import (
 
 logger = logging.getLogger(__name__)
 
+# Plausible ages in years: beyond them a value is a typo or a placeholder (e.g. 200, 0), not a person's age.
+MIN_AGE, MAX_AGE = 1, 120
+
 # Columns of the checked, not yet encoded, train image table (gender as a name).
 CHECKED_COLUMNS: tuple[str, ...] = ("person_id", "image_path", "stem", "gender", "age", "race")
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with the data: the file (or ``file:line``) and why."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-def format_problems(problems: Sequence[Problem], where: str | Path, note: Optional[str] = None) -> str:
-    """A header line, then one indented line per problem (all of them)."""
-    header = f"{len(problems)} problem(s) in {where}"
-    if note:
-        header += f" ({note})"
-    return "\n".join([header + ":"] + [f"  {p}" for p in problems])
-
-
-class DataError(ValueError):
-    """The data has problems; ``problems`` holds them and the message lists each one."""
-
-    def __init__(self, problems: Sequence[Problem], where: str | Path, note: Optional[str] = None) -> None:
-        self.problems = list(problems)
-        self.where = str(where)
-        super().__init__(format_problems(self.problems, where, note))
 
 
 # ---------------------------------------------------------------- CSV files
 
 
 def _read_checked_csv(
-    csv_path: Path, expected: Sequence[str], required: Sequence[str], problems: list[Problem]
+    csv_path: Path, expected: Sequence[str], required: Sequence[str], problems: list[Problem],
+    keep_spaces: Sequence[str] = (),
 ) -> Optional[pd.DataFrame]:
     """Read a CSV as strings and check its columns; None when it cannot be used at all.
 
@@ -81,7 +57,7 @@ def _read_checked_csv(
         problems.append(Problem(where, "file not found"))
         return None
     try:
-        df = read_csv_strings(csv_path)
+        df = read_csv_strings(csv_path, keep_spaces)
     except pd.errors.EmptyDataError:
         problems.append(Problem(where, "empty file: no header and no rows"))
         return None
@@ -143,7 +119,8 @@ def check_train_rows(csv_path: Path) -> tuple[pd.DataFrame, list[Problem]]:
     csv_path = Path(csv_path)
     problems: list[Problem] = []
     empty = pd.DataFrame({c: pd.Series(dtype=object) for c in TRAIN_COLUMNS}).assign(line=pd.Series(dtype="int64"))
-    df = _read_checked_csv(csv_path, TRAIN_COLUMNS, TRAIN_COLUMNS, problems)
+    # The folder name as written: " 000001_female_Asian_45" may be a real folder (see validate_train).
+    df = _read_checked_csv(csv_path, TRAIN_COLUMNS, TRAIN_COLUMNS, problems, keep_spaces=("path",))
     if df is None:
         return empty, problems
 
@@ -167,9 +144,11 @@ def check_train_rows(csv_path: Path) -> tuple[pd.DataFrame, list[Problem]]:
             reasons.append(f"age {row.age!r} is not a whole number of years")
         elif age < 0:
             reasons.append(f"age {age} is negative")
-        if not row.path:
+        elif not MIN_AGE <= age <= MAX_AGE:
+            reasons.append(f"age {age} is outside {MIN_AGE}..{MAX_AGE} years")
+        if not row.path.strip():
             reasons.append("empty path")
-        elif row.path in (".", "..") or "/" in row.path or "\\" in row.path:
+        elif row.path.strip() in (".", "..") or "/" in row.path or "\\" in row.path:
             reasons.append(f"path {row.path!r} must be a single folder name inside {IMAGES_DIR}/")
         elif pos in dup_paths:
             reasons.append(f"folder {row.path!r} is listed twice (lines {dup_paths[pos]})")
@@ -250,6 +229,10 @@ def validate_train(train_dir: str | Path, check_images: bool = True) -> tuple[pd
     records = []
     for row in rows.itertuples(index=False):
         person_dir = images_root / row.path
+        if not person_dir.is_dir() and (images_root / row.path.strip()).is_dir():
+            # Spaces around a folder name are kept (a real folder may have them) unless only the
+            # stripped name exists: a CSV written with a space after each comma.
+            person_dir = images_root / row.path.strip()
         if not person_dir.is_dir():
             problems.append(
                 Problem(str(person_dir), f"person folder not found (id {row.id!r}, {TRAIN_CSV} line {row.line})")
@@ -271,7 +254,7 @@ def validate_train(train_dir: str | Path, check_images: bool = True) -> tuple[pd
     if not row_problems:
         # Strays are only a warning: a folder nobody lists cannot mislabel anything. With
         # rejected rows their folders would look unlisted too, so only a clean CSV is compared.
-        listed = set(rows["path"])
+        listed = set(rows["path"]) | set(rows["path"].str.strip())
         strays = sorted(
             e.name
             for e in os.scandir(images_root)

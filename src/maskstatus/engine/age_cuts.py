@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN, AGE_SIGMA, oof_with_cuts, require_years, tune_cuts, write_cuts
+from ..errors import RunError, RunNotFoundError
 from ..labels import PROB_COLUMNS
 from ..metrics import compute_metrics
 from .ensemble import member_config, oof_path, read_oof
@@ -43,7 +44,7 @@ def cross_fitted_oof(oof: pd.DataFrame, thresholds, step: float = 0.5, seed: int
     half = set(np.random.default_rng(seed).permutation(people)[: len(people) // 2])
     in_a = oof["person_id"].astype(str).isin(half).to_numpy()
     if in_a.all() or not in_a.any():
-        raise ValueError("cross-fitting the age cut points needs out-of-fold predictions of at least two people")
+        raise RunError("cross-fitting the age cut points needs out-of-fold predictions of at least two people")
     parts = []
     for tune_on, score_on in ((in_a, ~in_a), (~in_a, in_a)):
         cuts = _tune(oof[tune_on], thresholds, step)["cuts"]
@@ -61,11 +62,11 @@ def tune_age_cuts(folder: Path | str, write: bool = True, step: float = 0.5) -> 
     folder = Path(folder)
     cfg = member_config(folder)
     if cfg is None:
-        raise FileNotFoundError(f"not a run or CV folder (no config.yaml or cv_config.yaml): {folder}")
+        raise RunNotFoundError(f"not a run or CV folder (no config.yaml or cv_config.yaml): {folder}")
     if cfg.model.age_output == "groups":
-        raise ValueError(f"{folder}: its model predicts age groups (model.age_output={cfg.model.age_output}); "
-                         "only a model that predicts years (model.age_output=years or distribution) has cut "
-                         "points to tune")
+        raise RunError(f"{folder}: its model predicts age groups (model.age_output={cfg.model.age_output}); "
+                       "only a model that predicts years (model.age_output=years or distribution) has cut "
+                       "points to tune")
     oof = read_oof(folder)
     require_years(oof, str(oof_path(folder)))
     result = _tune(oof, cfg.data.age.thresholds(), step)

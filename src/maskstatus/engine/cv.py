@@ -42,6 +42,7 @@ import pandas as pd
 
 from ..config import Config, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
+from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..metrics import model_metrics
 from .score import oof_interval
 from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
@@ -111,11 +112,11 @@ def _fold_list(cfg: Config, folds: Optional[Sequence[int]]) -> list[int]:
     todo = [int(k) for k in folds]
     bad = [k for k in todo if not 0 <= k < cfg.split.folds]
     if bad:
-        raise ValueError(f"fold(s) {bad} outside 0..{cfg.split.folds - 1} (split.folds={cfg.split.folds})")
+        raise UsageError(f"fold(s) {bad} outside 0..{cfg.split.folds - 1} (split.folds={cfg.split.folds})")
     if len(set(todo)) != len(todo):
-        raise ValueError(f"fold list {todo} names a fold twice")
+        raise UsageError(f"fold list {todo} names a fold twice")
     if not todo:
-        raise ValueError("the fold list is empty")
+        raise UsageError("the fold list is empty")
     return sorted(todo)
 
 
@@ -132,7 +133,7 @@ def _make_cv_folds(cfg: Config) -> pd.DataFrame:
         folds = read_folds(cfg.split.folds_file)
         bad = sorted(set(folds["fold"].astype(int)) - set(range(cfg.split.folds)))
         if bad:
-            raise ValueError(f"{cfg.split.folds_file}: fold numbers {bad} outside 0..{cfg.split.folds - 1}")
+            raise DataError.one(cfg.split.folds_file, f"fold numbers {bad} outside 0..{cfg.split.folds - 1} (split.folds)")
         return folds
     table = load_train_table(cfg)
     folds = make_folds(table, cfg.split.folds, cfg.split.seed)
@@ -181,7 +182,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
         if state is None:
             continue
         if not _sorted_folds(RunDir(run).folds).equals(shared):
-            raise ValueError(f"{run} was trained on other folds than {cv_dir / CV_FOLDS}")
+            raise RunError(f"{run} was trained on other folds than {cv_dir / CV_FOLDS}")
         oof_path = RunDir(run).predictions / "oof.csv"
         if not oof_path.is_file():
             raise FileNotFoundError(f"fold {k} run has no out-of-fold predictions: {oof_path}")
@@ -197,12 +198,12 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
             "images": len(oof),
         })
     if not parts:
-        raise ValueError(f"no finished fold run in {cv_dir}")
+        raise RunError(f"no finished fold run in {cv_dir}")
 
     oof = pd.concat(parts, ignore_index=True)
     if oof["image_path"].duplicated().any():
         dup = oof.loc[oof["image_path"].duplicated(), "image_path"].tolist()[:5]
-        raise ValueError(f"images predicted by more than one fold run, e.g. {dup}")
+        raise RunError(f"{cv_dir}: images predicted by more than one fold run, e.g. {dup}")
     # Scored as the fold runs were: a per-task model on its tasks, a cascade expert on its mask states.
     metrics = model_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks,
                             cfg.data.mask_codes())
@@ -231,7 +232,7 @@ def load_cv_config(cv_dir: Path | str) -> Config:
     """The config a CV folder was trained from (its cv_config.yaml)."""
     path = Path(cv_dir) / CV_CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"not a CV folder (no {CV_CONFIG}): {cv_dir}")
+        raise RunNotFoundError(f"not a CV folder (no {CV_CONFIG}): {cv_dir}")
     return load_config(path)
 
 

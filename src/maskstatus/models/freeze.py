@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn as nn
 from timm.models import group_parameters
 
+from ..errors import ConfigError
+
 
 def stage_parameters(backbone: nn.Module, stages: int) -> list[nn.Parameter]:
     """Parameters of the stem and the first `stages` stages, found by timm's own coarse grouping.
@@ -17,7 +19,7 @@ def stage_parameters(backbone: nn.Module, stages: int) -> list[nn.Parameter]:
     groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
     ordered = [groups[k] for k in sorted(groups)]
     if stages >= len(ordered):
-        raise ValueError(f"train.freeze_stages={stages}, but this backbone has only {len(ordered) - 1} stages after its stem")
+        raise ConfigError(f"train.freeze_stages={stages}, but this backbone has only {len(ordered) - 1} stages after its stem")
     names = {n for group in ordered[: stages + 1] for n in group}
     return [p for n, p in backbone.named_parameters() if n in names]
 
