@@ -227,17 +227,16 @@ def _run_probs(
         caches[key] = ImageCache(
             table["image_path"].tolist(), size=key, mode="memory", threads=threads, progress=progress
         ).fill()
-    model = run.model
-    if isinstance(model, torch.nn.Module):
-        norm = model_data_config(model)
-        if cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        model = fabric.setup_module(model)
-    else:
-        norm = model.data_config
+    is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
+    norm = model_data_config(run.model) if is_torch else run.model.data_config
     transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
     dataset = FaceDataset(caches[key], np.arange(len(table)), transform)
     loader = eval_loader(dataset, batch_size or cfg.train.eval_batch_size, num_workers, fabric)
+    model = run.model
+    if is_torch and cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if is_torch:
+        model = fabric.setup_module(model)
     rows, probs, _, _ = infer(
         fabric,
         model,
