@@ -7,7 +7,7 @@ Exports the run to ONNX into a temporary folder (the run folder is only read;
 the export time is reported apart), then times ``predict`` end to end (load,
 decode, infer, write the submission) with each backend on the CPU, in
 alternating order when repeated so that a change in the machine's load hits
-both. Reports wall times, images/s, the share of images given the same
+both. Reports wall and CPU times, images/s, the share of images given the same
 18-class answer, the largest probability difference, each backend's model-only
 throughput on in-memory batches, the load average around each timing, the
 machine, the commit and the command. Not run by CI (minutes on a 2-core CPU).
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         export_s = time.perf_counter() - t0
 
         walls: dict[str, list[float]] = {b: [] for b in BACKENDS}
+        cpus: dict[str, list[float]] = {b: [] for b in BACKENDS}
         loads: dict[str, list[list[float]]] = {b: [] for b in BACKENDS}
         probs: dict[str, np.ndarray] = {}
         answers: dict[str, np.ndarray] = {}
@@ -95,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
             for backend in order:
                 out = tmp / f"{backend}.csv"
                 load_before = os.getloadavg()[0]
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 predict([args.run], args.data, out, accelerator="cpu", progress=False, backend=backend,
                         onnx_dir=onnx_dir, batch_size=args.batch_size)
                 walls[backend].append(time.perf_counter() - t0)
+                cpus[backend].append(time.process_time() - c0)
                 loads[backend].append([load_before, os.getloadavg()[0]])
                 logger.info("%s: %.1f s", backend, walls[backend][-1])
                 answers[backend] = pd.read_csv(out)["ans"].to_numpy()
@@ -119,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": {b: round(wall[b], 2) for b in BACKENDS},
         "wall_s_each": {b: [round(w, 2) for w in walls[b]] for b in BACKENDS},
         "images_per_s": {b: round(n_images / wall[b], 1) for b in BACKENDS},
+        # CPU seconds of this process (all threads): less sensitive than wall time to other processes on the
+        # machine, but it counts ONNX Runtime's threads spinning while they wait for work.
+        "cpu_s": {b: round(statistics.median(cpus[b]), 2) for b in BACKENDS},
+        "cpu_s_each": {b: [round(c, 2) for c in cpus[b]] for b in BACKENDS},
         "onnx_wall_share": round(wall["onnx"] / wall["torch"], 3),
         "goal": "onnx wall time <= 40% of torch, same answers on >= 99.5% of images",
         "answer_agreement": float((answers["torch"] == answers["onnx"]).mean()),

@@ -26,7 +26,7 @@ def test_benchmark_reports_both_backends(demo_data, tmp_path, tiny_overrides):
                              "--repeats", "2"]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == len(list((demo_data.eval_dir / "images").iterdir()))
-    for key in ("wall_s", "images_per_s", "model_only_images_per_s"):
+    for key in ("wall_s", "cpu_s", "images_per_s", "model_only_images_per_s"):
         assert set(report[key]) == {"torch", "onnx"} and all(v > 0 for v in report[key].values())
     assert all(len(v) == 2 for v in report["wall_s_each"].values())
     assert report["answer_agreement"] >= 0.995 and report["max_prob_diff"] < 1e-3
