@@ -153,9 +153,23 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         accelerator=args.accelerator,
         num_workers=args.num_workers,
         tta=_tta_arg(args.tta),
+        backend=args.backend,
+        onnx_dir=args.onnx_dir,
     )
     print(f"submission: {sub}")
     print(f"probabilities: {probs}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import export
+
+    for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
+                         tolerance=args.tolerance):
+        c = result.check
+        print(f"{result.onnx} ({result.seconds:.1f} s): {c['images']} check images, largest difference to PyTorch "
+              f"{c['max_prob_diff']:.2g} in probabilities, same class on {c['class_agreement']:.1%}")
+        print(f"  sidecar: {result.sidecar}")
     return 0
 
 
@@ -356,7 +370,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action="append", default=None, metavar="NAME",
                    help="test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
                         "repeat to add more, 'none' for none (default: each run's predict.tta)")
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
+                        "wrote; export every run first, a run without its export is an error")
+    s.add_argument("--onnx-dir", default=None, metavar="DIR",
+                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
     s.set_defaults(fn=_cmd_predict)
+
+    s = sub.add_parser(
+        "export", help="export a run (or every fold run of a CV folder) to ONNX, checked against PyTorch",
+        description="Write <checkpoint>.onnx (dynamic batch axis) and a <checkpoint>.json sidecar (input size, "
+                    "normalisation, outputs and their meaning, age cut points, the run's TTA, the check) into "
+                    "RUN/onnx/ of each run. Each export is compared with PyTorch on images of the run's data "
+                    "(the paths in its predictions/oof.csv), else on --images, and refused if they differ beyond "
+                    "--tolerance. predict --backend onnx then uses these files.",
+    )
+    s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder, or CV folder (every fold run is exported)")
+    s.add_argument("--out", default=None, metavar="DIR",
+                   help="write to DIR/<run name>/ instead of each run's onnx/ folder "
+                        "(then predict --backend onnx --onnx-dir DIR)")
+    s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    s.add_argument("--images", default=None, metavar="DIR",
+                   help="images to check the export on when the run's predictions/oof.csv lists none found here")
+    s.add_argument("--tolerance", type=float, default=1e-3,
+                   help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
+                        "(default 1e-3)")
+    s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
     s.add_argument("--run", action="append", required=True, metavar="DIR",

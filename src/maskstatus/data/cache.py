@@ -21,11 +21,19 @@ from tqdm.auto import tqdm
 from ..errors import ConfigError
 from ..runs import atomic_write
 
-from .images import load_rgb
+from .images import ImageError, load_rgb
 
 logger = logging.getLogger(__name__)
 
 Size = Optional[tuple[int, int]]
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (the affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def resize_to(img: np.ndarray, size: Size) -> np.ndarray:
@@ -79,11 +87,26 @@ class ImageCache:
     def _decode(self, i: int) -> np.ndarray:
         return resize_to(self.loader(self.paths[i]), self.size)
 
+    def _decode_or_error(self, i: int) -> np.ndarray | ImageError:
+        try:
+            return self._decode(i)
+        except ImageError as exc:
+            return exc
+
     def _decode_all(self, out) -> None:
+        """Decode every file into ``out``; a DataError naming every file that failed, after trying them all."""
+        from .validate import DataError, Problem
+
+        bad: list[Problem] = []
         with ThreadPoolExecutor(self.threads) as pool:
-            it = pool.map(self._decode, range(len(self.paths)))
+            it = pool.map(self._decode_or_error, range(len(self.paths)))
             for i, img in enumerate(tqdm(it, total=len(self.paths), desc="decode", disable=not self.progress)):
-                out[i] = img
+                if isinstance(img, ImageError):
+                    bad.append(Problem(img.path, img.reason))
+                else:
+                    out[i] = img
+        if bad:
+            raise DataError(bad, f"{len(self.paths)} images", note="cannot decode")
 
     def fill(self) -> "ImageCache":
         """Decode everything now (no-op for mode=none or when already filled)."""

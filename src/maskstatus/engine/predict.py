@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, Literal, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..age import AGE_MEAN, AGE_SIGMA, Cuts, mean_years, read_cuts, thresholds_cuts
 from ..config import Config, config_to_dict, load_config
-from ..data.cache import ImageCache
+from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
@@ -29,6 +29,11 @@ from .tta import average_view_probs, tta_views
 
 logger = logging.getLogger(__name__)
 
+# What predicts: the PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel).
+# Both map a normalised batch to the same dict of outputs, so everything after the forward pass is shared.
+Backend = Literal["torch", "onnx"]
+BACKENDS: tuple[str, ...] = ("torch", "onnx")
+Model = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
 def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric: Fabric) -> DataLoader:
@@ -58,7 +63,7 @@ class Inference(NamedTuple):
 @torch.no_grad()
 def infer(
     fabric: Fabric,
-    model: torch.nn.Module,
+    model: Model,
     loader: DataLoader,
     loss_fn: Optional[torch.nn.Module] = None,
     limit_batches: Optional[int] = None,
@@ -73,7 +78,8 @@ def infer(
     averaged with the plain view's. The loss is always that of the plain view.
     ``age_cuts`` split a regression head's years into age groups (default 29.5, 59.5).
     """
-    model.eval()
+    if isinstance(model, torch.nn.Module):
+        model.eval()
     views = tta_views(tta)
     rows, probs, years, losses = [], [], [], []
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
@@ -120,6 +126,7 @@ def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
     """A competition eval folder (info.csv + images/, or a parent holding eval/), else any image folder.
 
     Returns the table and whether it is a competition eval set (submission rows keep info.csv order).
+    Images are not decoded here: the image cache decodes each once and names every file it cannot decode.
     """
     data = Path(data)
     if not data.exists():
@@ -128,7 +135,7 @@ def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
         if (candidate / "info.csv").is_file():
             logger.info("%s: competition eval folder (%s found): the submission has ImageID,ans in info.csv order",
                         data, candidate / "info.csv")
-            return eval_table(candidate), True
+            return eval_table(candidate, check_images=False), True
     if (data.parent / "info.csv").is_file():
         # The images/ folder of an eval set: the plain format would not be a valid submission.
         logger.warning("%s sits beside %s: predicting it as a plain image folder (image,ans,mask,gender,age); "
@@ -143,7 +150,7 @@ def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
 @dataclass
 class LoadedRun:
     cfg: Config
-    model: torch.nn.Module
+    model: Model  # a torch.nn.Module, or an OnnxModel for the ONNX backend
     checkpoint: Path
     age_cuts: Cuts  # where a regression head's predicted years split into age groups
 
@@ -193,16 +200,32 @@ def _leaf_diff(a, b, prefix: str) -> dict[str, tuple]:
     return {} if a == b else {prefix: (a, b)}
 
 
-def load_run(run_dir: Path | str, which: str = "best", age_cuts: Optional[Cuts] = None) -> LoadedRun:
+def load_run(
+    run_dir: Path | str,
+    which: str = "best",
+    age_cuts: Optional[Cuts] = None,
+    backend: Backend = "torch",
+    onnx_dir: Optional[Path | str] = None,
+) -> LoadedRun:
     """A run's config and model with its best (or last) weights.
 
     ``age_cuts`` default to the ones tuned for this run (its age_cuts.json), else the scoring thresholds.
+    ``backend="onnx"`` loads the run's export (``<run>/onnx/``, or ``<onnx_dir>/<run name>/``) made by
+    ``maskstatus export`` instead of building the PyTorch model.
     """
     run = open_run_dir(run_dir)
     cfg = load_config(run.config)
     if age_cuts is None:
         age_cuts = read_cuts(run.root) or thresholds_cuts(cfg.data.age.thresholds())
     ckpt_path = run.best if which == "best" else run.last
+    if backend == "onnx":
+        from .onnx_model import OnnxModel, onnx_path
+
+        if not ckpt_path.is_file():
+            raise RunError(f"checkpoint not found: {ckpt_path}")
+        return LoadedRun(cfg, OnnxModel(onnx_path(run.root, which, onnx_dir), ckpt_path), ckpt_path, age_cuts)
+    if backend != "torch":
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     state = load_checkpoint(ckpt_path)
     _check_trained_config(cfg, state.get("config"), run.config, ckpt_path)
     # Weights come from the checkpoint: never fetch or load pretrained ones again.
@@ -281,17 +304,21 @@ def _run_probs(
     cfg = run.cfg
     key = tuple(cfg.cache.size) if cfg.cache.size else None
     if key not in caches:  # runs sharing an image size share one decode
+        # Decoding releases the GIL: one thread per core. Undecodable files fail here, all named at once.
+        threads = max(cfg.cache.decode_threads, available_cores())
         caches[key] = ImageCache(
-            table["image_path"].tolist(), size=key, mode="memory", threads=cfg.cache.decode_threads, progress=progress
+            table["image_path"].tolist(), size=key, mode="memory", threads=threads, progress=progress
         ).fill()
-    norm = model_data_config(run.model)
+    is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
+    norm = model_data_config(run.model) if is_torch else run.model.data_config
     transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
     dataset = FaceDataset(caches[key], np.arange(len(table)), transform)
     loader = eval_loader(dataset, batch_size or cfg.train.eval_batch_size, num_workers, fabric)
     model = run.model
-    if cfg.train.channels_last:
+    if is_torch and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model = fabric.setup_module(model)
+    if is_torch:
+        model = fabric.setup_module(model)
     rows, probs, _, years = infer(
         fabric,
         model,
@@ -362,6 +389,8 @@ def predict(
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
     vote: Vote = "soft",
+    backend: Backend = "torch",
+    onnx_dir: Optional[Path | str] = None,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
 
@@ -369,7 +398,13 @@ def predict(
     fold runs are averaged into one member (see ``ensemble.expand_runs``).
     ``weights`` (one per member) and ``vote`` combine the members (default: the
     plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own.
+    ``backend="onnx"`` predicts on the CPU with ONNX Runtime from the files ``maskstatus export``
+    wrote (in each run's ``onnx/`` folder, or under ``onnx_dir``); a run not exported is an error.
     """
+    if backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "onnx" and accelerator not in ("auto", "cpu"):
+        raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
     if not run_dirs:
         raise UsageError("predict needs at least one run folder")
     check_output(out)
@@ -380,10 +415,14 @@ def predict(
     if tta is not None:
         tta_views(tta)  # unknown names fail now too
     # Cut points tuned for a CV folder as a whole hold for each of its fold runs.
-    runs = [[load_run(r, checkpoint, read_cuts(member)) for r in group] for member, group in zip(run_dirs, groups)]
+    runs = [[load_run(r, checkpoint, read_cuts(member), backend, onnx_dir) for r in group]
+            for member, group in zip(run_dirs, groups)]
     table, competition = read_images(Path(data))
     if table.empty:
         raise DataError.one(data, "no images found")
-    fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
+    if backend == "onnx":  # ONNX Runtime computes in float32 on the CPU; Fabric only moves the batches
+        fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
+    else:
+        fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
     probs, years = predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
     return write_predictions(table, probs, Path(out), competition, years)

@@ -1,0 +1,148 @@
+"""CPU prediction benchmark: the same run predicted end to end with the PyTorch and the ONNX backend.
+
+    python benchmarks/predict_cpu.py --run RUN_OR_CV_DIR [--data EVAL_DIR] \
+        [--out benchmarks/results/predict-cpu.json] [--repeats 2]
+
+Exports the run to ONNX into a temporary folder (the run folder is only read;
+the export time is reported apart), then times ``predict`` end to end (load,
+decode, infer, write the submission) with each backend on the CPU, in
+alternating order when repeated so that a change in the machine's load hits
+both. Reports wall and CPU times, images/s, the share of images given the same
+18-class answer, the largest probability difference, each backend's model-only
+throughput on in-memory batches, the load average around each timing, the
+machine, the commit and the command. Not run by CI (minutes on a 2-core CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from proxy import DEFAULT_DATA, commit, machine  # noqa: E402
+
+from maskstatus.data.cache import available_cores  # noqa: E402
+from maskstatus.engine.ensemble import expand_runs  # noqa: E402
+from maskstatus.engine.export import export  # noqa: E402
+from maskstatus.engine.onnx_model import OnnxModel, onnx_path  # noqa: E402
+from maskstatus.engine.predict import load_run, predict  # noqa: E402
+from maskstatus.labels import PROB_COLUMNS  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = ("torch", "onnx")
+logger = logging.getLogger("predict_cpu")
+
+
+@torch.no_grad()
+def model_only_images_per_s(run_dir: Path, onnx_dir: Path, batch: int, batches: int = 3) -> dict[str, float]:
+    """Forward passes on one in-memory batch of the run's input shape, per backend (no decoding, no TTA)."""
+    torch_run = load_run(run_dir)
+    model = torch_run.model
+    if torch_run.cfg.train.channels_last:  # as predict runs it
+        model = model.to(memory_format=torch.channels_last)
+    onnx_model = OnnxModel(onnx_path(run_dir, onnx_dir=onnx_dir))
+    _, channels, h, w = onnx_model.meta["input"]["shape"]
+    x = torch.randn(batch, channels, h, w, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for name, forward in (("torch", model), ("onnx", onnx_model)):
+        forward(x)  # warm-up: first-call allocations and kernel choice
+        started = time.perf_counter()
+        for _ in range(batches):
+            forward(x)
+        out[name] = batch * batches / (time.perf_counter() - started)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, required=True, help="run or CV folder (read only)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA / "eval", help="eval folder (default: the proxy eval set)")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "predict-cpu.json")
+    p.add_argument("--repeats", type=int, default=1, help="timings per backend, alternating (default 1)")
+    p.add_argument("--batch-size", type=int, default=None, help="predict batch size (default: the run's)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    code_version = commit()
+    n_images = len(pd.read_csv(args.data / "info.csv")) if (args.data / "info.csv").is_file() else None
+
+    with tempfile.TemporaryDirectory(prefix="predict-cpu-") as tmp:
+        tmp = Path(tmp)
+        onnx_dir = tmp / "onnx"
+        t0 = time.perf_counter()
+        exported = export(args.run, out_dir=onnx_dir)
+        export_s = time.perf_counter() - t0
+
+        walls: dict[str, list[float]] = {b: [] for b in BACKENDS}
+        cpus: dict[str, list[float]] = {b: [] for b in BACKENDS}
+        loads: dict[str, list[list[float]]] = {b: [] for b in BACKENDS}
+        probs: dict[str, np.ndarray] = {}
+        answers: dict[str, np.ndarray] = {}
+        for i in range(args.repeats):
+            order = BACKENDS if i % 2 == 0 else BACKENDS[::-1]
+            for backend in order:
+                out = tmp / f"{backend}.csv"
+                load_before = os.getloadavg()[0]
+                t0, c0 = time.perf_counter(), time.process_time()
+                predict([args.run], args.data, out, accelerator="cpu", progress=False, backend=backend,
+                        onnx_dir=onnx_dir, batch_size=args.batch_size)
+                walls[backend].append(time.perf_counter() - t0)
+                cpus[backend].append(time.process_time() - c0)
+                loads[backend].append([load_before, os.getloadavg()[0]])
+                logger.info("%s: %.1f s", backend, walls[backend][-1])
+                answers[backend] = pd.read_csv(out)["ans"].to_numpy()
+                probs[backend] = pd.read_csv(out.with_name(out.stem + ".probs.csv"))[PROB_COLUMNS].to_numpy()
+        n_images = n_images or len(answers["torch"])
+        first_run = expand_runs([args.run])[0]
+        batch = args.batch_size or load_run(first_run).cfg.train.eval_batch_size
+        model_only = model_only_images_per_s(first_run, onnx_dir, batch)
+
+    wall = {b: statistics.median(walls[b]) for b in BACKENDS}
+    report = {
+        "run": str(args.run),
+        "data": str(args.data),
+        "images": int(n_images),
+        "fold_models": len(exported),
+        "export_s": round(export_s, 2),
+        "export_check": [r.check for r in exported],
+        "wall_s": {b: round(wall[b], 2) for b in BACKENDS},
+        "wall_s_each": {b: [round(w, 2) for w in walls[b]] for b in BACKENDS},
+        "images_per_s": {b: round(n_images / wall[b], 1) for b in BACKENDS},
+        # CPU seconds of this process (all threads): less sensitive than wall time to other processes on the
+        # machine, but it counts ONNX Runtime's threads spinning while they wait for work.
+        "cpu_s": {b: round(statistics.median(cpus[b]), 2) for b in BACKENDS},
+        "cpu_s_each": {b: [round(c, 2) for c in cpus[b]] for b in BACKENDS},
+        "onnx_wall_share": round(wall["onnx"] / wall["torch"], 3),
+        "goal": "onnx wall time <= 40% of torch, same answers on >= 99.5% of images",
+        "answer_agreement": float((answers["torch"] == answers["onnx"]).mean()),
+        "max_prob_diff": float(np.abs(probs["torch"] - probs["onnx"]).max()),
+        "model_only_images_per_s": {b: round(v, 1) for b, v in model_only.items()},
+        "model_only_batch": batch,
+        # 1-minute load average before and after each timing; above the core count, other processes shared the CPU.
+        "load_average_1m": loads,
+        "benchmark_wall_s": round(time.perf_counter() - started, 1),
+        "machine": {**machine(), "cores_available": available_cores()},
+        "commit": code_version,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""benchmarks/predict_cpu.py on a tiny run and the demo eval set (the real benchmark is not CI's)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskstatus.config import load_config
+from maskstatus.engine.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import predict_cpu  # noqa: E402
+
+
+@pytest.mark.slow
+def test_benchmark_reports_both_backends(demo_data, tmp_path, tiny_overrides):
+    cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={tmp_path / 'runs'}", *tiny_overrides,
+                             "train.epochs=1", "train.limit_train_batches=1", "model.age_output=years"])
+    run = train(cfg).run_dir
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    out = tmp_path / "predict-cpu.json"
+    assert predict_cpu.main(["--run", str(run), "--data", str(demo_data.eval_dir), "--out", str(out),
+                             "--repeats", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == len(list((demo_data.eval_dir / "images").iterdir()))
+    for key in ("wall_s", "cpu_s", "images_per_s", "model_only_images_per_s"):
+        assert set(report[key]) == {"torch", "onnx"} and all(v > 0 for v in report[key].values())
+    assert all(len(v) == 2 for v in report["wall_s_each"].values())
+    assert report["answer_agreement"] >= 0.995 and report["max_prob_diff"] < 1e-3
+    assert report["export_s"] > 0 and report["fold_models"] == 1
+    assert report["onnx_wall_share"] == pytest.approx(report["wall_s"]["onnx"] / report["wall_s"]["torch"], abs=1e-2)
+    for key in ("machine", "commit", "command", "load_average_1m"):
+        assert report[key]
+    assert "cpu" in report["machine"] and report["machine"]["cores_available"] >= 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # the run folder is only read
