@@ -143,3 +143,25 @@ def test_page_is_self_contained(client):
     html = r.text
     assert 'id="file"' in html and "explain" in html
     assert "http://" not in html and "https://" not in html  # no external resources
+
+
+def test_whole_photo_is_cropped_to_the_face_first(client, cv_dir, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from maskstatus.data.faces import FaceDetector, crop_face
+
+    scene = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    scene[500:1012, 900:1412] = skimage_data.astronaut()
+    buf = io.BytesIO()
+    Image.fromarray(scene).save(buf, format="PNG")
+    r = client.post("/predict", files=[("file", ("scene.png", buf.getvalue(), "image/png"))])
+    assert r.status_code == 200, r.text
+    answer = r.json()["images"][0]
+    assert answer["face"]["cropped"] and answer["face"]["detected"]
+    # the answer is predict's on the cut-out face (saved losslessly); the demo runs are 48x36 so the frame is 4:3
+    crop = crop_face(scene, FaceDetector(), aspect=48 / 36)
+    assert answer["face"]["frame"] == crop.frame.as_list()
+    face_file = tmp_path / "face.png"
+    Image.fromarray(crop.image).save(face_file)
+    expected = reference_probs(cv_dir, [face_file])[0]
+    assert answer["class"] == int(expected.argmax())
+    assert answer["class_prob"] == pytest.approx(float(expected.max()), abs=1e-5)
