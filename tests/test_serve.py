@@ -165,3 +165,84 @@ def test_whole_photo_is_cropped_to_the_face_first(client, cv_dir, tmp_path):
     expected = reference_probs(cv_dir, [face_file])[0]
     assert answer["class"] == int(expected.argmax())
     assert answer["class_prob"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+# The system chromium (Debian's package): Playwright cannot download its own browsers here.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def chromium():
+    """Path of the system chromium; skips (never passes) the test when there is none."""
+    import shutil
+
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on PATH: the web page test needs the system chromium "
+                    "(apt-get install chromium; `make setup` installs it when run as root)")
+    return path
+
+
+@pytest.mark.slow
+def test_web_page_in_headless_chromium(chromium, cv_dir, demo_data):
+    from playwright import sync_api
+
+    from maskstatus.serve.app import running_server
+
+    image = eval_images(demo_data, 1)[0]
+    app = create_app(Predictor([cv_dir], accelerator="cpu"))
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            answer = page.inner_text("#answer")
+            for title in ("Mask:", "Gender:", "Age group:"):
+                assert title in answer
+            assert "%" in answer
+            summary = page.inner_text("#summary")
+            expected = post_class(url, image)
+            assert summary.startswith(f"class {expected}:")
+            for task in TASKS:
+                img = page.locator(f"#maps img[data-task={task}]")
+                img.wait_for()
+                size = img.evaluate("e => [e.complete, e.naturalWidth, e.naturalHeight, e.clientWidth, e.clientHeight]")
+                assert size[0] and all(v > 0 for v in size[1:]), (task, size)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def post_class(url, path):
+    import httpx
+
+    r = httpx.post(url + "/predict", files=[("file", (path.name, path.read_bytes(), "image/jpeg"))], timeout=60)
+    r.raise_for_status()
+    return r.json()["images"][0]["class"]
+
+
+@pytest.mark.slow
+def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import serve_load
+
+    out = tmp_path / "serve.json"
+    args = ["--run", str(cv_dir), "--images", str(demo_data.eval_dir / "images"), "--requests", "12",
+            "--clients", "3", "--images-per-request", "2", "--warmup", "1", "--time-limit", "120", "--out", str(out)]
+    assert serve_load.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["requests_ok"] == 12 and report["requests_failed"] == 0 and not report["stopped_by_time_limit"]
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p95"] <= report["latency_ms_max"]
+    assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
+    assert report["server"]["models"] == 2
+    assert "cpu" in report["machine"] and "serve_load.py" in report["command"]

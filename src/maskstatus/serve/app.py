@@ -17,9 +17,11 @@ answering ``/health`` meanwhile.
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from contextlib import contextmanager
 from importlib import resources
-from typing import Awaitable, Callable, Optional
+from typing import Awaitable, Callable, Iterator, Optional
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -159,3 +161,25 @@ def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: Optional[st
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@contextmanager
+def running_server(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a background thread; yields its base URL (port 0: a free one)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, name="maskstatus-serve", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            raise RuntimeError(f"the server did not start on {host}:{port} within {timeout:g} s")
+        time.sleep(0.05)
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
