@@ -81,6 +81,7 @@ def test_predict_equals_predict_probs(client, cv_dir, demo_data, count):
             assert answer[task]["code"] == code
             np.testing.assert_allclose(list(answer[task]["probs"].values()), marginals[task][0], atol=1e-5)
         assert answer["time_ms"] > 0
+        assert answer["age"]["range"] == ("<30", "30-59", ">=60")[answer["age"]["code"]]
         assert answer["face"]["cropped"] is False  # demo images are face crops already
 
 

@@ -32,7 +32,7 @@ from ..data.transforms import build_transforms
 from ..engine.ensemble import combine_probs, expand_runs
 from ..engine.predict import LoadedRun, eval_loader, infer, load_run
 from ..engine.tta import tta_views
-from ..labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
+from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
 from .gradcam import heatmaps, png_data_uri
 
@@ -89,6 +89,7 @@ class _Member:
 class Prediction:
     probs: np.ndarray  # (18,) float32, the ensemble's class probabilities
     crop: FaceCrop  # what the model saw, and where the face was
+    age_ranges: tuple[str, ...] = DEFAULT_AGE_THRESHOLDS.names()  # readable age groups, e.g. "<30"
 
     def as_dict(self) -> dict:
         """JSON-ready answer: the class, each task's label and probabilities, the face box."""
@@ -105,6 +106,8 @@ class Prediction:
                 "prob": float(marginals[task][chosen[task]]),
                 "probs": {n: float(p) for n, p in zip(names[task], marginals[task])},
             }
+        out["age"]["range"] = self.age_ranges[age]
+        out["age"]["ranges"] = dict(zip(AGE_NAMES, self.age_ranges))
         out["face"] = {
             "detected": self.crop.face is not None,
             "box": self.crop.face.as_list() if self.crop.face else None,
@@ -160,6 +163,8 @@ class Predictor:
         # Frame faces with the shape the first model was trained on (cache.size is height, width).
         self.aspect = size[0] / size[1] if size else TRAINING_ASPECT
         self.detector = FaceDetector() if face_crop else None
+        # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
+        self.age_ranges = first.data.age.thresholds().names()
         self.lock = threading.Lock()
         logger.info("serving %d model(s) from %s on %s", self.model_count, ", ".join(map(str, self.sources)),
                     self.fabric.device)
@@ -214,7 +219,7 @@ class Predictor:
         """Find the faces, then predict all images in one batch."""
         crops = [self.prepare(img) for img in images]
         probs = self.probs([c.image for c in crops])
-        return [Prediction(p, c) for p, c in zip(probs, crops)]
+        return [Prediction(p, c, self.age_ranges) for p, c in zip(probs, crops)]
 
     def predict_timed(self, images: Sequence[np.ndarray]) -> tuple[list[Prediction], float]:
         start = time.perf_counter()
@@ -228,7 +233,7 @@ class Predictor:
         first fold of a CV folder), explaining the ensemble's chosen class.
         """
         crop = self.prepare(image)
-        pred = Prediction(self.probs([crop.image])[0], crop)
+        pred = Prediction(self.probs([crop.image])[0], crop, self.age_ranges)
         answer = pred.as_dict()
         chosen = {t: answer[t]["code"] for t in TASKS}
         maps: dict[str, str] = {}
