@@ -101,6 +101,24 @@ def test_text_file_named_jpg_is_422_json(client, demo_data):
     assert post(client, eval_images(demo_data, 1)).status_code == 200
 
 
+def test_chunked_upload_over_limit_is_413(client, demo_data):
+    """No Content-Length (chunked): the limit is enforced while the body streams in."""
+    def body():
+        for _ in range(12):
+            yield b"\0" * 2**20
+
+    r = client.post("/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert post(client, eval_images(demo_data, 1)).status_code == 200
+
+
+def test_truncated_jpeg_is_422_json(client, demo_data):
+    data = eval_images(demo_data, 1)[0].read_bytes()
+    r = client.post("/predict", files=[("file", ("cut.jpg", data[: len(data) // 3], "image/jpeg"))])
+    assert r.status_code == 422 and r.json()["file"] == "cut.jpg"
+    assert client.get("/health").json()["status"] == "ok"
+
+
 def png_header_only(width, height):
     """A few hundred bytes claiming a width x height RGB PNG: a decompression bomb's header."""
     def chunk(kind, data):
