@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast clean serve-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,12 +13,21 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: these exact builds are the ones torchvision works with here.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet -e '.[dev]'
+	# The web page test drives the system chromium (Playwright cannot download browsers here); as root with apt-get,
+	# install it when missing; elsewhere that test skips and says why.
+	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
+		echo "chromium not installed: the web page test will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/maskstatus demo --out demo
+
+# Serve the newest demo run (after `make demo`) on http://127.0.0.1:8000/
+serve-demo: $(STAMP)
+	$(VENV)/bin/maskstatus serve "$$(ls -d demo/runs/demo-* | tail -n 1)"
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

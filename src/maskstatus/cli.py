@@ -87,6 +87,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result is not None and result.is_global_zero:
         print(f"best val macro F1 {result.best_f1:.4f} at epoch {result.best_epoch}")
         print(f"run folder: {result.run_dir}")
+    print(f"serve it: maskstatus serve {result.run_dir}")
     return 0
 
 
@@ -300,6 +301,18 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .serve.app import create_app, serve
+    from .serve.predictor import Predictor
+
+    predictor = Predictor(args.run, checkpoint=args.checkpoint, accelerator=args.accelerator, tta=_tta_arg(args.tta),
+                          face_crop=not args.no_face_crop, max_pixels=args.max_pixels)
+    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files)
+    print(f"serving {predictor.model_count} model(s) on http://{args.host}:{args.port}/ (Ctrl+C stops)")
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskstatus",
@@ -457,6 +470,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(fn=_cmd_score)
+
+    s = sub.add_parser("serve", help="serve a run or CV folder over HTTP: JSON API and a web page",
+                       description="Load the model(s) once and answer POST /predict (multipart field 'file', "
+                                   "repeatable), POST /explain (one image, with Grad-CAM heatmaps), GET /health "
+                                   "and GET / (web page). Answers equal `maskstatus predict` on face crops.")
+    s.add_argument("run", nargs="+", metavar="RUN_OR_CV_DIR", help="run folder or CV folder; several: soft vote")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
+    s.add_argument("--tta", action="append", default=None, metavar="NAME",
+                   help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
+    s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
+    s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (default 40e6)")
+    s.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
+    s.set_defaults(fn=_cmd_serve)
     return p
 
 

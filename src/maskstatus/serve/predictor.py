@@ -1,0 +1,251 @@
+"""A model loaded once that answers for images in memory exactly what ``maskstatus predict`` answers for files.
+
+Everything between the decoded image and the 18 probabilities is the
+prediction code's own: ``load_run`` and ``expand_runs`` load the runs,
+``ImageCache`` resizes to the run's ``cache.size``, ``FaceDataset`` applies the
+run's eval transforms, ``infer`` runs the TTA views and ``combine_probs`` joins
+the ensemble members. Only the source of the pixels differs: arrays already
+decoded (with ``load_rgb``'s rules) instead of file paths.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from lightning_fabric import Fabric
+from PIL import Image
+
+from ..age import read_cuts
+from ..data.cache import ImageCache, resize_to
+from ..data.dataset import FaceDataset
+from ..data.faces import TRAINING_ASPECT, FaceCrop, FaceDetector, crop_face
+from ..data.images import ImageError, load_rgb
+from ..data.transforms import build_transforms
+from ..engine.ensemble import combine_probs, expand_runs
+from ..engine.predict import LoadedRun, eval_loader, infer, load_run
+from ..engine.tta import tta_views
+from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
+from ..models import model_data_config
+from .gradcam import heatmaps, png_data_uri
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_PIXELS = 40_000_000  # a 48-megapixel phone photo is 8000x6000; more than that is no portrait
+
+
+class BadImage(ValueError):
+    """An upload that is not an image the server will decode; ``reason`` is shown to the client."""
+
+    def __init__(self, reason: str, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.too_large = too_large
+
+
+def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Bytes of an uploaded file -> (H, W, 3) uint8 RGB, decoded as ``load_rgb`` decodes a file.
+
+    The pixel count is read from the header before any pixel is decoded, so a small
+    file claiming a huge image (a decompression bomb) costs nothing.
+    """
+    if not data:
+        raise BadImage("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+    except Image.DecompressionBombError as err:
+        raise BadImage(f"too many pixels: {err}", too_large=True) from None
+    except Exception:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for non-images
+        raise BadImage("not a recognised image: corrupt or unknown format") from None
+    if width * height > max_pixels:
+        raise BadImage(f"too many pixels: {width}x{height} is more than the limit of {max_pixels}", too_large=True)
+    try:
+        return load_rgb(io.BytesIO(data))
+    except ImageError as err:
+        raise BadImage(err.reason) from None
+
+
+@dataclass
+class _Member:
+    """One ensemble member: a run, or the fold runs of a CV folder (their probabilities averaged)."""
+
+    source: Path
+    runs: list[LoadedRun]
+    tasks: tuple[str, ...]
+    states: tuple[str, ...]
+    models: list[torch.nn.Module] = field(default_factory=list)  # the runs' models set up by Fabric
+    transforms: list = field(default_factory=list)
+
+
+@dataclass
+class Prediction:
+    probs: np.ndarray  # (18,) float32, the ensemble's class probabilities
+    crop: FaceCrop  # what the model saw, and where the face was
+    age_ranges: tuple[str, ...] = DEFAULT_AGE_THRESHOLDS.names()  # readable age groups, e.g. "<30"
+
+    def as_dict(self) -> dict:
+        """JSON-ready answer: the class, each task's label and probabilities, the face box."""
+        cls = int(self.probs.argmax())
+        mask, gender, age = decode(cls)
+        marginals = {t: p[0] for t, p in split_class_probs(self.probs[None].astype(np.float64)).items()}
+        names = {"mask": MASK_NAMES, "gender": GENDER_NAMES, "age": AGE_NAMES}
+        chosen = {"mask": mask, "gender": gender, "age": age}
+        out: dict = {"class": cls, "class_prob": float(self.probs[cls])}
+        for task in TASKS:
+            out[task] = {
+                "label": names[task][chosen[task]],
+                "code": int(chosen[task]),
+                "prob": float(marginals[task][chosen[task]]),
+                "probs": {n: float(p) for n, p in zip(names[task], marginals[task])},
+            }
+        out["age"]["range"] = self.age_ranges[age]
+        out["age"]["ranges"] = dict(zip(AGE_NAMES, self.age_ranges))
+        out["face"] = {
+            "detected": self.crop.face is not None,
+            "box": self.crop.face.as_list() if self.crop.face else None,
+            "cropped": self.crop.cropped,
+            "frame": self.crop.frame.as_list() if self.crop.frame else None,
+        }
+        return out
+
+
+class Predictor:
+    """Runs loaded once; ``predict`` is thread-safe (one batch at a time through the models).
+
+    ``sources`` are ensemble members as for ``maskstatus predict --run``: run
+    folders or CV folders. ``face_crop`` finds the face in whole photos first
+    (see ``data.faces``); ``predict`` on face crops answers as ``maskstatus predict``.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Path | str],
+        checkpoint: str = "best",
+        accelerator: str = "auto",
+        tta: Optional[Sequence[str]] = None,
+        face_crop: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        batch_size: Optional[int] = None,
+    ) -> None:
+        if not sources:
+            raise ValueError("serve needs at least one run or CV folder")
+        if tta is not None:
+            tta_views(tta)  # unknown names fail at start-up, not on the first request
+        self.sources = [Path(s) for s in sources]
+        self.tta = None if tta is None else list(tta)
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+        self.members: list[_Member] = []
+        for source in self.sources:
+            runs = [load_run(r, checkpoint, read_cuts(source)) for r in expand_runs([source])]
+            cfg = runs[0].cfg
+            self.members.append(_Member(source, runs, tuple(cfg.model.tasks), tuple(cfg.data.mask_states)))
+        first = self.members[0].runs[0].cfg
+        self.fabric = Fabric(accelerator=accelerator, devices=1, precision=first.train.precision)
+        for member in self.members:
+            for run in member.runs:
+                norm = model_data_config(run.model)
+                member.transforms.append(build_transforms(run.cfg.transforms.eval, norm["mean"], norm["std"],
+                                                          "transforms.eval"))
+                model = run.model
+                if run.cfg.train.channels_last:
+                    model = model.to(memory_format=torch.channels_last)
+                member.models.append(self.fabric.setup_module(model))
+        size = first.cache.size
+        # Frame faces with the shape the first model was trained on (cache.size is height, width).
+        self.aspect = size[0] / size[1] if size else TRAINING_ASPECT
+        self.detector = FaceDetector() if face_crop else None
+        # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
+        self.age_ranges = first.data.age.thresholds().names()
+        self.lock = threading.Lock()
+        logger.info("serving %d model(s) from %s on %s", self.model_count, ", ".join(map(str, self.sources)),
+                    self.fabric.device)
+
+    @property
+    def model_count(self) -> int:
+        return sum(len(m.runs) for m in self.members)
+
+    def describe(self) -> dict:
+        return {
+            "sources": [str(s) for s in self.sources],
+            "models": self.model_count,
+            "device": str(self.fabric.device),
+            "face_crop": self.detector is not None,
+            "max_pixels": self.max_pixels,
+        }
+
+    def prepare(self, image: np.ndarray) -> FaceCrop:
+        """The face cut out of a whole photo, or the photo itself (see ``data.faces``)."""
+        if self.detector is None:
+            return FaceCrop(image, None, None)
+        return crop_face(image, self.detector, self.aspect)
+
+    def probs(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """(N, 18) float32 ensemble probabilities of decoded RGB images, as ``predict_probs`` computes them."""
+        if not images:
+            raise ValueError("probs needs at least one image")
+        images = list(images)
+        with self.lock:
+            member_probs = []
+            for member in self.members:
+                per_run = [self._run_probs(run, model, transform, images)
+                           for run, model, transform in zip(member.runs, member.models, member.transforms)]
+                member_probs.append(np.mean(per_run, axis=0))
+            return combine_probs(member_probs, None, "soft", [m.tasks for m in self.members],
+                                 [m.states for m in self.members])
+
+    def _run_probs(self, run: LoadedRun, model: torch.nn.Module, transform, images: list[np.ndarray]) -> np.ndarray:
+        size = tuple(run.cfg.cache.size) if run.cfg.cache.size else None
+        # The cache's keys are indices into ``images``: it resizes exactly as it does for files.
+        cache = ImageCache([str(i) for i in range(len(images))], size=size, mode="memory", threads=1,
+                           progress=False, loader=lambda key: images[int(key)]).fill()
+        dataset = FaceDataset(cache, np.arange(len(images)), transform)
+        loader = eval_loader(dataset, self.batch_size or run.cfg.train.eval_batch_size, 0, self.fabric)
+        rows, probs, _, _ = infer(self.fabric, model, loader, tta=run.cfg.predict.tta if self.tta is None else self.tta,
+                                  age_cuts=run.age_cuts)
+        if not np.array_equal(rows, np.arange(len(images))):
+            raise RuntimeError("inference lost rows; this is a bug")
+        return probs.astype(np.float64)
+
+    def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
+        """Find the faces, then predict all images in one batch."""
+        crops = [self.prepare(img) for img in images]
+        probs = self.probs([c.image for c in crops])
+        return [Prediction(p, c, self.age_ranges) for p, c in zip(probs, crops)]
+
+    def predict_timed(self, images: Sequence[np.ndarray]) -> tuple[list[Prediction], float]:
+        start = time.perf_counter()
+        preds = self.predict(images)
+        return preds, time.perf_counter() - start
+
+    def explain(self, image: np.ndarray) -> dict:
+        """The answer for one photo plus a Grad-CAM heatmap per task as PNG data URIs (see ``serve.gradcam``).
+
+        Each task's map comes from the first model that predicts the task (the
+        first fold of a CV folder), explaining the ensemble's chosen class.
+        """
+        crop = self.prepare(image)
+        pred = Prediction(self.probs([crop.image])[0], crop, self.age_ranges)
+        answer = pred.as_dict()
+        chosen = {t: answer[t]["code"] for t in TASKS}
+        maps: dict[str, str] = {}
+        with self.lock:
+            for member in self.members:
+                if all(t in maps for t in member.tasks):
+                    continue
+                run, transform = member.runs[0], member.transforms[0]
+                size = tuple(run.cfg.cache.size) if run.cfg.cache.size else None
+                x = transform(image=resize_to(crop.image, size))["image"].to(self.fabric.device)
+                norm = model_data_config(run.model)
+                for task, rgb in heatmaps(run.model, x, chosen, norm["mean"], norm["std"]).items():
+                    maps.setdefault(task, png_data_uri(rgb))
+        answer["heatmaps"] = maps
+        return answer

@@ -1,0 +1,267 @@
+"""The HTTP server: answers equal to predict_probs, limits, errors, heatmaps; a face-crop rule on whole photos."""
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+from lightning_fabric import Fabric  # noqa: E402
+
+from maskstatus.engine.ensemble import expand_runs  # noqa: E402
+from maskstatus.engine.predict import load_run, predict_probs  # noqa: E402
+from maskstatus.labels import PROB_COLUMNS, TASKS, decode, split_class_probs  # noqa: E402
+from maskstatus.serve.app import create_app  # noqa: E402
+from maskstatus.serve.predictor import Predictor  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def cv_dir(demo_data, tmp_path_factory, tiny_overrides):
+    """A folder of two fold runs (as a CV folder holds them), one with hflip TTA: the server serves their mean."""
+    from maskstatus.config import load_config
+    from maskstatus.engine.train import train
+
+    out = tmp_path_factory.mktemp("cv")
+    for seed, extra in ((1, []), (2, ["predict.tta=[hflip]"])):
+        cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={out}", *tiny_overrides, f"seed={seed}",
+                                 "model.head=multitask", "train.epochs=1", "train.limit_train_batches=2", *extra])
+        train(cfg)
+    return out
+
+
+@pytest.fixture(scope="module")
+def client(cv_dir):
+    predictor = Predictor([cv_dir], accelerator="cpu")
+    with TestClient(create_app(predictor, max_upload_bytes=8 * 2**20)) as c:
+        yield c
+
+
+def eval_images(demo_data, n):
+    return sorted((demo_data.eval_dir / "images").iterdir())[:n]
+
+
+def reference_probs(cv_dir, paths):
+    import pandas as pd
+
+    runs = [load_run(r) for r in expand_runs([cv_dir])]
+    table = pd.DataFrame({"image_path": [str(p) for p in paths], "image_id": [p.name for p in paths]})
+    return predict_probs([runs], table, Fabric(accelerator="cpu", devices=1), progress=False)
+
+
+def post(client, paths, url="/predict"):
+    files = [("file", (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+    return client.post(url, files=files)
+
+
+def test_health(client, cv_dir):
+    r = client.get("/health")
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ok" and body["models"] == 2 and body["sources"] == [str(cv_dir)]
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_predict_equals_predict_probs(client, cv_dir, demo_data, count):
+    paths = eval_images(demo_data, count)
+    r = post(client, paths)
+    assert r.status_code == 200, r.text
+    answers = r.json()["images"]
+    expected = reference_probs(cv_dir, paths)
+    assert [a["file"] for a in answers] == [p.name for p in paths]
+    for answer, probs in zip(answers, expected):
+        cls = int(probs.argmax())
+        assert answer["class"] == cls
+        assert answer["class_prob"] == pytest.approx(float(probs[cls]), abs=1e-5)
+        marginals = split_class_probs(probs[None].astype(np.float64))
+        for task, code in zip(TASKS, decode(cls)):
+            assert answer[task]["code"] == code
+            np.testing.assert_allclose(list(answer[task]["probs"].values()), marginals[task][0], atol=1e-5)
+        assert answer["time_ms"] > 0
+        assert answer["age"]["range"] == ("<30", "30-59", ">=60")[answer["age"]["code"]]
+        assert answer["face"]["cropped"] is False  # demo images are face crops already
+
+
+def test_upload_over_limit_is_413_and_server_lives(client, demo_data):
+    big = b"\xff" * (60 * 2**20)
+    r = client.post("/predict", files=[("file", ("big.jpg", big, "image/jpeg"))])
+    assert r.status_code == 413
+    assert "limit" in r.json()["detail"]
+    assert post(client, eval_images(demo_data, 1)).status_code == 200
+
+
+def test_text_file_named_jpg_is_422_json(client, demo_data):
+    r = client.post("/predict", files=[("file", ("notes.jpg", b"just some text\n" * 10, "image/jpeg"))])
+    assert r.status_code == 422
+    body = r.json()
+    assert body["file"] == "notes.jpg" and "not a recognised image" in body["detail"]
+    assert post(client, eval_images(demo_data, 1)).status_code == 200
+
+
+def test_chunked_upload_over_limit_is_413(client, demo_data):
+    """No Content-Length (chunked): the limit is enforced while the body streams in."""
+    def body():
+        for _ in range(12):
+            yield b"\0" * 2**20
+
+    r = client.post("/predict", content=body(), headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    assert post(client, eval_images(demo_data, 1)).status_code == 200
+
+
+def test_truncated_jpeg_is_422_json(client, demo_data):
+    data = eval_images(demo_data, 1)[0].read_bytes()
+    r = client.post("/predict", files=[("file", ("cut.jpg", data[: len(data) // 3], "image/jpeg"))])
+    assert r.status_code == 422 and r.json()["file"] == "cut.jpg"
+    assert client.get("/health").json()["status"] == "ok"
+
+
+def png_header_only(width, height):
+    """A few hundred bytes claiming a width x height RGB PNG: a decompression bomb's header."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_413_json(client, demo_data):
+    r = client.post("/predict", files=[("file", ("bomb.png", png_header_only(30000, 30000), "image/png"))])
+    assert r.status_code == 413
+    assert "too many pixels" in r.json()["detail"] and r.json()["file"] == "bomb.png"
+    assert client.get("/health").status_code == 200
+    assert post(client, eval_images(demo_data, 2)).status_code == 200
+
+
+def test_missing_field_is_422_json(client):
+    r = client.post("/predict", files=[("other", ("a.jpg", b"x", "image/jpeg"))])
+    assert r.status_code == 422 and "detail" in r.json()
+
+
+def test_explain_gives_a_heatmap_per_task(client, demo_data):
+    path = eval_images(demo_data, 1)[0]
+    r = post(client, [path], "/explain")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body["heatmaps"]) == set(TASKS)
+    for uri in body["heatmaps"].values():
+        assert uri.startswith("data:image/png;base64,")
+        import base64
+
+        img = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+        assert min(img.size) >= 96
+    # the explained answer is the predicted one
+    assert body["class"] == post(client, [path]).json()["images"][0]["class"]
+
+
+def test_page_is_self_contained(client):
+    r = client.get("/")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert 'id="file"' in html and "explain" in html
+    assert "http://" not in html and "https://" not in html  # no external resources
+
+
+def test_whole_photo_is_cropped_to_the_face_first(client, cv_dir, tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from maskstatus.data.faces import FaceDetector, crop_face
+
+    scene = np.random.default_rng(0).integers(0, 256, (1200, 1600, 3), dtype=np.uint8)
+    scene[500:1012, 900:1412] = skimage_data.astronaut()
+    buf = io.BytesIO()
+    Image.fromarray(scene).save(buf, format="PNG")
+    r = client.post("/predict", files=[("file", ("scene.png", buf.getvalue(), "image/png"))])
+    assert r.status_code == 200, r.text
+    answer = r.json()["images"][0]
+    assert answer["face"]["cropped"] and answer["face"]["detected"]
+    # the answer is predict's on the cut-out face (saved losslessly); the demo runs are 48x36 so the frame is 4:3
+    crop = crop_face(scene, FaceDetector(), aspect=48 / 36)
+    assert answer["face"]["frame"] == crop.frame.as_list()
+    face_file = tmp_path / "face.png"
+    Image.fromarray(crop.image).save(face_file)
+    expected = reference_probs(cv_dir, [face_file])[0]
+    assert answer["class"] == int(expected.argmax())
+    assert answer["class_prob"] == pytest.approx(float(expected.max()), abs=1e-5)
+
+
+# The system chromium (Debian's package): Playwright cannot download its own browsers here.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture
+def chromium():
+    """Path of the system chromium; skips (never passes) the test when there is none."""
+    import shutil
+
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on PATH: the web page test needs the system chromium "
+                    "(apt-get install chromium; `make setup` installs it when run as root)")
+    return path
+
+
+@pytest.mark.slow
+def test_web_page_in_headless_chromium(chromium, cv_dir, demo_data):
+    from playwright import sync_api
+
+    from maskstatus.serve.app import running_server
+
+    image = eval_images(demo_data, 1)[0]
+    app = create_app(Predictor([cv_dir], accelerator="cpu"))
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.set_input_files("#file", str(image))
+            page.wait_for_selector("body[data-state=done]", timeout=60_000)
+            answer = page.inner_text("#answer")
+            for title in ("Mask:", "Gender:", "Age group:"):
+                assert title in answer
+            assert "%" in answer
+            summary = page.inner_text("#summary")
+            expected = post_class(url, image)
+            assert summary.startswith(f"class {expected}:")
+            for task in TASKS:
+                img = page.locator(f"#maps img[data-task={task}]")
+                img.wait_for()
+                size = img.evaluate("e => [e.complete, e.naturalWidth, e.naturalHeight, e.clientWidth, e.clientHeight]")
+                assert size[0] and all(v > 0 for v in size[1:]), (task, size)
+            assert not errors, errors
+        finally:
+            browser.close()
+
+
+def post_class(url, path):
+    import httpx
+
+    r = httpx.post(url + "/predict", files=[("file", (path.name, path.read_bytes(), "image/jpeg"))], timeout=60)
+    r.raise_for_status()
+    return r.json()["images"][0]["class"]
+
+
+@pytest.mark.slow
+def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
+    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import serve_load
+
+    out = tmp_path / "serve.json"
+    args = ["--run", str(cv_dir), "--images", str(demo_data.eval_dir / "images"), "--requests", "12",
+            "--clients", "3", "--images-per-request", "2", "--warmup", "1", "--time-limit", "120", "--out", str(out)]
+    assert serve_load.main(args) == 0
+    report = json.loads(out.read_text())
+    assert report["requests_ok"] == 12 and report["requests_failed"] == 0 and not report["stopped_by_time_limit"]
+    assert 0 < report["latency_ms_p50"] <= report["latency_ms_p95"] <= report["latency_ms_max"]
+    assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
+    assert report["server"]["models"] == 2
+    assert "cpu" in report["machine"] and "serve_load.py" in report["command"]
