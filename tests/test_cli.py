@@ -50,7 +50,7 @@ def test_train_cli_prints_run_folder_and_rejects_unknown_key(demo_data, tmp_path
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "run folder:" in out
-    run_dir = out.split("run folder:")[1].strip()
+    run_dir = out.split("run folder:")[1].splitlines()[0].strip()
     assert pd.read_csv(f"{run_dir}/metrics.csv").shape[0] == 1
     assert main(["train", "--config", DEMO_YAML, "train.epokhs=1"]) == 2
     assert "train.epokhs" in capsys.readouterr().err
@@ -60,9 +60,9 @@ def test_train_cli_resume_extends_the_run(demo_data, tmp_path, capsys, tiny_over
     args = ["train", "--config", DEMO_YAML, f"data.root={demo_data.root}", f"output_dir={tmp_path}",
             *tiny_overrides, "train.epochs=1", "scheduler.warmup_epochs=0", "train.limit_train_batches=1"]
     assert main(args) == 0
-    run_dir = capsys.readouterr().out.split("run folder:")[1].strip()
+    run_dir = capsys.readouterr().out.split("run folder:")[1].splitlines()[0].strip()
     assert main(["train", "--resume", run_dir, "train.epochs=2"]) == 0
-    assert capsys.readouterr().out.split("run folder:")[1].strip() == run_dir
+    assert capsys.readouterr().out.split("run folder:")[1].splitlines()[0].strip() == run_dir
     assert pd.read_csv(f"{run_dir}/metrics.csv")["epoch"].tolist() == [0, 1]
     assert "epochs: 2" in Path(run_dir, "config.yaml").read_text()
     with pytest.raises(SystemExit, match="either --config"):
