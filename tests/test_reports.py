@@ -49,7 +49,7 @@ def _section(text: str, key: str) -> str:
     return match.group(1)
 
 
-def _table_rows(html: str, table_id: str) -> list[list[str]]:
+def _table_rows(fragment: str, table_id: str) -> list[list[str]]:
     body = re.search(rf'<table id="{table_id}">.*?<tbody>(.*?)</tbody>', html, re.S)
     assert body, f"table {table_id!r} missing"
     return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]
