@@ -50,7 +50,7 @@ def _section(text: str, key: str) -> str:
 
 
 def _table_rows(fragment: str, table_id: str) -> list[list[str]]:
-    body = re.search(rf'<table id="{table_id}">.*?<tbody>(.*?)</tbody>', html, re.S)
+    body = re.search(rf'<table id="{table_id}">.*?<tbody>(.*?)</tbody>', fragment, re.S)
     assert body, f"table {table_id!r} missing"
     return [[html.unescape(re.sub(r"<[^>]+>", "", c)) for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row)]
             for row in re.findall(r"<tr>(.*?)</tr>", body.group(1))]
