@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstatus.analysis.eda import NEAR_DUPLICATE_BITS, analyse, find_duplicates, phash
+from maskstatus.analysis.eda import NEAR_DUPLICATE_BITS, analyse, find_duplicates, phash, render
+from maskstatus.analysis.html import write_page
 from maskstatus.analysis.report import _person_bootstrap, calibration
 from maskstatus.cli import main
 from maskstatus.config import load_config
@@ -41,6 +42,10 @@ def _assert_self_contained(text: str) -> None:
     assert sources and all(s.startswith("data:image/") for s in sources)
     assert not re.search(r'(src|href)\s*=\s*["\']?(https?:)?//', text)
     assert "<link" not in text and "<script" not in text
+
+
+def _write(result, out: Path) -> Path:
+    return write_page(render(result), out)
 
 
 def _section(text: str, key: str) -> str:
@@ -152,6 +157,21 @@ def test_eda_with_a_run_lists_the_suspected_label_errors(demo_data, tmp_path):
     rows = _table_rows(_section(_page(out), "suspects"), "suspect-table")
     assert len(rows) == 1
     assert rows[0][:4] == [flipped, "gender", GENDER_NAMES[gender[0]], GENDER_NAMES[1 - gender[0]]]
+
+
+def test_eda_lists_a_broken_train_csv_and_still_shows_eval(demo_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(demo_data.root, root)
+    csv = root / "train" / "train.csv"
+    lines = csv.read_text().splitlines()
+    csv.write_text("\n".join(["id,sex,race,age,path", *lines[1:]]) + "\n")
+    result = analyse(root)
+    assert result.train.empty and len(result.eval) == len(pd.read_csv(root / "eval" / "info.csv"))
+    text = _page(_write(result, tmp_path / "eda.html"))
+    problems = _table_rows(_section(text, "problems"), "problem-table")
+    assert len(problems) == 1 and problems[0][0] == "train/train.csv"
+    assert "missing column(s) ['gender']" in problems[0][1]
+    assert 'id="classes"' not in text  # nothing to count without a usable train.csv
 
 
 def test_eda_names_a_missing_folder(tmp_path, capsys):

@@ -344,7 +344,7 @@ def _age_section(r: EdaResult) -> str:
         ax.bar(years, counts, bottom=bottom, width=0.9, color=colour, label=name)
         bottom += counts
     for a, b in bands:
-        ax.axvspan(a - 0.5, b + 0.5, color="#ffb300", alpha=0.25, lw=0)
+        ax.axvspan(a - 0.5, b + 0.5, color="#ffb300", alpha=0.25, lw=0, zorder=0)
     for edge in (r.thresholds.young_below, r.thresholds.old_from):
         ax.axvline(edge - 0.5, color="black", ls="--", lw=1)
     ax.set_xlabel("age (years); dashed: group boundaries, shaded: years just below them")
@@ -385,6 +385,7 @@ def _images_section(r: EdaResult) -> str:
         parts.append(f"<div><h3>{H.esc(title)}</h3>" + H.table(rows, [title, *counts.columns]) + more + "</div>")
     ext = ok.assign(ext=ok["path"].map(lambda p: Path(p).suffix.lower()))
     counts = ext.groupby(["ext", "set"]).size().unstack("set", fill_value=0)
+    counts = counts.reindex(columns=[c for c in ("train", "eval") if c in counts.columns])
     rows = [[k, *[int(v) for v in row]] for k, row in counts.iterrows()]
     parts.append("<div><h3>file extension</h3>" + H.table(rows, ["extension", *counts.columns]) + "</div>")
     rotated = int((ok["orientation"] != 1).sum())
