@@ -360,14 +360,14 @@ def _folds_section(r: ReportResult) -> str:
                      f.get("best_epoch", ""), f.get("epochs_run", ""), s.f1, s.mask_f1, s.gender_f1, s.age_f1])
     cols = ["f1", "mask_f1", "gender_f1", "age_f1"]
     mean, std = scores[cols].mean(), scores[cols].std(ddof=1) if len(scores) > 1 else scores[cols] * np.nan
-    spread = H.kpis([(f"{c.replace('_f1', '')} F1 mean ± sd over folds", f"{mean[c]:.3f} ± {std[c]:.3f}")
-                     for c in cols])
+    titles = {"f1": "macro F1", "mask_f1": "mask F1", "gender_f1": "gender F1", "age_f1": "age F1"}
+    spread = H.kpis([(f"{titles[c]}: mean ± sd over folds", f"{mean[c]:.3f} ± {std[c]:.3f}") for c in cols])
     fig = Figure(figsize=(6, 2.6), layout="constrained")
     ax = fig.add_subplot()
     for i, c in enumerate(cols):
         ax.scatter(np.full(len(scores), i), scores[c], color="C0", zorder=3)
         ax.hlines(mean[c], i - 0.25, i + 0.25, color="C3")
-    ax.set_xticks(range(len(cols)), labels=["macro F1", "mask F1", "gender F1", "age F1"])
+    ax.set_xticks(range(len(cols)), labels=[titles[c] for c in cols])
     ax.set_title("per-fold scores (dots) and their mean (line)", fontsize=10)
     table = H.table(rows, ["fold", "run", "images", "best val F1 (cv_metrics.json)", "best epoch", "epochs",
                            "macro F1", "mask F1", "gender F1", "age F1"], digits=4, attrs='id="fold-table"')
