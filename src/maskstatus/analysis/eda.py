@@ -112,7 +112,8 @@ def phash(rgb: np.ndarray) -> bytes:
     grey = Image.fromarray(rgb).convert("L").resize((HASH_THUMB, HASH_THUMB), Image.Resampling.BOX)
     low = _BASIS @ np.asarray(grey, dtype=np.float64) @ _BASIS.T
     coeffs = low.reshape(-1)
-    # The DC term (overall brightness) is left out of the median so a darker copy hashes alike.
+    # The DC term is overall brightness, not structure, and far larger than the rest: it stays out of
+    # the median (its own bit is always set), so the median splits the structural coefficients in half.
     bits = coeffs > np.median(coeffs[1:])
     return np.packbits(bits).tobytes()
 
@@ -124,7 +125,12 @@ def image_facts(path: str) -> dict:
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        facts["problem"] = f"cannot read file: {err.strerror or err}"
+        try:  # unreadable: let the loader name the reason, as validate-data does
+            load_rgb(path)
+        except ImageError as image_err:
+            facts["problem"] = image_err.reason
+        else:
+            facts["problem"] = f"cannot read file: {err.strerror or err}"
         return facts
     facts["md5"] = hashlib.md5(data).hexdigest()
     try:
