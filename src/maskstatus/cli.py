@@ -313,6 +313,56 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- reports (eda, report): one self-contained HTML page each
+def _cmd_eda(args: argparse.Namespace) -> int:
+    from .analysis.eda import write_eda
+    from .labels import AgeThresholds
+
+    out, result = write_eda(Path(args.data_dir), Path(args.out), run=args.run,
+                            thresholds=AgeThresholds(args.young_below, args.old_from))
+    print(f"train: {result.train['person_id'].nunique()} people, {len(result.train)} images; "
+          f"eval: {len(result.eval)} images")
+    print(f"problems: {len(result.problems)}; cross-person duplicate pairs: {len(result.duplicates)}")
+    if result.suspects is not None:
+        print(f"suspected label errors: {len(result.suspects)}")
+    print(f"eda page: {out}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .analysis.report import write_report
+
+    out = Path(args.out) if args.out else Path(args.run) / "report.html"
+    out, result = write_report(Path(args.run), out)
+    m = result.metrics
+    print(f"OOF images {result.images}: macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
+    print(f"report page: {out}")
+    return 0
+
+
+def _add_report_commands(sub) -> None:
+    s = sub.add_parser("eda", help="write a self-contained HTML page exploring a data folder",
+                       description="Counts per class and task, age and race, image files, sample photos per class, "
+                                   "duplicates across people, every validation problem and, with --run, suspected "
+                                   "label errors: one HTML file that opens offline.")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="folder holding train/ and/or eval/")
+    s.add_argument("--out", default="eda.html", metavar="FILE.html", help="page to write (default eda.html)")
+    s.add_argument("--run", default=None, metavar="CV_DIR",
+                   help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected label errors")
+    s.add_argument("--young-below", type=int, default=30, help="age group 0 is age < this (default 30)")
+    s.add_argument("--old-from", type=int, default=60, help="age group 2 is age >= this (default 60)")
+    s.set_defaults(fn=_cmd_eda)
+
+    s = sub.add_parser("report", help="write a self-contained HTML page about a run or CV folder",
+                       description="Config, learning curves, confusion matrices, per-class precision/recall/F1 with "
+                                   "person-bootstrap intervals, calibration, the most confident wrong out-of-fold "
+                                   "predictions and, for a CV folder, the fold-to-fold spread.")
+    s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder or CV folder")
+    s.add_argument("--out", default=None, metavar="FILE.html", help="page to write (default RUN_OR_CV_DIR/report.html)")
+    s.set_defaults(fn=_cmd_report)
+# ---- end reports
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskstatus",
@@ -487,6 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (default 40e6)")
     s.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
     s.set_defaults(fn=_cmd_serve)
+
+    _add_report_commands(sub)
     return p
 
 
