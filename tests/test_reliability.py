@@ -299,3 +299,15 @@ def test_the_one_macro_f1_is_sklearns(tmp_path):
         true[true == 1] = 0  # and class 1 never occurs
         expected = f1_score(true, pred, labels=list(range(k)), average="macro", zero_division=0)
         assert macro_f1(true, pred, k) == pytest.approx(expected, abs=1e-12)
+
+
+def test_resuming_from_a_damaged_last_checkpoint_names_it_and_changes_nothing(one_run, tiny_config, tmp_path):
+    import shutil
+
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(one_run, run.root)
+    run.last.write_bytes(run.last.read_bytes()[:100])
+    config = run.config.read_bytes()
+    with pytest.raises(RunError, match=r"last\.pt"):
+        train(tiny_config("train.epochs=2"), resume=run.root)
+    assert run.config.read_bytes() == config

@@ -191,7 +191,7 @@ def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[
         # The fresh optimizer has not stepped yet; stepping its schedule is the point here.
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
         for row in history:
-            scheduler.step(row.get("val_score"))
+            scheduler.step(row.get("val_score", row.get("val_f1")))  # runs from before per-task scores: F1
     replayed = scheduler.state_dict()
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(replayed)  # also sets the optimizer's lr to the replayed one
@@ -208,6 +208,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     run: Optional[RunDir] = None
     if resume is not None:
         run = open_run_dir(resume)
+        resume_state = load_checkpoint(run.last)  # a damaged last.pt fails here, before config.yaml is rewritten
         folds, folds_source = read_folds(run.folds), str(run.folds)
     else:
         folds = _folds_for(cfg, table)
@@ -300,7 +301,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
 
     start_epoch, best_f1, best_epoch, history = 0, -1.0, -1, []
     if resume is not None:
-        state = load_checkpoint(run.last)
+        state = resume_state
         raw_model.load_state_dict(state["model"])
         start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
         history = [h for h in state["history"] if h["epoch"] < start_epoch]
