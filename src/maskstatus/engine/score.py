@@ -8,6 +8,7 @@ import pandas as pd
 
 from ..age import read_cuts
 from ..bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
+from ..errors import UsageError
 from ..labels import PROB_COLUMNS, TASKS
 from .ensemble import member_config, oof_path, read_oof
 
@@ -33,6 +34,11 @@ def score_oof(path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAU
     has no 18-class metrics (None), a cascade expert is scored on its mask states.
     Returns ``Interval.to_dict()`` plus the file read, the folds and the cut points.
     """
+    # The command line hands these over as typed: a user's mistake, not a bug.
+    if int(n_boot) < 1:
+        raise UsageError(f"--boot must be at least 1, got {n_boot}")
+    if not 0.0 < float(level) < 1.0:
+        raise UsageError(f"--level: the interval level must lie strictly between 0 and 1, got {level}")
     path = Path(path)
     oof = read_oof(path)
     cfg = member_config(path) if path.is_dir() else None
