@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +16,13 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..age import Cuts, mean_years, read_cuts, thresholds_cuts
-from ..config import Config, load_config
+from ..config import Config, GroupingConfig, load_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
-from ..labels import NUM_CLASSES, PROB_COLUMNS, decode
+from ..grouping import FeatureCapture, group_people
+from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES, PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
@@ -64,25 +66,33 @@ def infer(
     desc: str = "predict",
     tta: Sequence[str] = (),
     age_cuts: Optional[Cuts] = None,
+    grouping: Optional[GroupingConfig] = None,
 ) -> Inference:
     """Probabilities of every row of ``loader``, gathered from every rank, sorted by row, rows unique.
 
     ``tta`` names test-time augmentations (see ``tta.TTA``); their probabilities are
     averaged with the plain view's. The loss is always that of the plain view.
     ``age_cuts`` split a regression head's years into age groups (default 29.5, 59.5).
+    With ``grouping``, the photos are grouped into people by the plain view's face
+    embeddings, and gender and age made consistent within each group (see ``grouping``).
     """
     model.eval()
     views = tta_views(tta)
-    rows, probs, years, losses = [], [], [], []
+    rows, probs, years, losses, embeds = [], [], [], [], []
+    capture = (FeatureCapture(model, grouping.layer, grouping.upper_fraction, grouping.columns)
+               if grouping is not None else None)
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
     for i, batch in enumerate(bar):
         if limit_batches is not None and i >= limit_batches:
             break
         batch = fabric.to_device(batch)
         view_outputs = []
-        for view in views:
-            with fabric.autocast():
+        for view_index, view in enumerate(views):
+            embed = capture if capture is not None and view_index == 0 else contextlib.nullcontext()
+            with fabric.autocast(), embed:
                 outputs = model(view(batch["image"]))
+            if embed is capture:
+                embeds.append(capture.pop())
             view_outputs.append({k: v.float() for k, v in outputs.items()})
         if loss_fn is not None:
             loss, _ = loss_fn(view_outputs[0], batch)
@@ -98,6 +108,7 @@ def infer(
         row_t = torch.zeros(0, dtype=torch.long, device=fabric.device)
         prob_t = torch.zeros(0, NUM_CLASSES, device=fabric.device)
     year_t = torch.cat(years) if years else None
+    embed_t = torch.cat(embeds) if embeds else None
     loss_sum = torch.stack(losses).sum() if losses else torch.zeros((), device=fabric.device)
     count = torch.tensor(float(len(row_t)), device=fabric.device)
     if fabric.world_size > 1:
@@ -105,13 +116,22 @@ def infer(
         prob_t = fabric.all_gather(prob_t).reshape(-1, NUM_CLASSES)
         if year_t is not None:
             year_t = fabric.all_gather(year_t).reshape(-1, 2)
+        if embed_t is not None:
+            embed_t = fabric.all_gather(embed_t).reshape(-1, embed_t.shape[-1])
         loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum")
         count = fabric.all_reduce(count, reduce_op="sum")
     row_np, prob_np = row_t.cpu().numpy(), prob_t.float().cpu().numpy()
     row_np, first = np.unique(row_np, return_index=True)
     year_np = year_t.float().cpu().numpy()[first] if year_t is not None else None
     mean_loss = float(loss_sum / count) if loss_fn is not None and count > 0 else float("nan")
-    return Inference(row_np, prob_np[first], mean_loss, year_np)
+    prob_np = prob_np[first]
+    if embed_t is not None:
+        # After gathering, so every rank groups all the photos the same way.
+        grouped = group_people(prob_np, embed_t.float().cpu().numpy()[first], grouping.max_size,
+                               grouping.min_similarity, grouping.neighbors, year_np,
+                               age_cuts or thresholds_cuts(DEFAULT_AGE_THRESHOLDS))
+        prob_np, year_np = grouped.probs, grouped.age_years
+    return Inference(row_np, prob_np, mean_loss, year_np)
 
 
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
@@ -164,6 +184,7 @@ def predict_probs(
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
     vote: Vote = "soft",
+    group_people: Optional[bool] = None,
 ) -> np.ndarray:
     """Ensemble 18-class probabilities in table order.
 
@@ -171,6 +192,7 @@ def predict_probs(
     whose probabilities are averaged into one member. Members are combined by
     ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
     overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
+    ``group_people`` likewise overrides every run's ``predict.group_people``.
     """
     members = [[m] if isinstance(m, LoadedRun) else list(m) for m in runs]
     if not members or any(not m for m in members):
@@ -178,7 +200,8 @@ def predict_probs(
     caches: dict = {}
     member_probs = []
     for member in members:
-        probs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
+        probs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta, group_people)
+                 for run in member]
         member_probs.append(np.mean(probs, axis=0))
     # The folds of one member share a config, so its first run tells which tasks it predicts.
     return combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members],
@@ -194,6 +217,7 @@ def _run_probs(
     num_workers: int,
     progress: bool,
     tta: Optional[Sequence[str]],
+    group_people: Optional[bool] = None,
 ) -> np.ndarray:
     """One run's probabilities (N, 18) as float64; ``caches`` holds decoded images shared between runs."""
     cfg = run.cfg
@@ -218,6 +242,7 @@ def _run_probs(
         desc=f"predict {run.checkpoint.parent.parent.name}",
         tta=cfg.predict.tta if tta is None else tta,
         age_cuts=run.age_cuts,
+        grouping=cfg.predict.grouping if (cfg.predict.group_people if group_people is None else group_people) else None,
     )
     if not np.array_equal(rows, np.arange(len(table))):
         raise RuntimeError("inference lost rows; this is a bug")
@@ -255,13 +280,15 @@ def predict(
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
     vote: Vote = "soft",
+    group_people: Optional[bool] = None,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
 
     Each of ``run_dirs`` is an ensemble member: a run folder, or a CV folder whose
     fold runs are averaged into one member (see ``ensemble.expand_runs``).
     ``weights`` (one per member) and ``vote`` combine the members (default: the
-    plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own.
+    plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own, and so for
+    ``group_people`` and ``predict.group_people``.
     """
     if not run_dirs:
         raise ValueError("predict needs at least one run folder")
@@ -277,5 +304,5 @@ def predict(
     if table.empty:
         raise ValueError(f"no images found in {data}")
     fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
-    probs = predict_probs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
+    probs = predict_probs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote, group_people)
     return write_predictions(table, probs, Path(out), competition)
