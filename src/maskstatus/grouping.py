@@ -10,7 +10,7 @@ photos of a person look alike above the mask: eyes, brows, hair, forehead. So:
    a proxy fold (configs/best-cpu.yaml after one epoch) 96 % of a photo's 6 nearest
    neighbours were photos of its own person this way; with the pooled last
    features (what the heads see, tuned to mask, gender and age rather than to
-   identity) 34 %, with the whole of the same feature map 29 %.
+   identity) 34 %, with the whole of the same feature map 14-29 % (by pooling grid).
 2. ``cluster_people`` links each photo to its nearest neighbours by cosine
    similarity and merges the most similar pairs first into groups of at most
    ``max_size`` photos (single linkage with a size cap and a similarity floor).
