@@ -254,10 +254,26 @@ class TrainConfig(_Section):
     unfreeze_epoch: Optional[int] = Field(None, ge=0, description="epoch at which frozen stages start training")
 
 
+class GroupingConfig(_Section):
+    """How photos are grouped into people when ``predict.group_people`` is on (see ``maskstatus.grouping``)."""
+
+    layer: str = Field("blocks.3", description="backbone module whose feature map embeds a face: a stage at 1/16 "
+                       "resolution (EfficientNet: blocks.3; ResNet: layer3)")
+    upper_fraction: float = Field(0.34, gt=0.0, le=1.0, description="top share of the feature map's rows used: "
+                                  "the part of the face a mask leaves visible")
+    columns: int = Field(3, ge=1, description="the upper rows are pooled into this many columns (eye layout)")
+    max_size: int = Field(7, ge=2, description="most photos in one group (a person has 7)")
+    min_similarity: float = Field(0.5, ge=-1.0, le=1.0, description="photos less cosine-similar are never linked")
+    neighbors: int = Field(10, ge=1, description="candidate links per photo (its nearest neighbours)")
+
+
 class PredictConfig(_Section):
     tta: list[Literal["hflip", "shift"]] = Field(
         default_factory=list, description="test-time augmentations averaged with the plain view (after softmax)"
     )
+    group_people: bool = Field(False, description="group the photos of one person by face similarity and average "
+                               "their gender and age predictions (validation and predict)")
+    grouping: GroupingConfig = GroupingConfig()
 
 
 class Config(_Section):

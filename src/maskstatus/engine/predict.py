@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from ..age import AGE_MEAN, AGE_SIGMA, Cuts, mean_years, read_cuts, thresholds_cuts
-from ..config import Config, config_to_dict, load_config
+from ..config import Config, GroupingConfig, config_to_dict, load_config
 from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..errors import DataError, RunError, UsageError
-from ..labels import NUM_CLASSES, PROB_COLUMNS, decode
+from ..grouping import FeatureCapture, group_people
+from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES, PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
@@ -71,26 +73,34 @@ def infer(
     desc: str = "predict",
     tta: Sequence[str] = (),
     age_cuts: Optional[Cuts] = None,
+    grouping: Optional[GroupingConfig] = None,
 ) -> Inference:
     """Probabilities of every row of ``loader``, gathered from every rank, sorted by row, rows unique.
 
     ``tta`` names test-time augmentations (see ``tta.TTA``); their probabilities are
     averaged with the plain view's. The loss is always that of the plain view.
     ``age_cuts`` split a regression head's years into age groups (default 29.5, 59.5).
+    With ``grouping``, the photos are grouped into people by the plain view's face
+    embeddings, and gender and age made consistent within each group (see ``grouping``).
     """
     if isinstance(model, torch.nn.Module):
         model.eval()
     views = tta_views(tta)
-    rows, probs, years, losses = [], [], [], []
+    rows, probs, years, losses, embeds = [], [], [], [], []
+    capture = (FeatureCapture(model, grouping.layer, grouping.upper_fraction, grouping.columns)
+               if grouping is not None else None)
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
     for i, batch in enumerate(bar):
         if limit_batches is not None and i >= limit_batches:
             break
         batch = fabric.to_device(batch)
         view_outputs = []
-        for view in views:
-            with fabric.autocast():
+        for view_index, view in enumerate(views):
+            embed = capture if capture is not None and view_index == 0 else contextlib.nullcontext()
+            with fabric.autocast(), embed:
                 outputs = model(view(batch["image"]))
+            if embed is capture:
+                embeds.append(capture.pop())
             view_outputs.append({k: v.float() for k, v in outputs.items()})
         if loss_fn is not None:
             loss, _ = loss_fn(view_outputs[0], batch)
@@ -106,6 +116,7 @@ def infer(
         row_t = torch.zeros(0, dtype=torch.long, device=fabric.device)
         prob_t = torch.zeros(0, NUM_CLASSES, device=fabric.device)
     year_t = torch.cat(years) if years else None
+    embed_t = torch.cat(embeds) if embeds else None
     loss_sum = torch.stack(losses).sum() if losses else torch.zeros((), device=fabric.device)
     count = torch.tensor(float(len(row_t)), device=fabric.device)
     if fabric.world_size > 1:
@@ -113,13 +124,22 @@ def infer(
         prob_t = fabric.all_gather(prob_t).reshape(-1, NUM_CLASSES)
         if year_t is not None:
             year_t = fabric.all_gather(year_t).reshape(-1, 2)
+        if embed_t is not None:
+            embed_t = fabric.all_gather(embed_t).reshape(-1, embed_t.shape[-1])
         loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum")
         count = fabric.all_reduce(count, reduce_op="sum")
     row_np, prob_np = row_t.cpu().numpy(), prob_t.float().cpu().numpy()
     row_np, first = np.unique(row_np, return_index=True)
     year_np = year_t.float().cpu().numpy()[first] if year_t is not None else None
     mean_loss = float(loss_sum / count) if loss_fn is not None and count > 0 else float("nan")
-    return Inference(row_np, prob_np[first], mean_loss, year_np)
+    prob_np = prob_np[first]
+    if embed_t is not None:
+        # After gathering, so every rank groups all the photos the same way.
+        grouped = group_people(prob_np, embed_t.float().cpu().numpy()[first], grouping.max_size,
+                               grouping.min_similarity, grouping.neighbors, year_np,
+                               age_cuts or thresholds_cuts(DEFAULT_AGE_THRESHOLDS))
+        prob_np, year_np = grouped.probs, grouped.age_years
+    return Inference(row_np, prob_np, mean_loss, year_np)
 
 
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
@@ -245,6 +265,7 @@ def predict_probs(
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
     vote: Vote = "soft",
+    group_people: Optional[bool] = None,
 ) -> np.ndarray:
     """Ensemble 18-class probabilities in table order.
 
@@ -252,8 +273,10 @@ def predict_probs(
     whose probabilities are averaged into one member. Members are combined by
     ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
     overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
+    ``group_people`` likewise overrides every run's ``predict.group_people``.
     """
-    return predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)[0]
+    return predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote,
+                           group_people)[0]
 
 
 def predict_outputs(
@@ -266,6 +289,7 @@ def predict_outputs(
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
     vote: Vote = "soft",
+    group_people: Optional[bool] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """:func:`predict_probs`, plus the predicted age in years (N, 2: mean, spread) or None.
 
@@ -278,7 +302,8 @@ def predict_outputs(
     caches: dict = {}
     member_probs, years = [], []
     for member in members:
-        outputs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta) for run in member]
+        outputs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta, group_people)
+                   for run in member]
         member_probs.append(np.mean([probs for probs, _ in outputs], axis=0))
         years += [y for _, y in outputs if y is not None]
     # The folds of one member share a config, so its first run tells which tasks it predicts.
@@ -296,6 +321,7 @@ def _run_probs(
     num_workers: int,
     progress: bool,
     tta: Optional[Sequence[str]],
+    group_people: Optional[bool] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """One run's probabilities (N, 18) as float64 and its predicted years (N, 2) or None.
 
@@ -319,6 +345,10 @@ def _run_probs(
         model = model.to(memory_format=torch.channels_last)
     if is_torch:
         model = fabric.setup_module(model)
+    grouping = cfg.predict.grouping if (cfg.predict.group_people if group_people is None else group_people) else None
+    if grouping is not None and not is_torch:
+        # The embeddings come from a hook on a backbone layer, which an ONNX graph does not expose.
+        raise UsageError(f"{run.checkpoint}: predict.group_people needs the torch backend (use --backend torch)")
     rows, probs, _, years = infer(
         fabric,
         model,
@@ -327,6 +357,7 @@ def _run_probs(
         desc=f"predict {run.checkpoint.parent.parent.name}",
         tta=cfg.predict.tta if tta is None else tta,
         age_cuts=run.age_cuts,
+        grouping=grouping,
     )
     if not np.array_equal(rows, np.arange(len(table))):
         raise RuntimeError("inference lost rows; this is a bug")
@@ -391,13 +422,15 @@ def predict(
     vote: Vote = "soft",
     backend: Backend = "torch",
     onnx_dir: Optional[Path | str] = None,
+    group_people: Optional[bool] = None,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
 
     Each of ``run_dirs`` is an ensemble member: a run folder, or a CV folder whose
     fold runs are averaged into one member (see ``ensemble.expand_runs``).
     ``weights`` (one per member) and ``vote`` combine the members (default: the
-    plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own.
+    plain mean). ``tta`` overrides the runs' ``predict.tta``; None keeps each run's own, and so for
+    ``group_people`` and ``predict.group_people``.
     ``backend="onnx"`` predicts on the CPU with ONNX Runtime from the files ``maskstatus export``
     wrote (in each run's ``onnx/`` folder, or under ``onnx_dir``); a run not exported is an error.
     """
@@ -424,5 +457,6 @@ def predict(
         fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
     else:
         fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
-    probs, years = predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote)
+    probs, years = predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote,
+                                   group_people)
     return write_predictions(table, probs, Path(out), competition, years)

@@ -37,6 +37,7 @@ from ..data.transforms import build_train_eval
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
+from ..grouping import FeatureCapture
 from ..models import create_model, model_data_config
 from ..models.freeze import set_trainable, stage_parameters
 from ..optim import build_optimizer, build_scheduler
@@ -255,6 +256,9 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     cache.fill()
 
     model = create_model(cfg.model)
+    if cfg.predict.group_people:  # a grouping layer the backbone lacks fails now, not after the first epoch
+        g = cfg.predict.grouping
+        FeatureCapture(model, g.layer, g.upper_fraction, g.columns)
     norm = model_data_config(model)
     input_hw = tuple(cfg.cache.size) if cfg.cache.size else tuple(np.asarray(cache[0]).shape[:2])
     train_tf, eval_tf = build_train_eval(cfg.transforms.train, cfg.transforms.eval, norm["mean"], norm["std"], input_hw)
@@ -334,6 +338,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         rows, probs, val_loss, val_years = infer(
             fabric, eval_model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
             desc=f"val {epoch}", tta=cfg.predict.tta, age_cuts=thresholds_cuts(cfg.data.age.thresholds()),
+            grouping=cfg.predict.grouping if cfg.predict.group_people else None,
         )
         metrics = model_metrics(probs, table["label"].to_numpy()[rows], cfg.model.tasks, cfg.data.mask_codes())
         lr = scheduler.lr
