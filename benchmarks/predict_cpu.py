@@ -118,8 +118,8 @@ def main(argv: list[str] | None = None) -> int:
         "fold_models": len(exported),
         "export_s": round(export_s, 2),
         "export_check": [r.check for r in exported],
-        "wall_s": {b: round(wall[b], 2) for b in BACKENDS},
-        "wall_s_each": {b: [round(w, 2) for w in walls[b]] for b in BACKENDS},
+        "wall_s": {b: round(wall[b], 3) for b in BACKENDS},
+        "wall_s_each": {b: [round(w, 3) for w in walls[b]] for b in BACKENDS},
         "images_per_s": {b: round(n_images / wall[b], 1) for b in BACKENDS},
         # CPU seconds of this process (all threads): less sensitive than wall time to other processes on the
         # machine, but it counts ONNX Runtime's threads spinning while they wait for work.

@@ -31,7 +31,8 @@ def test_benchmark_reports_both_backends(demo_data, tmp_path, tiny_overrides):
     assert all(len(v) == 2 for v in report["wall_s_each"].values())
     assert report["answer_agreement"] >= 0.995 and report["max_prob_diff"] < 1e-3
     assert report["export_s"] > 0 and report["fold_models"] == 1
-    assert report["onnx_wall_share"] == pytest.approx(report["wall_s"]["onnx"] / report["wall_s"]["torch"], abs=1e-2)
+    # wall_s is rounded to ms; the share is computed before rounding
+    assert report["onnx_wall_share"] == pytest.approx(report["wall_s"]["onnx"] / report["wall_s"]["torch"], rel=0.05)
     for key in ("machine", "commit", "command", "load_average_1m"):
         assert report[key]
     assert "cpu" in report["machine"] and report["machine"]["cores_available"] >= 1

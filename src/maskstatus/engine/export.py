@@ -39,7 +39,7 @@ from ..models.heads import SINGLE_KEY
 from ..runs import atomic_write_text
 from .ensemble import expand_runs
 from .onnx_model import INPUT_NAME, SIDECAR_FORMAT, OnnxModel, file_sha256, onnx_path, sidecar_path
-from .predict import load_run
+from .predict import LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ def export_run(
     return ExportResult(run_dir, target, sidecar_path(target), check, seconds)
 
 
-def _sidecar(cfg: Config, run, norm: dict, keys: Sequence[str], input_shape: torch.Size, fixed_size: bool,
+def _sidecar(cfg: Config, run: LoadedRun, norm: dict, keys: Sequence[str], input_shape: torch.Size, fixed_size: bool,
              cuts_source: str, checkpoint: str) -> dict[str, Any]:
     import onnx
     import onnxruntime

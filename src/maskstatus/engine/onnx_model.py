@@ -15,7 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
 
 from ..data.cache import available_cores
@@ -123,6 +122,6 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         # contiguous(): a channels_last or flipped view must become plain NCHW memory for the runtime.
-        array = np.ascontiguousarray(x.detach().to("cpu", torch.float32).contiguous().numpy())
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         outputs = self.session.run(self.output_keys, {self.input_name: array})
         return {key: torch.from_numpy(value) for key, value in zip(self.output_keys, outputs)}
