@@ -16,7 +16,6 @@ clustering on 12,600 embeddings (the eval set's size). Writes nothing into the r
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -187,9 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": code_version,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    proxy.write_report(report, args.out)
     return 0
 
 

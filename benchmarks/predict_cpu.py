@@ -16,7 +16,6 @@ machine, the commit and the command. Not run by CI (minutes on a 2-core CPU).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -32,7 +31,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from proxy import DEFAULT_DATA, commit, machine  # noqa: E402
+from proxy import DEFAULT_DATA, commit, machine, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
@@ -138,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": code_version,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
     return 0
 
 

@@ -131,6 +131,13 @@ def peak_memory_mb() -> float:
     return max(own, kids) / 1024
 
 
+def write_report(report: dict, out: Path) -> None:
+    """Write a benchmark's JSON (creating its folder) and print it: every benchmark script ends this way."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config")
@@ -195,9 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if torch.cuda.is_available():
         report["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
+    write_report(report, args.out)
     return 0
 
 
