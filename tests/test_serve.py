@@ -265,3 +265,30 @@ def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
     assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
     assert report["server"]["models"] == 2
     assert "cpu" in report["machine"] and "serve_load.py" in report["command"]
+
+
+@pytest.mark.slow
+def test_run_trained_on_face_crops_is_served_like_predict(tmp_path, tiny_overrides):
+    """data.face_crop: predict crops at cache time; the server crops the same way, even with face_crop off."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from maskstatus.config import load_config
+    from maskstatus.data.synthetic import make_demo_data
+    from maskstatus.engine.train import train
+
+    # Few people: every training image goes through the face detector (tens of ms each).
+    data = make_demo_data(tmp_path / "data", people=12, eval_people=2, seed=5)
+    cfg = load_config(None, [f"data.root={data.root}", f"output_dir={tmp_path / 'runs'}", *tiny_overrides,
+                             "data.face_crop=true", "train.epochs=1", "train.limit_train_batches=2",
+                             f"cache.dir={tmp_path / 'cache'}"])
+    run = train(cfg).run_dir
+    scene = np.random.default_rng(1).integers(0, 256, (900, 1400, 3), dtype=np.uint8)
+    scene[200:712, 700:1212] = skimage_data.astronaut()
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene).save(path)
+    expected = reference_probs(run, [path])[0]
+    with TestClient(create_app(Predictor([run], accelerator="cpu", face_crop=False))) as c:
+        answer = post(c, [path]).json()["images"][0]
+    assert answer["face"]["cropped"]
+    assert answer["class"] == int(expected.argmax())
+    np.testing.assert_allclose(list(answer["mask"]["probs"].values()),
+                               split_class_probs(expected[None].astype(np.float64))["mask"][0], atol=1e-5)

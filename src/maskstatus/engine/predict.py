@@ -18,6 +18,7 @@ from ..age import Cuts, mean_years, read_cuts, thresholds_cuts
 from ..config import Config, load_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, worker_init
+from ..data.faces import cache_loader
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..labels import NUM_CLASSES, PROB_COLUMNS, decode
@@ -197,10 +198,12 @@ def _run_probs(
 ) -> np.ndarray:
     """One run's probabilities (N, 18) as float64; ``caches`` holds decoded images shared between runs."""
     cfg = run.cfg
-    key = tuple(cfg.cache.size) if cfg.cache.size else None
-    if key not in caches:  # runs sharing an image size share one decode
+    size = tuple(cfg.cache.size) if cfg.cache.size else None
+    key = (size, cfg.data.face_crop)
+    if key not in caches:  # runs sharing an image size (and face cropping) share one decode
         caches[key] = ImageCache(
-            table["image_path"].tolist(), size=key, mode="memory", threads=cfg.cache.decode_threads, progress=progress
+            table["image_path"].tolist(), size=size, mode="memory", threads=cfg.cache.decode_threads, progress=progress,
+            **cache_loader(cfg.data.face_crop, cfg.cache.size),
         ).fill()
     norm = model_data_config(run.model)
     transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
