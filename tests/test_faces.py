@@ -66,3 +66,24 @@ def test_frame_stays_inside_the_photo():
 def test_detect_rejects_non_rgb(detector):
     with pytest.raises(ValueError, match="uint8 RGB"):
         detector.detect(np.zeros((10, 10), np.uint8))
+
+
+def test_face_crop_cache_crops_files_and_keys_apart(astronaut, tmp_path):
+    from PIL import Image
+
+    from maskstatus.config import load_config
+    from maskstatus.data.cache import ImageCache, cache_key
+    from maskstatus.data.faces import cache_loader, shared_detector
+
+    assert load_config(None, []).data.face_crop is False  # off unless asked for
+    scene = wide_scene(astronaut)
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene).save(path)
+    kwargs = cache_loader(True, [64, 48])
+    cache = ImageCache([str(path)], size=None, mode="memory", progress=False, **kwargs).fill()
+    expected = crop_face(scene, shared_detector(), aspect=64 / 48)
+    assert expected.cropped
+    np.testing.assert_array_equal(cache[0], expected.image)
+    assert cache_loader(False, [64, 48]) == {}
+    # a face-cropped disk cache never stands in for a whole-photo one
+    assert cache_key([str(path)], (64, 48), kwargs["variant"]) != cache_key([str(path)], (64, 48))

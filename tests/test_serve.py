@@ -14,7 +14,7 @@ from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
 from maskstatus.engine.predict import load_run, predict_probs  # noqa: E402
-from maskstatus.labels import PROB_COLUMNS, TASKS, decode, split_class_probs  # noqa: E402
+from maskstatus.labels import TASKS, decode, split_class_probs  # noqa: E402
 from maskstatus.serve.app import create_app  # noqa: E402
 from maskstatus.serve.predictor import Predictor  # noqa: E402
 
@@ -124,7 +124,8 @@ def png_header_only(width, height):
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_is_413_json(client, demo_data):
@@ -265,3 +266,52 @@ def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
     assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
     assert report["server"]["models"] == 2
     assert "cpu" in report["machine"] and "serve_load.py" in report["command"]
+
+
+@pytest.mark.slow
+def test_run_trained_on_face_crops_is_served_like_predict(tmp_path, tiny_overrides):
+    """data.face_crop: predict crops at cache time; the server crops the same way, even with face_crop off."""
+    skimage_data = pytest.importorskip("skimage.data")
+    from maskstatus.config import load_config
+    from maskstatus.data.synthetic import make_demo_data
+    from maskstatus.engine.train import train
+
+    # Few people: every training image goes through the face detector (tens of ms each).
+    data = make_demo_data(tmp_path / "data", people=12, eval_people=2, seed=5)
+    cfg = load_config(None, [f"data.root={data.root}", f"output_dir={tmp_path / 'runs'}", *tiny_overrides,
+                             "data.face_crop=true", "train.epochs=1", "train.limit_train_batches=2",
+                             f"cache.dir={tmp_path / 'cache'}"])
+    run = train(cfg).run_dir
+    scene = np.random.default_rng(1).integers(0, 256, (900, 1400, 3), dtype=np.uint8)
+    scene[200:712, 700:1212] = skimage_data.astronaut()
+    path = tmp_path / "scene.png"
+    Image.fromarray(scene).save(path)
+    expected = reference_probs(run, [path])[0]
+    with TestClient(create_app(Predictor([run], accelerator="cpu", face_crop=False))) as c:
+        answer = post(c, [path]).json()["images"][0]
+    assert answer["face"]["cropped"]
+    assert answer["class"] == int(expected.argmax())
+    np.testing.assert_allclose(list(answer["mask"]["probs"].values()),
+                               split_class_probs(expected[None].astype(np.float64))["mask"][0], atol=1e-5)
+
+
+@pytest.mark.parametrize("head", [["model.head=single"], ["model.head=multitask", "model.age_output=years"],
+                                  ["model.head=multitask", "model.tasks=[mask]"]])
+def test_heatmaps_for_every_head(head):
+    """Single 18-way head (task log-marginals), age regression (the predicted mean), per-task model (its tasks)."""
+    import torch
+
+    from maskstatus.config import load_config
+    from maskstatus.models import create_model, model_data_config
+    from maskstatus.serve.gradcam import heatmaps
+
+    torch.manual_seed(0)
+    cfg = load_config(None, ["model.backbone=test_efficientnet", "model.pretrained=false", *head])
+    model = create_model(cfg.model).eval()
+    norm = model_data_config(model)
+    maps = heatmaps(model, torch.randn(3, 48, 36), {"mask": 2, "gender": 1, "age": 0}, norm["mean"], norm["std"])
+    assert set(maps) == set(cfg.model.tasks)
+    for rgb in maps.values():
+        assert rgb.shape == (48, 36, 3) and rgb.dtype == np.uint8
+    if len(maps) == 3:  # each task explains its own target, so the maps differ
+        assert not np.array_equal(maps["mask"], maps["gender"])

@@ -87,7 +87,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result is not None and result.is_global_zero:
         print(f"best val macro F1 {result.best_f1:.4f} at epoch {result.best_epoch}")
         print(f"run folder: {result.run_dir}")
-    print(f"serve it: maskstatus serve {result.run_dir}")
     return 0
 
 
@@ -243,6 +242,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"eval macro F1 (against the demo ground truth): {result.eval_f1:.4f}  accuracy {result.eval_acc:.4f}")
     print(f"submission: {result.submission}")
     print(f"run folder: {result.run_dir}")
+    print(f"serve it: maskstatus serve {result.run_dir}")
     return 0
 
 

@@ -70,6 +70,9 @@ class DataConfig(_Section):
     root: Optional[Path] = Field(None, description="folder holding train/ (and eval/)")
     skip_bad: bool = Field(False, description="warn and leave out bad items instead of failing")
     check_images: bool = Field(True, description="decode every image during validation")
+    face_crop: bool = Field(
+        False, description="cut the face out of whole photos when caching them, as `serve` does (see data/faces.py)"
+    )
     relabel: Optional[str] = Field(
         None, description="relabel CSV applied on load: a path, or 'competition' for the shipped public fixes"
     )

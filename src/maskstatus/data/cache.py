@@ -45,9 +45,11 @@ def resize_to(img: np.ndarray, size: Size) -> np.ndarray:
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
-def cache_key(paths: Sequence[str], size: Size) -> str:
-    """Identity of the cached array: every file's path, length and mtime, plus the target size."""
+def cache_key(paths: Sequence[str], size: Size, variant: str = "") -> str:
+    """Identity of the cached array: every file's path, length and mtime, the target size and the loader's variant."""
     h = hashlib.sha1(repr(tuple(size) if size else None).encode())
+    if variant:  # empty for plain decoding, so existing caches keep their keys
+        h.update(f"variant={variant}\n".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{os.path.abspath(p)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
@@ -66,6 +68,7 @@ class ImageCache:
         threads: int = 2,
         progress: bool = True,
         loader: Callable[[str], np.ndarray] = load_rgb,
+        variant: str = "",
     ) -> None:
         if mode not in ("memory", "disk", "none"):
             raise ConfigError(f"cache.mode must be memory, disk or none, got {mode!r}")
@@ -78,6 +81,7 @@ class ImageCache:
         self.threads = threads
         self.progress = progress
         self.loader = loader
+        self.variant = variant  # names a loader other than load_rgb in the disk cache's key
         self._store: Optional[np.ndarray | list[np.ndarray]] = None
         self.file: Optional[Path] = None
 
@@ -127,7 +131,7 @@ class ImageCache:
 
     def _open_disk(self) -> np.ndarray:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        key = cache_key(self.paths, self.size)
+        key = cache_key(self.paths, self.size, self.variant)
         path = self.cache_dir / f"images-{key}.npy"
         self.file = path
         if not path.is_file():

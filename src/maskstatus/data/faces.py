@@ -133,3 +133,44 @@ def crop_face(image: np.ndarray, detector: FaceDetector, aspect: float = TRAININ
         return FaceCrop(image, face, None)
     logger.debug("face %s in a %dx%d photo: cropping to %s", face.as_list(), w, h, frame.as_list())
     return FaceCrop(np.ascontiguousarray(image[frame.top:frame.bottom, frame.left:frame.right]), face, frame)
+
+
+def cache_aspect(size: Optional[tuple[int, int] | list[int]]) -> float:
+    """Frame shape for a run: its ``cache.size`` (height, width), else the training photos' 4:3."""
+    return size[0] / size[1] if size else TRAINING_ASPECT
+
+
+_shared: Optional[FaceDetector] = None
+_shared_lock = threading.Lock()
+
+
+def shared_detector() -> FaceDetector:
+    """One detector per process (its model is built once; calls are serialised by its lock)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = FaceDetector()
+        return _shared
+
+
+class FaceCropLoader:
+    """``ImageCache`` loader for ``data.face_crop``: decode a file as ``load_rgb`` does, then ``crop_face`` it."""
+
+    variant = "face_crop"
+
+    def __init__(self, aspect: float = TRAINING_ASPECT) -> None:
+        self.aspect = aspect
+        self.detector = shared_detector()
+
+    def __call__(self, path: str) -> np.ndarray:
+        from .images import load_rgb
+
+        return crop_face(load_rgb(path), self.detector, self.aspect).image
+
+
+def cache_loader(face_crop: bool, size: Optional[tuple[int, int] | list[int]]) -> dict:
+    """``ImageCache`` keyword arguments (loader and variant) for a run's ``data.face_crop`` and ``cache.size``."""
+    if not face_crop:
+        return {}
+    loader = FaceCropLoader(cache_aspect(size))
+    return {"loader": loader, "variant": f"{loader.variant}:{loader.aspect:.6f}"}

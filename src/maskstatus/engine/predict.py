@@ -19,6 +19,7 @@ from ..age import AGE_MEAN, AGE_SIGMA, Cuts, mean_years, read_cuts, thresholds_c
 from ..config import Config, GroupingConfig, config_to_dict, load_config
 from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
+from ..data.faces import cache_loader
 from ..data.layout import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..errors import DataError, RunError, UsageError
@@ -177,7 +178,7 @@ class LoadedRun:
 
 # What predictions depend on: editing these in config.yaml after training would predict differently from
 # how the weights were trained (the weights files are set aside by load_run and may be edited).
-_PREDICT_KEYS = ("model", "cache.size", "transforms.eval", "data.age.young_below", "data.age.old_from",
+_PREDICT_KEYS = ("model", "cache.size", "transforms.eval", "data.face_crop", "data.age.young_below", "data.age.old_from",
                  "data.mask_states")
 _FREE_KEYS = ("model.pretrained", "model.pretrained_path")
 
@@ -328,12 +329,14 @@ def _run_probs(
     ``caches`` holds decoded images shared between runs.
     """
     cfg = run.cfg
-    key = tuple(cfg.cache.size) if cfg.cache.size else None
-    if key not in caches:  # runs sharing an image size share one decode
+    size = tuple(cfg.cache.size) if cfg.cache.size else None
+    key = (size, cfg.data.face_crop)
+    if key not in caches:  # runs sharing an image size (and face cropping) share one decode
         # Decoding releases the GIL: one thread per core. Undecodable files fail here, all named at once.
         threads = max(cfg.cache.decode_threads, available_cores())
         caches[key] = ImageCache(
-            table["image_path"].tolist(), size=key, mode="memory", threads=threads, progress=progress
+            table["image_path"].tolist(), size=size, mode="memory", threads=threads, progress=progress,
+            **cache_loader(cfg.data.face_crop, cfg.cache.size),
         ).fill()
     is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
     norm = model_data_config(run.model) if is_torch else run.model.data_config

@@ -27,6 +27,7 @@ from ..age import AGE_MEAN, AGE_SIGMA, thresholds_cuts
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset, NamedCollate, table_targets, worker_init
+from ..data.faces import cache_loader
 from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
@@ -248,6 +249,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         cache_dir=cfg.cache.dir,
         threads=cfg.cache.decode_threads,
         progress=cfg.train.progress and fabric.is_global_zero,
+        **cache_loader(cfg.data.face_crop, cfg.cache.size),
     )
     # Rank 0 fills a disk cache first so the other ranks only open it.
     if fabric.is_global_zero:

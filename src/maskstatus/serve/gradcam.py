@@ -61,7 +61,8 @@ class _TaskOutput(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x)
         if SINGLE_KEY in out:
-            logp = F.log_softmax(out[SINGLE_KEY].float(), dim=1).reshape(-1, TASKS["mask"], TASKS["gender"], TASKS["age"])
+            logp = F.log_softmax(out[SINGLE_KEY].float(), dim=1)
+            logp = logp.reshape(-1, TASKS["mask"], TASKS["gender"], TASKS["age"])
             dims = {"mask": (2, 3), "gender": (1, 3), "age": (1, 2)}[self.task]
             return torch.logsumexp(logp, dim=dims)
         if self.task == "age" and AGE_YEARS in out:

@@ -26,7 +26,7 @@ from PIL import Image
 from ..age import read_cuts
 from ..data.cache import ImageCache, resize_to
 from ..data.dataset import FaceDataset
-from ..data.faces import TRAINING_ASPECT, FaceCrop, FaceDetector, crop_face
+from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
 from ..data.images import ImageError, load_rgb
 from ..data.transforms import build_transforms
 from ..engine.ensemble import combine_probs, expand_runs
@@ -159,10 +159,13 @@ class Predictor:
                 if run.cfg.train.channels_last:
                     model = model.to(memory_format=torch.channels_last)
                 member.models.append(self.fabric.setup_module(model))
-        size = first.cache.size
         # Frame faces with the shape the first model was trained on (cache.size is height, width).
-        self.aspect = size[0] / size[1] if size else TRAINING_ASPECT
-        self.detector = FaceDetector() if face_crop else None
+        self.aspect = cache_aspect(first.cache.size)
+        # A run trained with data.face_crop saw only crops (predict crops for it too), so it gets them here
+        # whatever ``face_crop`` says. In an ensemble mixing such runs with others, the others then get the
+        # crop as well: the one case where the server's input differs from predict's.
+        self.trained_on_faces = any(r.cfg.data.face_crop for m in self.members for r in m.runs)
+        self.detector = shared_detector() if face_crop or self.trained_on_faces else None
         # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
         self.age_ranges = first.data.age.thresholds().names()
         self.lock = threading.Lock()
