@@ -177,6 +177,23 @@ def test_predict_refuses_a_config_edited_after_training(one_run, demo_data, tmp_
     assert not (tmp_path / "sub.csv").exists()
 
 
+def test_predict_accepts_a_checkpoint_older_than_a_config_key(one_run, demo_data, tmp_path):
+    # A checkpoint written before data.face_crop existed stores no such key: that is no edit of the config.
+    import shutil
+
+    import torch
+
+    from maskstatus.engine.predict import predict
+
+    run = tmp_path / "run"
+    shutil.copytree(one_run, run)
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    del state["config"]["data"]["face_crop"]
+    torch.save(state, run / "checkpoints" / "best.pt")
+    sub, _ = predict([run], demo_data.eval_dir, tmp_path / "sub.csv", progress=False)
+    assert len(pd.read_csv(sub)) == len(pd.read_csv(demo_data.eval_dir / "info.csv"))
+
+
 # 13. predict says which output format it chose and why.
 def test_predict_says_which_format_and_hints_at_the_eval_folder(one_run, demo_data, tmp_path, caplog):
     import logging

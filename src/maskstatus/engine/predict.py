@@ -190,6 +190,8 @@ def _check_trained_config(cfg: Config, trained: Optional[dict], config_path: Pat
     current = config_to_dict(cfg)
     changed = []
     for key in _PREDICT_KEYS:
+        if _dotted(trained, key) is _MISSING:  # a key added since that checkpoint was written
+            continue
         for path, (now, then) in _leaf_diff(_dotted(current, key), _dotted(trained, key), key).items():
             if not path.startswith(_FREE_KEYS):
                 changed.append(f"{path}: {then!r} in the checkpoint, {now!r} in config.yaml")
@@ -200,9 +202,12 @@ def _check_trained_config(cfg: Config, trained: Optional[dict], config_path: Pat
         )
 
 
+_MISSING = object()
+
+
 def _dotted(tree: Optional[dict], key: str):
     for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
+        tree = tree.get(part, _MISSING) if isinstance(tree, dict) else _MISSING
     return tree
 
 
