@@ -346,8 +346,6 @@ def _run_probs(
     is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
     norm = model_data_config(run.model) if is_torch else run.model.data_config
     transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
-    dataset = FaceDataset(caches[key], np.arange(len(table)), transform)
-    loader = eval_loader(dataset, batch_size or cfg.train.eval_batch_size, num_workers, fabric)
     model = run.model
     if is_torch and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -357,17 +355,39 @@ def _run_probs(
     if grouping is not None and not is_torch:
         # The embeddings come from a hook on a backbone layer, which an ONNX graph does not expose.
         raise UsageError(f"{run.checkpoint}: predict.group_people needs the torch backend (use --backend torch)")
+    return cache_probs(run, model, transform, caches[key], fabric, batch_size, num_workers, progress, tta, grouping)
+
+
+def cache_probs(
+    run: LoadedRun,
+    model: Model,
+    transform,
+    cache: ImageCache,
+    fabric: Fabric,
+    batch_size: Optional[int] = None,
+    num_workers: int = 0,
+    progress: bool = False,
+    tta: Optional[Sequence[str]] = None,
+    grouping: Optional[GroupingConfig] = None,
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Every image of a filled ``cache`` through ``run``'s ready ``model``: probabilities (N, 18) and years or None.
+
+    The step ``predict`` (images from files) and ``serve`` (images from uploads) share, so both answer alike.
+    ``tta`` None keeps the run's own ``predict.tta``.
+    """
+    dataset = FaceDataset(cache, np.arange(len(cache)), transform)
+    loader = eval_loader(dataset, batch_size or run.cfg.train.eval_batch_size, num_workers, fabric)
     rows, probs, _, years = infer(
         fabric,
         model,
         loader,
         progress=progress,
         desc=f"predict {run.checkpoint.parent.parent.name}",
-        tta=cfg.predict.tta if tta is None else tta,
+        tta=run.cfg.predict.tta if tta is None else tta,
         age_cuts=run.age_cuts,
         grouping=grouping,
     )
-    if not np.array_equal(rows, np.arange(len(table))):
+    if not np.array_equal(rows, np.arange(len(cache))):
         raise RuntimeError("inference lost rows; this is a bug")
     return probs.astype(np.float64), (None if years is None else years.astype(np.float64))
 

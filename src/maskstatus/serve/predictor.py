@@ -25,12 +25,11 @@ from PIL import Image
 
 from ..age import read_cuts
 from ..data.cache import ImageCache, resize_to
-from ..data.dataset import FaceDataset
 from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
 from ..data.images import ImageError, load_rgb
 from ..data.transforms import build_transforms
 from ..engine.ensemble import combine_probs, expand_runs
-from ..engine.predict import LoadedRun, eval_loader, infer, load_run
+from ..engine.predict import LoadedRun, cache_probs, load_run
 from ..engine.tta import tta_views
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
@@ -210,13 +209,7 @@ class Predictor:
         # The cache's keys are indices into ``images``: it resizes exactly as it does for files.
         cache = ImageCache([str(i) for i in range(len(images))], size=size, mode="memory", threads=1,
                            progress=False, loader=lambda key: images[int(key)]).fill()
-        dataset = FaceDataset(cache, np.arange(len(images)), transform)
-        loader = eval_loader(dataset, self.batch_size or run.cfg.train.eval_batch_size, 0, self.fabric)
-        rows, probs, _, _ = infer(self.fabric, model, loader, tta=run.cfg.predict.tta if self.tta is None else self.tta,
-                                  age_cuts=run.age_cuts)
-        if not np.array_equal(rows, np.arange(len(images))):
-            raise RuntimeError("inference lost rows; this is a bug")
-        return probs.astype(np.float64)
+        return cache_probs(run, model, transform, cache, self.fabric, self.batch_size, tta=self.tta)[0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Find the faces, then predict all images in one batch."""
