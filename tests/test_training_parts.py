@@ -12,7 +12,7 @@ from maskstatus.data.sampling import WeightedEpochSampler, inverse_frequency_wei
 from maskstatus.engine.train import train
 from maskstatus.labels import AgeThresholds
 from maskstatus.losses import build_loss, class_weights, with_class_weights
-from maskstatus.models.freeze import set_trainable, stage_parameters
+from maskstatus.models.freeze import freeze_stages, stage_parameters
 from maskstatus.runs import RunDir, load_checkpoint
 
 
@@ -109,8 +109,33 @@ def test_stage_parameters_cover_stem_and_first_stages():
     assert stage_parameters(m, 0) == []
     with pytest.raises(ValueError, match="freeze_stages"):
         stage_parameters(m, 99)
-    set_trainable(stage_parameters(m, 1), False)
+    frozen = freeze_stages(m, 1)
     assert all(not p.requires_grad for p in stage_parameters(m, 1))
+    assert all(p.requires_grad for n, p in m.named_parameters() if n.startswith("blocks.1."))
+    frozen.set_frozen(False)
+    assert all(p.requires_grad for p in m.parameters())
+
+
+def test_frozen_stages_keep_their_batchnorm_statistics():
+    import timm
+
+    m = timm.create_model("test_efficientnet", num_classes=0)
+    frozen = freeze_stages(m, 1)
+    assert frozen.norms and all(isinstance(n, torch.nn.BatchNorm2d) for n in frozen.norms)
+    before = {k: v.clone() for k, v in m.state_dict().items() if "running_mean" in k}
+    m.train()
+    frozen.hold_norms()
+    m(torch.randn(4, 3, 32, 32) * 3 + 1)
+    after = m.state_dict()
+    assert torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])  # the stem's BatchNorm
+    assert any(torch.equal(before[k], after[k]) for k in before if k.startswith("blocks.0."))
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("blocks.0."))
+    assert not any(torch.equal(before[k], after[k]) for k in before if k.startswith("blocks.1."))
+    frozen.set_frozen(False)  # unfrozen, the same layers learn their statistics again
+    m.train()
+    frozen.hold_norms()
+    m(torch.randn(4, 3, 32, 32) * 3 + 1)
+    assert not torch.equal(before["bn1.running_mean"], m.state_dict()["bn1.running_mean"])
 
 
 def _weights(run, which="last", key="model"):
@@ -131,6 +156,7 @@ def test_freezing_then_unfreezing_in_training(tiny_config, tmp_path):
     stem, late = "conv_stem.weight", "blocks.2.0.conv_pwl.weight"
     assert late in init
     assert torch.equal(init[stem], wf["backbone." + stem]) and not torch.equal(init[late], wf["backbone." + late])
+    assert torch.equal(init["bn1.running_mean"], wf["backbone.bn1.running_mean"])  # BatchNorm frozen too
     assert not torch.equal(init[stem], wt["backbone." + stem])
 
 

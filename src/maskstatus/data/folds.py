@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -83,3 +84,36 @@ def attach_folds(table: pd.DataFrame, folds: pd.DataFrame, n_folds: int, source:
     out = table.copy()
     out["fold"] = out[key].map(fold_of).astype(np.int64)
     return out
+
+
+def split_rows(
+    table: pd.DataFrame,
+    fold: int,
+    drop_bands: Sequence[tuple[int, int]] = (),
+    mask_codes: Optional[Sequence[int]] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row numbers of `table` (with its `fold` column) to train on and to validate on for held-out `fold`.
+
+    Ages inside a `drop_bands` range ([lo, hi], inclusive) are left out of training, never of validation:
+    next to a group boundary they are the noisiest labels. With `mask_codes`, training keeps only faces of
+    those mask states (a cascade expert) but validation keeps every image, because the cascade weighs each
+    expert by the mask model's probability on every image and so needs its predictions for all of them.
+    """
+    fold_of_row = table["fold"].to_numpy()
+    train_rows = np.flatnonzero(fold_of_row != fold)
+    val_rows = np.flatnonzero(fold_of_row == fold)
+    if drop_bands:
+        ages = table["age"].to_numpy()[train_rows]
+        in_band = np.zeros(len(train_rows), dtype=bool)
+        for lo, hi in drop_bands:
+            in_band |= (ages >= lo) & (ages <= hi)
+        logger.info("age drop bands %s leave out %d training images", list(drop_bands), int(in_band.sum()))
+        train_rows = train_rows[~in_band]
+        if len(train_rows) == 0:
+            raise ConfigError(f"data.age.drop_bands={list(drop_bands)} leave no training images")
+    if mask_codes is not None:
+        train_rows = train_rows[np.isin(table["mask"].to_numpy()[train_rows], list(mask_codes))]
+        logger.info("mask states %s: %d training images", list(mask_codes), len(train_rows))
+    if len(train_rows) == 0 or len(val_rows) == 0:
+        raise ConfigError(f"split.fold={fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
+    return train_rows, val_rows

@@ -31,7 +31,7 @@ from ..data.faces import cache_loader
 from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
-from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
+from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.layout import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
@@ -40,8 +40,8 @@ from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
 from ..grouping import FeatureCapture
 from ..models import create_model, model_data_config
-from ..models.freeze import set_trainable, stage_parameters
-from ..optim import build_optimizer, build_scheduler
+from ..models.freeze import FrozenStages, freeze_stages
+from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
 from .predict import eval_loader, infer
 
@@ -203,11 +203,69 @@ def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[
 
 def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     fabric.seed_everything(cfg.seed)
-    table = load_train_table(cfg)
-
     # Everything that can fail on a bad config, data or folds file runs before the run folder is made
     # (or a resumed run's config rewritten), so a failed start leaves nothing behind.
-    run: Optional[RunDir] = None
+    data = _prepare_data(cfg, resume)
+    parts = _build(fabric, cfg, data)
+    run = _open_run(fabric, cfg, data)
+    progress = _restore(cfg, parts, data, run)
+    saver = EpochSaver(fabric, run, cfg, data.table)
+
+    epoch = progress.start_epoch - 1
+    for epoch in range(progress.start_epoch, cfg.train.epochs):
+        parts.train_sampler.set_epoch(epoch)
+        parts.train_set.set_epoch(epoch)
+        if parts.frozen:
+            parts.frozen.set_frozen(cfg.train.unfreeze_epoch is None or epoch < cfg.train.unfreeze_epoch)
+        t0 = time.perf_counter()
+        train_loss, seen = _train_epoch(fabric, parts, cfg, epoch)
+        train_time = time.perf_counter() - t0
+        val = _validate(fabric, parts, cfg, data.table, epoch)
+        lr = parts.scheduler.lr
+        parts.scheduler.step(val.metrics["score"])
+        improved = progress.record({
+            "epoch": epoch,
+            "lr": lr,
+            "train_loss": train_loss,
+            "val_loss": val.loss,
+            **{f"val_{k}": v for k, v in val.metrics.items()},
+            "train_images": seen,
+            "train_time_s": train_time,
+            "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
+        })
+        saver.save(epoch, parts, progress, val, improved)
+        m = val.metrics
+        logger.info(
+            "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f) score %.4f%s",
+            epoch, train_loss, val.loss, m["f1"], m["mask_f1"], m["gender_f1"], m["age_f1"], m["score"],
+            " *" if improved else "",
+        )
+        fabric.barrier()
+        if cfg.train.early_stopping_patience and progress.stale >= cfg.train.early_stopping_patience:
+            logger.info("early stop: no macro-F1 gain for %d epochs", progress.stale)
+            break
+
+    saver.close(progress.history)
+    return TrainResult(run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history,
+                       fabric.is_global_zero)
+
+
+@dataclass
+class TrainData:
+    """The image table with its folds, the rows to train and validate on, and what a resume starts from."""
+
+    table: pd.DataFrame
+    folds: pd.DataFrame
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    pseudo_record: Optional[pd.DataFrame] = None
+    run: Optional[RunDir] = None  # the resumed run; a new run's folder is made only after everything is built
+    resume_state: Optional[dict[str, Any]] = None
+
+
+def _prepare_data(cfg: Config, resume: Optional[str]) -> TrainData:
+    table = load_train_table(cfg)
+    run, resume_state = None, None
     if resume is not None:
         run = open_run_dir(resume)
         resume_state = load_checkpoint(run.last)  # a damaged last.pt fails here, before config.yaml is rewritten
@@ -219,29 +277,37 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     pseudo_record = None
     if cfg.data.pseudo is not None:
         table, pseudo_record = _add_pseudo_labels(cfg, table)
-
-    train_rows = np.flatnonzero(table["fold"].to_numpy() != cfg.split.fold)
-    val_rows = np.flatnonzero(table["fold"].to_numpy() == cfg.split.fold)
-    if cfg.data.age.drop_bands:
-        # Ages next to a group boundary are the noisiest labels: leave them out of training, never of validation.
-        ages = table["age"].to_numpy()[train_rows]
-        in_band = np.zeros(len(train_rows), dtype=bool)
-        for lo, hi in cfg.data.age.drop_bands:
-            in_band |= (ages >= lo) & (ages <= hi)
-        logger.info("age drop bands %s leave out %d training images", cfg.data.age.drop_bands, int(in_band.sum()))
-        train_rows = train_rows[~in_band]
-        if len(train_rows) == 0:
-            raise ConfigError(f"data.age.drop_bands={cfg.data.age.drop_bands} leave no training images")
-    if len(cfg.data.mask_codes()) < len(MASK_NAMES):
-        # A cascade expert trains on faces of its mask states only, but still predicts every held-out image:
-        # the cascade weighs each expert by the mask model's probability on every image, so its OOF needs them all.
-        train_rows = train_rows[np.isin(table["mask"].to_numpy()[train_rows], cfg.data.mask_codes())]
-        logger.info("data.mask_states %s: %d training images", cfg.data.mask_states, len(train_rows))
-    if len(train_rows) == 0 or len(val_rows) == 0:
-        raise ConfigError(f"split.fold={cfg.split.fold} leaves {len(train_rows)} training and {len(val_rows)} "
-                          "validation images")
+    expert = len(cfg.data.mask_codes()) < len(MASK_NAMES)
+    train_rows, val_rows = split_rows(table, cfg.split.fold, cfg.data.age.drop_bands,
+                                      cfg.data.mask_codes() if expert else None)
     logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
+    return TrainData(table, folds, train_rows, val_rows, pseudo_record, run, resume_state)
 
+
+@dataclass
+class TrainParts:
+    """What the loop works with: the data sets and loaders, the model (and its EMA), loss and optimisation."""
+
+    cache: ImageCache
+    raw_model: torch.nn.Module  # the module itself: state dicts, EMA updates
+    model: torch.nn.Module  # the same module as set up by Fabric: forward and backward
+    ema: Optional[ModelEmaV3]
+    loss_fn: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: EpochScheduler
+    frozen: FrozenStages
+    train_set: FaceDataset
+    train_loader: DataLoader
+    train_sampler: Any
+    val_loader: DataLoader
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        # With EMA, the averaged weights are the ones validated, kept as best and used to predict.
+        return self.ema.module if self.ema is not None else self.model
+
+
+def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame) -> ImageCache:
     cache = ImageCache(
         table["image_path"].tolist(),
         size=cfg.cache.size,
@@ -256,7 +322,13 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         cache.fill()
     fabric.barrier()
     cache.fill()
+    return cache
 
+
+def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
+    """Cache, model, data sets, loss, optimizer and schedule; the order keeps the seeded draws of earlier versions."""
+    table, train_rows = data.table, data.train_rows
+    cache = _fill_cache(fabric, cfg, table)
     model = create_model(cfg.model)
     if cfg.predict.group_people:  # a grouping layer the backbone lacks fails now, not after the first epoch
         g = cfg.predict.grouping
@@ -266,7 +338,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     train_tf, eval_tf = build_train_eval(cfg.transforms.train, cfg.transforms.eval, norm["mean"], norm["std"], input_hw)
     train_targets = table_targets(table, cfg.data.age.train_thresholds())
     train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed)
-    val_set = FaceDataset(cache, val_rows, eval_tf, table_targets(table), seed=cfg.seed)
+    val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
     val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric)
 
@@ -282,134 +354,161 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     # (a parameter without a gradient is skipped by the optimizer step).
     optimizer = build_optimizer(model, cfg.optimizer)
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.epochs)
-    frozen = stage_parameters(model.backbone, cfg.train.freeze_stages)
+    frozen = freeze_stages(model.backbone, cfg.train.freeze_stages)
     if frozen and cfg.train.unfreeze_epoch is not None and fabric.world_size > 1:
         raise ConfigError("train.unfreeze_epoch is not supported with more than one process (DDP fixes the "
                           "trained parameters when it wraps the model); freeze without unfreezing, or use one device")
-    set_trainable(frozen, False)
     raw_model = model
     model, optimizer = fabric.setup(model, optimizer)
+    # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
+    ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
+           if cfg.train.ema_decay else None)
+    return TrainParts(cache, raw_model, model, ema, loss_fn, optimizer, scheduler, frozen, train_set, train_loader,
+                      train_sampler, val_loader)
 
+
+def _open_run(fabric: Fabric, cfg: Config, data: TrainData) -> RunDir:
+    """The run folder (a new one unless resuming), with the config, folds and pseudo labels it trains with."""
+    run = data.run
     if run is None:
         root = fabric.broadcast(str(new_run_dir(cfg.output_dir, cfg.name).root) if fabric.is_global_zero else None)
         run = RunDir(Path(root))
         if fabric.is_global_zero:
-            atomic_write_csv(folds, run.folds)
+            atomic_write_csv(data.folds, run.folds)
     if fabric.is_global_zero:
         save_config(cfg, run.config)
-        if pseudo_record is not None:  # the run records exactly which images it trained on, with which labels
-            atomic_write_csv(pseudo_record, run.root / "pseudo.csv")
+        if data.pseudo_record is not None:  # the run records exactly which images it trained on, with which labels
+            atomic_write_csv(data.pseudo_record, run.root / "pseudo.csv")
     fabric.barrier()
+    return run
 
-    # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
-    ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
-           if cfg.train.ema_decay else None)
 
-    start_epoch, best_f1, best_epoch, history = 0, -1.0, -1, []
-    if resume is not None:
-        state = resume_state
-        raw_model.load_state_dict(state["model"])
-        start_epoch, best_f1, best_epoch = state["epoch"] + 1, state["best_f1"], state["best_epoch"]
-        history = [h for h in state["history"] if h["epoch"] < start_epoch]
-        _resume_schedule(scheduler, optimizer, state, history, cfg.train.epochs)
-        _set_rng_state(state["rng"])
-        if ema is not None:
-            ema.module.load_state_dict(state["ema"])
-        logger.info("resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start_epoch, best_f1, best_epoch)
+@dataclass
+class Progress:
+    """Epochs done, their history and the best score so far (early stopping counts the stale epochs)."""
 
-    tb = None
-    if fabric.is_global_zero:
-        from torch.utils.tensorboard import SummaryWriter
+    start_epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stale: int = 0
 
-        tb = SummaryWriter(log_dir=str(run.tensorboard))
+    def record(self, row: dict[str, Any]) -> bool:
+        """Append an epoch's row; True when its validation score is the best so far."""
+        self.history.append(row)
+        score = row["val_score"]
+        if score > self.best_score:
+            self.best_score, self.best_epoch, self.stale = score, row["epoch"], 0
+            return True
+        self.stale += 1
+        return False
 
-    stale = 0 if best_epoch < 0 else max(0, start_epoch - 1 - best_epoch)
-    epoch = start_epoch - 1
-    for epoch in range(start_epoch, cfg.train.epochs):
-        train_sampler.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        if frozen:
-            set_trainable(frozen, cfg.train.unfreeze_epoch is not None and epoch >= cfg.train.unfreeze_epoch)
-        t0 = time.perf_counter()
-        train_loss, seen = _train_epoch(fabric, model, train_loader, loss_fn, optimizer, cfg, epoch, raw_model, ema)
-        train_time = time.perf_counter() - t0
 
-        # With EMA, the averaged weights are the ones validated, kept as best and used to predict.
-        eval_model = ema.module if ema is not None else model
-        # Validation predicts the way the run will predict (its TTA included), so OOF scores measure that.
-        rows, probs, val_loss, val_years = infer(
-            fabric, eval_model, val_loader, loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
-            desc=f"val {epoch}", tta=cfg.predict.tta, age_cuts=thresholds_cuts(cfg.data.age.thresholds()),
-            grouping=cfg.predict.grouping if cfg.predict.group_people else None,
-        )
-        metrics = model_metrics(probs, table["label"].to_numpy()[rows], cfg.model.tasks, cfg.data.mask_codes())
-        lr = scheduler.lr
-        scheduler.step(metrics["score"])
-        row = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "train_images": seen,
-            "train_time_s": train_time,
-            "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
-        }
-        history.append(row)
-        improved = metrics["score"] > best_f1
-        if improved:
-            best_f1, best_epoch, stale = metrics["score"], epoch, 0
-        else:
-            stale += 1
+def _restore(cfg: Config, parts: TrainParts, data: TrainData, run: RunDir) -> Progress:
+    """A resumed run's weights, optimizer, schedule, random state and history; a new run starts empty."""
+    state = data.resume_state
+    if state is None:
+        return Progress()
+    start = state["epoch"] + 1
+    progress = Progress(start, state["best_f1"], state["best_epoch"],
+                        [h for h in state["history"] if h["epoch"] < start])
+    progress.stale = 0 if progress.best_epoch < 0 else max(0, start - 1 - progress.best_epoch)
+    parts.raw_model.load_state_dict(state["model"])
+    _resume_schedule(parts.scheduler, parts.optimizer, state, progress.history, cfg.train.epochs)
+    _set_rng_state(state["rng"])
+    if parts.ema is not None:
+        parts.ema.module.load_state_dict(state["ema"])
+    logger.info("resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start, progress.best_score,
+                progress.best_epoch)
+    return progress
 
+
+@dataclass
+class Validation:
+    rows: np.ndarray
+    probs: np.ndarray
+    loss: float
+    years: Optional[np.ndarray]
+    metrics: dict[str, float]
+
+
+def _validate(fabric: Fabric, parts: TrainParts, cfg: Config, table: pd.DataFrame, epoch: int) -> Validation:
+    # Validation predicts the way the run will predict (its TTA and grouping included), so OOF scores measure that.
+    rows, probs, loss, years = infer(
+        fabric, parts.eval_model, parts.val_loader, parts.loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
+        desc=f"val {epoch}", tta=cfg.predict.tta, age_cuts=thresholds_cuts(cfg.data.age.thresholds()),
+        grouping=cfg.predict.grouping if cfg.predict.group_people else None,
+    )
+    metrics = model_metrics(probs, table["label"].to_numpy()[rows], cfg.model.tasks, cfg.data.mask_codes())
+    return Validation(rows, probs, loss, years, metrics)
+
+
+class EpochSaver:
+    """What each epoch leaves in the run folder, written by rank 0 (the role of timm's CheckpointSaver).
+
+    Every epoch: metrics.csv, TensorBoard scalars and last.pt (everything a resume needs). On a new best
+    score: best.pt (the validated weights only), the held-out predictions and the confusion plot.
+    """
+
+    def __init__(self, fabric: Fabric, run: RunDir, cfg: Config, table: pd.DataFrame) -> None:
+        self.fabric, self.run, self.cfg, self.table = fabric, run, cfg, table
+        self.tb = None
         if fabric.is_global_zero:
-            for k, v in row.items():
-                if k != "epoch":
-                    tb.add_scalar(k, v, epoch)
-            atomic_write_csv(pd.DataFrame(history), run.metrics)
-            state = {
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "epoch": epoch,
-                "best_f1": best_f1,
-                "best_epoch": best_epoch,
-                "history": history,
-                "rng": _rng_state(),
-                "config": config_to_dict(cfg),
-            }
-            if ema is not None:
-                state["ema"] = ema.module.state_dict()
-            if improved:
-                best_weights = state["ema"] if ema is not None else state["model"]
-                atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": metrics, "config": state["config"]},
-                                  run.best)
-                _write_oof(run, table, rows, probs, val_years)
-                scored = np.isin(table["mask"].to_numpy()[rows], cfg.data.mask_codes())
-                plot_confusion(confusion(probs[scored], table["label"].to_numpy()[rows][scored]),
-                               run.plots / "confusion.png",
-                               class_names(cfg.data.age.thresholds()))
-            atomic_save_torch(state, run.last)
-        logger.info(
-            "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f) score %.4f%s",
-            epoch, train_loss, val_loss, metrics["f1"], metrics["mask_f1"], metrics["gender_f1"], metrics["age_f1"],
-            metrics["score"],
-            " *" if improved else "",
-        )
-        fabric.barrier()
-        if cfg.train.early_stopping_patience and stale >= cfg.train.early_stopping_patience:
-            logger.info("early stop: no macro-F1 gain for %d epochs", stale)
-            break
+            from torch.utils.tensorboard import SummaryWriter
 
-    if fabric.is_global_zero:
-        tb.close()
-        if history:
-            plot_curves(run.metrics, run.plots / "curves.png")
-    return TrainResult(run.root, best_f1, best_epoch, epoch + 1, history, fabric.is_global_zero)
+            self.tb = SummaryWriter(log_dir=str(run.tensorboard))
+
+    def save(self, epoch: int, parts: TrainParts, progress: Progress, val: Validation, improved: bool) -> None:
+        if not self.fabric.is_global_zero:
+            return
+        for k, v in progress.history[-1].items():
+            if k != "epoch":
+                self.tb.add_scalar(k, v, epoch)
+        atomic_write_csv(pd.DataFrame(progress.history), self.run.metrics)
+        state = self._state(epoch, parts, progress)
+        if improved:
+            best_weights = state["ema"] if parts.ema is not None else state["model"]
+            atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": val.metrics,
+                               "config": state["config"]}, self.run.best)
+            self._save_best_predictions(val)
+        atomic_save_torch(state, self.run.last)
+
+    def close(self, history: list[dict[str, Any]]) -> None:
+        if self.tb is not None:
+            self.tb.close()
+            if history:
+                plot_curves(self.run.metrics, self.run.plots / "curves.png")
+
+    def _state(self, epoch: int, parts: TrainParts, progress: Progress) -> dict[str, Any]:
+        state = {
+            "model": parts.raw_model.state_dict(),
+            "optimizer": parts.optimizer.state_dict(),
+            "scheduler": parts.scheduler.state_dict(),
+            "epoch": epoch,
+            "best_f1": progress.best_score,
+            "best_epoch": progress.best_epoch,
+            "history": progress.history,
+            "rng": _rng_state(),
+            "config": config_to_dict(self.cfg),
+        }
+        if parts.ema is not None:
+            state["ema"] = parts.ema.module.state_dict()
+        return state
+
+    def _save_best_predictions(self, val: Validation) -> None:
+        cfg, table = self.cfg, self.table
+        _write_oof(self.run, table, val.rows, val.probs, val.years)
+        labels = table["label"].to_numpy()[val.rows]
+        scored = np.isin(table["mask"].to_numpy()[val.rows], cfg.data.mask_codes())
+        plot_confusion(confusion(val.probs[scored], labels[scored]), self.run.plots / "confusion.png",
+                       class_names(cfg.data.age.thresholds()))
 
 
-def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: int, raw_model, ema) -> tuple[float, int]:
+def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> tuple[float, int]:
+    """One pass over the training loader; returns the mean loss and the images seen (all ranks)."""
+    model, loader, optimizer = parts.model, parts.train_loader, parts.optimizer
     model.train()
+    parts.frozen.hold_norms()
     total, seen = torch.zeros((), device=fabric.device), 0
     limit = cfg.train.limit_train_batches
     steps = len(loader) if limit is None else min(limit, len(loader))
@@ -440,15 +539,15 @@ def _train_epoch(fabric, model, loader, loss_fn, optimizer, cfg: Config, epoch: 
             with fabric.autocast():
                 outputs = model(images)
             outputs = {k: v.float() for k, v in outputs.items()}
-            loss, _ = mixed_loss(loss_fn, outputs, batch, mixed) if mixed is not None else loss_fn(outputs, batch)
+            loss, _ = mixed_loss(parts.loss_fn, outputs, batch, mixed) if mixed is not None else parts.loss_fn(outputs, batch)
             fabric.backward(loss / accumulate)
         if step_now:
             if cfg.train.grad_clip:
                 fabric.clip_gradients(model, optimizer, max_norm=cfg.train.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(raw_model, step=steps_before + i // accumulate + 1)
+            if parts.ema is not None:
+                parts.ema.update(parts.raw_model, step=steps_before + i // accumulate + 1)
         n = len(images)
         total += loss.detach() * n
         seen += n
