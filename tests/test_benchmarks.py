@@ -101,3 +101,32 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     stamp = (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns
     assert ablation.main(args) == 0
     assert (tmp_path / "res" / f"{ablation.slug('EMA')}.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_cv_benchmark_pools_folds_and_reports_again_on_resume(demo_data, tmp_path):
+    import proxy_cv
+
+    args = ["--config", "configs/demo.yaml", "--data", str(demo_data.root), "--runs", str(tmp_path / "runs"),
+            "--submission", str(tmp_path / "sub.csv"), *TINY, "split.folds=2", "train.epochs=1",
+            "model.age_output=years"]
+    assert proxy_cv.main([*args, "--out", str(tmp_path / "cv.json")]) == 0
+    report = json.loads((tmp_path / "cv.json").read_text())
+    assert [f["fold"] for f in report["folds"]] == [0, 1] and report["complete"]
+    assert report["oof_images"] == 7 * len(set(report_people(demo_data)))
+    lo, hi = report["oof_f1_ci"]
+    assert lo <= report["oof_f1"] <= hi
+    assert report["tuned_age_cuts"]["oof_f1_cross_fitted"] is not None
+    assert (tmp_path / "sub.csv").is_file()
+    # Reporting a finished CV folder again trains nothing and scores the same predictions.
+    cv_dir = report["cv_dir"]
+    assert proxy_cv.main([*args, "--resume", cv_dir, "--out", str(tmp_path / "again.json")]) == 0
+    again = json.loads((tmp_path / "again.json").read_text())
+    assert again["oof_f1"] == report["oof_f1"] and again["folds"] == report["folds"]
+    assert len(list((tmp_path / "runs").iterdir())) == 1
+
+
+def report_people(demo_data):
+    import pandas as pd
+
+    return pd.read_csv(demo_data.root / "train" / "train.csv", dtype=str)["id"]

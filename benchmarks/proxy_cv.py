@@ -1,0 +1,123 @@
+"""Pooled K-fold benchmark: `maskstatus cv` of a config on the maskproxy data, its eval submission, a report.
+
+    python benchmarks/proxy_cv.py --config configs/best-cpu.yaml \
+        --out benchmarks/results/proxy-cv-best-cpu.json --submission /tmp/proxy-cv-submission.csv
+
+Trains every fold through `run_cv` (the code path of `maskstatus cv`), or with
+`--resume CV_DIR` finishes and reports a CV folder trained before (finished folds
+are not trained again). Writes a JSON with the pooled out-of-fold macro F1
+(overall and per task, each with its 90 % person-bootstrap interval), every
+fold's best F1 and epoch, the cross-fitted F1 with age cut points tuned out of
+fold (regression heads; nothing is written to the CV folder), the soft-voted
+eval submission's throughput, training time, the machine, the commit and the
+command. Not run by CI: five folds take hours on a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pandas as pd  # noqa: E402
+
+from maskstatus.config import load_config  # noqa: E402
+from maskstatus.engine.age_cuts import tune_age_cuts  # noqa: E402
+from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
+from maskstatus.engine.ensemble import read_oof  # noqa: E402
+from maskstatus.engine.predict import predict  # noqa: E402
+from maskstatus.runs import RunDir  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from proxy import DEFAULT_DATA, REPO, commit, machine, oof_intervals, peak_memory_mb, write_report  # noqa: E402
+
+logger = logging.getLogger("proxy_cv")
+
+
+def fold_summaries(result: CVResult) -> tuple[list[dict], float, int]:
+    """Per fold: its run folder, best F1 and epoch, epochs and training seconds; and the training totals."""
+    rows, train_s, images = [], 0.0, 0
+    for fold, run_dir in zip((f["fold"] for f in result.per_fold), result.fold_runs):
+        history = pd.read_csv(RunDir(run_dir).metrics)
+        best = history.loc[history["val_score"].idxmax()]
+        rows.append({"fold": fold, "run_dir": str(run_dir), "epochs": int(len(history)),
+                     "best_epoch": int(best["epoch"]), "best_f1": float(best["val_f1"]),
+                     "train_s": float(history["train_time_s"].sum())})
+        train_s += float(history["train_time_s"].sum())
+        images += int(history["train_images"].sum())
+    return rows, train_s, images
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config")
+    p.add_argument("--out", required=True, type=Path, help="result JSON")
+    p.add_argument("--submission", required=True, type=Path, help="eval submission CSV to write")
+    p.add_argument("--resume", type=Path, default=None, metavar="CV_DIR",
+                   help="finish and report this CV folder (trained with the same config and overrides)")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="maskproxy folder (train/ and eval/; default ../shared/data/maskproxy)")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "proxy", help="where the CV folder goes")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    cfg = load_config(args.config, [f"data.root={args.data}", f"output_dir={args.runs}", *args.overrides])
+    started = time.perf_counter()
+    code_version = commit()  # read now: the tree may change while a long run goes on
+
+    result = run_cv(cfg, resume=args.resume)
+    cv_dir = result.cv_dir
+    folds, train_s, train_images = fold_summaries(result)
+    oof = read_oof(cv_dir)
+    intervals = oof_intervals(oof, cfg.model.tasks, cfg.data.mask_codes())
+    pooled = result.metrics
+    tuned = None
+    if cfg.model.age_output != "groups":
+        t = tune_age_cuts(cv_dir, write=False)
+        tuned = {"cuts": t["cuts"], "oof_f1_in_sample": t["oof_f1_tuned"],
+                 "oof_f1_cross_fitted": t["oof_f1_cross_fitted"]}
+
+    t0 = time.perf_counter()
+    predict([cv_dir], args.data / "eval", args.submission, progress=cfg.train.progress)
+    predict_s = time.perf_counter() - t0
+    n_eval = len(pd.read_csv(args.data / "eval" / "info.csv"))
+
+    report = {
+        "config": str(args.config),
+        "folds": folds,
+        "complete": result.complete,
+        "oof_images": int(len(oof)),
+        "oof_f1": pooled["f1"],
+        "oof_acc": pooled["acc"],
+        "oof_mask_f1": pooled["mask_f1"],
+        "oof_gender_f1": pooled["gender_f1"],
+        "oof_age_f1": pooled["age_f1"],
+        **intervals,
+        "tuned_age_cuts": tuned,
+        "overrides": list(args.overrides),
+        "train_s": train_s,
+        "train_images_per_s": train_images / train_s if train_s else None,
+        "predict_images_per_s": n_eval / predict_s,
+        "predict_members": len(folds),
+        "peak_memory_mb": peak_memory_mb(),
+        # Above the core count, something else shared the CPU and the timings are low.
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "wall_s": time.perf_counter() - started,
+        "machine": machine(),
+        "commit": code_version,
+        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "cv_dir": str(cv_dir),
+    }
+    write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
