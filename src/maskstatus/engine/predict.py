@@ -20,7 +20,7 @@ from ..config import Config, GroupingConfig, config_to_dict, load_config
 from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
 from ..data.faces import cache_loader
-from ..data.layout import eval_table, folder_table
+from ..data.tables import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..errors import DataError, RunError, UsageError
 from ..grouping import FeatureCapture, group_people

@@ -32,7 +32,7 @@ from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds
-from ..data.layout import train_table
+from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
