@@ -219,7 +219,7 @@ def test_mixed_image_sizes_name_the_odd_file(tmp_path):
     from maskstatus.data.cache import ImageCache
     from maskstatus.data.dataset import FaceDataset
     from maskstatus.data.transforms import build_transforms
-    from maskstatus.engine.predict import eval_loader
+    from maskstatus.engine.evaluate import eval_loader
 
     paths = []
     for i, (h, w) in enumerate([(40, 30), (40, 30), (50, 30), (40, 30)]):

@@ -193,7 +193,8 @@ def _weights_arg(text: str) -> list[float]:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from .engine.ensemble import ensemble_oof, oof_path
+    from .engine.ensemble import ensemble_oof
+    from .engine.oof import oof_path
     from .engine.predict import predict
     from .runs import atomic_write_csv
 

@@ -43,7 +43,7 @@ from ..models import create_model, model_data_config
 from ..models.freeze import set_trainable, stage_parameters
 from ..optim import build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
-from .predict import eval_loader, infer
+from .evaluate import eval_loader, infer
 
 logger = logging.getLogger(__name__)
 
