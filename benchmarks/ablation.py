@@ -75,7 +75,7 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     """Metrics of a measured row's held-out fold predicted again with ``row['tta']``, and the report."""
     from lightning_fabric import Fabric
 
-    from maskstatus.engine.ensemble import read_oof
+    from maskstatus.engine.oof import read_oof
     from maskstatus.engine.predict import load_run, predict_probs
     from maskstatus.labels import PROB_COLUMNS
     from maskstatus.metrics import model_metrics
@@ -133,7 +133,7 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
 def _cross_fitted_oof(run_dir: str):
     """An age-regression run's OOF table at cut points cross-fitted the way ``tune_age_cuts`` scores them."""
     from maskstatus.engine.age_cuts import cross_fitted_oof
-    from maskstatus.engine.ensemble import member_config, read_oof
+    from maskstatus.engine.oof import member_config, read_oof
 
     return cross_fitted_oof(read_oof(run_dir), member_config(run_dir).data.age.thresholds())
 
@@ -144,7 +144,8 @@ def _kept_oof(row: dict, r: dict):
     With the row's model's tasks and mask states, to score it as it was scored. A TTA row's
     predictions were made on the fly and never kept.
     """
-    from maskstatus.engine.ensemble import ensemble_oof, member_config, oof_path, read_oof
+    from maskstatus.engine.ensemble import ensemble_oof
+    from maskstatus.engine.oof import member_config, oof_path, read_oof
 
     if "tta_of" in row:
         return None

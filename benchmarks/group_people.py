@@ -38,8 +38,9 @@ from maskstatus.data.cache import ImageCache  # noqa: E402
 from maskstatus.data.dataset import FaceDataset  # noqa: E402
 from maskstatus.data.folds import attach_folds, read_folds  # noqa: E402
 from maskstatus.data.transforms import build_transforms  # noqa: E402
-from maskstatus.engine.ensemble import read_oof  # noqa: E402
-from maskstatus.engine.predict import eval_loader, infer, load_run  # noqa: E402
+from maskstatus.engine.evaluate import eval_loader, infer  # noqa: E402
+from maskstatus.engine.oof import read_oof  # noqa: E402
+from maskstatus.engine.predict import load_run  # noqa: E402
 from maskstatus.engine.train import load_train_table  # noqa: E402
 from maskstatus.engine.tta import tta_views  # noqa: E402
 from maskstatus.grouping import cluster_people, group_people, region_embedding  # noqa: E402

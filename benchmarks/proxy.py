@@ -33,7 +33,7 @@ from lightning_fabric import Fabric  # noqa: E402
 from maskstatus.age import AGE_YEARS  # noqa: E402
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
-from maskstatus.engine.ensemble import oof_path, read_oof  # noqa: E402
+from maskstatus.engine.oof import oof_path, read_oof  # noqa: E402
 from maskstatus.engine.predict import predict  # noqa: E402
 from maskstatus.engine.score import oof_interval  # noqa: E402
 from maskstatus.engine.train import train  # noqa: E402

@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.engine.age_cuts import tune_age_cuts  # noqa: E402
 from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
-from maskstatus.engine.ensemble import read_oof  # noqa: E402
+from maskstatus.engine.oof import read_oof  # noqa: E402
 from maskstatus.engine.predict import predict  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 

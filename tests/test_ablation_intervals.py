@@ -12,7 +12,8 @@ from maskstatus.age import AGE_MEAN, AGE_SIGMA, group_probs_np
 from maskstatus.bootstrap import person_bootstrap
 from maskstatus.config import load_config, save_config
 from maskstatus.engine.age_cuts import cross_fitted_metrics
-from maskstatus.engine.ensemble import ensemble_oof, read_oof
+from maskstatus.engine.ensemble import ensemble_oof
+from maskstatus.engine.oof import read_oof
 from maskstatus.labels import PROB_COLUMNS, combine_task_probs, encode
 from maskstatus.metrics import compute_metrics
 

@@ -23,7 +23,8 @@ from maskstatus.age import (
 from maskstatus.cli import main as cli_main
 from maskstatus.config import ConfigError, load_config
 from maskstatus.engine.age_cuts import cross_fitted_metrics, tune_age_cuts
-from maskstatus.engine.ensemble import ensemble_oof, read_oof
+from maskstatus.engine.ensemble import ensemble_oof
+from maskstatus.engine.oof import read_oof
 from maskstatus.engine.predict import predict
 from maskstatus.engine.train import train
 from maskstatus.engine.tta import average_view_probs

@@ -71,7 +71,8 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     assert "| never run |" in table and "not run yet" in table
     # An expert has no 18-class F1; the cascade built from it has one, from the members' OOF predictions.
     assert "| unmasked expert | " in table and "| — |" in table
-    from maskstatus.engine.ensemble import ensemble_oof, read_oof
+    from maskstatus.engine.ensemble import ensemble_oof
+    from maskstatus.engine.oof import read_oof
 
     cascade = json.loads((tmp_path / "res" / "cascade.json").read_text())
     expert = json.loads((tmp_path / "res" / "unmasked-expert.json").read_text())

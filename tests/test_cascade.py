@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.ensemble import combine_probs, ensemble_oof, read_oof
+from maskstatus.engine.ensemble import combine_probs, ensemble_oof
+from maskstatus.engine.oof import read_oof
 from maskstatus.engine.predict import predict
 from maskstatus.engine.train import load_train_table, train
 from maskstatus.labels import MASK_NAMES, PROB_COLUMNS, TASKS, combine_task_probs, split_class_probs

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from maskstatus.cli import main
-from maskstatus.data.layout import train_table
 from maskstatus.data.relabel import SWAP_VALUE, read_relabel
 from maskstatus.data.synthetic import make_demo_data
+from maskstatus.data.tables import train_table
 from maskstatus.engine.label_errors import (
     PROB_COLUMNS,
     REVIEW_COLUMNS,

@@ -6,17 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstatus.data.layout import (
-    EVAL_COLUMNS,
-    TABLE_COLUMNS,
-    TRAIN_COLUMNS,
-    eval_table,
-    find_person_images,
-    folder_table,
-    read_train_csv,
-    train_table,
-)
-from maskstatus.data.validate import DataError
+from maskstatus.data.layout import EVAL_COLUMNS, TABLE_COLUMNS, TRAIN_COLUMNS, find_person_images
+from maskstatus.data.tables import eval_table, folder_table, read_train_csv, train_table
+from maskstatus.errors import DataError
 from maskstatus.labels import GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, age_group, encode
 
 from data_builders import PEOPLE

@@ -6,9 +6,9 @@ import pytest
 from PIL import Image
 
 from maskstatus.config import load_config
-from maskstatus.data.validate import DataError
 from maskstatus.engine.predict import predict
 from maskstatus.engine.train import train
+from maskstatus.errors import DataError
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskstatus.data.layout import train_table
 from maskstatus.data.relabel import (
     COMPETITION_RELABEL,
     RelabelError,
@@ -12,6 +11,7 @@ from maskstatus.data.relabel import (
     read_relabel,
     resolve_relabel,
 )
+from maskstatus.data.tables import train_table
 from maskstatus.labels import GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, age_group, encode
 
 from data_builders import PEOPLE as BASE_PEOPLE

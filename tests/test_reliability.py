@@ -219,7 +219,7 @@ def test_mixed_image_sizes_name_the_odd_file(tmp_path):
     from maskstatus.data.cache import ImageCache
     from maskstatus.data.dataset import FaceDataset
     from maskstatus.data.transforms import build_transforms
-    from maskstatus.engine.predict import eval_loader
+    from maskstatus.engine.evaluate import eval_loader
 
     paths = []
     for i, (h, w) in enumerate([(40, 30), (40, 30), (50, 30), (40, 30)]):
@@ -238,7 +238,7 @@ def test_implausible_ages_and_tiny_images_are_problems(tmp_path):
     from PIL import Image
 
     from data_builders import make_train
-    from maskstatus.data.layout import train_table
+    from maskstatus.data.tables import train_table
     from maskstatus.data.validate import validate_train
 
     train = make_train(tmp_path)
@@ -285,7 +285,7 @@ def test_a_huge_image_is_refused_before_decoding(tmp_path):
 # 8. A folder name with a leading or trailing space is found; a CSV with a space after each comma still works.
 def test_folder_names_with_spaces(tmp_path):
     from data_builders import make_train
-    from maskstatus.data.layout import train_table
+    from maskstatus.data.tables import train_table
 
     train = make_train(tmp_path)
     csv = pd.read_csv(train / "train.csv", dtype=str)

@@ -17,10 +17,10 @@ from maskstatus.analysis.report import _person_bootstrap, calibration
 from maskstatus.cli import main
 from maskstatus.config import load_config
 from maskstatus.data.images import load_rgb
-from maskstatus.data.layout import train_table
+from maskstatus.data.tables import train_table
 from maskstatus.data.validate import summarize, validate_eval, validate_train
 from maskstatus.engine.cv import run_cv
-from maskstatus.engine.ensemble import read_oof
+from maskstatus.engine.oof import read_oof
 from maskstatus.engine.train import train
 from maskstatus.labels import GENDER_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, combine_task_probs, decode
 from maskstatus.metrics import compute_metrics

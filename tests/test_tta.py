@@ -5,7 +5,8 @@ import torch
 from lightning_fabric import Fabric
 from torch import nn
 
-from maskstatus.engine.predict import infer, predict
+from maskstatus.engine.evaluate import infer
+from maskstatus.engine.predict import predict
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.engine.train import train
 from maskstatus.engine.tta import TTA, average_view_probs, hflip, identity, shift, translate, tta_probs, tta_views

@@ -6,8 +6,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskstatus.data.layout import train_table
-from maskstatus.data.validate import DataError, Problem, format_problems, summarize, validate_eval, validate_train
+from maskstatus.data.tables import train_table
+from maskstatus.data.validate import summarize, validate_eval, validate_train
+from maskstatus.errors import DataError, Problem, format_problems
 from maskstatus.labels import IMAGE_STEMS, NUM_CLASSES, class_names
 
 from data_builders import make_train

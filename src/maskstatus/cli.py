@@ -33,9 +33,10 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 def _cmd_validate_data(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .data.layout import eval_table, train_table
     from .data.relabel import read_relabel, resolve_relabel
-    from .data.validate import DataError, summarize
+    from .data.tables import eval_table, train_table
+    from .data.validate import summarize
+    from .errors import DataError
     from .labels import AgeThresholds
 
     root = Path(args.data_dir)
@@ -192,7 +193,8 @@ def _weights_arg(text: str) -> list[float]:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
-    from .engine.ensemble import ensemble_oof, oof_path
+    from .engine.ensemble import ensemble_oof
+    from .engine.oof import oof_path
     from .engine.predict import predict
     from .runs import atomic_write_csv
 

@@ -2,7 +2,7 @@
 
 Everything is computed from files the run already wrote: its config, each
 fold's ``metrics.csv`` (learning curves), the out-of-fold predictions
-(``engine.ensemble.read_oof``, so tuned age cut points apply) and, for a CV
+(``engine.oof.read_oof``, so tuned age cut points apply) and, for a CV
 folder, ``cv_metrics.json``. Sections: headline scores, config, curves, the
 18-class and per-task confusion matrices, per-class precision / recall / F1
 with intervals from resampling people, a reliability plot, the most confident
@@ -21,7 +21,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from ..engine.ensemble import expand_runs, member_config, read_oof
+from ..engine.ensemble import expand_runs
+from ..engine.oof import member_config, read_oof
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,

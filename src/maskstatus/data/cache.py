@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError, Problem
 from ..runs import atomic_write
 
 from .images import ImageError, load_rgb
@@ -99,8 +99,6 @@ class ImageCache:
 
     def _decode_all(self, out) -> None:
         """Decode every file into ``out``; a DataError naming every file that failed, after trying them all."""
-        from .validate import DataError, Problem
-
         bad: list[Problem] = []
         with ThreadPoolExecutor(self.threads) as pool:
             it = pool.map(self._decode_or_error, range(len(self.paths)))

@@ -16,7 +16,8 @@ import pandas as pd
 from ..age import AGE_MEAN
 from ..errors import DataError
 from ..labels import PROB_COLUMNS, TASKS, encode, split_class_probs
-from .layout import TABLE_COLUMNS, eval_table
+from .layout import TABLE_COLUMNS
+from .tables import eval_table
 
 logger = logging.getLogger(__name__)
 

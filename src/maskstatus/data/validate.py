@@ -2,7 +2,7 @@
 
 The checks never stop at the first problem: a user fixing a data set wants the
 whole list at once. ``DataError`` renders the list as one message; with
-``skip_bad`` the callers in ``layout`` log it instead and leave the bad items out.
+``skip_bad`` the callers in ``tables`` log it instead and leave the bad items out.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from ..errors import DataError, Problem, format_problems
+from ..errors import Problem
 from ..labels import DEFAULT_AGE_THRESHOLDS, GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, class_names
 from .images import IMAGE_EXTENSIONS, ImageError, load_rgb
 from .layout import (

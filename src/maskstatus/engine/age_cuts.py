@@ -17,7 +17,7 @@ from ..age import AGE_MEAN, AGE_SIGMA, oof_with_cuts, require_years, tune_cuts, 
 from ..errors import RunError, RunNotFoundError
 from ..labels import PROB_COLUMNS
 from ..metrics import compute_metrics
-from .ensemble import member_config, oof_path, read_oof
+from .oof import member_config, oof_path, read_oof
 
 logger = logging.getLogger(__name__)
 

@@ -43,10 +43,10 @@ import pandas as pd
 from ..config import Config, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
+from ..labels import PROB_COLUMNS
 from ..metrics import model_metrics
 from .score import oof_interval
 from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
-from .predict import PROB_COLUMNS
 from .train import load_train_table, train
 
 logger = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ from ..config import Config
 from ..errors import RunError
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset
-from ..data.layout import folder_table
+from ..data.tables import folder_table
 from ..data.transforms import build_transforms, output_shape
 from ..labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, NUM_CLASSES
 from ..models import model_data_config, outputs_to_probs

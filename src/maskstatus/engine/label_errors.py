@@ -39,7 +39,7 @@ from ..data.relabel import SWAP_STEMS, SWAP_VALUE
 from ..errors import UsageError
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
 from ..runs import atomic_write, atomic_write_csv, atomic_write_text
-from .ensemble import OOF_COLUMNS, check_oof_frame, read_oof
+from .oof import OOF_COLUMNS, check_oof_frame, read_oof
 
 __all__ = [
     "DRAFT_MIN_SCORE",
@@ -71,7 +71,7 @@ _GRID_WIDTH = len(IMAGE_STEMS) * (REVIEW_THUMB[0] + _PAD) + _PAD
 
 
 def load_oof(path: Path | str) -> pd.DataFrame:
-    """Out-of-fold predictions from a CV folder, a run folder or a CSV file (see ``ensemble.read_oof``)."""
+    """Out-of-fold predictions from a CV folder, a run folder or a CSV file (see ``oof.read_oof``)."""
     return read_oof(path)
 
 

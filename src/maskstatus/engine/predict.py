@@ -2,145 +2,36 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Mapping, NamedTuple, Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader, DistributedSampler
-from tqdm.auto import tqdm
 
-from ..age import AGE_MEAN, AGE_SIGMA, Cuts, mean_years, read_cuts, thresholds_cuts
+from ..age import AGE_MEAN, AGE_SIGMA, Cuts, read_cuts, thresholds_cuts
 from ..config import Config, GroupingConfig, config_to_dict, load_config
 from ..data.cache import ImageCache, available_cores
-from ..data.dataset import FaceDataset, NamedCollate, worker_init
+from ..data.dataset import FaceDataset
 from ..data.faces import cache_loader
-from ..data.layout import eval_table, folder_table
+from ..data.tables import eval_table, folder_table
 from ..data.transforms import build_transforms
 from ..errors import DataError, RunError, UsageError
-from ..grouping import FeatureCapture, group_people
-from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES, PROB_COLUMNS, decode
+from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
-from .tta import average_view_probs, tta_views
+from .evaluate import Model, eval_loader, infer
+from .tta import tta_views
 
 logger = logging.getLogger(__name__)
 
-# What predicts: the PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel).
-# Both map a normalised batch to the same dict of outputs, so everything after the forward pass is shared.
+# The PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel); see evaluate.Model.
 Backend = Literal["torch", "onnx"]
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
-Model = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
-
-
-def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric: Fabric) -> DataLoader:
-    """Ordered loader; under DDP each rank takes a strided share (padded; rows are de-duplicated after gathering)."""
-    sampler = DistributedSampler(
-        dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=False, drop_last=False
-    )
-    loader = DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        worker_init_fn=worker_init,
-        persistent_workers=False,
-        collate_fn=NamedCollate(dataset.cache.paths),
-    )
-    return loader
-
-
-class Inference(NamedTuple):
-    rows: np.ndarray  # table rows, sorted and unique
-    probs: np.ndarray  # (N, 18) float32
-    loss: float  # mean loss of the plain view, nan without a loss function
-    age_years: Optional[np.ndarray]  # (N, 2) predicted mean and spread in years (regression head), else None
-
-
-@torch.no_grad()
-def infer(
-    fabric: Fabric,
-    model: Model,
-    loader: DataLoader,
-    loss_fn: Optional[torch.nn.Module] = None,
-    limit_batches: Optional[int] = None,
-    progress: bool = False,
-    desc: str = "predict",
-    tta: Sequence[str] = (),
-    age_cuts: Optional[Cuts] = None,
-    grouping: Optional[GroupingConfig] = None,
-) -> Inference:
-    """Probabilities of every row of ``loader``, gathered from every rank, sorted by row, rows unique.
-
-    ``tta`` names test-time augmentations (see ``tta.TTA``); their probabilities are
-    averaged with the plain view's. The loss is always that of the plain view.
-    ``age_cuts`` split a regression head's years into age groups (default 29.5, 59.5).
-    With ``grouping``, the photos are grouped into people by the plain view's face
-    embeddings, and gender and age made consistent within each group (see ``grouping``).
-    """
-    if isinstance(model, torch.nn.Module):
-        model.eval()
-    views = tta_views(tta)
-    rows, probs, years, losses, embeds = [], [], [], [], []
-    capture = (FeatureCapture(model, grouping.layer, grouping.upper_fraction, grouping.columns)
-               if grouping is not None else None)
-    bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
-    for i, batch in enumerate(bar):
-        if limit_batches is not None and i >= limit_batches:
-            break
-        batch = fabric.to_device(batch)
-        view_outputs = []
-        for view_index, view in enumerate(views):
-            embed = capture if capture is not None and view_index == 0 else contextlib.nullcontext()
-            with fabric.autocast(), embed:
-                outputs = model(view(batch["image"]))
-            if embed is capture:
-                embeds.append(capture.pop())
-            view_outputs.append({k: v.float() for k, v in outputs.items()})
-        if loss_fn is not None:
-            loss, _ = loss_fn(view_outputs[0], batch)
-            losses.append(loss.detach().float() * len(batch["row"]))
-        rows.append(batch["row"])
-        probs.append(average_view_probs(view_outputs, age_cuts))
-        batch_years = mean_years(view_outputs)
-        if batch_years is not None:
-            years.append(batch_years)
-    if rows:
-        row_t, prob_t = torch.cat(rows), torch.cat(probs)
-    else:
-        row_t = torch.zeros(0, dtype=torch.long, device=fabric.device)
-        prob_t = torch.zeros(0, NUM_CLASSES, device=fabric.device)
-    year_t = torch.cat(years) if years else None
-    embed_t = torch.cat(embeds) if embeds else None
-    loss_sum = torch.stack(losses).sum() if losses else torch.zeros((), device=fabric.device)
-    count = torch.tensor(float(len(row_t)), device=fabric.device)
-    if fabric.world_size > 1:
-        row_t = fabric.all_gather(row_t).reshape(-1)
-        prob_t = fabric.all_gather(prob_t).reshape(-1, NUM_CLASSES)
-        if year_t is not None:
-            year_t = fabric.all_gather(year_t).reshape(-1, 2)
-        if embed_t is not None:
-            embed_t = fabric.all_gather(embed_t).reshape(-1, embed_t.shape[-1])
-        loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum")
-        count = fabric.all_reduce(count, reduce_op="sum")
-    row_np, prob_np = row_t.cpu().numpy(), prob_t.float().cpu().numpy()
-    row_np, first = np.unique(row_np, return_index=True)
-    year_np = year_t.float().cpu().numpy()[first] if year_t is not None else None
-    mean_loss = float(loss_sum / count) if loss_fn is not None and count > 0 else float("nan")
-    prob_np = prob_np[first]
-    if embed_t is not None:
-        # After gathering, so every rank groups all the photos the same way.
-        grouped = group_people(prob_np, embed_t.float().cpu().numpy()[first], grouping.max_size,
-                               grouping.min_similarity, grouping.neighbors, year_np,
-                               age_cuts or thresholds_cuts(DEFAULT_AGE_THRESHOLDS))
-        prob_np, year_np = grouped.probs, grouped.age_years
-    return Inference(row_np, prob_np, mean_loss, year_np)
 
 
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:

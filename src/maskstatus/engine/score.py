@@ -10,7 +10,7 @@ from ..age import read_cuts
 from ..bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
 from ..errors import UsageError
 from ..labels import PROB_COLUMNS, TASKS
-from .ensemble import member_config, oof_path, read_oof
+from .oof import member_config, oof_path, read_oof
 
 
 def oof_interval(
@@ -29,7 +29,7 @@ def oof_interval(
 def score_oof(path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
     """Metrics and person-bootstrap intervals of a run folder's, CV folder's or CSV's out-of-fold predictions.
 
-    Read with ``ensemble.read_oof``, so a folder's tuned age cut points (age_cuts.json)
+    Read with ``oof.read_oof``, so a folder's tuned age cut points (age_cuts.json)
     apply as in prediction. A folder's config decides what is scored: a per-task model
     has no 18-class metrics (None), a cascade expert is scored on its mask states.
     Returns ``Interval.to_dict()`` plus the file read, the folds and the cut points.

@@ -32,7 +32,7 @@ from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
-from ..data.layout import train_table
+from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import build_train_eval
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
@@ -43,7 +43,7 @@ from ..models import create_model, model_data_config
 from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
-from .predict import eval_loader, infer
+from .evaluate import eval_loader, infer
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,118 @@
+"""The checked image tables: a competition folder read (``layout``), checked (``validate``) and relabelled (``relabel``).
+
+The top of the data layer's reading side: it raises ``DataError`` with every problem
+(or, with ``skip_bad``, logs them and leaves the bad items out), then encodes the
+labels. ``train_table`` runs all three steps, ``eval_table`` the first two, and
+``folder_table`` lists any image folder for prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from ..errors import DataError, Problem, format_problems
+from ..labels import DEFAULT_AGE_THRESHOLDS, GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, age_group, encode
+from .images import is_image_file
+from .layout import EVAL_TABLE_COLUMNS, TABLE_COLUMNS, is_ignored_file
+from .relabel import apply_relabel, read_relabel, resolve_relabel
+from .validate import check_train_rows, validate_eval, validate_train
+
+logger = logging.getLogger(__name__)
+
+
+def read_train_csv(csv_path: str | Path) -> pd.DataFrame:
+    """Read and check ``train.csv``: columns TRAIN_COLUMNS, ids and path as strings, age as int.
+
+    Gender is lower-cased. Raises DataError listing every problem (wrong columns,
+    duplicate ids, unknown gender, bad ages).
+    """
+    rows, problems = check_train_rows(Path(csv_path))
+    if problems:
+        raise DataError(problems, csv_path)
+    return rows.drop(columns="line").reset_index(drop=True)
+
+
+def _raise_or_warn(problems: Sequence[Problem], where: Path, skip_bad: bool, rows: int) -> None:
+    if rows == 0 or (problems and not skip_bad):
+        # Even with skip_bad an empty table is useless; say why now instead of failing later.
+        raise DataError(problems, where, note="no usable images left" if skip_bad else None)
+    if problems:
+        logger.warning("leaving out bad items (skip_bad): %s", format_problems(problems, where))
+
+
+def train_table(
+    train_dir: str | Path,
+    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS,
+    relabel: "pd.DataFrame | str | Path | None" = None,
+    skip_bad: bool = False,
+    check_images: bool = True,
+) -> pd.DataFrame:
+    """Check a train folder and return its image table, one row per image.
+
+    Columns TABLE_COLUMNS: person_id (str), image_path (absolute str), stem,
+    gender (code), age (years), race, mask (code), age_group (code), label
+    (18-class code). Sorted by person_id, then stem in IMAGE_STEMS order.
+
+    ``relabel`` (a read_relabel table, or a path / "competition") is applied
+    before the codes are computed. With problems, raises DataError listing them
+    all, unless ``skip_bad``: then bad images, or whole people for a bad CSV row,
+    are left out with a logged warning.
+    """
+    train_dir = Path(train_dir)
+    images, problems = validate_train(train_dir, check_images=check_images)
+    _raise_or_warn(problems, train_dir, skip_bad, len(images))
+
+    images["mask"] = images["stem"].map(STEM_TO_MASK).astype("int64")
+    if isinstance(relabel, (str, Path)):
+        relabel = read_relabel(resolve_relabel(str(relabel)))
+    if relabel is not None:
+        images = apply_relabel(images, relabel)
+
+    images["gender"] = images["gender"].map(GENDER_TO_CODE).astype("int64")
+    images["age"] = images["age"].astype("int64")
+    images["age_group"] = pd.Series(age_group(images["age"].to_numpy(), thresholds), index=images.index, dtype="int64")
+    images["label"] = pd.Series(
+        encode(images["mask"].to_numpy(), images["gender"].to_numpy(), images["age_group"].to_numpy()),
+        index=images.index,
+        dtype="int64",
+    )
+    stem_order = images["stem"].map({stem: i for i, stem in enumerate(IMAGE_STEMS)})
+    images = images.assign(_order=stem_order).sort_values(["person_id", "_order"], kind="stable")
+    return images[list(TABLE_COLUMNS)].reset_index(drop=True)
+
+
+def eval_table(eval_dir: str | Path, skip_bad: bool = False, check_images: bool = True) -> pd.DataFrame:
+    """Check an eval folder and return columns image_id, image_path (absolute), in info.csv order.
+
+    With skip_bad, bad rows are left out, so the table may be shorter than info.csv.
+    """
+    eval_dir = Path(eval_dir)
+    table, problems = validate_eval(eval_dir, check_images=check_images)
+    _raise_or_warn(problems, eval_dir, skip_bad, len(table))
+    return table[list(EVAL_TABLE_COLUMNS)].reset_index(drop=True)
+
+
+def folder_table(folder: str | Path) -> pd.DataFrame:
+    """Every image under ``folder`` (recursive, hidden files skipped) for prediction.
+
+    Columns image_id (path relative to folder, posix) and image_path (absolute),
+    sorted by image_id. Images are not decoded here.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError([Problem(str(folder), "folder not found")], folder)
+    root = folder.resolve()
+    rows = []
+    for path in root.rglob("*"):
+        rel = path.relative_to(root)
+        if any(is_ignored_file(part) for part in rel.parts) or not is_image_file(path) or not path.is_file():
+            continue
+        rows.append((rel.as_posix(), str(path)))
+    if not rows:
+        raise DataError([Problem(str(folder), "no image files found")], folder)
+    table = pd.DataFrame(sorted(rows), columns=list(EVAL_TABLE_COLUMNS))
+    return table

@@ -1,0 +1,145 @@
+"""The package's modules depend on each other one way: no import cycles, and the layers hold.
+
+Imports are read from the source with ``ast`` rather than by importing, so an import
+inside a function (the usual way a cycle gets hidden) counts like one at the top.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import maskstatus
+
+PACKAGE = "maskstatus"
+# The installed package, not a path relative to this file: pointing PYTHONPATH at
+# another checkout checks that checkout.
+ROOT = Path(maskstatus.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for p in sorted(ROOT.rglob("*.py"))}
+
+
+def _resolve(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    if node.level == 0:
+        return node.module or ""
+    # A package's own __init__ is level 1 from itself; a plain module's level 1 is its parent.
+    base = module.split(".")
+    base = base[: len(base) - node.level + (1 if is_package else 0)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package modules it imports anywhere in its source (TYPE_CHECKING blocks too)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        deps: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = _resolve(node, name, path.name == "__init__.py")
+                # ``from pkg import sub`` imports the submodule; ``from mod import x`` imports mod.
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            else:
+                continue
+            for target in targets:
+                # ``import maskstatus.engine.predict as m`` and friends: the deepest known module.
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target.startswith(PACKAGE) and target != name:
+                    deps.add(target)
+        graph[name] = deps
+    return graph
+
+
+def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def _offenders(graph: dict[str, set[str]], under: str, forbidden: tuple[str, ...]) -> dict[str, list[str]]:
+    def inside(module: str, prefix: str) -> bool:
+        return module == prefix or module.startswith(prefix + ".")
+
+    return {
+        m: sorted(d for d in deps if any(inside(d, f) for f in forbidden))
+        for m, deps in graph.items()
+        if inside(m, under) and any(inside(d, f) for d in deps for f in forbidden)
+    }
+
+
+def test_the_graph_sees_relative_and_function_level_imports():
+    graph = import_graph()
+    assert "maskstatus.errors" in graph["maskstatus.data.validate"]
+    assert "maskstatus.engine.train" in graph["maskstatus.engine.cv"]
+    # cli imports its commands inside functions, so that ``--help`` stays fast.
+    assert "maskstatus.engine.predict" in graph["maskstatus.cli"]
+
+
+def test_no_import_cycles():
+    cycles = find_cycles(import_graph())
+    assert not cycles, "import cycles between modules:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_data_imports_no_layer_above_it():
+    above = ("maskstatus.engine", "maskstatus.serve", "maskstatus.analysis", "maskstatus.cli")
+    assert _offenders(import_graph(), "maskstatus.data", above) == {}
+
+
+def test_engine_imports_neither_cli_nor_serve():
+    assert _offenders(import_graph(), "maskstatus.engine", ("maskstatus.cli", "maskstatus.serve")) == {}
+
+
+def test_reading_validating_and_building_tables_run_one_way():
+    graph = import_graph()
+    data = "maskstatus.data."
+    assert graph[data + "layout"].isdisjoint({data + "validate", data + "relabel", data + "tables"})
+    assert graph[data + "validate"].isdisjoint({data + "relabel", data + "tables"})
+    assert data + "tables" not in graph[data + "relabel"]
+
+
+def test_training_and_scoring_do_not_depend_on_prediction():
+    graph = import_graph()
+    engine = "maskstatus.engine."
+    prediction = {engine + "predict", engine + "ensemble"}
+    for name in ("evaluate", "oof", "train", "cv", "score", "age_cuts", "label_errors"):
+        assert engine + name in graph, f"no module {engine + name}"
+        assert graph[engine + name].isdisjoint(prediction), f"{name} imports {graph[engine + name] & prediction}"
