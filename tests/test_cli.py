@@ -79,3 +79,19 @@ def test_demo_command_runs_end_to_end_twice(tmp_path, capsys, tiny_overrides):
     sub = pd.read_csv(tmp_path / "demo" / "submission.csv", dtype={"ImageID": str})
     info = pd.read_csv(tmp_path / "demo" / "data" / "eval" / "info.csv", dtype={"ImageID": str})
     assert sub["ImageID"].tolist() == info["ImageID"].tolist()
+
+
+@pytest.mark.parametrize("flag, expected", [([], None), (["--group-people"], True), (["--no-group-people"], False)])
+def test_predict_group_people_flag_reaches_predict(monkeypatch, tmp_path, flag, expected, capsys):
+    import maskstatus.engine.predict as predict_module
+
+    seen = {}
+
+    def fake_predict(runs, data, out, **kwargs):
+        seen.update(kwargs)
+        return out, out
+
+    monkeypatch.setattr(predict_module, "predict", fake_predict)
+    assert main(["predict", "--run", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "s.csv"),
+                 *flag]) == 0
+    assert seen["group_people"] is expected

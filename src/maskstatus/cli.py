@@ -156,6 +156,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         tta=_tta_arg(args.tta),
         backend=args.backend,
         onnx_dir=args.onnx_dir,
+        group_people=args.group_people,
     )
     print(f"submission: {sub}")
     print(f"probabilities: {probs}")
@@ -440,6 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "wrote; export every run first, a run without its export is an error")
     s.add_argument("--onnx-dir", default=None, metavar="DIR",
                    help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
+    s.add_argument("--group-people", action=argparse.BooleanOptionalAction, default=None,
+                   help="group the photos of one person by face similarity and make their gender and age "
+                        "consistent (never reads names or order), or not (default: each run's predict.group_people)")
     s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser(
