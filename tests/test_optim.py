@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from maskstatus.config import ConfigError, OptimizerConfig, SchedulerConfig
-from maskstatus.optim import OPTIMIZERS, SCHEDULERS, EpochScheduler, build_optimizer, build_scheduler
+from maskstatus.optim import SCHEDULERS, EpochScheduler, build_optimizer, build_scheduler
 
 
 def _model() -> nn.Module:
@@ -38,14 +38,27 @@ def test_no_weight_decay_on_1d_params(name):
     assert sum(1 for p in model.parameters() if p.ndim > 1) == 2
 
 
-def test_frozen_params_left_out():
+def test_frozen_params_kept_so_unfreezing_needs_no_rebuild():
     model = _model()
     model[0].weight.requires_grad_(False)
     opt = build_optimizer(model, OptimizerConfig(name="adamw"))
-    assert all(p is not model[0].weight for g in opt.param_groups for p in g["params"])
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    assert any(p is model[0].weight for g in opt.param_groups for p in g["params"])
+
+
+def test_group_layout_of_existing_checkpoints():
+    # Decay group first and two groups even without weight decay: optimizer states saved before
+    # the switch to timm must still load on --resume.
+    for wd in (0.05, 0.0):
+        opt = build_optimizer(_model(), OptimizerConfig(name="adam", weight_decay=wd))
+        assert [len(g["params"]) for g in opt.param_groups] == [2, 6]
+        assert [g["weight_decay"] for g in opt.param_groups] == [wd, 0.0]
 
 
 def test_sgd_options():
+    # "sgd" stays classical momentum (timm's "sgd" default is Nesterov).
+    opt = build_optimizer(_model(), OptimizerConfig(name="sgd"))
+    assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is False
     opt = build_optimizer(_model(), OptimizerConfig(name="sgd", params={"nesterov": True}))
     assert opt.defaults["momentum"] == 0.9 and opt.defaults["nesterov"] is True
     opt = build_optimizer(_model(), OptimizerConfig(name="adam", params={"betas": [0.8, 0.99]}))
@@ -59,6 +72,14 @@ def test_unknown_optimizer_and_param():
         build_optimizer(_model(), OptimizerConfig(name="sgd", params={"momentun": 0.8}))
     with pytest.raises(ConfigError, match="optimizer.params"):
         build_optimizer(_model(), OptimizerConfig(name="sgd", params={"lr": 0.8}))
+    with pytest.raises(ConfigError, match=r"optimizer\.params.*layer_decay"):
+        build_optimizer(_model(), OptimizerConfig(name="adamw", params={"layer_decay": 0.7}))
+
+
+@pytest.mark.parametrize("name", ["lamb", "lookahead_adamw", "nadamw"])
+def test_timm_optimizers_by_name(name):
+    opt = build_optimizer(_model(), OptimizerConfig(name=name, lr=0.01, weight_decay=0.05))
+    assert opt.param_groups[0]["lr"] == 0.01 and opt.param_groups[0]["weight_decay"] == 0.05
 
 
 def test_cosine_with_warmup():
@@ -90,6 +111,64 @@ def test_cosine_without_warmup_and_step():
     assert _run(sched, [None] * 6) == pytest.approx([0.05, 0.1, 0.1, 0.05, 0.05, 0.025])
     sched = build_scheduler(_optimizer(0.1), SchedulerConfig(name="none", warmup_epochs=1), 3)
     assert _run(sched, [None] * 3) == pytest.approx([0.05, 0.1, 0.1])
+
+
+def _reference_lrs(name: str, lr: float, epochs: int, warmup: int, **p) -> list[float]:
+    """The schedules' closed forms: lr of each epoch, then the lr after the last one."""
+    out = []
+    for k in range(epochs + 1):
+        if k < warmup:
+            out.append(lr * (k + 1) / (warmup + 1))
+        elif name == "cosine":
+            min_lr = p.get("min_lr", 0.0)
+            out.append(min_lr + (lr - min_lr) * (1 + math.cos(math.pi * (k - warmup) / (epochs - warmup))) / 2)
+        elif name == "step":
+            out.append(lr * p["gamma"] ** ((k - warmup) // p["step_size"]))
+        else:
+            out.append(lr)
+    return out
+
+
+@pytest.mark.parametrize(
+    "name, warmup, params",
+    [
+        ("cosine", 0, {}),
+        ("cosine", 3, {}),
+        ("cosine", 0, {"min_lr": 1e-4}),
+        ("cosine", 4, {"min_lr": 1e-4}),
+        ("step", 0, {"step_size": 3, "gamma": 0.5}),
+        ("step", 2, {"step_size": 1, "gamma": 0.1}),
+        ("none", 0, {}),
+        ("none", 5, {}),
+    ],
+)
+def test_lr_sequences_match_the_closed_forms(name, warmup, params):
+    # Tight tolerance: results must not move when the implementation does (torch's recursive
+    # schedulers before, timm's closed forms now, agreed to 2e-16).
+    lr, epochs = 0.3, 12
+    sched = build_scheduler(_optimizer(lr), SchedulerConfig(name=name, warmup_epochs=warmup, params=params), epochs)
+    lrs = _run(sched, [None] * epochs) + [sched.lr]
+    assert lrs == pytest.approx(_reference_lrs(name, lr, epochs, warmup, **params), rel=0, abs=1e-12)
+    assert all(g["lr"] == sched.lr for g in sched.optimizer.param_groups)
+
+
+def test_state_of_a_shorter_run_continues_on_the_longer_schedule():
+    # An extended run: the state of a 4-epoch cosine, loaded into a 10-epoch one, gives the 10-epoch lr.
+    cfg = SchedulerConfig(name="cosine", warmup_epochs=1)
+    short = build_scheduler(_optimizer(), cfg, 4)
+    _run(short, [None] * 4)
+    longer = build_scheduler(_optimizer(), cfg, 10)
+    longer.load_state_dict(short.state_dict())
+    assert longer.lr == pytest.approx(_reference_lrs("cosine", 0.1, 10, 1)[4], rel=0, abs=1e-12)
+
+
+def test_loads_a_state_saved_by_the_torch_based_scheduler():
+    # Checkpoints written before the switch to timm: epoch count, torch scheduler state, lrs.
+    old = {"epoch": 3, "scheduler": {"_milestones": [2], "last_epoch": 3}, "warmup": {"last_epoch": 2},
+           "lrs": [0.0857, 0.0857]}
+    sched = build_scheduler(_optimizer(), SchedulerConfig(name="cosine", warmup_epochs=2), 6)
+    sched.load_state_dict(old)
+    assert sched.epoch == 3 and sched.lr == pytest.approx(_reference_lrs("cosine", 0.1, 6, 2)[3], rel=0, abs=1e-12)
 
 
 def test_plateau_lowers_lr_after_patience():
@@ -160,6 +239,5 @@ def test_scheduler_errors():
         build_scheduler(_optimizer(), SchedulerConfig(name="cosine", warmup_epochs=5), 5)
 
 
-def test_registries_list_names():
-    assert OPTIMIZERS.names() == ["adam", "adamw", "sgd"]
-    assert SCHEDULERS.names() == ["cosine", "none", "plateau", "step"]
+def test_scheduler_names():
+    assert SCHEDULERS == ("cosine", "none", "plateau", "step")

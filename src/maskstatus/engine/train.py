@@ -178,27 +178,18 @@ def _resume_config(run: RunDir, cfg: Config) -> Config:
 def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[dict[str, Any]], epochs: int) -> None:
     """Restore the optimizer and the learning-rate schedule of a resumed run.
 
-    With the epoch count it was saved with, the saved schedule continues exactly. With another
-    count (an extended run) the saved one no longer fits: a cosine built for the old count ends at
-    its minimum, so the new epochs would train at lr 0. The schedule of a run of ``epochs`` epochs
-    is then replayed over the epochs already trained (with their validation scores, for plateau),
-    and the new epochs follow it.
+    The scheduler state is the number of epochs trained (plus plateau's counters), and a fixed
+    schedule's lr is a function of that count and the run length. So with another epoch count (an
+    extended run) the same state puts the run on the schedule of a run of ``epochs`` epochs: a
+    cosine built for the old count would have ended at its minimum, and the new epochs would train
+    at lr 0. Plateau does not depend on the run length, so its saved state continues as it is.
     """
-    saved_epochs = state.get("config", {}).get("train", {}).get("epochs", epochs)
-    if saved_epochs == epochs:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        return
-    with warnings.catch_warnings():
-        # The fresh optimizer has not stepped yet; stepping its schedule is the point here.
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
-        for row in history:
-            scheduler.step(row.get("val_score", row.get("val_f1")))  # runs from before per-task scores: F1
-    replayed = scheduler.state_dict()
     optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(replayed)  # also sets the optimizer's lr to the replayed one
-    logger.info("train.epochs changed from %d to %d: the learning-rate schedule is that of a %d-epoch run; "
-                "epoch %d trains at lr %.3g", saved_epochs, epochs, epochs, len(history), scheduler.lr)
+    scheduler.load_state_dict(state["scheduler"])  # after the optimizer: it sets the optimizer's lr
+    saved_epochs = state.get("config", {}).get("train", {}).get("epochs", epochs)
+    if saved_epochs != epochs:
+        logger.info("train.epochs changed from %d to %d: the learning-rate schedule is that of a %d-epoch run; "
+                    "epoch %d trains at lr %.3g", saved_epochs, epochs, epochs, len(history), scheduler.lr)
 
 
 def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
