@@ -76,7 +76,7 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     from lightning_fabric import Fabric
 
     from maskstatus.engine.oof import read_oof
-    from maskstatus.engine.predict import load_run, predict_probs
+    from maskstatus.engine.predict import load_run, predict_outputs
     from maskstatus.labels import PROB_COLUMNS
     from maskstatus.metrics import model_metrics
 
@@ -87,7 +87,7 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     scores, seconds, tables = {}, {}, {}
     for name, views in (("tta", list(row["tta"])), ("no_tta", [])):
         t0 = time.perf_counter()
-        probs = predict_probs([run], oof, fabric, progress=False, tta=views)
+        probs = predict_outputs([run], oof, fabric, progress=False, tta=views)[0]
         seconds[name] = time.perf_counter() - t0
         scores[name] = model_metrics(probs, oof["label"].to_numpy(), run.cfg.model.tasks, run.cfg.data.mask_codes())
         tables[name] = oof.assign(**dict(zip(PROB_COLUMNS, probs.T)))

@@ -144,3 +144,16 @@ def test_bad_input_is_refused():
         person_bootstrap(probs, labels, person, level=90)
     with pytest.raises(ValueError, match="n_boot"):
         person_bootstrap(probs, labels, person, n_boot=0)
+
+
+def test_class_count_replicates_sum_the_drawn_people():
+    from maskstatus.bootstrap import class_count_replicates
+
+    # Two people: one always right about class 0, one always wrong (true 1, predicted 2).
+    true = np.array([0, 0, 1, 1])
+    pred = np.array([0, 0, 2, 2])
+    tp, n_true, n_pred = class_count_replicates(true, pred, ["a", "a", "b", "b"], k=3, n_boot=50, seed=1)
+    drawn_a = tp[:, 0] / 2  # how often person a was drawn in each replicate
+    assert set(np.unique(drawn_a)) <= {0, 1, 2}
+    assert np.array_equal(n_true[:, 0], tp[:, 0]) and np.array_equal(n_true[:, 1], 2 * (2 - drawn_a))
+    assert np.array_equal(n_pred[:, 2], n_true[:, 1]) and not tp[:, 1:].any()

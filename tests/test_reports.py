@@ -13,7 +13,7 @@ from PIL import Image
 
 from maskstatus.analysis.eda import NEAR_DUPLICATE_BITS, analyse, find_duplicates, phash, render
 from maskstatus.analysis.html import write_page
-from maskstatus.analysis.report import _person_bootstrap, calibration
+from maskstatus.analysis.report import _class_intervals, calibration
 from maskstatus.cli import main
 from maskstatus.config import load_config
 from maskstatus.data.images import load_rgb
@@ -301,17 +301,17 @@ def test_report_names_a_missing_or_wrong_folder(tmp_path, capsys):
         capsys.readouterr().err
 
 
-def test_person_bootstrap_intervals():
+def test_class_intervals_resample_people():
     rng = np.random.default_rng(0)
     people = np.repeat([f"p{i}" for i in range(200)], 7)
     labels = rng.integers(0, NUM_CLASSES, len(people))
-    perfect = _person_bootstrap(labels, labels, people, samples=200)
+    perfect = _class_intervals(labels, labels, people, samples=200)
     assert np.allclose(perfect["f1"], 1.0) and np.allclose(perfect["macro_f1"], 1.0)
 
     preds = np.where(rng.random(len(labels)) < 0.7, labels, rng.integers(0, NUM_CLASSES, len(labels)))
     preds[preds == 5] = 4  # class 5 is never predicted: no precision interval
-    ci = _person_bootstrap(labels, preds, people, samples=300)
-    again = _person_bootstrap(labels, preds, people, samples=300)
+    ci = _class_intervals(labels, preds, people, samples=300)
+    again = _class_intervals(labels, preds, people, samples=300)
     assert np.array_equal(ci["f1"], again["f1"], equal_nan=True)
     assert np.isnan(ci["precision"][:, 5]).all() and np.allclose(ci["recall"][:, 5], 0.0)
     macro = compute_metrics(np.eye(NUM_CLASSES)[preds], labels)["f1"]
@@ -319,7 +319,7 @@ def test_person_bootstrap_intervals():
     # Fewer people, wider intervals.
     few = np.isin(people, [f"p{i}" for i in range(20)])
     narrow = ci["macro_f1"][1] - ci["macro_f1"][0]
-    wide = _person_bootstrap(labels[few], preds[few], people[few], samples=300)["macro_f1"]
+    wide = _class_intervals(labels[few], preds[few], people[few], samples=300)["macro_f1"]
     assert wide[1] - wide[0] > narrow
 
 

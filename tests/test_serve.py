@@ -1,4 +1,4 @@
-"""The HTTP server: answers equal to predict_probs, limits, errors, heatmaps; a face-crop rule on whole photos."""
+"""The HTTP server: answers equal to predict's, limits, errors, heatmaps; a face-crop rule on whole photos."""
 
 import io
 import struct
@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
-from maskstatus.engine.predict import load_run, predict_probs  # noqa: E402
+from maskstatus.engine.predict import load_run, predict_outputs  # noqa: E402
 from maskstatus.labels import TASKS, decode, split_class_probs  # noqa: E402
 from maskstatus.serve.app import create_app  # noqa: E402
 from maskstatus.serve.predictor import Predictor  # noqa: E402
@@ -49,7 +49,7 @@ def reference_probs(cv_dir, paths):
 
     runs = [load_run(r) for r in expand_runs([cv_dir])]
     table = pd.DataFrame({"image_path": [str(p) for p in paths], "image_id": [p.name for p in paths]})
-    return predict_probs([runs], table, Fabric(accelerator="cpu", devices=1), progress=False)
+    return predict_outputs([runs], table, Fabric(accelerator="cpu", devices=1), progress=False)[0]
 
 
 def post(client, paths, url="/predict"):
@@ -65,7 +65,7 @@ def test_health(client, cv_dir):
 
 
 @pytest.mark.parametrize("count", [1, 5])
-def test_predict_equals_predict_probs(client, cv_dir, demo_data, count):
+def test_predict_equals_the_predict_code(client, cv_dir, demo_data, count):
     paths = eval_images(demo_data, count)
     r = post(client, paths)
     assert r.status_code == 200, r.text

@@ -90,6 +90,27 @@ def person_weights(people: int, n_boot: int, rng: np.random.Generator) -> np.nda
     return np.bincount((draws + offsets).ravel(), minlength=n_boot * people).reshape(n_boot, people).astype(np.float64)
 
 
+def class_count_replicates(
+    true: np.ndarray,
+    pred: np.ndarray,
+    person_ids: Sequence,
+    k: int = NUM_CLASSES,
+    n_boot: int = DEFAULT_BOOT,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per replicate of a person bootstrap and per class: true positives, true and predicted totals ((n_boot, k) each).
+
+    The counts :func:`person_bootstrap` scores, for intervals of per-class precision, recall and F1.
+    """
+    true, pred = np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    _, person = np.unique(np.asarray(person_ids).astype(str), return_inverse=True)
+    people = int(person.max()) + 1
+    per_person = np.zeros((people, 3 * k + 1))
+    np.add.at(per_person, person, _count_columns(true, pred, k))
+    counts = person_weights(people, int(n_boot), np.random.default_rng(seed)) @ per_person
+    return counts[:, :k], counts[:, k : 2 * k], counts[:, 2 * k : 3 * k]
+
+
 def person_bootstrap(
     probs: np.ndarray,
     labels: np.ndarray,

@@ -21,6 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..bootstrap import class_count_replicates
 from ..engine.ensemble import expand_runs
 from ..engine.oof import member_config, read_oof
 from ..labels import (
@@ -70,31 +71,17 @@ class ReportResult:
 # ----------------------------------------------------------------- numbers
 
 
-def _person_bootstrap(labels: np.ndarray, preds: np.ndarray, people: Sequence[str],
-                      samples: int = BOOTSTRAP_SAMPLES, level: float = BOOTSTRAP_LEVEL,
-                      seed: int = 0) -> dict[str, np.ndarray]:
+def _class_intervals(labels: np.ndarray, preds: np.ndarray, people: Sequence[str],
+                     samples: int = BOOTSTRAP_SAMPLES, level: float = BOOTSTRAP_LEVEL,
+                     seed: int = 0) -> dict[str, np.ndarray]:
     """Percentile intervals of per-class precision, recall and F1, and of macro F1, resampling people.
 
     People, not images, are drawn with replacement, because a person's seven photos share
     one face and one gender/age label: their errors come together. Returns
     ``{"precision", "recall", "f1"}`` -> (2, 18) arrays (low, high; NaN where a class is
     never true or never predicted in most resamples) and ``"macro_f1"`` -> (2,).
-    The project's shared person-bootstrap function can replace this one behind the same call.
     """
-    labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
-    person, uniques = pd.factorize(pd.Series(people).astype(str))
-    n_people = len(uniques)
-    # Per-person counts; a resample's counts are then a weighted sum over people.
-    tp = np.zeros((n_people, NUM_CLASSES))
-    true_n = np.zeros((n_people, NUM_CLASSES))
-    pred_n = np.zeros((n_people, NUM_CLASSES))
-    hit = labels == preds
-    np.add.at(tp, (person[hit], labels[hit]), 1)
-    np.add.at(true_n, (person, labels), 1)
-    np.add.at(pred_n, (person, preds), 1)
-    rng = np.random.default_rng(seed)
-    draws = rng.multinomial(n_people, np.full(n_people, 1.0 / n_people), size=samples).astype(np.float64)
-    TP, T, P = draws @ tp, draws @ true_n, draws @ pred_n
+    TP, T, P = class_count_replicates(labels, preds, people, NUM_CLASSES, samples, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(P > 0, TP / P, np.nan)
         recall = np.where(T > 0, TP / T, np.nan)
@@ -126,7 +113,7 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray, people: Sequence[str]
         precision = np.where(pred_n > 0, tp / pred_n, 0.0)
         recall = np.where(true_n > 0, tp / true_n, 0.0)
         f1 = np.where(true_n + pred_n > 0, 2 * tp / (true_n + pred_n), 0.0)
-    ci = _person_bootstrap(labels, preds, people)
+    ci = _class_intervals(labels, preds, people)
     table = pd.DataFrame({
         "class": np.arange(NUM_CLASSES), "name": class_names(thresholds),
         "images": true_n.astype(np.int64),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -152,30 +152,6 @@ def load_run(
     return LoadedRun(cfg, model.eval(), ckpt_path, age_cuts)
 
 
-def predict_probs(
-    runs: Sequence[Union[LoadedRun, Sequence[LoadedRun]]],
-    table: pd.DataFrame,
-    fabric: Fabric,
-    batch_size: Optional[int] = None,
-    num_workers: int = 0,
-    progress: bool = True,
-    tta: Optional[Sequence[str]] = None,
-    weights: Optional[Sequence[float]] = None,
-    vote: Vote = "soft",
-    group_people: Optional[bool] = None,
-) -> np.ndarray:
-    """Ensemble 18-class probabilities in table order.
-
-    Each member of ``runs`` is a run, or a list of runs (the folds of a CV folder)
-    whose probabilities are averaged into one member. Members are combined by
-    ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
-    overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
-    ``group_people`` likewise overrides every run's ``predict.group_people``.
-    """
-    return predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote,
-                           group_people)[0]
-
-
 def predict_outputs(
     runs: Sequence[Union[LoadedRun, Sequence[LoadedRun]]],
     table: pd.DataFrame,
@@ -188,19 +164,41 @@ def predict_outputs(
     vote: Vote = "soft",
     group_people: Optional[bool] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """:func:`predict_probs`, plus the predicted age in years (N, 2: mean, spread) or None.
+    """Ensemble 18-class probabilities in table order, and the predicted age in years (N, 2: mean, spread) or None.
 
+    Each member of ``runs`` is a run, or a list of runs (the folds of a CV folder)
+    whose probabilities are averaged into one member. Members are combined by
+    ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
+    overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
+    ``group_people`` likewise overrides every run's ``predict.group_people``.
     The years are the plain mean over every run that predicts them (TTA views already
     averaged); they let pseudo labels carry an age in years for a regression head.
     """
     members = [[m] if isinstance(m, LoadedRun) else list(m) for m in runs]
-    if not members or any(not m for m in members):
-        raise ValueError("predict_probs needs at least one run in every member")
     caches: dict = {}
+    return vote_members(
+        members,
+        lambda run: _run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta, group_people),
+        weights,
+        vote,
+    )
+
+
+def vote_members(
+    members: Sequence[Sequence[LoadedRun]],
+    run_outputs: Callable[[LoadedRun], tuple[np.ndarray, Optional[np.ndarray]]],
+    weights: Optional[Sequence[float]] = None,
+    vote: Vote = "soft",
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The ensemble rule ``predict`` and ``serve`` share: runs of a member averaged, members voted.
+
+    ``run_outputs(run)`` gives one run's probabilities (N, 18) and years (N, 2) or None.
+    """
+    if not members or any(not m for m in members):
+        raise ValueError("an ensemble needs at least one run in every member")
     member_probs, years = [], []
     for member in members:
-        outputs = [_run_probs(run, table, fabric, caches, batch_size, num_workers, progress, tta, group_people)
-                   for run in member]
+        outputs = [run_outputs(run) for run in member]
         member_probs.append(np.mean([probs for probs, _ in outputs], axis=0))
         years += [y for _, y in outputs if y is not None]
     # The folds of one member share a config, so its first run tells which tasks it predicts.

@@ -3,7 +3,7 @@
 Everything between the decoded image and the 18 probabilities is the
 prediction code's own: ``load_run`` and ``expand_runs`` load the runs,
 ``ImageCache`` resizes to the run's ``cache.size``, ``FaceDataset`` applies the
-run's eval transforms, ``infer`` runs the TTA views and ``combine_probs`` joins
+run's eval transforms, ``infer`` runs the TTA views and ``vote_members`` joins
 the ensemble members. Only the source of the pixels differs: arrays already
 decoded (with ``load_rgb``'s rules) instead of file paths.
 """
@@ -28,8 +28,8 @@ from ..data.cache import ImageCache, resize_to
 from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
 from ..data.images import ImageError, load_rgb
 from ..data.transforms import build_transforms
-from ..engine.ensemble import combine_probs, expand_runs
-from ..engine.predict import LoadedRun, cache_probs, load_run
+from ..engine.ensemble import expand_runs
+from ..engine.predict import LoadedRun, cache_probs, load_run, vote_members
 from ..engine.tta import tta_views
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
@@ -149,6 +149,7 @@ class Predictor:
             self.members.append(_Member(source, runs, tuple(cfg.model.tasks), tuple(cfg.data.mask_states)))
         first = self.members[0].runs[0].cfg
         self.fabric = Fabric(accelerator=accelerator, devices=1, precision=first.train.precision)
+        self.prepared: dict[int, tuple[torch.nn.Module, object]] = {}  # id(run) -> its set-up model and transform
         for member in self.members:
             for run in member.runs:
                 norm = model_data_config(run.model)
@@ -158,6 +159,7 @@ class Predictor:
                 if run.cfg.train.channels_last:
                     model = model.to(memory_format=torch.channels_last)
                 member.models.append(self.fabric.setup_module(model))
+                self.prepared[id(run)] = (member.models[-1], member.transforms[-1])
         # Frame faces with the shape the first model was trained on (cache.size is height, width).
         self.aspect = cache_aspect(first.cache.size)
         # A run trained with data.face_crop saw only crops (predict crops for it too), so it gets them here
@@ -191,25 +193,20 @@ class Predictor:
         return crop_face(image, self.detector, self.aspect)
 
     def probs(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """(N, 18) float32 ensemble probabilities of decoded RGB images, as ``predict_probs`` computes them."""
+        """(N, 18) ensemble probabilities of decoded RGB images, as ``predict`` computes them for files."""
         if not images:
             raise ValueError("probs needs at least one image")
         images = list(images)
         with self.lock:
-            member_probs = []
-            for member in self.members:
-                per_run = [self._run_probs(run, model, transform, images)
-                           for run, model, transform in zip(member.runs, member.models, member.transforms)]
-                member_probs.append(np.mean(per_run, axis=0))
-            return combine_probs(member_probs, None, "soft", [m.tasks for m in self.members],
-                                 [m.states for m in self.members])
+            return vote_members([m.runs for m in self.members], lambda run: self._run_probs(run, images))[0]
 
-    def _run_probs(self, run: LoadedRun, model: torch.nn.Module, transform, images: list[np.ndarray]) -> np.ndarray:
+    def _run_probs(self, run: LoadedRun, images: list[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
+        model, transform = self.prepared[id(run)]
         size = tuple(run.cfg.cache.size) if run.cfg.cache.size else None
         # The cache's keys are indices into ``images``: it resizes exactly as it does for files.
         cache = ImageCache([str(i) for i in range(len(images))], size=size, mode="memory", threads=1,
                            progress=False, loader=lambda key: images[int(key)]).fill()
-        return cache_probs(run, model, transform, cache, self.fabric, self.batch_size, tta=self.tta)[0]
+        return cache_probs(run, model, transform, cache, self.fabric, self.batch_size, tta=self.tta)
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Find the faces, then predict all images in one batch."""
