@@ -50,6 +50,7 @@ __all__ = [
     "TASK_NAMES",
     "find_label_errors",
     "load_oof",
+    "rank_suspects",
     "score_people",
     "write_review",
 ]
@@ -194,9 +195,13 @@ def find_label_errors(oof: pd.DataFrame, top: int = 50, min_score: float = 0.5) 
     than right) and it is among the ``top`` highest of its task. Sorted by
     score, highest first.
     """
+    return rank_suspects(score_people(oof), top, min_score)
+
+
+def rank_suspects(scores: pd.DataFrame, top: int = 50, min_score: float = 0.5) -> pd.DataFrame:
+    """The filter and order of :func:`find_label_errors` applied to a ``score_people`` table."""
     if top < 1:
         raise UsageError(f"top must be >= 1, got {top}")
-    scores = score_people(oof)
     kept = scores[scores["score"] >= min_score]
     kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
     kept = kept.groupby("task", sort=False).head(top)
