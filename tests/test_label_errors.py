@@ -237,3 +237,21 @@ def test_cli_find_label_errors(planted, tmp_path, capsys):
 
     assert main(["find-label-errors", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert str(tmp_path / "missing") in capsys.readouterr().err
+
+
+def test_gender_score_is_the_renormalised_geometric_mean(planted):
+    # A: lukewarm on all 7 photos; B: sure on 4 and leaning the given way on 3. The arithmetic mean
+    # ranks A first (0.75 > 0.742), the geometric mean (mean log-odds) ranks B first.
+    oof, _, _ = planted
+    two = oof[oof.person_id.isin(["000001", "000002"])].copy()
+    two["label"] = encode(np.array([STEM_TO_MASK[s] for s in two.stem]), 0, 0)
+    other = {"000001": [0.75] * 7, "000002": [0.999] * 4 + [0.4] * 3}
+    p_other = np.concatenate([other[pid] for pid in two.person_id.drop_duplicates()])
+    masks = np.eye(3)[[STEM_TO_MASK[s] for s in two.stem]]
+    gender = np.stack([1 - p_other, p_other], axis=1)
+    two[PROB_COLUMNS] = combine_task_probs({"mask": masks, "gender": gender})
+    scores = score_people(two).query("task == 'gender'").set_index("person_id").score
+    assert scores["000001"] == pytest.approx(0.75, abs=1e-6)
+    log_odds = (4 * np.log(0.999 / 0.001) + 3 * np.log(0.4 / 0.6)) / 7
+    assert scores["000002"] == pytest.approx(1 / (1 + np.exp(-log_odds)), abs=1e-4)
+    assert scores["000002"] > scores["000001"]

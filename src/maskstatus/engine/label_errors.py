@@ -5,8 +5,18 @@ fold, p0..p17), where every probability comes from a model that never saw that
 person. Labels are judged per PERSON, because gender and age are given once per
 person and a mask swap concerns two photos of one person:
 
-- ``gender``: mean of the gender marginals over the person's photos;
-  score = mean probability of the other gender.
+- ``gender``: geometric mean of the gender marginals over the person's photos,
+  renormalised to sum to 1 (the mean log-probability, i.e. each photo as
+  independent evidence tempered by the photo count); score = its probability
+  of the other gender. Against the arithmetic mean it ranks planted gender
+  flips higher when few places are left (benchmarks/label_errors.py on the
+  fold-0 proxy OOF, top 10 of 540 people, see README): it is the mean
+  log-odds, so a photo at 0.999 counts for more than one at 0.9, where the
+  arithmetic mean saturates. A real flip shows the other gender, which a
+  model sees with near certainty on the clear photos even when the masked
+  ones are unsure; a face the model merely finds hard tends to be lukewarm on
+  all of them. For age the same change measured slightly worse, so age
+  keeps the arithmetic mean.
 - ``age``: mean of the age-group marginals; score = 1 - mean probability of the
   given group; ``predicted`` is the group with the highest mean.
 - ``mask_swap``: for the incorrect_mask photo (given mask A) and the normal
@@ -50,6 +60,7 @@ __all__ = [
     "TASK_NAMES",
     "find_label_errors",
     "load_oof",
+    "rank_suspects",
     "score_people",
     "write_review",
 ]
@@ -127,7 +138,10 @@ def score_people(oof: pd.DataFrame) -> pd.DataFrame:
     for task, names in (("gender", GENDER_NAMES), ("age", AGE_NAMES)):
         cols = [f"{task}{k}" for k in range(TASKS[task])]
         given = _mode(frame, ["person_id"], f"given_{task}")
-        mean = people[cols].mean().loc[given.index].to_numpy()
+        if task == "gender":
+            mean = _geometric_mean(frame, cols).loc[given.index].to_numpy()
+        else:
+            mean = people[cols].mean().loc[given.index].to_numpy()
         given_codes = given.to_numpy(dtype=np.int64)
         p_given = mean[np.arange(len(mean)), given_codes]
         rows.append(
@@ -149,6 +163,20 @@ def score_people(oof: pd.DataFrame) -> pd.DataFrame:
     scores["score"] = scores["score"].clip(0.0, 1.0)
     scores["images"] = scores["person_id"].map(images)
     return scores[list(REVIEW_COLUMNS)]
+
+
+# oof.csv rounds probabilities to 6 decimals, so a written 0 means "below 1e-6"; flooring there keeps one
+# photo from vetoing a person with log(0).
+_LOG_FLOOR = 1e-6
+
+
+def _geometric_mean(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Per person: the geometric mean of ``cols`` over their photos, renormalised to sum to 1."""
+    logs = np.log(np.clip(frame[cols].to_numpy(dtype=np.float64), _LOG_FLOOR, 1.0))
+    mean_log = pd.DataFrame(logs, columns=cols).groupby(frame["person_id"].to_numpy(), sort=False).mean()
+    # Subtracting the row maximum before exp keeps tiny probabilities from underflowing to 0/0.
+    q = np.exp(mean_log.to_numpy() - mean_log.to_numpy().max(axis=1, keepdims=True))
+    return pd.DataFrame(q / q.sum(axis=1, keepdims=True), index=mean_log.index, columns=cols)
 
 
 def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
@@ -194,9 +222,13 @@ def find_label_errors(oof: pd.DataFrame, top: int = 50, min_score: float = 0.5) 
     than right) and it is among the ``top`` highest of its task. Sorted by
     score, highest first.
     """
+    return rank_suspects(score_people(oof), top, min_score)
+
+
+def rank_suspects(scores: pd.DataFrame, top: int = 50, min_score: float = 0.5) -> pd.DataFrame:
+    """The filter and order of :func:`find_label_errors` applied to a ``score_people`` table."""
     if top < 1:
         raise UsageError(f"top must be >= 1, got {top}")
-    scores = score_people(oof)
     kept = scores[scores["score"] >= min_score]
     kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
     kept = kept.groupby("task", sort=False).head(top)

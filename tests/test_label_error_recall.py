@@ -1,0 +1,89 @@
+"""Planting label errors in an OOF table and counting how many the finder catches."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from maskstatus.engine.label_error_recall import inject_label_errors, injected_found, simulate_recall
+from maskstatus.engine.label_errors import find_label_errors
+from maskstatus.errors import UsageError
+from maskstatus.labels import IMAGE_STEMS, PROB_COLUMNS, STEM_TO_MASK, TASKS, combine_task_probs, decode, encode
+
+
+def _oof(people: int = 30, confidence: float = 0.97, seed: int = 0) -> pd.DataFrame:
+    """Clean labels; each photo's prediction puts ``confidence`` on its true label (uniform when 1/k)."""
+    rng = np.random.default_rng(seed)
+    rows, truth = [], []
+    for i in range(people):
+        gender, age = int(rng.integers(2)), int(rng.integers(3))
+        for stem in IMAGE_STEMS:
+            mask = STEM_TO_MASK[stem]
+            rows.append((f"{i:06d}", stem, f"/d/{i:06d}/{stem}.jpg", encode(mask, gender, age), i % 5))
+            truth.append((mask, gender, age))
+    table = pd.DataFrame(rows, columns=["person_id", "stem", "image_path", "label", "fold"])
+    task_probs = {}
+    for t, codes in zip(("mask", "gender", "age"), np.array(truth).T):
+        k = TASKS[t]
+        probs = np.full((len(codes), k), (1 - confidence) / (k - 1))
+        probs[np.arange(len(codes)), codes] = confidence
+        task_probs[t] = probs
+    return pd.concat([table, pd.DataFrame(combine_task_probs(task_probs), columns=PROB_COLUMNS)], axis=1)
+
+
+def test_inject_changes_only_the_planted_labels():
+    oof = _oof()
+    planted, injected = inject_label_errors(oof, np.random.default_rng(1), gender=3, age=4, swap=2)
+    assert injected.groupby("task").size().to_dict() == {"gender": 3, "age": 4, "mask_swap": 2}
+    assert injected.person_id.is_unique  # disjoint people
+    assert (planted[PROB_COLUMNS].to_numpy() == oof[PROB_COLUMNS].to_numpy()).all()
+    m0, g0, a0 = decode(oof.label.to_numpy())
+    m1, g1, a1 = decode(planted.label.to_numpy())
+    for pid, task in injected.itertuples(index=False):
+        rows = (oof.person_id == pid).to_numpy()
+        if task == "gender":
+            assert (g1[rows] != g0[rows]).all() and (a1[rows] == a0[rows]).all() and (m1[rows] == m0[rows]).all()
+        elif task == "age":
+            # neighbour mode: one group away, the same on every photo
+            assert (np.abs(a1[rows] - a0[rows]) == 1).all() and len(set(a1[rows])) == 1
+            assert (g1[rows] == g0[rows]).all()
+        else:
+            stems = oof.stem[rows].tolist()
+            masks = dict(zip(stems, m1[rows]))
+            assert (masks["incorrect_mask"], masks["normal"]) == (2, 1)
+            assert all(masks[s] == 0 for s in stems if s.startswith("mask"))
+    untouched = ~oof.person_id.isin(injected.person_id).to_numpy()
+    assert (planted.label.to_numpy()[untouched] == oof.label.to_numpy()[untouched]).all()
+
+
+def test_inject_refuses_more_than_there_are_people():
+    with pytest.raises(UsageError, match="swap"):
+        inject_label_errors(_oof(people=3), np.random.default_rng(0), swap=4)
+    with pytest.raises(UsageError, match="age_mode"):
+        inject_label_errors(_oof(people=3), np.random.default_rng(0), age=1, age_mode="far")
+
+
+def test_confident_model_finds_every_planted_error():
+    report = simulate_recall(_oof(), {"gender": 3, "age": 2, "mask_swap": 2}, draws=4, seed=0, top=10)
+    for task in ("gender", "age", "mask_swap"):
+        assert report["per_task"][task]["recall"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
+        assert report["per_task"][task]["listed_injected"] == report["per_task"][task]["listed"]
+    assert report["overall"]["recall"]["mean"] == 1.0
+
+
+def test_uninformative_model_finds_nothing():
+    # Uniform predictions: gender scores 0.5, age 0.67, swap 0.33 for everyone, all below min_score=0.9.
+    uniform = _oof(confidence=0.5)
+    uniform[PROB_COLUMNS] = 1.0 / len(PROB_COLUMNS)
+    report = simulate_recall(uniform, {"gender": 3, "age": 2, "mask_swap": 2}, draws=3, top=50, min_score=0.9)
+    for task in ("gender", "age", "mask_swap"):
+        assert report["per_task"][task]["recall"]["max"] == 0.0
+        assert report["per_task"][task]["listed"] == 0.0
+    assert report["overall"]["recall"]["max"] == 0.0
+
+
+def test_injected_found_counts_per_task():
+    oof = _oof()
+    planted, injected = inject_label_errors(oof, np.random.default_rng(3), gender=2, swap=1)
+    counts = injected_found(find_label_errors(planted), injected)
+    assert counts["gender"] == {"injected": 2, "found": 2, "listed": 2, "listed_injected": 2}
+    assert counts["mask_swap"]["found"] == 1 and counts["age"]["injected"] == 0
