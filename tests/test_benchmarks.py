@@ -67,7 +67,7 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     used = pd.read_csv(pseudo_run / "pseudo.csv")
     assert len(used) == len(pd.read_csv(demo_data.eval_dir / "info.csv")) and (used["age"] >= 0).all()
     table = (tmp_path / "t.md").read_text()
-    assert f"| reference | " in table and f"{ref['oof_f1']:.3f}" in table
+    assert "| reference | " in table and f"{ref['oof_f1']:.3f}" in table
     assert "| never run |" in table and "not run yet" in table
     # An expert has no 18-class F1; the cascade built from it has one, from the members' OOF predictions.
     assert "| unmasked expert | " in table and "| — |" in table
@@ -131,3 +131,30 @@ def report_people(demo_data):
     import pandas as pd
 
     return pd.read_csv(demo_data.root / "train" / "train.csv", dtype=str)["id"]
+
+
+def test_same_seed_comparison_finds_a_changed_column(tmp_path):
+    import pandas as pd
+    import same_seed
+
+    def demo(name, loss, submission="id,ans\na,1\n"):
+        run = tmp_path / name / "runs" / "demo-1"
+        run.mkdir(parents=True)
+        pd.DataFrame({"epoch": [0, 1], "lr": [0.1, 0.05], "train_loss": loss, "val_f1": [0.5, 0.6],
+                      "train_time_s": [1.0, 2.0]}).to_csv(run / "metrics.csv", index=False)
+        (tmp_path / name / "submission.csv").write_text(submission)
+        return tmp_path / name
+
+    base = demo("base", [1.0, 0.5])
+    same = compare_with(same_seed, base, demo("same", [1.0, 0.5]), tmp_path)
+    assert same["differing_columns"] == [] and same["submission_identical"]
+    assert "train_time_s" not in same["max_abs_diff"]  # timings differ run to run; they are not results
+    moved = compare_with(same_seed, base, demo("moved", [1.0, 0.25], "id,ans\na,2\n"), tmp_path)
+    assert moved["differing_columns"] == ["train_loss"] and moved["max_abs_diff"]["train_loss"] == 0.25
+    assert not moved["submission_identical"]
+
+
+def compare_with(same_seed, base, new, tmp_path):
+    out = tmp_path / f"{new.name}.json"
+    assert same_seed.main(["--base-demo", str(base), "--new-demo", str(new), "--out", str(out)]) == 0
+    return json.loads(out.read_text())
