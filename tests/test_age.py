@@ -28,7 +28,7 @@ from maskstatus.engine.oof import read_oof
 from maskstatus.engine.predict import predict
 from maskstatus.engine.train import train
 from maskstatus.engine.tta import average_view_probs
-from maskstatus.labels import DEFAULT_AGE_THRESHOLDS, PROB_COLUMNS, AgeThresholds, age_group, encode, split_class_probs
+from maskstatus.labels import DEFAULT_AGE_THRESHOLDS, PROB_COLUMNS, age_group, encode, split_class_probs
 from maskstatus.losses import AgeNLL, build_loss, class_weights
 from maskstatus.models.heads import MultiTaskHead, outputs_to_probs, outputs_to_task_probs
 from maskstatus.runs import RunDir
