@@ -8,7 +8,8 @@ Trains every fold through `run_cv` (the code path of `maskstatus cv`), or with
 are not trained again). Writes a JSON with the pooled out-of-fold macro F1
 (overall and per task, each with its 90 % person-bootstrap interval), every
 fold's best F1 and epoch, the cross-fitted F1 with age cut points tuned out of
-fold (regression heads; nothing is written to the CV folder), the soft-voted
+fold (regression heads; nothing is written to the CV folder), with `--tta` the
+pooled OOF predicted again with test-time augmentation (same weights), the soft-voted
 eval submission's throughput, training time, the machine, the commit and the
 command. Not run by CI: five folds take hours on a CPU.
 """
@@ -27,11 +28,16 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
 
-from maskstatus.config import load_config  # noqa: E402
-from maskstatus.engine.age_cuts import tune_age_cuts  # noqa: E402
+from lightning_fabric import Fabric  # noqa: E402
+
+from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
+from maskstatus.config import Config, load_config  # noqa: E402
+from maskstatus.engine.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
 from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
 from maskstatus.engine.oof import read_oof  # noqa: E402
-from maskstatus.engine.predict import predict  # noqa: E402
+from maskstatus.engine.predict import load_run, predict, predict_outputs  # noqa: E402
+from maskstatus.labels import PROB_COLUMNS  # noqa: E402
+from maskstatus.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -54,6 +60,33 @@ def fold_summaries(result: CVResult) -> tuple[list[dict], float, int]:
     return rows, train_s, images
 
 
+def pooled_with_tta(result: CVResult, cfg: Config, views: list[str]) -> dict:
+    """Every fold run's held-out images predicted again with TTA ``views``, pooled and scored like the plain OOF.
+
+    The fold runs' weights are those of the plain OOF, so the difference is the TTA's alone.
+    """
+    parts, seconds = [], 0.0
+    for run_dir in result.fold_runs:
+        run = load_run(run_dir)
+        oof = read_oof(run_dir)
+        fabric = Fabric(accelerator="auto", devices=1, precision=run.cfg.train.precision)
+        t0 = time.perf_counter()
+        probs, years = predict_outputs([run], oof, fabric, progress=False, tta=views)
+        seconds += time.perf_counter() - t0
+        oof = oof.assign(**dict(zip(PROB_COLUMNS, probs.T)))
+        if years is not None:
+            oof[AGE_MEAN], oof[AGE_SIGMA] = years[:, 0], years[:, 1]
+        parts.append(oof)
+    pooled = pd.concat(parts, ignore_index=True)
+    metrics = model_metrics(pooled[PROB_COLUMNS].to_numpy(), pooled["label"].to_numpy(), cfg.model.tasks,
+                            cfg.data.mask_codes())
+    out = {"tta": views, "predict_s": seconds, "oof_f1": metrics["f1"], "oof_age_f1": metrics["age_f1"],
+           "oof_gender_f1": metrics["gender_f1"], **oof_intervals(pooled, cfg.model.tasks, cfg.data.mask_codes())}
+    if AGE_MEAN in pooled:
+        out["oof_f1_tuned_cuts_cross_fitted"] = cross_fitted_metrics(pooled, cfg.data.age.thresholds())["f1"]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config")
@@ -64,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="maskproxy folder (train/ and eval/; default ../shared/data/maskproxy)")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "proxy", help="where the CV folder goes")
+    p.add_argument("--tta", action="append", default=None, metavar="NAME",
+                   help="also score the pooled OOF predicted again with these TTA views (repeat for more)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -84,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         tuned = {"cuts": t["cuts"], "oof_f1_in_sample": t["oof_f1_tuned"],
                  "oof_f1_cross_fitted": t["oof_f1_cross_fitted"]}
 
+    with_tta = pooled_with_tta(result, cfg, args.tta) if args.tta else None
+
     t0 = time.perf_counter()
     predict([cv_dir], args.data / "eval", args.submission, progress=cfg.train.progress)
     predict_s = time.perf_counter() - t0
@@ -101,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         "oof_age_f1": pooled["age_f1"],
         **intervals,
         "tuned_age_cuts": tuned,
+        "with_tta": with_tta,
         "overrides": list(args.overrides),
         "train_s": train_s,
         "train_images_per_s": train_images / train_s if train_s else None,

@@ -110,7 +110,7 @@ def test_cv_benchmark_pools_folds_and_reports_again_on_resume(demo_data, tmp_pat
 
     args = ["--config", "configs/demo.yaml", "--data", str(demo_data.root), "--runs", str(tmp_path / "runs"),
             "--submission", str(tmp_path / "sub.csv"), *TINY, "split.folds=2", "train.epochs=1",
-            "model.age_output=years"]
+            "model.age_output=years", "--tta", "hflip"]
     assert proxy_cv.main([*args, "--out", str(tmp_path / "cv.json")]) == 0
     report = json.loads((tmp_path / "cv.json").read_text())
     assert [f["fold"] for f in report["folds"]] == [0, 1] and report["complete"]
@@ -118,6 +118,9 @@ def test_cv_benchmark_pools_folds_and_reports_again_on_resume(demo_data, tmp_pat
     lo, hi = report["oof_f1_ci"]
     assert lo <= report["oof_f1"] <= hi
     assert report["tuned_age_cuts"]["oof_f1_cross_fitted"] is not None
+    tta = report["with_tta"]
+    assert tta["tta"] == ["hflip"] and tta["oof_f1_ci"][0] <= tta["oof_f1"] <= tta["oof_f1_ci"][1]
+    assert tta["oof_f1_tuned_cuts_cross_fitted"] is not None
     assert (tmp_path / "sub.csv").is_file()
     # Reporting a finished CV folder again trains nothing and scores the same predictions.
     cv_dir = report["cv_dir"]
