@@ -1,0 +1,53 @@
+"""benchmarks/quantize_int8.py on a tiny run (the real study is not CI's)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskstatus.config import load_config
+from maskstatus.engine.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quantize_int8  # noqa: E402
+
+
+@pytest.mark.slow
+def test_quantization_report_and_the_run_folder_untouched(demo_data, tmp_path, tiny_overrides):
+    cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={tmp_path / 'runs'}", *tiny_overrides,
+                             "train.epochs=1", "train.limit_train_batches=1", "model.age_output=years"])
+    run = train(cfg).run_dir
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    out = tmp_path / "quantize.json"
+    assert quantize_int8.main(["--run", str(run), "--out", str(out), "--methods", "minmax", "--calibration", "8",
+                               "--held-out", "24", "--speed-images", "16", "--batch-size", "8",
+                               "--repeats", "2"]) == 0
+    report = json.loads(out.read_text())
+    assert report["images"]["calibration"] <= 8 and report["images"]["held_out"] <= 24
+    model = report["int8"]["int8-minmax"]
+    held = report["images"]["held_out"]
+    assert 0 <= model["answer_agreement"] <= 1 and model["max_prob_diff"] >= 0
+    assert model["answers_differ"] == round((1 - model["answer_agreement"]) * held)
+    assert set(report["model_only_images_per_s"]) == {"float32", "int8-minmax"}
+    assert all(len(v) == 2 for v in report["model_only_images_per_s_each"].values())
+    assert report["goal_met"] == (model["answer_agreement"] >= 0.995)
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # the run folder is only read
+
+
+def test_shape_arithmetic_is_told_apart_from_the_data_path():
+    from onnx import TensorProto, helper
+
+    # Clip amounts computed from Shape(x) are shape arithmetic; the Clip on x's values is not.
+    nodes = [
+        helper.make_node("Shape", ["x"], ["s"], name="shape"),
+        helper.make_node("Cast", ["s"], ["f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("Clip", ["f"], ["c"], name="clip_amounts"),
+        helper.make_node("Relu", ["x"], ["r"], name="relu"),
+        helper.make_node("Clip", ["r"], ["y"], name="clip_data"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    assert quantize_int8.shape_nodes(helper.make_model(graph)) == ["shape", "cast", "clip_amounts"]
