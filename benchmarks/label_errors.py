@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -79,9 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         "untouched_listed": {t: int((untouched["task"] == t).sum()) for t in TASK_NAMES},
         "results": results,
         "wall_s": time.perf_counter() - started,
-        "machine": proxy.machine(),
-        "commit": code_version,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **proxy.provenance(code_version),
     }
     proxy.write_report(report, args.out)
     return 0

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -31,7 +30,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from proxy import DEFAULT_DATA, commit, machine, write_report  # noqa: E402
+from proxy import DEFAULT_DATA, commit, provenance, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
@@ -133,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         # 1-minute load average before and after each timing; above the core count, other processes shared the CPU.
         "load_average_1m": loads,
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
-        "machine": {**machine(), "cores_available": available_cores()},
-        "commit": code_version,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **provenance(code_version, cores_available=available_cores()),
     }
     write_report(report, args.out)
     return 0

@@ -131,6 +131,12 @@ def peak_memory_mb() -> float:
     return max(own, kids) / 1024
 
 
+def provenance(code_version: str, **machine_extra) -> dict:
+    """The keys every benchmark JSON ends with: the machine, the commit measured and the command to rerun it."""
+    return {"machine": {**machine(), **machine_extra}, "commit": code_version,
+            "command": shlex.join([Path(sys.executable).name, *sys.argv])}
+
+
 def write_report(report: dict, out: Path) -> None:
     """Write a benchmark's JSON (creating its folder) and print it: every benchmark script ends this way."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         # Above the core count, something else shared the CPU and the timings are low.
         "load_average_1m_at_end": os.getloadavg()[0],
         "wall_s": time.perf_counter() - started,
-        "machine": machine(),
-        "commit": code_version,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **provenance(code_version),
         "run_dir": str(run.root),
     }
     if torch.cuda.is_available():

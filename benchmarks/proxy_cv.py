@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ from maskstatus.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import DEFAULT_DATA, REPO, commit, machine, oof_intervals, peak_memory_mb, write_report  # noqa: E402
+from proxy import DEFAULT_DATA, REPO, commit, oof_intervals, peak_memory_mb, provenance, write_report  # noqa: E402
 
 logger = logging.getLogger("proxy_cv")
 
@@ -148,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         # Above the core count, something else shared the CPU and the timings are low.
         "load_average_1m_at_end": os.getloadavg()[0],
         "wall_s": time.perf_counter() - started,
-        "machine": machine(),
-        "commit": code_version,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **provenance(code_version),
         "cv_dir": str(cv_dir),
     }
     write_report(report, args.out)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -41,7 +40,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from proxy import commit, machine, write_report  # noqa: E402
+from proxy import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.export import eval_inputs, export_run  # noqa: E402
@@ -204,9 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         # 1-minute load average before and after the speed timings; above the core count, others shared the CPU.
         "load_average_1m": [load_before, load_after],
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
-        "machine": {**machine(), "cores_available": available_cores()},
-        "commit": code_version,
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **provenance(code_version, cores_available=available_cores()),
     }
     write_report(report, args.out)
     return 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import filecmp
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import REPO, commit, machine, write_report  # noqa: E402
+from proxy import REPO, commit, provenance, write_report  # noqa: E402
 
 TIMING_WORDS = ("time", "per_s")
 
@@ -106,9 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "base": args.base or str(args.base_demo),
         "new": args.new or (str(args.new_demo) if args.new_demo else f"working tree at {commit()}"),
         "wall_s": time.perf_counter() - started,
-        "machine": machine(),
-        "commit": commit(),
-        "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        **provenance(commit()),
     })
     write_report(report, args.out)
     return 0
