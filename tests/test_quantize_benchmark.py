@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from maskstatus.config import load_config
 from maskstatus.engine.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,10 +15,8 @@ import quantize_int8  # noqa: E402
 
 
 @pytest.mark.slow
-def test_quantization_report_and_the_run_folder_untouched(demo_data, tmp_path, tiny_overrides):
-    cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={tmp_path / 'runs'}", *tiny_overrides,
-                             "train.epochs=1", "train.limit_train_batches=1", "model.age_output=years"])
-    run = train(cfg).run_dir
+def test_quantization_report_and_the_run_folder_untouched(tmp_path, tiny_config):
+    run = train(tiny_config("train.epochs=1", "train.limit_train_batches=1", "model.age_output=years")).run_dir
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     out = tmp_path / "quantize.json"
     assert quantize_int8.main(["--run", str(run), "--out", str(out), "--methods", "minmax", "--calibration", "8",
