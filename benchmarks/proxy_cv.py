@@ -46,15 +46,14 @@ logger = logging.getLogger("proxy_cv")
 
 
 def fold_summaries(result: CVResult) -> tuple[list[dict], float, int]:
-    """Per fold: its run folder, best F1 and epoch, epochs and training seconds; and the training totals."""
+    """Per fold: its run folder, best score and epoch (as ``run_cv`` read them), epochs, training seconds; totals."""
     rows, train_s, images = [], 0.0, 0
-    for fold, run_dir in zip((f["fold"] for f in result.per_fold), result.fold_runs):
-        history = pd.read_csv(RunDir(run_dir).metrics)
-        best = history.loc[history["val_score"].idxmax()]
-        rows.append({"fold": fold, "run_dir": str(run_dir), "epochs": int(len(history)),
-                     "best_epoch": int(best["epoch"]), "best_f1": float(best["val_f1"]),
+    for fold, run_dir in zip(result.per_fold, result.fold_runs):
+        history = pd.read_csv(RunDir(run_dir).metrics)  # for the timings, which the checkpoint does not hold
+        rows.append({"fold": fold["fold"], "run_dir": str(run_dir), "epochs": fold["epochs_run"],
+                     "best_epoch": fold["best_epoch"], "best_f1": fold["best_f1"],
                      "train_s": float(history["train_time_s"].sum())})
-        train_s += float(history["train_time_s"].sum())
+        train_s += rows[-1]["train_s"]
         images += int(history["train_images"].sum())
     return rows, train_s, images
 
