@@ -14,7 +14,7 @@ import io
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -80,8 +80,6 @@ class _Member:
     runs: list[LoadedRun]
     tasks: tuple[str, ...]
     states: tuple[str, ...]
-    models: list[torch.nn.Module] = field(default_factory=list)  # the runs' models set up by Fabric
-    transforms: list = field(default_factory=list)
 
 
 @dataclass
@@ -153,13 +151,11 @@ class Predictor:
         for member in self.members:
             for run in member.runs:
                 norm = model_data_config(run.model)
-                member.transforms.append(build_transforms(run.cfg.transforms.eval, norm["mean"], norm["std"],
-                                                          "transforms.eval"))
+                transform = build_transforms(run.cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
                 model = run.model
                 if run.cfg.train.channels_last:
                     model = model.to(memory_format=torch.channels_last)
-                member.models.append(self.fabric.setup_module(model))
-                self.prepared[id(run)] = (member.models[-1], member.transforms[-1])
+                self.prepared[id(run)] = (self.fabric.setup_module(model), transform)
         # Frame faces with the shape the first model was trained on (cache.size is height, width).
         self.aspect = cache_aspect(first.cache.size)
         # A run trained with data.face_crop saw only crops (predict crops for it too), so it gets them here
@@ -234,7 +230,8 @@ class Predictor:
             for member in self.members:
                 if all(t in maps for t in member.tasks):
                     continue
-                run, transform = member.runs[0], member.transforms[0]
+                run = member.runs[0]
+                transform = self.prepared[id(run)][1]
                 size = tuple(run.cfg.cache.size) if run.cfg.cache.size else None
                 x = transform(image=resize_to(crop.image, size))["image"].to(self.fabric.device)
                 norm = model_data_config(run.model)
