@@ -194,3 +194,25 @@ def test_cli_export_and_predict_onnx(runs, demo_data, tmp_path, capsys):
     onnx_answers = pd.read_csv(out)["ans"].to_numpy()
     assert main(["predict", "--run", str(run), "--data", str(demo_data.eval_dir), "--out", str(out)]) == 0
     assert (pd.read_csv(out)["ans"].to_numpy() == onnx_answers).mean() >= AGREEMENT
+
+
+def test_cli_ensemble_predicts_with_onnx(runs, demo_data, tmp_path, capsys):
+    members = [str(runs["multi"]), str(runs["years"])]
+    common = ["ensemble", "--run", members[0], "--run", members[1], "--weights", "2,1", "--tta", "hflip",
+              "--data", str(demo_data.eval_dir)]
+    assert main([*common, "--out", str(tmp_path / "t.csv")]) == 0
+    assert main([*common, "--out", str(tmp_path / "o.csv"), "--backend", "onnx"]) == 0
+    assert "submission:" in capsys.readouterr().out
+    expected = pd.read_csv(tmp_path / "t.probs.csv")[PROB_COLUMNS].to_numpy()
+    got = pd.read_csv(tmp_path / "o.probs.csv")[PROB_COLUMNS].to_numpy()
+    _assert_same_answers(expected, got)
+    # the weights reach the ONNX path: weighted the other way, the probabilities move
+    assert main([*common[:5], "--weights", "1,2", *common[7:], "--out", str(tmp_path / "w.csv"),
+                 "--backend", "onnx"]) == 0
+    assert np.abs(pd.read_csv(tmp_path / "w.probs.csv")[PROB_COLUMNS].to_numpy() - got).max() > 1e-4
+    # a member without its export is an error naming the file, as in predict
+    bare = tmp_path / "bare"
+    shutil.copytree(runs["multi"], bare, ignore=shutil.ignore_patterns("onnx"))
+    assert main(["ensemble", "--run", str(bare), "--data", str(demo_data.eval_dir), "--out", str(tmp_path / "b.csv"),
+                 "--backend", "onnx"]) == 2
+    assert f"ONNX model not found: {onnx_path(bare)}" in capsys.readouterr().err

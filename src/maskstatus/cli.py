@@ -231,6 +231,9 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             tta=_tta_arg(args.tta),
             weights=args.weights,
             vote=args.vote,
+            backend=args.backend,
+            onnx_dir=args.onnx_dir,
+            group_people=args.group_people,
         )
         print(f"submission: {sub}")
         print(f"probabilities: {probs}")
@@ -366,6 +369,27 @@ def _add_report_commands(sub) -> None:
 # ---- end reports
 
 
+def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str] = None) -> None:
+    """How images are predicted: shared by predict and ensemble (where they apply to ``only_with``)."""
+    pre = f"for {only_with}: " if only_with else ""
+    s.add_argument("--checkpoint", choices=("best", "last"), default="best",
+                   help=f"{pre}which checkpoint (default best)")
+    s.add_argument("--batch-size", type=int, default=None, help=f"{pre}default: each run's train.eval_batch_size")
+    s.add_argument("--accelerator", default="auto", help=f"{pre}cpu, cuda, auto (default auto)")
+    s.add_argument("--num-workers", type=int, default=0, help=f"{pre}DataLoader workers (default 0)")
+    s.add_argument("--tta", action="append", default=None, metavar="NAME",
+                   help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
+                        "repeat to add more, 'none' for none (default: each run's predict.tta)")
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help=f"{pre}torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
+                        "wrote; export every run first, a run without its export is an error")
+    s.add_argument("--onnx-dir", default=None, metavar="DIR",
+                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
+    s.add_argument("--group-people", action=argparse.BooleanOptionalAction, default=None,
+                   help=f"{pre}group the photos of one person by face similarity and make their gender and age "
+                        "consistent (never reads names or order), or not (default: each run's predict.group_people)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskstatus",
@@ -429,21 +453,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="competition eval folder (info.csv + images/) or any folder of images")
     s.add_argument("--out", required=True, metavar="FILE.csv",
                    help="submission file; the 18 class probabilities go to FILE.probs.csv beside it")
-    s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
-    s.add_argument("--batch-size", type=int, default=None, help="default: the run's train.eval_batch_size")
-    s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
-    s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default 0)")
-    s.add_argument("--tta", action="append", default=None, metavar="NAME",
-                   help="test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
-                        "repeat to add more, 'none' for none (default: each run's predict.tta)")
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
-                        "wrote; export every run first, a run without its export is an error")
-    s.add_argument("--onnx-dir", default=None, metavar="DIR",
-                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
-    s.add_argument("--group-people", action=argparse.BooleanOptionalAction, default=None,
-                   help="group the photos of one person by face similarity and make their gender and age "
-                        "consistent (never reads names or order), or not (default: each run's predict.group_people)")
+    _add_prediction_options(s)
     s.set_defaults(fn=_cmd_predict)
 
     s = sub.add_parser(
@@ -481,14 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict this eval folder (or any folder of images), as predict does; needs --out")
     s.add_argument("--out", default=None, metavar="FILE.csv",
                    help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
-    s.add_argument("--tta", action="append", default=None, metavar="NAME",
-                   help="test-time augmentation for --data: hflip, shift; repeat to add more, 'none' for none "
-                        "(default: each run's predict.tta)")
-    s.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help="which checkpoint for --data (default best)")
-    s.add_argument("--batch-size", type=int, default=None, help="for --data; default: each run's train.eval_batch_size")
-    s.add_argument("--accelerator", default="auto", help="for --data: cpu, cuda, auto (default auto)")
-    s.add_argument("--num-workers", type=int, default=0, help="DataLoader workers for --data (default 0)")
+    _add_prediction_options(s, only_with="--data")
     s.set_defaults(fn=_cmd_ensemble)
 
     s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")
