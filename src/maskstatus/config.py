@@ -176,6 +176,14 @@ class AgeDistributionConfig(_Section):
     l1_weight: float = Field(1.0, ge=0.0, description="weight of the absolute error of the predicted mean age")
 
 
+class DistillConfig(_Section):
+    teacher: Path = Field(
+        description="the teacher's out-of-fold predictions of the training people: a CV folder, run folder or oof "
+                    "CSV, matched on person_id and stem; it must cover every person trained on"
+    )
+    weight: float = Field(0.5, gt=0.0, le=1.0, description="share of the loss that follows the teacher")
+
+
 class LossConfig(_Section):
     age_distribution: AgeDistributionConfig = Field(
         default_factory=AgeDistributionConfig, description="the loss of model.age_output=distribution"
@@ -185,6 +193,9 @@ class LossConfig(_Section):
         "none", description="per-class weights for ce/focal/label_smoothing from the training fold's frequencies"
     )
     task_weights: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    distill: Optional[DistillConfig] = Field(
+        None, description="knowledge distillation: also learn the teacher's probabilities (and years)"
+    )
 
     @field_validator("task_weights")
     @classmethod

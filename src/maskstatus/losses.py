@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from .age import AGE_BIN_COUNT, AGE_BINS, AGE_YEARS, age_distribution_targets
 from .config import ConfigError, LossConfig
-from .labels import NUM_CLASSES, TASKS
+from .labels import NUM_CLASSES, TASKS, split_class_probs
 from .models.heads import SINGLE_KEY
 from .registry import Registry
 
@@ -272,6 +272,61 @@ class TaskLoss(nn.Module):
         return f"head_weights={self.head_weights}"
 
 
+# Target keys of a teacher's soft targets (filled by engine/teacher.py): its 18-class probabilities
+# (N, 18) and mean years (N,), NaN on rows it does not cover.
+TEACHER_PROBS, TEACHER_YEARS = "teacher_probs", "teacher_years"
+
+
+class DistillLoss(nn.Module):
+    """Knowledge distillation (Hinton et al. 2015) at temperature 1 on top of a :class:`TaskLoss`.
+
+    ``(1 - weight) * task loss + weight * teacher loss``, where the teacher loss sums, with the
+    same head weights, each head's cross entropy to the teacher's probabilities of that head (the
+    18 classes, or the task's marginal of them) and, for an age head in years, the head's own age
+    loss against the teacher's mean years. The temperature stays 1 because the teacher is given as
+    probabilities (an OOF file), not logits. Rows the teacher does not cover (NaN) learn from their
+    labels only; batches without teacher targets (validation) get the plain task loss.
+    """
+
+    def __init__(self, task_loss: TaskLoss, weight: float) -> None:
+        super().__init__()
+        if not 0.0 < weight <= 1.0:
+            raise ValueError(f"distillation weight must be in (0, 1], got {weight}")
+        self.task_loss, self.weight = task_loss, float(weight)
+
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        hard, parts = self.task_loss(outputs, targets)
+        if TEACHER_PROBS not in targets:
+            return hard, parts
+        soft = self._teacher_loss(outputs, targets[TEACHER_PROBS].float(), targets[TEACHER_YEARS].float())
+        return (1.0 - self.weight) * hard + self.weight * soft, parts
+
+    def _teacher_loss(self, outputs: Mapping[str, torch.Tensor], probs: torch.Tensor,
+                      years: torch.Tensor) -> torch.Tensor:
+        covered = torch.isfinite(probs).all(dim=1)
+        marginals = split_class_probs(torch.nan_to_num(probs))
+        total = next(iter(outputs.values())).sum() * 0.0  # keeps the graph when no row is covered
+        for key, out in outputs.items():
+            if key not in self.task_loss.heads:
+                continue
+            if key in (AGE_YEARS, AGE_BINS):
+                # The age losses skip rows whose target is < 0.
+                loss = self.task_loss.heads[key](out, torch.where(torch.isfinite(years), years, -1.0))
+            elif bool(covered.any()):
+                target = probs if key == SINGLE_KEY else marginals[key]
+                log_q = F.log_softmax(out[covered].float(), dim=-1)
+                loss = -(target[covered] * log_q).sum(dim=-1).mean()
+            else:
+                continue
+            total = total + self.task_loss.head_weights[key] * loss
+        return total
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}"
+
+
 def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
     known = {SINGLE_KEY: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT}
     if isinstance(heads, Mapping):
@@ -301,7 +356,7 @@ def _term_params(params: dict[str, Any], head: str, where: str) -> dict[str, Any
     return out
 
 
-def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) -> TaskLoss:
+def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) -> TaskLoss | DistillLoss:
     """Build the :class:`TaskLoss` for a model with the given output heads.
 
     ``heads`` is a list of head names ("class" or task names, sizes from
@@ -310,7 +365,8 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
     be given as ``{head: list}`` (heads left out get none). The age regression
     head (``age_years``) always trains with :class:`AgeNLL` and the age distribution
     head (``age_bins``) with :class:`AgeDistributionLoss` (``loss.age_distribution``):
-    the configured terms are classification losses.
+    the configured terms are classification losses. With ``loss.distill`` the
+    :class:`TaskLoss` is wrapped in a :class:`DistillLoss`.
     """
     sizes = _head_sizes(heads)
     head_losses: dict[str, nn.Module] = {}
@@ -341,7 +397,8 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
     head_weights = {h: cfg.task_weights.get("age" if h in (AGE_YEARS, AGE_BINS) else h, 1.0)
                     if h in (*TASKS, AGE_YEARS, AGE_BINS) else 1.0 for h in sizes}
     _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
-    return TaskLoss(head_losses, head_weights)
+    task_loss = TaskLoss(head_losses, head_weights)
+    return DistillLoss(task_loss, cfg.distill.weight) if cfg.distill is not None else task_loss
 
 
 # Terms whose factories take a per-class ``weight``.

@@ -43,6 +43,7 @@ from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
 from .evaluate import eval_loader, infer
+from .teacher import teacher_targets
 
 logger = logging.getLogger(__name__)
 
@@ -327,6 +328,8 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     input_hw = tuple(cfg.cache.size) if cfg.cache.size else tuple(np.asarray(cache[0]).shape[:2])
     train_tf, eval_tf = build_train_eval(cfg.transforms.train, cfg.transforms.eval, norm["mean"], norm["std"], input_hw)
     train_targets = table_targets(table, cfg.data.age.train_thresholds())
+    if cfg.loss.distill is not None:
+        train_targets.update(teacher_targets(cfg.loss.distill.teacher, table, train_rows, data.val_rows))
     train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed)
     val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
