@@ -161,3 +161,35 @@ def compare_with(same_seed, base, new, tmp_path):
     out = tmp_path / f"{new.name}.json"
     assert same_seed.main(["--base-demo", str(base), "--new-demo", str(new), "--out", str(out)]) == 0
     return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_distill_benchmark_teaches_from_a_teacher_that_never_saw_the_held_out_people(demo_data, tmp_path):
+    import distill
+    import pandas as pd
+
+    from maskstatus.config import load_config
+    from maskstatus.data.folds import make_folds
+    from maskstatus.engine.train import load_train_table
+
+    cfg = load_config("configs/demo.yaml", [f"data.root={demo_data.root}", *TINY, "split.folds=3"])
+    folds = make_folds(load_train_table(cfg), 3, 0)
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    args = ["--config", "configs/demo.yaml", "--fold", "1", "--folds-file", str(tmp_path / "folds.csv"),
+            "--data", str(demo_data.root), "--runs", str(tmp_path / "runs"), "--submission", str(tmp_path / "s.csv"),
+            "--weight", "0.7", *TINY, "train.epochs=1", "model.age_output=years"]
+    assert distill.main([*args, "--out", str(tmp_path / "d.json")]) == 0
+    report = json.loads((tmp_path / "d.json").read_text())
+    teacher = report["teacher"]
+    held_out = set(folds.loc[folds["fold"] == 1, folds.columns[0]].astype(str))
+    teacher_people = set(pd.read_csv(Path(teacher["cv_dir"]) / "oof.csv", dtype={"person_id": str})["person_id"])
+    # The teacher covers exactly the student's training people, and was trained without the held-out ones.
+    assert teacher_people == set(folds[folds.columns[0]].astype(str)) - held_out
+    assert [f["fold"] for f in teacher["folds"]] == [0, 1]
+    assert report["fold"] == 1 and report["train_s_whole"] == pytest.approx(report["train_s"] + teacher["train_s"])
+    lo, hi = report["oof_f1_ci"]
+    assert lo <= report["oof_f1"] <= hi
+    student = load_config(Path(report["run_dir"]) / "config.yaml")
+    assert student.loss.distill.teacher == Path(teacher["cv_dir"]) and student.loss.distill.weight == 0.7
+    oof = pd.read_csv(Path(report["run_dir"]) / "predictions" / "oof.csv", dtype={"person_id": str})
+    assert set(oof["person_id"]) == held_out
