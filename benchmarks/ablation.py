@@ -20,6 +20,9 @@ with its best weights and test-time augmentation, so the only change is the TTA
 
 A row with ``pseudo_from: row`` trains with pseudo labels: the eval images as that
 measured row's run predicts them, selected by ``pseudo: {threshold, task_thresholds}``.
+A row with ``distill: {weight: w}`` trains a teacher CV over the other folds only (same
+recipe and overrides) and distils it into the fold's model (benchmarks/distill.py); its
+train time counts the teachers' training too.
 
 Every row gets the 90 % person-bootstrap interval of its OOF macro F1 and task
 F1s (``oof_f1_ci`` etc. in its JSON) when it is measured; a row measured before
@@ -244,7 +247,15 @@ def run_row(plan: dict, row: dict, out_dir: Path, data: Path, epochs: int | None
             "--data", str(data)]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
-    proxy.main([*args, *row.get("overrides", []), *pseudo, *folds_file])
+    if "distill" in row:
+        import distill
+
+        if folds is None:
+            folds = reference_folds(plan, data, runs)
+        distill.main([*args, "--folds-file", str(folds), "--weight", str(row["distill"].get("weight", 0.5)),
+                      *row.get("overrides", []), *pseudo])
+    else:
+        proxy.main([*args, *row.get("overrides", []), *pseudo, *folds_file])
     return result
 
 
@@ -306,6 +317,8 @@ def render(plan: dict, out_dir: Path) -> str:
                 or (f"cut points of '{row['tune_age_of']}' tuned" if "tune_age_of" in row else "")
                 or (f"'{row['tta_of']}' predicted with `tta={row['tta']}`" if "tta_of" in row else "")
                 or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—")
+        if "distill" in row:
+            what += f", distilled from a teacher CV over the other folds (weight {row['distill'].get('weight', 0.5)})"
         note = row.get("note", "")
         if not path.is_file():
             lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | | | {note} |")
@@ -314,7 +327,9 @@ def render(plan: dict, out_dir: Path) -> str:
         # A per-task model or cascade expert has no 18-class F1 (NaN, or null in JSON): shown as a dash.
         f1 = r["oof_f1"] if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) else None
         delta = "" if ref is None or f1 is None or row is plan["rows"][0] else f"{f1 - ref:+.3f}"
-        train_min = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
+        # A distilled row's budget is its teachers' training and its own.
+        train_s = r.get("train_s_whole", r.get("train_s"))
+        train_min = f"{train_s / 60:.1f}" if train_s is not None else ""
         machine = r["machine"].get("gpu") or _cpu_name(r["machine"])
         ci = _ci(r, f1)
         inside = ("" if ref_ci is None or f1 is None or row is plan["rows"][0]

@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--folds-file", required=True, type=Path, help="the outer person folds (a run's folds.csv)")
     p.add_argument("--out", required=True, type=Path, help="result JSON")
     p.add_argument("--submission", required=True, type=Path, help="the student's eval submission CSV")
+    p.add_argument("--epochs", type=int, default=None, help="override train.epochs of teacher and student")
     p.add_argument("--weight", type=float, default=0.5, help="loss.distill.weight of the student (default 0.5)")
     p.add_argument("--teacher", type=Path, default=None, metavar="CV_DIR",
                    help="a nested teacher CV folder trained before (finished folds are not trained again)")
@@ -88,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    if args.epochs is not None:
+        args.overrides.append(f"train.epochs={args.epochs}")
     root, inner_folds, k = nested_data(args.data, args.folds_file, args.fold, args.runs / f"nested-fold{args.fold}")
     teacher_cfg = load_config(args.config, [
         f"data.root={root}", f"output_dir={args.runs}", *args.overrides, f"split.folds={k}",

@@ -193,3 +193,30 @@ def test_distill_benchmark_teaches_from_a_teacher_that_never_saw_the_held_out_pe
     assert student.loss.distill.teacher == Path(teacher["cv_dir"]) and student.loss.distill.weight == 0.7
     oof = pd.read_csv(Path(report["run_dir"]) / "predictions" / "oof.csv", dtype={"person_id": str})
     assert set(oof["person_id"]) == held_out
+
+
+def test_a_distill_row_trains_through_the_distill_benchmark_and_counts_its_teachers(tmp_path, monkeypatch):
+    import distill
+
+    calls = []
+
+    def fake_main(argv):
+        calls.append(argv)
+        out = Path(argv[argv.index("--out") + 1])
+        out.write_text(json.dumps({"oof_f1": 0.6, "oof_mask_f1": 1.0, "oof_gender_f1": 0.9, "oof_age_f1": 0.7,
+                                   "oof_f1_ci": [0.55, 0.65], "train_s": 600.0, "train_s_whole": 3000.0,
+                                   "machine": {"cpu": "test CPU", "cores": 2}}))
+        return 0
+
+    monkeypatch.setattr(distill, "main", fake_main)
+    plan = {"reference": "configs/demo.yaml", "fold": 0,
+            "rows": [{"name": "reference", "overrides": []},
+                     {"name": "distilled", "overrides": ["train.epochs=2"], "distill": {"weight": 0.3}}]}
+    folds = tmp_path / "folds.csv"
+    ablation.run_row(plan, plan["rows"][1], tmp_path, tmp_path / "data", None, tmp_path / "runs", folds)
+    (argv,) = calls
+    assert argv[argv.index("--folds-file") + 1] == str(folds) and argv[argv.index("--weight") + 1] == "0.3"
+    assert argv[argv.index("--fold") + 1] == "0" and "train.epochs=2" in argv
+    row = [line for line in ablation.render(plan, tmp_path).splitlines() if line.startswith("| distilled")][0]
+    assert "distilled from a teacher CV over the other folds (weight 0.3)" in row
+    assert "| 50.0 |" in row  # the teachers' and the student's training, 3000 s
