@@ -1,7 +1,7 @@
 """int8 post-training quantization of a run's ONNX export: speed, and agreement with the float32 export.
 
     python benchmarks/quantize_int8.py --run RUN [--out benchmarks/results/quantize-int8.json] \
-        [--methods minmax,percentile] [--calibration 256] [--held-out N] [--repeats 3]
+        [--methods minmax,percentile] [--keep-float none,depthwise] [--calibration 256] [--held-out N] [--repeats 3]
 
 Exports the run to a temporary folder (the run folder is only read), decodes the
 images of its predictions/oof.csv with the run's eval transforms, and splits
@@ -12,7 +12,11 @@ report gives each model's 18-class agreement with the float32 export, the
 macro F1 of both against the labels, and the largest probability difference;
 then each model's images/s on in-memory batches, timed in alternating order so
 that a change in the machine's load hits all of them, with the load average.
-Dynamic quantization is left out: it turns every convolution into ConvInteger,
+With ``--keep-float`` some layers stay in float32 (mixed precision): ``depthwise``
+(the depthwise convolutions: one 3x3 or 5x5 filter per channel, few operations but
+per-channel ranges that int8 fits worst in MobileNet-style networks), ``ends`` (the
+stem convolution, the last 1x1 convolution and the heads), or ``depthwise+ends``;
+each calibration method is tried with each set. Dynamic quantization is left out: it turns every convolution into ConvInteger,
 which ran several times slower than float32 here.
 
 The graph's shape arithmetic (the "same" padding of TF-ported EfficientNets,
@@ -69,6 +73,23 @@ def shape_nodes(model) -> list[str]:
     return [node.name for node in graph.node if not any(name in data for name in node.output)]
 
 
+KEEP_FLOAT_SETS = ("none", "depthwise", "ends", "depthwise+ends")
+
+
+def float_nodes(model, keep: str) -> list[str]:
+    """Names of the compute nodes ``keep`` (one of KEEP_FLOAT_SETS) leaves in float32."""
+    if keep not in KEEP_FLOAT_SETS:
+        raise ValueError(f"--keep-float: unknown set {keep!r}; known: {', '.join(KEEP_FLOAT_SETS)}")
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    names: list[str] = []
+    if "depthwise" in keep:
+        names += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    if "ends" in keep and convs:
+        names += [convs[0].name, convs[-1].name]
+        names += [n.name for n in model.graph.node if n.op_type in ("Gemm", "MatMul")]
+    return names
+
+
 def split_by_person(oof: pd.DataFrame, share: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Row indices of the calibration people (``share`` of them, drawn with ``seed``) and of everyone else."""
     people = np.array(sorted(oof["person_id"].unique()))
@@ -77,8 +98,12 @@ def split_by_person(oof: pd.DataFrame, share: float = 0.1, seed: int = 0) -> tup
     return np.flatnonzero(chosen), np.flatnonzero(~chosen)
 
 
-def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, batch: int = 32) -> float:
-    """Static QDQ int8 model of ``fp32`` calibrated on ``calibration`` (N, 3, H, W); returns seconds taken."""
+def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, batch: int = 32,
+             keep_float: str = "none") -> float:
+    """Static QDQ int8 model of ``fp32`` calibrated on ``calibration`` (N, 3, H, W); returns seconds taken.
+
+    The nodes of ``keep_float`` (see :func:`float_nodes`) stay in float32.
+    """
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
@@ -92,10 +117,12 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, batch:
 
     methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                "entropy": CalibrationMethod.Entropy}
+    graph = onnx.load(str(fp32))
     started = time.perf_counter()
     quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=shape_nodes(onnx.load(str(fp32))), calibrate_method=methods[method])
+                    nodes_to_exclude=shape_nodes(graph) + float_nodes(graph, keep_float),
+                    calibrate_method=methods[method])
     return time.perf_counter() - started
 
 
@@ -131,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "quantize-int8.json")
     p.add_argument("--methods", default="minmax,percentile", help="calibration methods, comma-separated "
                    "(minmax, percentile, entropy)")
+    p.add_argument("--keep-float", default="none", help="layer sets left in float32, comma-separated, each tried "
+                   f"with each method ({', '.join(KEEP_FLOAT_SETS)}; default none)")
     p.add_argument("--calibration", type=int, default=256, help="calibration images (default 256)")
     p.add_argument("--held-out", type=int, default=None, help="compare on at most this many held-out images")
     p.add_argument("--speed-images", type=int, default=1024, help="images per speed timing (default 1024)")
@@ -143,6 +172,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     code_version = commit()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    keep_sets = [k.strip() for k in args.keep_float.split(",") if k.strip()]
+    unknown = [k for k in keep_sets if k not in KEEP_FLOAT_SETS]
+    if unknown:
+        p.error(f"--keep-float: unknown set(s) {unknown}; known: {', '.join(KEEP_FLOAT_SETS)}")
 
     run = load_run(args.run)
     oof = pd.read_csv(args.run / "predictions" / "oof.csv", dtype={"person_id": str})
@@ -163,23 +196,26 @@ def main(argv: list[str] | None = None) -> int:
         f1_fp32 = macro_f1(labels, reference.argmax(1), NUM_CLASSES)
         models = {}
         for method in methods:
-            path = fp32.with_name(f"int8-{method}.onnx")
-            seconds = quantize(fp32, path, calibration, method)
-            sessions[f"int8-{method}"] = open_session(path)
-            probs = probabilities(sessions[f"int8-{method}"], held, run.age_cuts)
-            answers = probs.argmax(1)
-            f1 = macro_f1(labels, answers, NUM_CLASSES)
-            models[f"int8-{method}"] = {
-                "calibration_method": method,
-                "quantize_s": round(seconds, 1),
-                "file_mb": round(path.stat().st_size / 2**20, 2),
-                "answer_agreement": round(float((answers == reference.argmax(1)).mean()), 4),
-                "answers_differ": int((answers != reference.argmax(1)).sum()),
-                "macro_f1": round(f1, 4),
-                "macro_f1_change": round(f1 - f1_fp32, 4),
-                "max_prob_diff": round(float(np.abs(probs - reference).max()), 4),
-            }
-            logger.info("%s: %s", method, models[f"int8-{method}"])
+            for keep in keep_sets:
+                name = f"int8-{method}" if keep == "none" else f"int8-{method}-float-{keep}"
+                path = fp32.with_name(f"{name}.onnx")
+                seconds = quantize(fp32, path, calibration, method, keep_float=keep)
+                sessions[name] = open_session(path)
+                probs = probabilities(sessions[name], held, run.age_cuts)
+                answers = probs.argmax(1)
+                f1 = macro_f1(labels, answers, NUM_CLASSES)
+                models[name] = {
+                    "calibration_method": method,
+                    "kept_in_float": keep,
+                    "quantize_s": round(seconds, 1),
+                    "file_mb": round(path.stat().st_size / 2**20, 2),
+                    "answer_agreement": round(float((answers == reference.argmax(1)).mean()), 4),
+                    "answers_differ": int((answers != reference.argmax(1)).sum()),
+                    "macro_f1": round(f1, 4),
+                    "macro_f1_change": round(f1 - f1_fp32, 4),
+                    "max_prob_diff": round(float(np.abs(probs - reference).max()), 4),
+                }
+                logger.info("%s: %s", name, models[name])
         load_before = os.getloadavg()[0]
         speed, speed_each = images_per_s(sessions, images[: args.speed_images], args.batch_size, args.repeats)
         load_after = os.getloadavg()[0]
