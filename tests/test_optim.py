@@ -241,3 +241,56 @@ def test_scheduler_errors():
 
 def test_scheduler_names():
     assert SCHEDULERS == ("cosine", "none", "plateau", "step")
+
+
+class _WithBackbone(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
+        self.head = nn.Linear(4, 2)
+
+
+def test_backbone_lr_scale_gives_the_backbone_its_own_lr_through_the_schedule():
+    model = _WithBackbone()
+    cfg = OptimizerConfig(name="adamw", lr=0.01, weight_decay=0.05, backbone_lr_scale=0.2)
+    opt = build_optimizer(model, cfg)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert all(lr_of[id(p)] == pytest.approx(0.002) for p in model.backbone.parameters())
+    assert all(lr_of[id(p)] == pytest.approx(0.01) for p in model.head.parameters())
+    assert decay_of[id(model.backbone[0].weight)] == 0.05 and decay_of[id(model.backbone[1].weight)] == 0.0
+    assert decay_of[id(model.head.weight)] == 0.05 and decay_of[id(model.head.bias)] == 0.0
+    assert len(lr_of) == len(list(model.parameters()))
+    sched = build_scheduler(opt, SchedulerConfig(name="cosine"), 4)
+    for epoch in range(4):
+        head_lr, backbone_lr = opt.param_groups[0]["lr"], opt.param_groups[-1]["lr"]
+        assert head_lr == pytest.approx(0.01 * (1 + math.cos(math.pi * epoch / 4)) / 2)
+        assert backbone_lr == pytest.approx(0.2 * head_lr)
+        assert sched.lr == head_lr  # the logged lr is the heads'
+        opt.step()
+        sched.step()
+    # Scale 1 keeps the two groups that existing checkpoints hold.
+    assert len(build_optimizer(model, OptimizerConfig(name="adamw", weight_decay=0.05)).param_groups) == 2
+
+
+def test_backbone_lr_scale_needs_a_backbone_and_no_shared_warmup():
+    cfg = OptimizerConfig(name="adamw", lr=0.01, backbone_lr_scale=0.5)
+    with pytest.raises(ConfigError, match="backbone_lr_scale needs a model with a backbone"):
+        build_optimizer(_model(), cfg)
+    opt = build_optimizer(_WithBackbone(), cfg)
+    with pytest.raises(ConfigError, match="scheduler.warmup_epochs .*backbone_lr_scale"):
+        build_scheduler(opt, SchedulerConfig(name="cosine", warmup_epochs=1), 3)
+    with pytest.raises(ConfigError, match="optimizer.backbone_lr_scale"):
+        from maskstatus.config import load_config
+
+        load_config(None, ["optimizer.backbone_lr_scale=0"])
+
+
+def test_training_with_a_backbone_lr_scale_saves_both_lrs(tiny_config):
+    from maskstatus.engine.train import train
+    from maskstatus.runs import RunDir, load_checkpoint
+
+    result = train(tiny_config("train.epochs=1", "train.limit_train_batches=2", "optimizer.lr=0.004",
+                               "optimizer.backbone_lr_scale=0.25"))
+    groups = load_checkpoint(RunDir(result.run_dir).last)["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == pytest.approx([0.004, 0.004, 0.001, 0.001])

@@ -215,6 +215,10 @@ class OptimizerConfig(_Section):
     name: str = "adamw"
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
+    backbone_lr_scale: float = Field(
+        1.0, gt=0, le=1, description="the backbone learns at lr times this (the heads at lr): keeps more of the "
+                                     "pretrained features on small data"
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="extra optimizer arguments (momentum, betas)")
 
 

@@ -45,18 +45,25 @@ _PLATEAU_DEFAULTS: dict[str, Any] = {"factor": 0.1, "patience": 2, "min_lr": 0.0
 SCHEDULERS: tuple[str, ...] = tuple(sorted([*_FIXED_SCHEDULES, "plateau"]))
 
 
-def param_groups(model_or_params: ParamsLike, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(
+    model_or_params: ParamsLike, weight_decay: float, lr: Optional[float] = None, backbone_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
     """Split parameters into a decayed group and a no-decay group (every 1-D parameter).
 
     Biases and normalisation scales/shifts get no weight decay: pulling BatchNorm/LayerNorm
     scales towards 0 fights the normalisation and hurts accuracy (timm's ``filter_bias_and_bn``).
     Explicit param-group dicts are passed through untouched.
 
+    With ``backbone_lr_scale`` below 1 (a model with a ``backbone``), the backbone's parameters
+    form two more groups at ``lr * backbone_lr_scale``, after the heads' two. Schedules scale
+    each group from its own initial lr, so the ratio holds through the run.
+
     timm's own grouping (``param_groups_weight_decay``) is not used, for two concrete reasons:
     it drops parameters with ``requires_grad=False``, whereas the trainer wants frozen stages in
     the optimizer so that unfreezing needs no rebuild; and it orders the groups no-decay first
     and merges them into one at ``weight_decay=0``, so the optimizer state in existing
     checkpoints (decay group first, always two groups) would no longer load on ``--resume``.
+    Its ``layer_decay`` scales every block differently; one backbone factor is simpler to tune.
     """
     if isinstance(model_or_params, nn.Module):
         params = list(model_or_params.parameters())
@@ -66,11 +73,23 @@ def param_groups(model_or_params: ParamsLike, weight_decay: float) -> list[dict[
             return params  # type: ignore[return-value]
     if not params:
         raise ValueError("no parameters to optimise")
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
+    if backbone_lr_scale != 1.0:
+        backbone = getattr(model_or_params, "backbone", None)
+        if not isinstance(backbone, nn.Module) or lr is None:
+            raise ConfigError("optimizer.backbone_lr_scale needs a model with a backbone (and the optimizer's lr)")
+        in_backbone = {id(p) for p in backbone.parameters()}
+        heads = [p for p in params if id(p) not in in_backbone]
+        groups = _decay_groups(heads, weight_decay)
+        for group in _decay_groups([p for p in params if id(p) in in_backbone], weight_decay):
+            groups.append({**group, "lr": lr * backbone_lr_scale})
+        return groups
+    return _decay_groups(params, weight_decay)
+
+
+def _decay_groups(params: list[torch.nn.Parameter], weight_decay: float) -> list[dict[str, Any]]:
     groups = [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
     ]
     return [g for g in groups if g["params"]]
 
@@ -103,7 +122,7 @@ def build_optimizer(model_or_params: ParamsLike, cfg: OptimizerConfig) -> Optimi
         # timm's "sgd" is Nesterov SGD; this project's "sgd" has always been torch's classical
         # momentum (timm's "momentum"), and the shipped configs and recorded results assume that.
         kwargs.setdefault("nesterov", False)
-    groups = param_groups(model_or_params, cfg.weight_decay)
+    groups = param_groups(model_or_params, cfg.weight_decay, cfg.lr, cfg.backbone_lr_scale)
     try:
         return create_optimizer_v2(groups, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -243,7 +262,8 @@ def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, epochs: int) -> 
         lrs = {float(g["lr"]) for g in optimizer.param_groups}
         if warmup and len(lrs) > 1:
             # timm warms every group up from one shared initial lr.
-            raise ValueError(f"warm-up needs one lr for all param groups, got {sorted(lrs)}")
+            raise ConfigError(f"scheduler.warmup_epochs needs one lr for all param groups, got {sorted(lrs)} "
+                              "(optimizer.backbone_lr_scale below 1 gives the backbone its own lr)")
         schedule, _ = create_scheduler_v2(
             optimizer,
             sched=timm_name,
