@@ -220,3 +220,47 @@ def test_a_distill_row_trains_through_the_distill_benchmark_and_counts_its_teach
     row = [line for line in ablation.render(plan, tmp_path).splitlines() if line.startswith("| distilled")][0]
     assert "distilled from a teacher CV over the other folds (weight 0.3)" in row
     assert "| 50.0 |" in row  # the teachers' and the student's training, 3000 s
+
+
+@pytest.mark.slow
+def test_label_loop_retrains_with_the_draft_of_the_training_people_only(demo_data, tmp_path):
+    import label_loop
+    import numpy as np
+    import pandas as pd
+
+    from maskstatus.config import load_config
+    from maskstatus.data.folds import make_folds
+    from maskstatus.engine.train import load_train_table
+    from maskstatus.labels import NUM_CLASSES, PROB_COLUMNS, decode, encode
+
+    cfg = load_config("configs/demo.yaml", [f"data.root={demo_data.root}", *TINY])
+    table = load_train_table(cfg)
+    folds = make_folds(table, 4, 0)
+    folds.to_csv(tmp_path / "folds.csv", index=False)
+    table = table.merge(folds, on="person_id")
+    # An OOF table sure of every label but the gender of one person in fold 0 and one in fold 1.
+    flipped = {table.loc[table["fold"] == f, "person_id"].iloc[0]: f for f in (0, 1)}
+    labels = table["label"].to_numpy()
+    mask, gender, age = decode(labels)
+    predicted = np.where(table["person_id"].isin(list(flipped)), encode(mask, 1 - np.asarray(gender), age), labels)
+    probs = np.eye(NUM_CLASSES)[predicted] * 0.97 + 0.03 / NUM_CLASSES
+    oof = pd.concat([table[["person_id", "stem", "image_path", "label", "fold"]],
+                     pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+    (tmp_path / "cv").mkdir()
+    oof.to_csv(tmp_path / "cv" / "oof.csv", index=False)
+
+    args = ["--oof", str(tmp_path / "cv"), "--folds-file", str(tmp_path / "folds.csv"), "--fold", "1",
+            "--config", "configs/demo.yaml", "--out", str(tmp_path / "loop.json"), "--submission",
+            str(tmp_path / "s.csv"), "--data", str(demo_data.root), "--runs", str(tmp_path / "runs"),
+            *TINY, "train.epochs=1"]
+    assert label_loop.main(args) == 0
+    report = json.loads((tmp_path / "loop.json").read_text())
+    loop = report["label_loop"]
+    assert loop["fixes_found"] == 2 and loop["fixes_applied"] == 1 and loop["fixes_of_held_out_people_dropped"] == 1
+    assert loop["fixes_by_field"] == {"gender": 1}
+    draft = Path(loop["draft"]).read_text()
+    in_fold0 = next(p for p, f in flipped.items() if f == 0)
+    in_fold1 = next(p for p, f in flipped.items() if f == 1)
+    assert f"\n{in_fold0},gender," in draft and in_fold1 not in draft
+    run_cfg = load_config(Path(report["run_dir"]) / "config.yaml")
+    assert run_cfg.data.relabel == loop["draft"] and run_cfg.split.fold == 1

@@ -1,0 +1,90 @@
+"""The label-cleaning loop as an ablation row: find label errors out of fold, apply the draft, retrain one fold.
+
+    python benchmarks/label_loop.py --oof CV_DIR --folds-file CV_DIR/folds.csv --fold 0 \
+        --config configs/best-cpu.yaml --out res.json --submission /tmp/loop.csv 'cache.size=[128,128]'
+
+Runs ``maskstatus find-label-errors`` on the out-of-fold predictions of ``--oof`` (a CV
+folder), keeps the fixes of its relabel draft (gender flips and incorrect/normal swaps; age
+suspects stay comments, as the draft leaves them for a person to judge), drops the fixes of
+people in the held-out fold, so that the fold is scored against the labels as given, and
+trains the fold with the rest as ``data.relabel`` through ``benchmarks/proxy.py``. The JSON
+is proxy.py's plus the fixes applied. The draft and the review files stay in the run folder's
+parent (``--runs``), never in the repository: they hold the data's ids.
+
+With ``--oof`` a CV over all folds, each training person's suspicion comes from a model that
+trained on the held-out people: a slight optimism. A teacher CV over the other folds only
+(benchmarks/distill.py makes one) avoids it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import pandas as pd  # noqa: E402
+
+from maskstatus.data.folds import read_folds  # noqa: E402
+from maskstatus.engine.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import proxy  # noqa: E402
+
+logger = logging.getLogger("label_loop")
+
+
+def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, top: int = 50) -> tuple[Path, dict]:
+    """The finder's relabel draft without the people of ``fold``; returns its path and what it holds."""
+    suspects = find_label_errors(load_oof(oof_dir), top=top)
+    paths = write_review(suspects, out_dir)
+    folds = read_folds(folds_file)
+    held_out = set(folds.loc[folds["fold"].astype(int) == fold, folds.columns[0]].astype(str))
+    lines = paths["relabel_draft"].read_text().splitlines()
+
+    def is_fix(line: str) -> bool:
+        return bool(line) and not line.startswith("#") and not line.startswith("id,")
+
+    fixes = [line for line in lines if is_fix(line)]
+    kept = [line for line in fixes if line.split(",")[0] not in held_out]
+    draft = out_dir / f"relabel_draft_without_fold{fold}.csv"
+    draft.write_text("\n".join(line for line in lines if not is_fix(line) or line in kept) + "\n")
+    fields = pd.Series([line.split(",")[1] for line in kept], dtype=str).value_counts().to_dict()
+    return draft, {"draft": str(draft), "fixes_found": len(fixes), "fixes_applied": len(kept),
+                   "fixes_of_held_out_people_dropped": len(fixes) - len(kept), "fixes_by_field": fields}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--oof", required=True, type=Path, help="CV folder whose out-of-fold predictions are searched")
+    p.add_argument("--folds-file", required=True, type=Path, help="the person folds of the retrained run")
+    p.add_argument("--fold", required=True, type=int, help="held-out fold of the retrained run")
+    p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config of the retrained run")
+    p.add_argument("--out", required=True, type=Path, help="result JSON")
+    p.add_argument("--submission", required=True, type=Path, help="eval submission CSV of the retrained run")
+    p.add_argument("--top", type=int, default=50, help="suspects kept per task (find-label-errors --top)")
+    p.add_argument("--data", type=Path, default=proxy.DEFAULT_DATA, help="maskproxy folder (train/ and eval/)")
+    p.add_argument("--runs", type=Path, default=proxy.REPO / "runs" / "proxy", help="where the run folder goes")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    review = args.runs / f"label-loop-fold{args.fold}"
+    draft, loop = training_draft(args.oof, args.folds_file, args.fold, review, args.top)
+    logger.info("relabel draft %s: %d fixes, %d of held-out people dropped", draft, loop["fixes_applied"],
+                loop["fixes_of_held_out_people_dropped"])
+    proxy.main(["--config", str(args.config), "--fold", str(args.fold), "--out", str(args.out),
+                "--submission", str(args.submission), "--data", str(args.data), "--runs", str(args.runs),
+                *args.overrides, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"])
+    report = json.loads(args.out.read_text())
+    report["label_loop"] = {"oof": str(args.oof), "top": args.top, **loop}
+    proxy.write_report(report, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
