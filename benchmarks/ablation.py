@@ -22,7 +22,9 @@ A row with ``pseudo_from: row`` trains with pseudo labels: the eval images as th
 measured row's run predicts them, selected by ``pseudo: {threshold, task_thresholds}``.
 A row with ``distill: {weight: w}`` trains a teacher CV over the other folds only (same
 recipe and overrides) and distils it into the fold's model (benchmarks/distill.py); its
-train time counts the teachers' training too.
+train time counts the teachers' training too. A row with ``label_loop: {oof: CV_DIR}`` retrains
+the fold with the label-error finder's relabel draft from that CV folder's out-of-fold
+predictions, less the held-out people's fixes (benchmarks/label_loop.py).
 
 Every row gets the 90 % person-bootstrap interval of its OOF macro F1 and task
 F1s (``oof_f1_ci`` etc. in its JSON) when it is measured; a row measured before
@@ -247,13 +249,18 @@ def run_row(plan: dict, row: dict, out_dir: Path, data: Path, epochs: int | None
             "--data", str(data)]
     if epochs is not None:
         args += ["--epochs", str(epochs)]
+    if "distill" in row or "label_loop" in row:
+        if folds is None:
+            folds = reference_folds(plan, data, runs)
+        args += ["--folds-file", str(folds)]
     if "distill" in row:
         import distill
 
-        if folds is None:
-            folds = reference_folds(plan, data, runs)
-        distill.main([*args, "--folds-file", str(folds), "--weight", str(row["distill"].get("weight", 0.5)),
-                      *row.get("overrides", []), *pseudo])
+        distill.main([*args, "--weight", str(row["distill"].get("weight", 0.5)), *row.get("overrides", []), *pseudo])
+    elif "label_loop" in row:
+        import label_loop
+
+        label_loop.main([*args, "--oof", str(row["label_loop"]["oof"]), *row.get("overrides", []), *pseudo])
     else:
         proxy.main([*args, *row.get("overrides", []), *pseudo, *folds_file])
     return result
@@ -319,6 +326,8 @@ def render(plan: dict, out_dir: Path) -> str:
                 or " ".join(f"`{o}`" for o in row.get("overrides", [])) or "—")
         if "distill" in row:
             what += f", distilled from a teacher CV over the other folds (weight {row['distill'].get('weight', 0.5)})"
+        if "label_loop" in row:
+            what += ", trained on the label-error finder's relabel draft (held-out people's fixes dropped)"
         note = row.get("note", "")
         if not path.is_file():
             lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | | | {note} |")

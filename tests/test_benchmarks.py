@@ -195,7 +195,7 @@ def test_distill_benchmark_teaches_from_a_teacher_that_never_saw_the_held_out_pe
     assert set(oof["person_id"]) == held_out
 
 
-def test_a_distill_row_trains_through_the_distill_benchmark_and_counts_its_teachers(tmp_path, monkeypatch):
+def test_distill_and_label_loop_rows_train_through_their_benchmarks(tmp_path, monkeypatch):
     import distill
 
     calls = []
@@ -208,10 +208,14 @@ def test_a_distill_row_trains_through_the_distill_benchmark_and_counts_its_teach
                                    "machine": {"cpu": "test CPU", "cores": 2}}))
         return 0
 
+    import label_loop
+
     monkeypatch.setattr(distill, "main", fake_main)
+    monkeypatch.setattr(label_loop, "main", fake_main)
     plan = {"reference": "configs/demo.yaml", "fold": 0,
             "rows": [{"name": "reference", "overrides": []},
-                     {"name": "distilled", "overrides": ["train.epochs=2"], "distill": {"weight": 0.3}}]}
+                     {"name": "distilled", "overrides": ["train.epochs=2"], "distill": {"weight": 0.3}},
+                     {"name": "relabelled", "overrides": [], "label_loop": {"oof": "cv"}}]}
     folds = tmp_path / "folds.csv"
     ablation.run_row(plan, plan["rows"][1], tmp_path, tmp_path / "data", None, tmp_path / "runs", folds)
     (argv,) = calls
@@ -220,6 +224,12 @@ def test_a_distill_row_trains_through_the_distill_benchmark_and_counts_its_teach
     row = [line for line in ablation.render(plan, tmp_path).splitlines() if line.startswith("| distilled")][0]
     assert "distilled from a teacher CV over the other folds (weight 0.3)" in row
     assert "| 50.0 |" in row  # the teachers' and the student's training, 3000 s
+    ablation.run_row(plan, plan["rows"][2], tmp_path, tmp_path / "data", 2, tmp_path / "runs", folds)
+    argv = calls[-1]
+    assert argv[argv.index("--oof") + 1] == "cv" and argv[argv.index("--folds-file") + 1] == str(folds)
+    assert argv[argv.index("--epochs") + 1] == "2"
+    row = [line for line in ablation.render(plan, tmp_path).splitlines() if line.startswith("| relabelled")][0]
+    assert "relabel draft (held-out people's fixes dropped)" in row
 
 
 @pytest.mark.slow
