@@ -74,37 +74,25 @@ def teacher_summary(result: CVResult) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config (teacher and student)")
-    p.add_argument("--fold", required=True, type=int, help="the student's held-out fold")
+    proxy.add_fold_arguments(p)
     p.add_argument("--folds-file", required=True, type=Path, help="the outer person folds (a run's folds.csv)")
-    p.add_argument("--out", required=True, type=Path, help="result JSON")
-    p.add_argument("--submission", required=True, type=Path, help="the student's eval submission CSV")
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs of teacher and student")
     p.add_argument("--weight", type=float, default=0.5, help="loss.distill.weight of the student (default 0.5)")
     p.add_argument("--teacher", type=Path, default=None, metavar="CV_DIR",
                    help="a nested teacher CV folder trained before (finished folds are not trained again)")
-    p.add_argument("--data", type=Path, default=proxy.DEFAULT_DATA, help="maskproxy folder (train/ and eval/)")
-    p.add_argument("--runs", type=Path, default=proxy.REPO / "runs" / "proxy", help="where the run folders go")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides of teacher and student")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    if args.epochs is not None:
-        args.overrides.append(f"train.epochs={args.epochs}")
     root, inner_folds, k = nested_data(args.data, args.folds_file, args.fold, args.runs / f"nested-fold{args.fold}")
     teacher_cfg = load_config(args.config, [
-        f"data.root={root}", f"output_dir={args.runs}", *args.overrides, f"split.folds={k}",
+        f"data.root={root}", f"output_dir={args.runs}", *args.overrides,
+        *([f"train.epochs={args.epochs}"] if args.epochs is not None else []), f"split.folds={k}",
         f"split.folds_file={inner_folds}", "name=teacher", "split.fold=0"])
     result = run_cv(teacher_cfg, resume=args.teacher)
     teacher = teacher_summary(result)
     logger.info("teacher %s: pooled OOF F1 %.4f", result.cv_dir, teacher["oof_f1"])
 
-    proxy.main([
-        "--config", str(args.config), "--fold", str(args.fold), "--out", str(args.out),
-        "--submission", str(args.submission), "--data", str(args.data), "--runs", str(args.runs),
-        *args.overrides, f"split.folds_file={args.folds_file}", f"loss.distill.teacher={result.cv_dir}",
-        f"loss.distill.weight={args.weight}",
-    ])
+    proxy.main(proxy.fold_argv(args, f"split.folds_file={args.folds_file}", f"loss.distill.teacher={result.cv_dir}",
+                               f"loss.distill.weight={args.weight}"))
     report = json.loads(args.out.read_text())
     report["teacher"] = teacher
     report["train_s_whole"] = report["train_s"] + teacher["train_s"]

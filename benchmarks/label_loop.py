@@ -60,17 +60,10 @@ def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, to
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    proxy.add_fold_arguments(p)
     p.add_argument("--oof", required=True, type=Path, help="CV folder whose out-of-fold predictions are searched")
     p.add_argument("--folds-file", required=True, type=Path, help="the person folds of the retrained run")
-    p.add_argument("--fold", required=True, type=int, help="held-out fold of the retrained run")
-    p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config of the retrained run")
-    p.add_argument("--out", required=True, type=Path, help="result JSON")
-    p.add_argument("--submission", required=True, type=Path, help="eval submission CSV of the retrained run")
-    p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--top", type=int, default=50, help="suspects kept per task (find-label-errors --top)")
-    p.add_argument("--data", type=Path, default=proxy.DEFAULT_DATA, help="maskproxy folder (train/ and eval/)")
-    p.add_argument("--runs", type=Path, default=proxy.REPO / "runs" / "proxy", help="where the run folder goes")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -78,10 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     draft, loop = training_draft(args.oof, args.folds_file, args.fold, review, args.top)
     logger.info("relabel draft %s: %d fixes, %d of held-out people dropped", draft, loop["fixes_applied"],
                 loop["fixes_of_held_out_people_dropped"])
-    epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
-    proxy.main(["--config", str(args.config), "--fold", str(args.fold), "--out", str(args.out),
-                "--submission", str(args.submission), "--data", str(args.data), "--runs", str(args.runs), *epochs,
-                *args.overrides, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"])
+    proxy.main(proxy.fold_argv(args, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"))
     report = json.loads(args.out.read_text())
     report["label_loop"] = {"oof": str(args.oof), "top": args.top, **loop}
     proxy.write_report(report, args.out)

@@ -144,8 +144,8 @@ def write_report(report: dict, out: Path) -> None:
     print(json.dumps(report, indent=2))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_fold_arguments(p: argparse.ArgumentParser) -> None:
+    """The arguments of one measured fold, shared by the benchmarks that end in :func:`main`."""
     p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config")
     p.add_argument("--fold", required=True, type=int, help="held-out fold")
     p.add_argument("--out", required=True, type=Path, help="result JSON")
@@ -153,8 +153,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override train.epochs")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA,
                    help="maskproxy folder holding train/ and eval/ (default ../shared/data/maskproxy)")
-    p.add_argument("--runs", type=Path, default=REPO / "runs" / "proxy", help="where the run folder goes")
+    p.add_argument("--runs", type=Path, default=REPO / "runs" / "proxy", help="where the run folders go")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
+
+
+def fold_argv(args: argparse.Namespace, *overrides: str) -> list[str]:
+    """:func:`main`'s command line for the fold that ``args`` (from :func:`add_fold_arguments`) describe."""
+    epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
+    return ["--config", str(args.config), "--fold", str(args.fold), "--out", str(args.out), "--submission",
+            str(args.submission), "--data", str(args.data), "--runs", str(args.runs), *epochs, *args.overrides,
+            *overrides]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_fold_arguments(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
