@@ -68,8 +68,8 @@ def nested_data(data: Path, folds_file: Path, fold: int, out: Path) -> tuple[Pat
 def teacher_summary(result: CVResult) -> dict:
     """The teacher's pooled OOF F1 (with its intervals), its folds and training time."""
     folds, train_s, _ = fold_summaries(result)
-    return {"cv_dir": str(result.cv_dir), "oof_f1": result.metrics["f1"], **proxy.oof_intervals(read_oof(result.cv_dir)),
-            "folds": folds, "train_s": train_s}
+    return {"cv_dir": str(result.cv_dir), "oof_f1": result.metrics["f1"],
+            **proxy.oof_intervals(read_oof(result.cv_dir)), "folds": folds, "train_s": train_s}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,10 @@ def test_a_teacher_missing_training_people_or_columns_is_an_error_naming_the_fil
     frame[frame.person_id != dropped].to_csv(tmp_path / "part.csv", index=False)
     with pytest.raises(DataError, match=r"part\.csv.*no prediction for 7 of the .*person " + dropped):
         teacher_targets(tmp_path / "part.csv", table, train_rows, val_rows)
+    # Pseudo-labelled rows (fold -1) are not the teacher's to cover: they learn from their labels only.
+    as_pseudo = table.assign(fold=np.where(table.person_id == dropped, -1, table.fold))
+    got = teacher_targets(tmp_path / "part.csv", as_pseudo, train_rows, val_rows)
+    assert np.isnan(got[TEACHER_PROBS][(table.person_id == dropped).to_numpy()]).all()
     frame.drop(columns="p3").to_csv(tmp_path / "cols.csv", index=False)
     with pytest.raises(DataError, match=r"cols\.csv.*p3"):
         teacher_targets(tmp_path / "cols.csv", table, train_rows, val_rows)

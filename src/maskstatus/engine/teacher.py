@@ -20,12 +20,14 @@ import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN
+from ..data.pseudo import PSEUDO_FOLD
 from ..errors import DataError
 from ..labels import NUM_CLASSES, PROB_COLUMNS
 from ..losses import TEACHER_PROBS, TEACHER_YEARS
 from .oof import KEY_COLUMNS, oof_path, read_oof
 
 logger = logging.getLogger(__name__)
+
 
 def teacher_targets(
     teacher: Path | str, table: pd.DataFrame, train_rows: np.ndarray, val_rows: np.ndarray
@@ -42,7 +44,9 @@ def teacher_targets(
     keys = pd.MultiIndex.from_frame(table[KEY_COLUMNS].astype(str))
     at = pd.MultiIndex.from_frame(oof[KEY_COLUMNS].astype(str)).get_indexer(keys)
 
-    labelled = np.asarray(train_rows)[~table["person_id"].iloc[train_rows].astype(str).str.startswith("pseudo:").to_numpy()]
+    train_rows = np.asarray(train_rows)
+    pseudo = table["fold"].iloc[train_rows].to_numpy() == PSEUDO_FOLD
+    labelled = train_rows[~pseudo]  # pseudo-labelled eval images are not the teacher's to cover
     missing = labelled[at[labelled] < 0]
     if len(missing):
         person, stem = table.iloc[missing[0]][KEY_COLUMNS]
