@@ -8,8 +8,8 @@ folder), keeps the fixes of its relabel draft (gender flips and incorrect/normal
 suspects stay comments, as the draft leaves them for a person to judge), drops the fixes of
 people in the held-out fold, so that the fold is scored against the labels as given, and
 trains the fold with the rest as ``data.relabel`` through ``benchmarks/proxy.py``. The JSON
-is proxy.py's plus the fixes applied. The draft and the review files stay in the run folder's
-parent (``--runs``), never in the repository: they hold the data's ids.
+is proxy.py's plus the fixes applied. The draft and the review files go under ``--runs``
+(git-ignored ``runs/`` by default), never into the tracked tree: they hold the data's ids.
 
 With ``--oof`` a CV over all folds, each training person's suspicion comes from a model that
 trained on the held-out people: a slight optimism. A teacher CV over the other folds only
