@@ -27,9 +27,8 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import pandas as pd  # noqa: E402
-
 from maskstatus.data.folds import read_folds  # noqa: E402
+from maskstatus.data.relabel import read_relabel  # noqa: E402
 from maskstatus.engine.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,23 +38,20 @@ logger = logging.getLogger("label_loop")
 
 
 def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, top: int = 50) -> tuple[Path, dict]:
-    """The finder's relabel draft without the people of ``fold``; returns its path and what it holds."""
+    """The finder's relabel draft without the people of ``fold``; returns its path and what it holds.
+
+    The whole review (every suspect) goes to ``out_dir/all``; the review of the training people
+    only, whose draft is the one applied, to ``out_dir``.
+    """
     suspects = find_label_errors(load_oof(oof_dir), top=top)
-    paths = write_review(suspects, out_dir)
     folds = read_folds(folds_file)
     held_out = set(folds.loc[folds["fold"].astype(int) == fold, folds.columns[0]].astype(str))
-    lines = paths["relabel_draft"].read_text().splitlines()
-
-    def is_fix(line: str) -> bool:
-        return bool(line) and not line.startswith("#") and not line.startswith("id,")
-
-    fixes = [line for line in lines if is_fix(line)]
-    kept = [line for line in fixes if line.split(",")[0] not in held_out]
-    draft = out_dir / f"relabel_draft_without_fold{fold}.csv"
-    draft.write_text("\n".join(line for line in lines if not is_fix(line) or line in kept) + "\n")
-    fields = pd.Series([line.split(",")[1] for line in kept], dtype=str).value_counts().to_dict()
-    return draft, {"draft": str(draft), "fixes_found": len(fixes), "fixes_applied": len(kept),
-                   "fixes_of_held_out_people_dropped": len(fixes) - len(kept), "fixes_by_field": fields}
+    found = read_relabel(write_review(suspects, out_dir / "all")["relabel_draft"])
+    draft = write_review(suspects[~suspects["person_id"].astype(str).isin(held_out)], out_dir)["relabel_draft"]
+    applied = read_relabel(draft)
+    return draft, {"draft": str(draft), "fixes_found": len(found), "fixes_applied": len(applied),
+                   "fixes_of_held_out_people_dropped": len(found) - len(applied),
+                   "fixes_by_field": applied["field"].value_counts().to_dict()}
 
 
 def main(argv: list[str] | None = None) -> int:
