@@ -34,6 +34,11 @@ AGE_YEARS = "age_years"
 # regression (TTA, OOF years, tuned cuts, ensembles) serves it unchanged.
 AGE_BINS = "age_bins"
 AGE_BIN_COUNT = 101
+# Output key of a cumulative-logit (ordinal) age head: (N, AGE_BIN_COUNT - 1) logits of P(age > k) for whole
+# years k = 0..AGE_BIN_COUNT - 2. Like the distribution head it also returns AGE_YEARS.
+AGE_RANKS = "age_ranks"
+# The age heads whose loss learns from the age in years, and which return AGE_YEARS beside their own output.
+AGE_YEAR_HEADS = (AGE_YEARS, AGE_BINS, AGE_RANKS)
 # Columns of an out-of-fold table holding a regression head's predicted years.
 AGE_MEAN, AGE_SIGMA = "age_mean", "age_sigma"
 # The tuned cut points, beside config.yaml (a run) or cv_config.yaml (a CV folder).
@@ -80,11 +85,35 @@ def bins_to_years(logits: torch.Tensor, min_sigma: float = 0.5) -> torch.Tensor:
     The spread is floored at ``min_sigma`` because a peaked distribution on one whole year would
     otherwise give a near-zero spread and all-or-nothing age-group probabilities at a cut point.
     """
-    p = logits.float().softmax(dim=-1)
+    return _moments(logits.float().softmax(dim=-1), min_sigma)
+
+
+def ranks_to_years(logits: torch.Tensor, min_sigma: float = 0.5) -> torch.Tensor:
+    """(N, K) logits of P(age > k), k = 0..K-1 -> (N, 2) the implied distribution's mean and standard deviation.
+
+    P(age = j) is P(age > j-1) - P(age > j) over whole years 0..K; the spread is floored as in
+    :func:`bins_to_years`. A head whose exceedance probabilities are not monotone (none of this
+    package's) would get its negative masses clipped.
+    """
+    exceed = logits.float().sigmoid()
+    ones = torch.ones_like(exceed[:, :1])
+    upper = torch.cat([ones, exceed], dim=1)
+    lower = torch.cat([exceed, torch.zeros_like(ones)], dim=1)
+    return _moments((upper - lower).clamp_min(0.0), min_sigma)
+
+
+def _moments(p: torch.Tensor, min_sigma: float) -> torch.Tensor:
+    p = p / p.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)
     ages = torch.arange(p.shape[-1], dtype=p.dtype, device=p.device)
     mean = (p * ages).sum(dim=-1)
     var = (p * (ages - mean[:, None]) ** 2).sum(dim=-1)
     return torch.stack([mean, var.clamp_min(0.0).sqrt().clamp_min(min_sigma)], dim=1)
+
+
+def age_rank_targets(years: torch.Tensor, ranks: int) -> torch.Tensor:
+    """(N,) true ages -> (N, ranks) binary targets ``age > k`` for k = 0..ranks-1 (ordinal regression)."""
+    ks = torch.arange(ranks, dtype=torch.float32, device=years.device)
+    return (years.float()[:, None] > ks[None, :]).float()
 
 
 def age_distribution_targets(years: torch.Tensor, bins: int, sigma: float) -> torch.Tensor:

@@ -140,9 +140,10 @@ class ModelConfig(_Section):
         default_factory=lambda: list(TASKS),
         description="tasks a multitask head predicts; a subset makes a per-task model, combined at predict time",
     )
-    age_output: Literal["groups", "years", "distribution"] = Field(
+    age_output: Literal["groups", "years", "distribution", "ordinal"] = Field(
         "groups", description="years: regress the exact age (mean and spread); distribution: a softmax over whole "
-        "years trained on label distributions (see loss.age_distribution); both give groups from cut points"
+        "years trained on label distributions (see loss.age_distribution); ordinal: cumulative logits of "
+        "P(age > k) for every whole year k; all three give groups from cut points"
     )
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     multisample_dropout: int = Field(1, ge=1, description="number of dropout masks averaged")

@@ -16,7 +16,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .age import AGE_BIN_COUNT, AGE_BINS, AGE_YEARS, age_distribution_targets
+from .age import (
+    AGE_BIN_COUNT,
+    AGE_BINS,
+    AGE_RANKS,
+    AGE_YEAR_HEADS,
+    AGE_YEARS,
+    age_distribution_targets,
+    age_rank_targets,
+)
 from .config import ConfigError, LossConfig
 from .labels import NUM_CLASSES, TASKS, split_class_probs
 from .models.heads import SINGLE_KEY
@@ -186,6 +194,23 @@ class AgeDistributionLoss(nn.Module):
         return f"sigma={self.sigma}, l1_weight={self.l1_weight}"
 
 
+class AgeOrdinalLoss(nn.Module):
+    """Ordinal-regression loss for a cumulative-logit age head (Niu et al. 2016; Cao et al. 2020).
+
+    Binary cross-entropy of every threshold's P(age > k) against whether the true age exceeds
+    k, averaged over thresholds: each face says something about every year boundary, and
+    the errors that cost most (past 30 or 60) are the boundaries furthest from its age only
+    when the prediction is far off. Rows without an age in years (target < 0) are left out.
+    """
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        valid = target >= 0
+        if not bool(valid.any()):
+            return logits.sum() * 0.0  # keeps the graph (and DDP's gradient sync) intact
+        logits = logits[valid].float()
+        return F.binary_cross_entropy_with_logits(logits, age_rank_targets(target[valid], logits.shape[-1]))
+
+
 class WeightedSum(nn.Module):
     """``sum_i weight_i * term_i(logits, target)``."""
 
@@ -242,7 +267,7 @@ class TaskLoss(nn.Module):
     """
 
     # Heads whose targets live under another key: an age distribution learns from the age in years.
-    TARGET_KEYS = {AGE_BINS: AGE_YEARS}
+    TARGET_KEYS = {AGE_BINS: AGE_YEARS, AGE_RANKS: AGE_YEARS}
 
     def __init__(self, head_losses: Mapping[str, nn.Module], head_weights: Mapping[str, float]) -> None:
         super().__init__()
@@ -311,7 +336,7 @@ class DistillLoss(nn.Module):
         for key, out in outputs.items():
             if key not in self.task_loss.heads:
                 continue
-            if key in (AGE_YEARS, AGE_BINS):
+            if key in AGE_YEAR_HEADS:
                 # The age losses skip rows whose target is < 0.
                 loss = self.task_loss.heads[key](out, torch.where(torch.isfinite(years), years, -1.0))
             elif bool(covered.any()):
@@ -328,7 +353,7 @@ class DistillLoss(nn.Module):
 
 
 def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
-    known = {SINGLE_KEY: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT}
+    known = {SINGLE_KEY: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT, AGE_RANKS: AGE_BIN_COUNT - 1}
     if isinstance(heads, Mapping):
         sizes = {str(k): int(v) for k, v in heads.items()}
     else:
@@ -364,8 +389,9 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
     ``alpha`` lists are checked against each head's size; for multitask they may
     be given as ``{head: list}`` (heads left out get none). The age regression
     head (``age_years``) always trains with :class:`AgeNLL` and the age distribution
-    head (``age_bins``) with :class:`AgeDistributionLoss` (``loss.age_distribution``):
-    the configured terms are classification losses. With ``loss.distill`` the
+    head (``age_bins``) with :class:`AgeDistributionLoss` (``loss.age_distribution``)
+    and the ordinal head (``age_ranks``) with :class:`AgeOrdinalLoss`: the configured
+    terms are classification losses. With ``loss.distill`` the
     :class:`TaskLoss` is wrapped in a :class:`DistillLoss`.
     """
     sizes = _head_sizes(heads)
@@ -376,6 +402,9 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
             continue
         if head == AGE_BINS:
             head_losses[head] = AgeDistributionLoss(cfg.age_distribution.sigma, cfg.age_distribution.l1_weight)
+            continue
+        if head == AGE_RANKS:
+            head_losses[head] = AgeOrdinalLoss()
             continue
         terms: list[nn.Module] = []
         for i, term in enumerate(cfg.terms):
@@ -394,8 +423,8 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}.params: {exc}") from None
         head_losses[head] = WeightedSum(terms, [t.weight for t in cfg.terms])
-    head_weights = {h: cfg.task_weights.get("age" if h in (AGE_YEARS, AGE_BINS) else h, 1.0)
-                    if h in (*TASKS, AGE_YEARS, AGE_BINS) else 1.0 for h in sizes}
+    head_weights = {h: cfg.task_weights.get("age" if h in AGE_YEAR_HEADS else h, 1.0)
+                    if h in (*TASKS, *AGE_YEAR_HEADS) else 1.0 for h in sizes}
     _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
     task_loss = TaskLoss(head_losses, head_weights)
     return DistillLoss(task_loss, cfg.distill.weight) if cfg.distill is not None else task_loss
@@ -410,11 +439,11 @@ def class_weights(targets: Mapping[str, np.ndarray], heads: Sequence[str], mode:
 
     ``inverse`` weights a class by 1/count, ``sqrt_inverse`` by 1/sqrt(count) (milder).
     A class absent from training gets weight 0 (nothing to learn from, nothing to up-weight).
-    The age regression and age distribution heads have no classes and get none.
+    The age heads that learn from years (regression, distribution, ordinal) have no classes and get none.
     """
     if mode not in ("inverse", "sqrt_inverse"):
         raise ValueError(f"class weight mode must be inverse or sqrt_inverse, got {mode!r}")
-    sizes = _head_sizes([h for h in heads if h not in (AGE_YEARS, AGE_BINS)])
+    sizes = _head_sizes([h for h in heads if h not in AGE_YEAR_HEADS])
     out: dict[str, list[float]] = {}
     for head, k in sizes.items():
         counts = np.bincount(np.asarray(targets[head], dtype=np.int64), minlength=k).astype(np.float64)

@@ -154,8 +154,8 @@ def compare_backends(
     worst_relative = 0.0
     prob_diff, agree, total = 0.0, 0, 0
     for x in _batches(inputs, batch):
-        ref = {k: v.float() for k, v in model(x).items()}
         got = onnx_model(x)
+        ref = {k: v.float() for k, v in model(x).items() if k in got}  # what the graph serves
         for key, value in ref.items():
             diff = (got[key] - value).abs()
             worst[key] = max(worst.get(key, 0.0), float(diff.max()))
@@ -205,7 +205,7 @@ def export_run(
     run = load_run(run_dir, checkpoint, age_cuts)
     cfg, model = run.cfg, run.model.float()
     norm = model_data_config(model)
-    keys = model.output_keys
+    keys = model.prediction_keys  # an age head's own logits stay inside: prediction reads the years
     target = onnx_path(run_dir, checkpoint, out_dir)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import Callable, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ..age import AGE_BINS, AGE_YEARS, Cuts, mean_years
+from ..age import AGE_YEAR_HEADS, AGE_YEARS, Cuts, mean_years
 from ..labels import combine_task_probs
 from ..models.heads import SINGLE_KEY, outputs_to_probs, outputs_to_task_probs
 from ..registry import Registry
@@ -93,7 +93,7 @@ def average_view_probs(view_outputs: Sequence[Mapping[str, torch.Tensor]], age_c
     if SINGLE_KEY in view_outputs[0]:
         return torch.stack([outputs_to_probs(o) for o in view_outputs]).mean(dim=0)
     years = mean_years(view_outputs)
-    rest = [{k: v for k, v in o.items() if k not in (AGE_YEARS, AGE_BINS)} for o in view_outputs]
+    rest = [{k: v for k, v in o.items() if k not in AGE_YEAR_HEADS} for o in view_outputs]
     averaged = {}
     if rest[0]:  # empty for a model that only regresses the age
         per_view = [outputs_to_task_probs(o) for o in rest]

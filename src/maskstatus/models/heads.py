@@ -5,7 +5,8 @@ Every head returns a dict of logits: ``{"class": (N, 18)}`` for the single head,
 multitask head that regresses the exact age returns ``"age_years"`` (N, 2), the
 predicted mean and spread in years, in place of the age logits; one that predicts a
 distribution over whole years returns its logits ``"age_bins"`` and, derived from
-them, ``"age_years"``.
+them, ``"age_years"``; an ordinal one returns ``"age_ranks"``, the logits of
+P(age > k) for every whole year k, and ``"age_years"``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..age import AGE_BIN_COUNT, AGE_BINS, AGE_YEARS, Cuts, bins_to_years, group_probs, thresholds_cuts
+from ..age import (
+    AGE_BIN_COUNT,
+    AGE_BINS,
+    AGE_RANKS,
+    AGE_YEAR_HEADS,
+    AGE_YEARS,
+    Cuts,
+    bins_to_years,
+    group_probs,
+    ranks_to_years,
+    thresholds_cuts,
+)
 from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES, TASKS, combine_task_probs, split_class_probs
 from ..registry import Registry
 
@@ -28,6 +40,15 @@ SINGLE_KEY = "class"
 # adult ages in years (mean around 40, spread of a few years) so training starts sensibly.
 AGE_CENTER, AGE_SCALE = 40.0, 20.0
 MIN_SIGMA, SIGMA_SCALE = 1.0, 5.0
+# Initial spread (logistic scale, years) of an ordinal head's thresholds around AGE_CENTER: a broad prior
+# over adult ages (standard deviation ~14.5 years) that the first steps narrow.
+ORDINAL_INIT_SCALE = 8.0
+# What each age_output adds in place of the age logits: its output key and size.
+AGE_OUTPUTS = {
+    "years": (AGE_YEARS, 2),
+    "distribution": (AGE_BINS, AGE_BIN_COUNT),
+    "ordinal": (AGE_RANKS, AGE_BIN_COUNT - 1),
+}
 
 
 class MultiSampleDropoutLinear(nn.Module):
@@ -59,6 +80,34 @@ class MultiSampleDropoutLinear(nn.Module):
         return f"samples={self.samples}"
 
 
+class CumulativeLogitLinear(nn.Module):
+    """Cumulative-logit ordinal layer: logit of P(y > k) = f(x) - theta_k for k = 0..ranks-1.
+
+    One score ``f`` shared by every threshold and thresholds kept increasing by construction
+    (the first plus a running sum of positive steps), so P(y > k) never rises with k and the
+    implied distribution over whole years is always valid (the proportional-odds model;
+    CORAL, Cao et al. 2020, shares the score the same way but leaves the order to training).
+    """
+
+    def __init__(self, in_features: int, ranks: int, dropout: float = 0.0, samples: int = 1,
+                 center: float = AGE_CENTER, scale: float = ORDINAL_INIT_SCALE) -> None:
+        super().__init__()
+        if ranks < 1 or scale <= 0:
+            raise ValueError(f"ordinal layer needs ranks >= 1 and scale > 0, got {ranks}, {scale}")
+        self.score = MultiSampleDropoutLinear(in_features, 1, dropout, samples)
+        # Thresholds start where a logistic of scale ``scale`` years centred on ``center`` puts them.
+        self.first = nn.Parameter(torch.tensor((0.5 - center) / scale))
+        step = torch.log(torch.expm1(torch.tensor(1.0 / scale)))  # inverse softplus of 1/scale
+        self.steps = nn.Parameter(step.repeat(ranks - 1))
+
+    def thresholds(self) -> torch.Tensor:
+        rest = self.first + torch.cumsum(F.softplus(self.steps), dim=0)
+        return torch.cat([self.first[None], rest])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.score(x) - self.thresholds()[None, :].to(x.dtype)
+
+
 @HEADS.register("single")
 class SingleHead(nn.Module):
     """One softmax over all 18 classes."""
@@ -81,7 +130,9 @@ class MultiTaskHead(nn.Module):
     mean and a spread in years (``"age_years"``), turned into age-group
     probabilities at prediction time (see ``maskstatus.age``). With
     ``age_output="distribution"`` it is a softmax over whole years (``"age_bins"``,
-    trained on label distributions) whose mean and spread are ``"age_years"``.
+    trained on label distributions) whose mean and spread are ``"age_years"``; with
+    ``age_output="ordinal"`` a cumulative-logit layer (``"age_ranks"``) whose implied
+    distribution's mean and spread are ``"age_years"``.
     """
 
     def __init__(
@@ -96,17 +147,19 @@ class MultiTaskHead(nn.Module):
         unknown = [t for t in tasks if t not in TASKS]
         if unknown or not tasks:
             raise ValueError(f"multitask head tasks must be a non-empty subset of {list(TASKS)}, got {list(tasks)}")
-        if age_output not in ("groups", "years", "distribution"):
-            raise ValueError(f"age_output must be 'groups', 'years' or 'distribution', got {age_output!r}")
+        if age_output != "groups" and age_output not in AGE_OUTPUTS:
+            raise ValueError(f"age_output must be 'groups' or one of {list(AGE_OUTPUTS)}, got {age_output!r}")
         # A subset of tasks makes a per-task model; the missing tasks count as uniform when combined.
         self.output_sizes = {t: TASKS[t] for t in TASKS if t in tasks}
         if age_output != "groups" and "age" in self.output_sizes:
-            key, size = (AGE_YEARS, 2) if age_output == "years" else (AGE_BINS, AGE_BIN_COUNT)
+            key, size = AGE_OUTPUTS[age_output]
             self.output_sizes = {(key if t == "age" else t): (size if t == "age" else k)
                                  for t, k in self.output_sizes.items()}
-        self.tasks = nn.ModuleDict(
-            {key: MultiSampleDropoutLinear(in_features, k, dropout, samples) for key, k in self.output_sizes.items()}
-        )
+        self.tasks = nn.ModuleDict({
+            key: (CumulativeLogitLinear if key == AGE_RANKS else MultiSampleDropoutLinear)(
+                in_features, k, dropout, samples)
+            for key, k in self.output_sizes.items()
+        })
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {key: layer(features) for key, layer in self.tasks.items()}
@@ -117,6 +170,8 @@ class MultiTaskHead(nn.Module):
             out[AGE_YEARS] = torch.stack([mean, sigma], dim=1)
         if AGE_BINS in out:
             out[AGE_YEARS] = bins_to_years(out[AGE_BINS])
+        if AGE_RANKS in out:
+            out[AGE_YEARS] = ranks_to_years(out[AGE_RANKS])
         return out
 
 
@@ -132,6 +187,12 @@ class MaskStatusModel(nn.Module):
     def output_keys(self) -> list[str]:
         """Names of the logits the head returns (what the loss is built for)."""
         return list(self.head.output_sizes)
+
+    @property
+    def prediction_keys(self) -> list[str]:
+        """The outputs prediction reads: an age head's own logits give way to the years derived from them."""
+        keys = [AGE_YEARS if k in AGE_YEAR_HEADS else k for k in self.output_keys]
+        return list(dict.fromkeys(keys))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.head(self.backbone(x))
