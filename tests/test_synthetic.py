@@ -51,8 +51,8 @@ def demo(tmp_path_factory) -> DemoData:
 # --- determinism ----------------------------------------------------------------------------------
 
 
-def test_same_seed_same_bytes(demo, tmp_path):
-    again = make_demo_data(tmp_path / "again", people=24, seed=0)
+def test_same_seed_same_bytes_with_any_number_of_workers(demo, tmp_path):
+    again = make_demo_data(tmp_path / "again", people=24, seed=0, workers=2)
     first, second = _tree_bytes(demo.root), _tree_bytes(again.root)
     assert first.keys() == second.keys()
     for name in ("train/train.csv", "eval/info.csv", "eval_truth.csv"):
@@ -138,6 +138,8 @@ def test_eval_people_and_bad_arguments(tmp_path):
     assert len(read_truth(data.truth_csv)) == 7 * 7
     with pytest.raises(ValueError, match="people"):
         make_demo_data(tmp_path / "bad", people=0)
+    with pytest.raises(ValueError, match="workers"):
+        make_demo_data(tmp_path / "bad", people=6, workers=0)
 
 
 def test_existing_set_needs_overwrite(tmp_path):

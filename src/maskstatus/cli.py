@@ -20,7 +20,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 
     try:
         data = make_demo_data(Path(args.out_dir), people=args.people, eval_people=args.eval_people, seed=args.seed,
-                              overwrite=args.overwrite)
+                              overwrite=args.overwrite, workers=args.workers)
     except FileExistsError:
         raise UsageError(f"{args.out_dir} already holds a data set (train/, eval/ or eval_truth.csv); "
                          "add --overwrite to replace them, or give another OUT_DIR") from None
@@ -406,6 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same data")
     s.add_argument("--overwrite", action="store_true",
                    help="replace OUT_DIR's train/, eval/ and eval_truth.csv if they exist (default: refuse)")
+    s.add_argument("--workers", type=int, default=1,
+                   help="processes drawing the photos (default 1); any number draws the same bytes")
     s.set_defaults(fn=_cmd_demo_data)
 
     s = sub.add_parser("validate-data", help="check a data folder; print a summary; exit 1 on any problem")

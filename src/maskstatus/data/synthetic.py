@@ -18,9 +18,10 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -388,7 +389,24 @@ def _person_extensions(rng: np.random.Generator, index: int) -> list[str]:
     return [".jpg"] * len(IMAGE_STEMS)
 
 
-def _write_train(train_dir: Path, seed: int, people: int, size: tuple[int, int]) -> None:
+def _draw_person(job: tuple[_Person, list[int], tuple[int, int], list[Path]]) -> None:
+    """Render and save one person's seven photos (a unit of work for a process pool)."""
+    person, photo_seed, size, paths = job
+    for (_, img), path in zip(_person_photos(person, np.random.default_rng(photo_seed), size), paths):
+        _save(img, path)
+
+
+def _draw_all(jobs: Sequence[tuple[_Person, list[int], tuple[int, int], list[Path]]], workers: int) -> None:
+    # Every person has a generator of their own, so the bytes do not depend on the number of workers.
+    if workers <= 1 or len(jobs) < 2:
+        for job in jobs:
+            _draw_person(job)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(_draw_person, jobs, chunksize=max(1, len(jobs) // (8 * workers))))
+
+
+def _write_train(train_dir: Path, seed: int, people: int, size: tuple[int, int], workers: int = 1) -> None:
     persons = _people(seed, 0, people)
     rng = np.random.default_rng([seed, 0, 2])
     # Sparse, sorted ids like the competition's (000001 .. 006959 with gaps).
@@ -397,32 +415,34 @@ def _write_train(train_dir: Path, seed: int, people: int, size: tuple[int, int])
     # The competition has ids with a suffix (001498-1); ids must stay strings.
     ids[int(rng.integers(people))] += "-1"
 
-    rows = []
+    rows, jobs = [], []
     images = train_dir / "images"
     for i, (pid, person) in enumerate(zip(ids, persons)):
         folder = f"{pid}_{GENDER_NAMES[person.gender]}_{person.race}_{person.age}"
         rows.append((pid, GENDER_NAMES[person.gender], person.race, person.age, folder))
         (images / folder).mkdir(parents=True, exist_ok=True)
         exts = _person_extensions(rng, i)
-        photo_rng = np.random.default_rng([seed, 0, 3, i])
-        for (stem, img), ext in zip(_person_photos(person, photo_rng, size), exts):
-            _save(img, images / folder / f"{stem}{ext}")
+        jobs.append((person, [seed, 0, 3, i], size, [images / folder / f"{stem}{ext}"
+                                                      for stem, ext in zip(IMAGE_STEMS, exts)]))
+    _draw_all(jobs, workers)
     pd.DataFrame(rows, columns=["id", "gender", "race", "age", "path"]).to_csv(train_dir / "train.csv", index=False)
 
 
-def _write_eval(eval_dir: Path, truth_csv: Path, seed: int, people: int, size: tuple[int, int]) -> None:
+def _write_eval(eval_dir: Path, truth_csv: Path, seed: int, people: int, size: tuple[int, int],
+                workers: int = 1) -> None:
     persons = _people(seed, 1, people)
     images = eval_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, jobs = [], []
     for i, person in enumerate(persons):
-        photo_rng = np.random.default_rng([seed, 1, 3, i])
-        for stem, img in _person_photos(person, photo_rng, size):
-            # Opaque 40-hex names like the competition's, stable for a given seed.
-            name = hashlib.sha1(f"maskstatus-demo:{seed}:{i}:{stem}".encode()).hexdigest() + ".jpg"
-            _save(img, images / name)
+        # Opaque 40-hex names like the competition's, stable for a given seed.
+        names = [hashlib.sha1(f"maskstatus-demo:{seed}:{i}:{stem}".encode()).hexdigest() + ".jpg"
+                 for stem in IMAGE_STEMS]
+        jobs.append((person, [seed, 1, 3, i], size, [images / name for name in names]))
+        for stem, name in zip(IMAGE_STEMS, names):
             mask, gender, age = STEM_TO_MASK[stem], person.gender, age_group(person.age)
             rows.append((name, encode(mask, gender, age), mask, gender, age))
+    _draw_all(jobs, workers)
     truth = pd.DataFrame(rows, columns=["ImageID", "ans", "mask", "gender", "age"])
     truth = truth.iloc[np.random.default_rng([seed, 1, 2]).permutation(len(truth))].reset_index(drop=True)
     truth.to_csv(truth_csv, index=False)
@@ -437,6 +457,7 @@ def make_demo_data(
     size: tuple[int, int] = (128, 96),
     *,
     overwrite: bool = False,
+    workers: int = 1,
 ) -> DemoData:
     """Draw a synthetic data set in the competition layout under ``out_dir``.
 
@@ -449,6 +470,7 @@ def make_demo_data(
         overwrite: replace an existing demo set in ``out_dir`` (only its ``train/``,
             ``eval/`` and ``eval_truth.csv``); without it an existing set is an error,
             because stale files from another seed would silently mix in.
+        workers: processes that draw the photos; the bytes are the same for any number.
 
     ``eval_truth.csv`` has ``ImageID,ans,mask,gender,age`` (task codes; ``age`` is the
     age group) in the row order of ``eval/info.csv``.
@@ -458,6 +480,8 @@ def make_demo_data(
     eval_people = max(6, people // 2) if eval_people is None else eval_people
     if eval_people < 1:
         raise UsageError(f"eval_people must be >= 1, got {eval_people}")
+    if workers < 1:
+        raise UsageError(f"workers must be >= 1, got {workers}")
     root = Path(out_dir)
     data = DemoData(root=root, train_dir=root / "train", eval_dir=root / "eval", truth_csv=root / "eval_truth.csv")
     existing = [p for p in (data.train_dir, data.eval_dir, data.truth_csv) if p.exists()]
@@ -471,8 +495,8 @@ def make_demo_data(
     data.train_dir.mkdir(parents=True, exist_ok=True)
     data.eval_dir.mkdir(parents=True, exist_ok=True)
     size = (int(size[0]), int(size[1]))
-    _write_train(data.train_dir, seed, people, size)
-    _write_eval(data.eval_dir, data.truth_csv, seed, eval_people, size)
+    _write_train(data.train_dir, seed, people, size, workers)
+    _write_eval(data.eval_dir, data.truth_csv, seed, eval_people, size, workers)
     return data
 
 
