@@ -208,7 +208,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         parts.train_set.set_epoch(epoch)
         if parts.frozen:
             parts.frozen.set_frozen(cfg.train.unfreeze_epoch is None or epoch < cfg.train.unfreeze_epoch)
-        t0 = time.perf_counter()
+        started_at, t0 = time.time(), time.perf_counter()
         train_loss, seen = _train_epoch(fabric, parts, cfg, epoch)
         train_time = time.perf_counter() - t0
         val = _validate(fabric, parts, cfg, data.table, epoch)
@@ -223,6 +223,8 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
             "train_images": seen,
             "train_time_s": train_time,
             "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
+            # Wall clock (Unix seconds) of the epoch's training loop, to line it up with outside samplers (GPU use).
+            "train_start_time": started_at,
         })
         saver.save(epoch, parts, progress, val, improved)
         m = val.metrics
@@ -455,7 +457,7 @@ class EpochSaver:
         if not self.fabric.is_global_zero:
             return
         for k, v in progress.history[-1].items():
-            if k != "epoch":
+            if k not in ("epoch", "train_start_time"):  # a clock reading, not a curve
                 self.tb.add_scalar(k, v, epoch)
         atomic_write_csv(pd.DataFrame(progress.history), self.run.metrics)
         state = self._state(epoch, parts, progress)
