@@ -119,6 +119,10 @@ class CacheConfig(_Section):
         None, description="(height, width) images are resized to once, at decode time; null keeps the original"
     )
     decode_threads: int = Field(2, ge=1)
+    precompute: bool = Field(
+        True, description="apply the leading crops and resizes that transforms.train and transforms.eval share once, "
+        "when the cache is filled, instead of to every sample of every epoch (the same pixels)"
+    )
 
 
 TransformSpec = dict[str, Any]

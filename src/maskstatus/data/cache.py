@@ -1,5 +1,7 @@
 """Decode, orient and resize every image once; serve uint8 arrays after that.
 
+The crops and resizes that every sample would get first (``Prepare`` in
+``data.transforms``) run once too, before an image is stored.
 Decoding a JPEG each epoch is the usual CPU bottleneck, so the cache is filled
 once before training: in memory (shared copy-on-write with forked DataLoader
 workers), or on disk as one uint8 .npy array memory-mapped by every later epoch
@@ -69,6 +71,7 @@ class ImageCache:
         progress: bool = True,
         loader: Callable[[str], np.ndarray] = load_rgb,
         variant: str = "",
+        prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     ) -> None:
         if mode not in ("memory", "disk", "none"):
             raise ConfigError(f"cache.mode must be memory, disk or none, got {mode!r}")
@@ -81,15 +84,24 @@ class ImageCache:
         self.threads = threads
         self.progress = progress
         self.loader = loader
-        self.variant = variant  # names a loader other than load_rgb in the disk cache's key
+        # Steps run on each decoded, resized image before it is stored (data.transforms.Prepare).
+        self.prepare = prepare
+        # Names a loader other than load_rgb, and the prepare steps, in the disk cache's key.
+        self.variant = "|".join(v for v in (variant, getattr(prepare, "variant", "")) if v)
+        self.item_shape: Optional[tuple[int, ...]] = None if self.size is None else self._stored_shape()
         self._store: Optional[np.ndarray | list[np.ndarray]] = None
         self.file: Optional[Path] = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
+    def _stored_shape(self) -> tuple[int, ...]:
+        blank = np.zeros((*self.size, 3), dtype=np.uint8)
+        return tuple(np.asarray(self.prepare(blank)).shape) if self.prepare is not None else blank.shape
+
     def _decode(self, i: int) -> np.ndarray:
-        return resize_to(self.loader(self.paths[i]), self.size)
+        img = resize_to(self.loader(self.paths[i]), self.size)
+        return np.ascontiguousarray(self.prepare(img)) if self.prepare is not None else img
 
     def _decode_or_error(self, i: int) -> np.ndarray | ImageError:
         try:
@@ -120,7 +132,7 @@ class ImageCache:
                 self._decode_all(store)
                 self._store = store
             else:
-                arr = np.empty((len(self.paths), *self.size, 3), dtype=np.uint8)
+                arr = np.empty((len(self.paths), *self.item_shape), dtype=np.uint8)
                 self._decode_all(arr)
                 self._store = arr
             return self
@@ -141,7 +153,7 @@ class ImageCache:
         return np.load(path, mmap_mode="r")
 
     def _fill_file(self, tmp: Path) -> None:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.size, 3))
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.item_shape))
         self._decode_all(arr)
         arr.flush()
         del arr

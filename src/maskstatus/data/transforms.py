@@ -9,7 +9,8 @@ appended, and ``ToTensorV2`` always ends it.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+import json
+from typing import Any, Optional, Sequence
 
 import albumentations as A
 import numpy as np
@@ -18,6 +19,10 @@ from albumentations.pytorch import ToTensorV2
 from ..config import ConfigError
 
 _COMPOSITIONS = {"OneOf", "SomeOf", "Sequential"}
+# Steps whose output depends on the input alone (at p=1): running them once, when the cache is filled,
+# gives the pixels that running them on every sample gives. Kept to the ones whose every argument is
+# fixed; e.g. LongestMaxSize picks among several sizes at random when given a list.
+_DETERMINISTIC = {"CenterCrop", "Crop", "Resize"}
 
 
 def _build_one(spec: dict[str, Any], where: str, mean: Sequence[float], std: Sequence[float]) -> A.BasicTransform:
@@ -59,6 +64,50 @@ def build_transforms(
         steps.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
     steps.append(ToTensorV2())
     return A.Compose(steps)
+
+
+def _deterministic(spec: Any) -> bool:
+    return isinstance(spec, dict) and spec.get("name") in _DETERMINISTIC and float(spec.get("p", 1.0)) >= 1.0
+
+
+def shared_prefix(train_specs: Sequence[dict[str, Any]], eval_specs: Sequence[dict[str, Any]]) -> int:
+    """How many leading steps the two pipelines share that are deterministic (crops, resizes at p=1).
+
+    Those steps can run once, on the cached image, for training and validation alike; the first
+    step that differs between the pipelines or draws anything at random ends the prefix.
+    """
+    n = 0
+    for a, b in zip(train_specs, eval_specs):
+        if a != b or not _deterministic(a):
+            break
+        n += 1
+    return n
+
+
+class Prepare:
+    """Deterministic steps run on each image as the cache is filled (a picklable callable).
+
+    ``variant`` names them in a disk cache's key, so a cache prepared otherwise is never reused.
+    """
+
+    def __init__(self, specs: Sequence[dict[str, Any]], where: str = "transforms") -> None:
+        if not specs or not all(_deterministic(s) for s in specs):
+            raise ValueError(f"Prepare takes deterministic crops and resizes only, got {list(specs)}")
+        self.specs = [dict(s) for s in specs]
+        self.compose = A.Compose([_build_one(s, f"{where}[{i}]", (0.0,), (1.0,)) for i, s in enumerate(specs)])
+        self.variant = "prepare=" + json.dumps(self.specs, sort_keys=True)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return self.compose(image=image)["image"]
+
+
+def split_prepare(
+    train_specs: Sequence[dict[str, Any]], eval_specs: Sequence[dict[str, Any]], enabled: bool = True
+) -> tuple[Optional[Prepare], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The shared deterministic prefix as a :class:`Prepare` (None if none or not ``enabled``), and what is left."""
+    n = shared_prefix(train_specs, eval_specs) if enabled else 0
+    prepare = Prepare(train_specs[:n], "transforms.train") if n else None
+    return prepare, list(train_specs[n:]), list(eval_specs[n:])
 
 
 def output_shape(pipeline: A.Compose, input_hw: tuple[int, int]) -> tuple[int, ...]:

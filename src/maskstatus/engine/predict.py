@@ -18,7 +18,7 @@ from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset
 from ..data.faces import cache_loader
 from ..data.tables import eval_table, folder_table
-from ..data.transforms import build_transforms
+from ..data.transforms import build_transforms, split_prepare
 from ..errors import DataError, RunError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
@@ -224,17 +224,19 @@ def _run_probs(
     """
     cfg = run.cfg
     size = tuple(cfg.cache.size) if cfg.cache.size else None
-    key = (size, cfg.data.face_crop)
-    if key not in caches:  # runs sharing an image size (and face cropping) share one decode
+    # The leading crops and resizes of transforms.eval run once, as the images are decoded.
+    prepare, _, eval_specs = split_prepare(cfg.transforms.eval, cfg.transforms.eval, cfg.cache.precompute)
+    key = (size, cfg.data.face_crop, prepare.variant if prepare else "")
+    if key not in caches:  # runs sharing an image size, face cropping and prepare steps share one decode
         # Decoding releases the GIL: one thread per core. Undecodable files fail here, all named at once.
         threads = max(cfg.cache.decode_threads, available_cores())
         caches[key] = ImageCache(
             table["image_path"].tolist(), size=size, mode="memory", threads=threads, progress=progress,
-            **cache_loader(cfg.data.face_crop, cfg.cache.size),
+            **cache_loader(cfg.data.face_crop, cfg.cache.size), prepare=prepare,
         ).fill()
     is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
     norm = model_data_config(run.model) if is_torch else run.model.data_config
-    transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
+    transform = build_transforms(eval_specs, norm["mean"], norm["std"], "transforms.eval")
     model = run.model
     if is_torch and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

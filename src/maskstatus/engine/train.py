@@ -33,7 +33,7 @@ from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
-from ..data.transforms import build_train_eval
+from ..data.transforms import Prepare, build_train_eval, split_prepare
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
@@ -300,7 +300,7 @@ class TrainParts:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame) -> ImageCache:
+def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame, prepare: Optional[Prepare]) -> ImageCache:
     cache = ImageCache(
         table["image_path"].tolist(),
         size=cfg.cache.size,
@@ -309,6 +309,7 @@ def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame) -> ImageCache:
         threads=cfg.cache.decode_threads,
         progress=cfg.train.progress and fabric.is_global_zero,
         **cache_loader(cfg.data.face_crop, cfg.cache.size),
+        prepare=prepare,
     )
     # Rank 0 fills a disk cache first so the other ranks only open it.
     if fabric.is_global_zero:
@@ -321,14 +322,16 @@ def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame) -> ImageCache:
 def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     """Cache, model, data sets, loss, optimizer and schedule; the order keeps the seeded draws of earlier versions."""
     table, train_rows = data.table, data.train_rows
-    cache = _fill_cache(fabric, cfg, table)
+    # The crops and resizes both pipelines start with run once, as the cache is filled.
+    prepare, train_specs, eval_specs = split_prepare(cfg.transforms.train, cfg.transforms.eval, cfg.cache.precompute)
+    cache = _fill_cache(fabric, cfg, table, prepare)
     model = create_model(cfg.model)
     if cfg.predict.group_people:  # a grouping layer the backbone lacks fails now, not after the first epoch
         g = cfg.predict.grouping
         FeatureCapture(model, g.layer, g.upper_fraction, g.columns)
     norm = model_data_config(model)
-    input_hw = tuple(cfg.cache.size) if cfg.cache.size else tuple(np.asarray(cache[0]).shape[:2])
-    train_tf, eval_tf = build_train_eval(cfg.transforms.train, cfg.transforms.eval, norm["mean"], norm["std"], input_hw)
+    input_hw = tuple(cache.item_shape[:2]) if cache.item_shape else tuple(np.asarray(cache[0]).shape[:2])
+    train_tf, eval_tf = build_train_eval(train_specs, eval_specs, norm["mean"], norm["std"], input_hw)
     train_targets = table_targets(table, cfg.data.age.train_thresholds())
     if cfg.loss.distill is not None:
         train_targets.update(teacher_targets(cfg.loss.distill.teacher, table, train_rows, data.val_rows))
