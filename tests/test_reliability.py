@@ -328,3 +328,42 @@ def test_resuming_from_a_damaged_last_checkpoint_names_it_and_changes_nothing(on
     with pytest.raises(RunError, match=r"last\.pt"):
         train(tiny_config("train.epochs=2"), resume=run.root)
     assert run.config.read_bytes() == config
+
+
+# Training decodes each image once: the cache fill, which also names every undecodable file before a run folder.
+@pytest.mark.parametrize("mode", ["memory", "disk"])
+def test_training_decodes_each_image_once_and_a_corrupt_one_names_its_file(demo_data, tmp_path, tiny_overrides,
+                                                                           monkeypatch, mode):
+    import shutil
+    from collections import Counter
+
+    import maskstatus.data.validate as validate_module
+    from maskstatus.config import load_config
+    from maskstatus.data import cache as cache_module
+    from maskstatus.engine.train import load_train_table
+
+    root = tmp_path / "data"
+    shutil.copytree(demo_data.root, root)
+    overrides = [f"data.root={root}", f"output_dir={tmp_path / 'runs'}", f"cache.dir={tmp_path / 'cache'}",
+                 *tiny_overrides, f"cache.mode={mode}", "train.epochs=1", "train.limit_train_batches=1",
+                 "scheduler.warmup_epochs=0"]
+    decoded: Counter = Counter()
+    real_load, real_decode = validate_module.load_rgb, cache_module.ImageCache._decode
+    monkeypatch.setattr(validate_module, "load_rgb", lambda p: (decoded.update([str(p)]), real_load(p))[1])
+    monkeypatch.setattr(cache_module.ImageCache, "_decode",
+                        lambda self, i: (decoded.update([self.paths[i]]), real_decode(self, i))[1])
+    cfg = load_config(None, overrides)
+    table = load_train_table(cfg)
+    assert not decoded  # the table alone decodes nothing: the cache will
+    train(cfg)
+    assert set(decoded) == set(table["image_path"]) and set(decoded.values()) == {1}
+
+    bad = next(sorted((root / "train" / "images").iterdir())[3].glob("mask2.*"))
+    bad.write_bytes(b"not a jpeg at all")
+    cfg = load_config(None, [*overrides, f"output_dir={tmp_path / 'runs2'}"])
+    with pytest.raises(DataError, match=f"{bad.parent.name}/{bad.name}"):
+        train(cfg)
+    assert _run_folders(cfg) == []
+    # With data.skip_bad validation decodes first and leaves the file out; the run trains.
+    cfg = load_config(None, [*overrides, f"output_dir={tmp_path / 'runs3'}", "data.skip_bad=true"])
+    assert train(cfg).run_dir.is_dir()

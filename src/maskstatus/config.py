@@ -69,7 +69,10 @@ class PseudoConfig(_Section):
 class DataConfig(_Section):
     root: Optional[Path] = Field(None, description="folder holding train/ (and eval/)")
     skip_bad: bool = Field(False, description="warn and leave out bad items instead of failing")
-    check_images: bool = Field(True, description="decode every image during validation")
+    check_images: bool = Field(
+        True, description="decode every image during validation; training leaves it to the cache fill, which "
+        "decodes every image anyway (unless data.skip_bad or cache.mode=none)"
+    )
     face_crop: bool = Field(
         False, description="cut the face out of whole photos when caching them, as `serve` does (see data/faces.py)"
     )
@@ -118,7 +121,8 @@ class CacheConfig(_Section):
     size: Optional[tuple[int, int]] = Field(
         None, description="(height, width) images are resized to once, at decode time; null keeps the original"
     )
-    decode_threads: int = Field(2, ge=1)
+    decode_threads: int = Field(2, ge=1, description="at least this many decoding threads (training and prediction "
+                                "use one per core when there are more)")
     precompute: bool = Field(
         True, description="apply the leading crops and resizes that transforms.train and transforms.eval share once, "
         "when the cache is filled, instead of to every sample of every epoch (the same pixels)"

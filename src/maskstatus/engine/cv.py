@@ -135,7 +135,8 @@ def _make_cv_folds(cfg: Config) -> pd.DataFrame:
         if bad:
             raise DataError.one(cfg.split.folds_file, f"fold numbers {bad} outside 0..{cfg.split.folds - 1} (split.folds)")
         return folds
-    table = load_train_table(cfg)
+    # Every image decoded once here, before the CV folder is made; the folds' own runs then leave it to their cache.
+    table = load_train_table(cfg, check_images=cfg.data.check_images)
     folds = make_folds(table, cfg.split.folds, cfg.split.seed)
     attach_folds(table, folds, cfg.split.folds)  # fails here, before any training, if a person is left out
     return folds

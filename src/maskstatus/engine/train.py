@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..age import AGE_MEAN, AGE_SIGMA, thresholds_cuts
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
-from ..data.cache import ImageCache
+from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, table_targets, worker_init
 from ..data.faces import cache_loader
 from ..data.mix import mix_batch, mixed_loss
@@ -58,8 +58,24 @@ class TrainResult:
     is_global_zero: bool = True
 
 
-def load_train_table(cfg: Config) -> pd.DataFrame:
-    """The training image table as the config describes it (layout, validation, relabel, age thresholds)."""
+def cache_decodes_every_image(cfg: Config) -> bool:
+    """Whether filling the training cache decodes (or reuses a decoding of) every image of the table.
+
+    Then it finds every undecodable file too, naming them all in one error before the run folder is
+    made, and a decoding pass of its own during validation would only decode every image twice.
+    With ``data.skip_bad`` validation must decode first, to drop the bad files before folds are made.
+    """
+    return cfg.cache.mode != "none" and not cfg.data.skip_bad
+
+
+def load_train_table(cfg: Config, check_images: Optional[bool] = None) -> pd.DataFrame:
+    """The training image table as the config describes it (layout, validation, relabel, age thresholds).
+
+    ``check_images`` (default: ``data.check_images``, unless the cache will decode every image anyway)
+    decodes every image during validation.
+    """
+    if check_images is None:
+        check_images = cfg.data.check_images and not cache_decodes_every_image(cfg)
     if cfg.data.root is None:
         raise ConfigError("data.root is not set: pass data.root=DIR (the folder holding train/)")
     train_dir = Path(cfg.data.root) / "train"
@@ -70,7 +86,7 @@ def load_train_table(cfg: Config) -> pd.DataFrame:
         thresholds=cfg.data.age.thresholds(),
         relabel=relabel,
         skip_bad=cfg.data.skip_bad,
-        check_images=cfg.data.check_images,
+        check_images=check_images,
     )
 
 
@@ -306,7 +322,8 @@ def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame, prepare: Optio
         size=cfg.cache.size,
         mode=cfg.cache.mode,
         cache_dir=cfg.cache.dir,
-        threads=cfg.cache.decode_threads,
+        # Nothing else runs while the cache fills: a decoding thread per core (shared by the processes of DDP).
+        threads=max(cfg.cache.decode_threads, available_cores() // fabric.world_size),
         progress=cfg.train.progress and fabric.is_global_zero,
         **cache_loader(cfg.data.face_crop, cfg.cache.size),
         prepare=prepare,
