@@ -70,6 +70,17 @@ def test_rows_are_aligned_on_person_and_stem(tmp_path, caplog):
     np.testing.assert_allclose(_probs(out), (_probs(a_df) + _probs(b_df))[: N - 3] / 2, atol=1e-6)
 
 
+def test_predicted_years_are_averaged_as_predict_averages_them(tmp_path):
+    def with_years(seed: int, mean: float, sigma: float) -> pd.DataFrame:
+        return _oof(seed).assign(age_mean=np.full(N, mean), age_sigma=np.full(N, sigma))
+
+    a, b = _write_run(tmp_path / "a", with_years(1, 30.0, 2.0)), _write_run(tmp_path / "b", with_years(2, 50.0, 4.0))
+    plain = _write_run(tmp_path / "c", _oof(3))  # an age-group model: no years
+    out, _ = ensemble_oof([a, b, plain], weights=[1, 1, 2])
+    assert (out["age_mean"] == 40.0).all() and (out["age_sigma"] == 3.0).all()  # plain mean, as in predict
+    assert "age_mean" not in ensemble_oof([plain])[0].columns
+
+
 def test_cv_folder_oof_at_top(tmp_path):
     cv = tmp_path / "cv"
     cv.mkdir()

@@ -16,6 +16,7 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..age import AGE_MEAN, AGE_SIGMA
 from ..errors import UsageError
 from ..labels import MASK_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, split_class_probs
 from ..metrics import compute_metrics
@@ -153,7 +154,9 @@ def ensemble_oof(
     Rows are matched on (person_id, stem); only images every member predicted are
     kept, in the first member's order, with its labels. Returns a table with the
     columns of a run's oof.csv (so it can itself be an ensemble member) and
-    ``compute_metrics`` of it.
+    ``compute_metrics`` of it. The predicted years of the members that have them
+    are averaged plainly into ``age_mean`` / ``age_sigma``, as ``predict`` averages
+    them, so the ensemble's age cut points can be tuned out of fold.
     """
     if not run_dirs:
         raise ValueError("an ensemble needs at least one run")
@@ -184,6 +187,9 @@ def ensemble_oof(
                           [member_tasks(d) for d in run_dirs], [member_states(d) for d in run_dirs])
     out = base[["image_path", "label", "fold"]].reset_index()
     out = pd.concat([out, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
+    years = [a[[AGE_MEAN, AGE_SIGMA]].to_numpy(np.float64) for a in aligned if {AGE_MEAN, AGE_SIGMA} <= set(a.columns)]
+    if years:
+        out[AGE_MEAN], out[AGE_SIGMA] = np.mean(years, axis=0).T
     return out, compute_metrics(probs, labels)
 
 
