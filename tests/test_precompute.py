@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import torch
 
-from maskstatus.config import load_config
+from maskstatus.config import ConfigError, load_config
 from maskstatus.data.cache import ImageCache, cache_key
 from maskstatus.data.dataset import FaceDataset
 from maskstatus.data.transforms import Prepare, build_transforms, shared_prefix, split_prepare
@@ -35,6 +35,13 @@ def test_shared_prefix_stops_at_the_first_random_or_differing_step():
     assert split_prepare(TRAIN, EVAL, enabled=False) == (None, TRAIN, EVAL)
     with pytest.raises(ValueError, match="deterministic"):
         Prepare([{"name": "HorizontalFlip", "p": 0.5}])
+    assert shared_prefix([{**CROP, "p": "always"}], [{**CROP, "p": "always"}]) == 0  # left to the config check
+
+
+def test_a_crop_larger_than_the_cached_image_names_the_config_key_before_decoding(demo_data):
+    prepare, _, _ = split_prepare(TRAIN, EVAL)
+    with pytest.raises(ConfigError, match=r"transforms\.train\[0:2\] \(CenterCrop, Resize\) cannot run on a 40x30"):
+        ImageCache(_paths(demo_data, 2), size=(40, 30), progress=False, prepare=prepare)
 
 
 def _paths(demo_data, n=24):

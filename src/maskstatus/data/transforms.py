@@ -67,7 +67,10 @@ def build_transforms(
 
 
 def _deterministic(spec: Any) -> bool:
-    return isinstance(spec, dict) and spec.get("name") in _DETERMINISTIC and float(spec.get("p", 1.0)) >= 1.0
+    if not isinstance(spec, dict) or spec.get("name") not in _DETERMINISTIC:
+        return False
+    p = spec.get("p", 1.0)
+    return isinstance(p, (int, float)) and p >= 1.0
 
 
 def shared_prefix(train_specs: Sequence[dict[str, Any]], eval_specs: Sequence[dict[str, Any]]) -> int:
@@ -94,11 +97,17 @@ class Prepare:
         if not specs or not all(_deterministic(s) for s in specs):
             raise ValueError(f"Prepare takes deterministic crops and resizes only, got {list(specs)}")
         self.specs = [dict(s) for s in specs]
+        self.where = f"{where}[0:{len(specs)}]"
         self.compose = A.Compose([_build_one(s, f"{where}[{i}]", (0.0,), (1.0,)) for i, s in enumerate(specs)])
         self.variant = "prepare=" + json.dumps(self.specs, sort_keys=True)
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        return self.compose(image=image)["image"]
+        try:
+            return self.compose(image=image)["image"]
+        except Exception as exc:  # albumentations' own errors name no config key
+            names = ", ".join(s["name"] for s in self.specs)
+            raise ConfigError(f"{self.where} ({names}) cannot run on a {image.shape[0]}x{image.shape[1]} image: "
+                              f"{exc}") from None
 
 
 def split_prepare(
