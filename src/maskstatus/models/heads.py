@@ -40,9 +40,9 @@ SINGLE_KEY = "class"
 # adult ages in years (mean around 40, spread of a few years) so training starts sensibly.
 AGE_CENTER, AGE_SCALE = 40.0, 20.0
 MIN_SIGMA, SIGMA_SCALE = 1.0, 5.0
-# Initial spread (logistic scale, years) of an ordinal head's thresholds around AGE_CENTER: a broad prior
-# over adult ages (standard deviation ~14.5 years) that the first steps narrow.
-ORDINAL_INIT_SCALE = 8.0
+# The smallest logistic scale (years) of an ordinal head: below it P(age > k) would jump from 0 to 1
+# within a year, and one face's loss would hang on which side of a whole year its location fell.
+ORDINAL_MIN_SCALE = 0.5
 # What each age_output adds in place of the age logits: its output key and size.
 AGE_OUTPUTS = {
     "years": (AGE_YEARS, 2),
@@ -81,31 +81,34 @@ class MultiSampleDropoutLinear(nn.Module):
 
 
 class CumulativeLogitLinear(nn.Module):
-    """Cumulative-logit ordinal layer: logit of P(y > k) = f(x) - theta_k for k = 0..ranks-1.
+    """Cumulative-logit ordinal layer: logit of P(y > k) = (mu(x) - theta_k) / s(x) for k = 0..ranks-1.
 
-    One score ``f`` shared by every threshold and thresholds kept increasing by construction
-    (the first plus a running sum of positive steps), so P(y > k) never rises with k and the
-    implied distribution over whole years is always valid (the proportional-odds model;
-    CORAL, Cao et al. 2020, shares the score the same way but leaves the order to training).
+    A location ``mu`` and a scale ``s`` per face, in years and parametrised as the regression
+    head's mean and spread (so the layer learns at the regression's pace), and thresholds
+    ``theta_k`` in years, learnt and kept increasing by construction (the first plus a running
+    sum of positive steps, starting at k + 0.5). P(y > k) therefore never rises with k and the
+    implied distribution over whole years is always valid: a location-scale cumulative-logit
+    model, whose learnt thresholds let the years be spaced unevenly where the data ask for it.
     """
 
-    def __init__(self, in_features: int, ranks: int, dropout: float = 0.0, samples: int = 1,
-                 center: float = AGE_CENTER, scale: float = ORDINAL_INIT_SCALE) -> None:
+    def __init__(self, in_features: int, ranks: int, dropout: float = 0.0, samples: int = 1) -> None:
         super().__init__()
-        if ranks < 1 or scale <= 0:
-            raise ValueError(f"ordinal layer needs ranks >= 1 and scale > 0, got {ranks}, {scale}")
-        self.score = MultiSampleDropoutLinear(in_features, 1, dropout, samples)
-        # Thresholds start where a logistic of scale ``scale`` years centred on ``center`` puts them.
-        self.first = nn.Parameter(torch.tensor((0.5 - center) / scale))
-        step = torch.log(torch.expm1(torch.tensor(1.0 / scale)))  # inverse softplus of 1/scale
-        self.steps = nn.Parameter(step.repeat(ranks - 1))
+        if ranks < 1:
+            raise ValueError(f"ordinal layer needs ranks >= 1, got {ranks}")
+        self.location_scale = MultiSampleDropoutLinear(in_features, 2, dropout, samples)
+        self.first = nn.Parameter(torch.tensor(0.5))
+        one = torch.log(torch.expm1(torch.tensor(1.0)))  # inverse softplus of 1 year
+        self.steps = nn.Parameter(one.repeat(ranks - 1))
 
     def thresholds(self) -> torch.Tensor:
         rest = self.first + torch.cumsum(F.softplus(self.steps), dim=0)
         return torch.cat([self.first[None], rest])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.score(x) - self.thresholds()[None, :].to(x.dtype)
+        raw = self.location_scale(x).float()
+        mu = AGE_CENTER + AGE_SCALE * raw[:, :1]
+        scale = ORDINAL_MIN_SCALE + SIGMA_SCALE * F.softplus(raw[:, 1:])
+        return (mu - self.thresholds()[None, :]) / scale
 
 
 @HEADS.register("single")
