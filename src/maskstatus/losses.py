@@ -198,9 +198,9 @@ class AgeOrdinalLoss(nn.Module):
     """Ordinal-regression loss for a cumulative-logit age head (Niu et al. 2016; Cao et al. 2020).
 
     Binary cross-entropy of every threshold's P(age > k) against whether the true age exceeds
-    k, averaged over thresholds: each face says something about every year boundary, and
-    the errors that cost most (past 30 or 60) are the boundaries furthest from its age only
-    when the prediction is far off. Rows without an age in years (target < 0) are left out.
+    k, averaged over thresholds: each face says something about every year boundary, and an
+    answer n years off gets about n thresholds wrong, so the loss grows with the error in
+    years as a regression's does. Rows without an age in years (target < 0) are left out.
     """
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
