@@ -7,7 +7,8 @@ Soft-votes the members' out-of-fold predictions (``maskstatus ensemble``'s
 ``ensemble_oof``; rows matched on person and photo, the members' years averaged),
 and reports for each member and for the ensemble the macro F1 overall and per
 task with 90 % person-bootstrap intervals; the ensemble's gain over its best
-member with a paired interval (the same resampled people for both); and, where
+member with a paired interval (the same resampled people for both), and each
+member's difference from the first likewise; and, where
 the members regress the age, the same after age cut points tuned out of fold
 (cross-fitted: tuned on half of the people, scored on the other half). Reads
 OOF tables only: seconds, no training.
@@ -83,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         "weights": weights,
         "ensemble": summary(ens_interval),
         "gain_over_best_member": {"member": str(args.member[best]), **paired_gain(ens_interval, intervals[best])},
+        # Is one member better than another, or is the difference inside the noise of these people?
+        "members_against_the_first": [{"member": str(m), **paired_gain(i, intervals[0])}
+                                      for m, i in zip(args.member[1:], intervals[1:])],
         "images": len(ensemble),
         "people": ens_interval.people,
     }

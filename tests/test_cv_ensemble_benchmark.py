@@ -56,6 +56,9 @@ def test_reports_members_ensemble_and_the_paired_gain(tmp_path):
     assert report["ensemble"]["oof_f1"] == strong_f1
     gain = report["gain_over_best_member"]
     assert gain["member"] == str(strong) and gain["f1_gain"] == 0.0 and gain["f1_gain_ci"] == [0.0, 0.0]
+    (against_first,) = report["members_against_the_first"]
+    assert against_first["member"] == str(strong) and against_first["f1_gain"] == strong_f1 - weak_f1
+    assert 0.0 < against_first["f1_gain_ci"][0] <= against_first["f1_gain_ci"][1]  # 0.9 against 0.5 right
     for key in ("oof_f1_ci", "oof_mask_f1_ci", "oof_gender_f1_ci", "oof_age_f1_ci"):
         lo, hi = report["ensemble"][key]
         assert lo <= report["ensemble"][key.removesuffix("_ci")] <= hi
