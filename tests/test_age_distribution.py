@@ -10,19 +10,15 @@ from maskstatus.age import (
     AGE_BINS,
     AGE_MEAN,
     AGE_SIGMA,
-    AGE_YEARS,
     age_distribution_targets,
     bins_to_years,
-    group_probs,
     oof_with_cuts,
 )
 from maskstatus.config import ConfigError, load_config
 from maskstatus.engine.age_cuts import tune_age_cuts
 from maskstatus.engine.train import train
-from maskstatus.engine.tta import average_view_probs
-from maskstatus.labels import PROB_COLUMNS, split_class_probs
-from maskstatus.losses import AgeDistributionLoss, build_loss, class_weights
-from maskstatus.models.heads import MultiTaskHead, outputs_to_task_probs
+from maskstatus.labels import PROB_COLUMNS
+from maskstatus.losses import AgeDistributionLoss, build_loss
 from maskstatus.runs import RunDir
 
 
@@ -43,7 +39,7 @@ def test_distribution_targets_are_normal_around_the_age():
     assert float((p[1] * ages).sum()) == pytest.approx(61.5, abs=1e-3)
 
 
-def test_distribution_loss_prefers_the_true_age_and_skips_unknown_ages():
+def test_distribution_loss_prefers_the_true_age():  # rows without an age: test_age_ordinal.py
     loss = AgeDistributionLoss(sigma=2.0, l1_weight=1.0)
     target = torch.tensor([40.0, 25.0])
     ages = torch.arange(AGE_BIN_COUNT, dtype=torch.float32)
@@ -56,46 +52,14 @@ def test_distribution_loss_prefers_the_true_age_and_skips_unknown_ages():
     assert float(loss(right, target)) == pytest.approx(0.0, abs=1e-3)
     # Ten years off: the L1 term alone is 10.
     assert float(loss(wrong, target)) > 10.0
-    half = loss(wrong, torch.tensor([50.0, -1.0]))  # the second row has no age in years: left out
-    assert float(half) == pytest.approx(float(loss(wrong[:1], torch.tensor([50.0]))))
-    logits = torch.zeros(2, AGE_BIN_COUNT, requires_grad=True)
-    none = loss(logits, torch.tensor([-1.0, -1.0]))
-    none.backward()
-    assert float(none.detach()) == 0.0 and logits.grad is not None
     with pytest.raises(ValueError, match="sigma"):
         AgeDistributionLoss(sigma=0.0)
 
 
-def test_distribution_head_outputs_years_and_group_probabilities():
-    head = MultiTaskHead(8, age_output="distribution")
-    assert head.output_sizes == {"mask": 3, "gender": 2, AGE_BINS: AGE_BIN_COUNT}
-    out = head(torch.randn(4, 8))
-    assert out[AGE_BINS].shape == (4, AGE_BIN_COUNT) and out[AGE_YEARS].shape == (4, 2)
-    torch.testing.assert_close(out[AGE_YEARS], bins_to_years(out[AGE_BINS]))
-    years = out[AGE_YEARS]
-    expected = group_probs(years[:, 0], years[:, 1], (29.5, 59.5))
-    torch.testing.assert_close(outputs_to_task_probs(out)["age"], expected)
-    # TTA averages the derived years, as for a regression head; the bin logits are not a task of their own.
-    got = split_class_probs(average_view_probs([out, out], (29.5, 59.5)))
-    torch.testing.assert_close(got["age"], expected)
-    only = MultiTaskHead(8, tasks=["age"], age_output="distribution")(torch.randn(2, 8))
-    assert set(outputs_to_task_probs(only)) == {"age"}
-    assert set(split_class_probs(average_view_probs([only, only]))) == {"mask", "gender", "age"}
-
-
-def test_distribution_config_and_loss_wiring():
-    cfg = load_config(None, ["model.age_output=distribution", "loss.age_distribution.sigma=3",
-                             "loss.task_weights={age: 0.5}"])
+def test_distribution_loss_settings():  # the wiring every year head shares: test_age_ordinal.py
+    cfg = load_config(None, ["model.age_output=distribution", "loss.age_distribution.sigma=3"])
     task_loss = build_loss(cfg.loss, {"mask": 3, "gender": 2, AGE_BINS: AGE_BIN_COUNT})
-    assert isinstance(task_loss.heads[AGE_BINS], AgeDistributionLoss)
-    assert task_loss.heads[AGE_BINS].sigma == 3.0 and task_loss.head_weights[AGE_BINS] == 0.5
-    # The head's target is the age in years.
-    outputs = {"mask": torch.randn(2, 3), AGE_BINS: torch.randn(2, AGE_BIN_COUNT)}
-    total, parts = task_loss(outputs, {"mask": torch.tensor([0, 1]), AGE_YEARS: torch.tensor([30.0, 50.0])})
-    assert set(parts) == {"mask", AGE_BINS} and torch.isfinite(total)
-    assert set(class_weights({"mask": np.array([0, 1, 2])}, ["mask", AGE_BINS], "inverse")) == {"mask"}
-    with pytest.raises(ConfigError, match="age_output"):
-        load_config(None, ["model.head=single", "model.age_output=distribution"])
+    assert task_loss.heads[AGE_BINS].sigma == 3.0
     with pytest.raises(ConfigError, match="loss.age_distribution.sigma"):
         load_config(None, ["loss.age_distribution.sigma=0"])
     with pytest.raises(ConfigError, match="loss.age_distribution.width"):

@@ -1,4 +1,4 @@
-"""Cumulative-logit (ordinal) age head: thresholds -> years, the loss, and a tiny run through export."""
+"""Cumulative-logit (ordinal) age head, and what it shares with the distribution head: years, TTA, export."""
 
 import numpy as np
 import pandas as pd
@@ -7,11 +7,13 @@ import torch
 
 from maskstatus.age import (
     AGE_BIN_COUNT,
+    AGE_BINS,
     AGE_MEAN,
     AGE_RANKS,
     AGE_SIGMA,
     AGE_YEARS,
     age_rank_targets,
+    bins_to_years,
     group_probs,
     ranks_to_years,
 )
@@ -22,7 +24,7 @@ from maskstatus.engine.predict import load_run, predict
 from maskstatus.engine.train import train
 from maskstatus.engine.tta import average_view_probs
 from maskstatus.labels import PROB_COLUMNS, split_class_probs
-from maskstatus.losses import AgeOrdinalLoss, build_loss, class_weights
+from maskstatus.losses import AgeDistributionLoss, AgeOrdinalLoss, build_loss, class_weights
 from maskstatus.models.heads import CumulativeLogitLinear, MultiTaskHead, outputs_to_task_probs
 from maskstatus.runs import RunDir
 
@@ -90,7 +92,7 @@ def test_ordinal_head_learns_an_age_as_fast_as_the_regression_head():
     assert mae["ordinal"] < 1.5 and mae["years"] < 1.5, mae
 
 
-def test_ordinal_loss_prefers_the_true_age_and_skips_unknown_ages():
+def test_ordinal_loss_prefers_the_true_age():
     loss = AgeOrdinalLoss()
     target = torch.tensor([40.0, 25.0])
     ks = torch.arange(RANKS, dtype=torch.float32)
@@ -102,39 +104,55 @@ def test_ordinal_loss_prefers_the_true_age_and_skips_unknown_ages():
     # Ten years too old: the 10 thresholds between are wrong by logits 20 * (0.5, 1.5, ..., 9.5),
     # 1,000 nats in all, averaged over the 100 thresholds.
     assert float(loss(sure_of(target + 10), target)) == pytest.approx(1000.0 / RANKS, rel=1e-3)
-    wrong = sure_of(torch.tensor([50.0, 50.0]))
+
+
+@pytest.mark.parametrize("loss, width", [(AgeOrdinalLoss(), RANKS), (AgeDistributionLoss(), AGE_BIN_COUNT)])
+def test_year_losses_leave_out_rows_without_an_age(loss, width):
+    wrong = torch.randn(2, width, generator=torch.Generator().manual_seed(0))
     half = loss(wrong, torch.tensor([40.0, -1.0]))  # the second row has no age in years: left out
     assert float(half) == pytest.approx(float(loss(wrong[:1], torch.tensor([40.0]))))
-    logits = torch.zeros(2, RANKS, requires_grad=True)
+    logits = torch.zeros(2, width, requires_grad=True)
     none = loss(logits, torch.tensor([-1.0, -1.0]))
-    none.backward()
+    none.backward()  # no row left: zero, with the graph kept (DDP syncs every parameter's gradient)
     assert float(none.detach()) == 0.0 and logits.grad is not None
 
 
-def test_ordinal_head_outputs_years_and_group_probabilities():
-    head = MultiTaskHead(8, age_output="ordinal")
-    assert head.output_sizes == {"mask": 3, "gender": 2, AGE_RANKS: RANKS}
+@pytest.mark.parametrize("age_output, key, size, to_years", [
+    ("ordinal", AGE_RANKS, RANKS, ranks_to_years),
+    ("distribution", AGE_BINS, AGE_BIN_COUNT, bins_to_years),
+])
+def test_year_heads_output_years_and_group_probabilities(age_output, key, size, to_years):
+    head = MultiTaskHead(8, age_output=age_output)
+    assert head.output_sizes == {"mask": 3, "gender": 2, key: size}
     out = head(torch.randn(4, 8))
-    assert out[AGE_RANKS].shape == (4, RANKS) and out[AGE_YEARS].shape == (4, 2)
-    torch.testing.assert_close(out[AGE_YEARS], ranks_to_years(out[AGE_RANKS]))
+    assert out[key].shape == (4, size) and out[AGE_YEARS].shape == (4, 2)
+    torch.testing.assert_close(out[AGE_YEARS], to_years(out[key]))
     years = out[AGE_YEARS]
     expected = group_probs(years[:, 0], years[:, 1], (29.5, 59.5))
     torch.testing.assert_close(outputs_to_task_probs(out)["age"], expected)
-    # TTA averages the derived years; the threshold logits are not a task of their own.
+    # TTA averages the derived years, as for a regression head; the head's own logits are not a task.
     got = split_class_probs(average_view_probs([out, out], (29.5, 59.5)))
     torch.testing.assert_close(got["age"], expected)
+    only = MultiTaskHead(8, tasks=["age"], age_output=age_output)(torch.randn(2, 8))
+    assert set(outputs_to_task_probs(only)) == {"age"}
+    assert set(split_class_probs(average_view_probs([only, only]))) == {"mask", "gender", "age"}
 
 
-def test_ordinal_config_and_loss_wiring():
-    cfg = load_config(None, ["model.age_output=ordinal", "loss.task_weights={age: 0.5}"])
-    task_loss = build_loss(cfg.loss, {"mask": 3, "gender": 2, AGE_RANKS: RANKS})
-    assert isinstance(task_loss.heads[AGE_RANKS], AgeOrdinalLoss) and task_loss.head_weights[AGE_RANKS] == 0.5
-    outputs = {"mask": torch.randn(2, 3), AGE_RANKS: torch.randn(2, RANKS)}
+@pytest.mark.parametrize("age_output, key, size, loss_type", [
+    ("ordinal", AGE_RANKS, RANKS, AgeOrdinalLoss),
+    ("distribution", AGE_BINS, AGE_BIN_COUNT, AgeDistributionLoss),
+])
+def test_year_head_config_and_loss_wiring(age_output, key, size, loss_type):
+    cfg = load_config(None, [f"model.age_output={age_output}", "loss.task_weights={age: 0.5}"])
+    task_loss = build_loss(cfg.loss, {"mask": 3, "gender": 2, key: size})
+    assert isinstance(task_loss.heads[key], loss_type) and task_loss.head_weights[key] == 0.5
+    # The head's target is the age in years.
+    outputs = {"mask": torch.randn(2, 3), key: torch.randn(2, size)}
     total, parts = task_loss(outputs, {"mask": torch.tensor([0, 1]), AGE_YEARS: torch.tensor([30.0, 50.0])})
-    assert set(parts) == {"mask", AGE_RANKS} and torch.isfinite(total)
-    assert set(class_weights({"mask": np.array([0, 1, 2])}, ["mask", AGE_RANKS], "inverse")) == {"mask"}
+    assert set(parts) == {"mask", key} and torch.isfinite(total)
+    assert set(class_weights({"mask": np.array([0, 1, 2])}, ["mask", key], "inverse")) == {"mask"}
     with pytest.raises(ConfigError, match="age_output"):
-        load_config(None, ["model.head=single", "model.age_output=ordinal"])
+        load_config(None, ["model.head=single", f"model.age_output={age_output}"])
 
 
 @pytest.mark.slow
