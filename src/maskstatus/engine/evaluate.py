@@ -39,6 +39,8 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric:
         num_workers=num_workers,
         worker_init_fn=worker_init,
         persistent_workers=False,
+        # Page-locked batches let fabric.to_device copy to a GPU asynchronously (it passes non_blocking).
+        pin_memory=fabric.device.type == "cuda",
         collate_fn=NamedCollate(dataset.cache.paths),
     )
     return loader

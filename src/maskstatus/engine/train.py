@@ -151,6 +151,7 @@ def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
         num_workers=cfg.train.num_workers,
         worker_init_fn=worker_init,
         persistent_workers=cfg.train.num_workers > 0,
+        pin_memory=fabric.device.type == "cuda",  # asynchronous copies to the GPU (see evaluate.eval_loader)
         drop_last=len(dataset) // fabric.world_size >= cfg.train.batch_size,
         collate_fn=NamedCollate(dataset.cache.paths),
     )
