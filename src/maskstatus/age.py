@@ -37,8 +37,10 @@ AGE_BIN_COUNT = 101
 # Output key of a cumulative-logit (ordinal) age head: (N, AGE_BIN_COUNT - 1) logits of P(age > k) for whole
 # years k = 0..AGE_BIN_COUNT - 2. Like the distribution head it also returns AGE_YEARS.
 AGE_RANKS = "age_ranks"
-# The age heads whose loss learns from the age in years, and which return AGE_YEARS beside their own output.
-AGE_YEAR_HEADS = (AGE_YEARS, AGE_BINS, AGE_RANKS)
+# The age heads whose loss learns from the age in years (each returns AGE_YEARS, beside its own output), with
+# the width of that output: the one place the heads and their losses read it from.
+AGE_HEAD_SIZES = {AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT, AGE_RANKS: AGE_BIN_COUNT - 1}
+AGE_YEAR_HEADS = tuple(AGE_HEAD_SIZES)
 # Columns of an out-of-fold table holding a regression head's predicted years.
 AGE_MEAN, AGE_SIGMA = "age_mean", "age_sigma"
 # The tuned cut points, beside config.yaml (a run) or cv_config.yaml (a CV folder).

@@ -17,8 +17,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .age import (
-    AGE_BIN_COUNT,
     AGE_BINS,
+    AGE_HEAD_SIZES,
     AGE_RANKS,
     AGE_YEAR_HEADS,
     AGE_YEARS,
@@ -353,7 +353,7 @@ class DistillLoss(nn.Module):
 
 
 def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
-    known = {SINGLE_KEY: NUM_CLASSES, **TASKS, AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT, AGE_RANKS: AGE_BIN_COUNT - 1}
+    known = {SINGLE_KEY: NUM_CLASSES, **TASKS, **AGE_HEAD_SIZES}
     if isinstance(heads, Mapping):
         sizes = {str(k): int(v) for k, v in heads.items()}
     else:

@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..age import (
-    AGE_BIN_COUNT,
     AGE_BINS,
+    AGE_HEAD_SIZES,
     AGE_RANKS,
     AGE_YEAR_HEADS,
     AGE_YEARS,
@@ -43,12 +43,8 @@ MIN_SIGMA, SIGMA_SCALE = 1.0, 5.0
 # The smallest logistic scale (years) of an ordinal head: below it P(age > k) would jump from 0 to 1
 # within a year, and one face's loss would hang on which side of a whole year its location fell.
 ORDINAL_MIN_SCALE = 0.5
-# What each age_output adds in place of the age logits: its output key and size.
-AGE_OUTPUTS = {
-    "years": (AGE_YEARS, 2),
-    "distribution": (AGE_BINS, AGE_BIN_COUNT),
-    "ordinal": (AGE_RANKS, AGE_BIN_COUNT - 1),
-}
+# What each age_output puts in place of the age logits (its width is AGE_HEAD_SIZES[key]).
+AGE_OUTPUTS = {"years": AGE_YEARS, "distribution": AGE_BINS, "ordinal": AGE_RANKS}
 
 
 class MultiSampleDropoutLinear(nn.Module):
@@ -155,7 +151,8 @@ class MultiTaskHead(nn.Module):
         # A subset of tasks makes a per-task model; the missing tasks count as uniform when combined.
         self.output_sizes = {t: TASKS[t] for t in TASKS if t in tasks}
         if age_output != "groups" and "age" in self.output_sizes:
-            key, size = AGE_OUTPUTS[age_output]
+            key = AGE_OUTPUTS[age_output]
+            size = AGE_HEAD_SIZES[key]
             self.output_sizes = {(key if t == "age" else t): (size if t == "age" else k)
                                  for t, k in self.output_sizes.items()}
         self.tasks = nn.ModuleDict({
