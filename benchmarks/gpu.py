@@ -136,9 +136,8 @@ class GpuSampler:
         return max((m for _, _, m in self.samples), default=None)
 
 
-def epoch_windows(metrics_csv: Path) -> list[tuple[float, float]]:
-    """(start, end) wall-clock seconds of each epoch's training loop, from the run's metrics.csv."""
-    history = pd.read_csv(metrics_csv)
+def epoch_windows(history: pd.DataFrame) -> list[tuple[float, float]]:
+    """(start, end) wall-clock seconds of each epoch's training loop, from the run's metrics.csv table."""
     return [(float(s), float(s + d)) for s, d in zip(history["train_start_time"], history["train_time_s"])]
 
 
@@ -192,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             predict_s = time.perf_counter() - t0
             predict_window = [(predict_start, predict_start + predict_s)]
         history = pd.read_csv(run.metrics)
-        windows = epoch_windows(run.metrics)
+        windows = epoch_windows(history)
         score = score_submission(submission, data.truth_csv)
         n_eval = len(pd.read_csv(data.eval_dir / "info.csv"))
 

@@ -14,14 +14,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import gpu  # noqa: E402
 
 
-def test_busy_fraction_counts_only_samples_inside_the_epochs(tmp_path):
+def test_busy_fraction_counts_only_samples_inside_the_epochs():
     sampler = gpu.GpuSampler()
     # Busy 100 % inside the first epoch, 50 % inside the second, idle in between (validation) and after.
     sampler.samples = [(0.5, 100.0, 10.0), (1.0, 100.0, 12.0), (1.5, 0.0, 12.0), (2.5, 50.0, 30.0),
                        (3.5, 0.0, 5.0)]
-    pd.DataFrame({"epoch": [0, 1], "train_start_time": [0.0, 2.0], "train_time_s": [1.0, 1.0]}).to_csv(
-        tmp_path / "metrics.csv", index=False)
-    windows = gpu.epoch_windows(tmp_path / "metrics.csv")
+    history = pd.DataFrame({"epoch": [0, 1], "train_start_time": [0.0, 2.0], "train_time_s": [1.0, 1.0]})
+    windows = gpu.epoch_windows(history)
     assert windows == [(0.0, 1.0), (2.0, 3.0)]
     assert sampler.busy_fraction(windows) == pytest.approx((100 + 100 + 50) / 300)
     assert sampler.count(windows) == 3
