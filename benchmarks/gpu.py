@@ -17,7 +17,8 @@ and writes a JSON with:
 - ``predict_images_per_s`` end to end (load, decode, infer, write), ``train_s``,
   ``wall_s`` and each stage's seconds;
 - peak GPU memory (PyTorch's allocator and NVML's reading) and peak host memory;
-- the settings the config chose (precision, channels_last, batch sizes, workers, cache);
+- the settings the config chose (precision, channels_last, compile, normalisation on the device, batch sizes,
+  workers as configured and as resolved, cache);
 - the machine, the commit and the command.
 
 The model starts from random weights (``model.pretrained=false``): speed does not
@@ -45,11 +46,13 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from lightning_fabric import Fabric  # noqa: E402
 
 from proxy import REPO, commit, model_only_throughput, peak_memory_mb, provenance, write_report  # noqa: E402
 
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402
+from maskstatus.engine.evaluate import loader_workers, normalize_on_device  # noqa: E402
 from maskstatus.engine.predict import predict  # noqa: E402
 from maskstatus.engine.train import train  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
@@ -144,8 +147,11 @@ def epoch_windows(history: pd.DataFrame) -> list[tuple[float, float]]:
 def settings(cfg: Config) -> dict:
     """What the config chose for speed, so the JSON says what was measured."""
     t = cfg.train
+    fabric = Fabric(accelerator=t.accelerator, devices=1)
     return {"backbone": cfg.model.backbone, "precision": t.precision, "channels_last": t.channels_last,
+            "compile": t.compile, "normalize_on_device": normalize_on_device(t.normalize_on, fabric),
             "batch_size": t.batch_size, "eval_batch_size": t.eval_batch_size, "num_workers": t.num_workers,
+            "loader_workers": loader_workers(t.num_workers, fabric),
             "cache_mode": cfg.cache.mode, "cache_size": list(cfg.cache.size) if cfg.cache.size else None,
             "decode_threads": cfg.cache.decode_threads, "pretrained": False}
 

@@ -88,6 +88,8 @@ def model_only_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> floa
     model.train()
     loss_fn = build_loss(cfg.loss, model.output_keys)
     optimizer = build_optimizer(model, cfg.optimizer)
+    if cfg.train.compile:  # as train() does; the warmup steps pay for compiling
+        model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
     bs = cfg.train.batch_size
     x = torch.randn(bs, 3, *hw, device=fabric.device)

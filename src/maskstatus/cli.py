@@ -111,6 +111,18 @@ def _fold_list_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated fold numbers like 0,1,2, got {text!r}") from None
 
 
+def _workers_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of workers (0 or more) or 'auto', got {text!r}")
+    return value
+
+
 def _cmd_cv(args: argparse.Namespace) -> int:
     from .config import load_config
     from .engine.cv import CV_CONFIG, run_cv
@@ -376,7 +388,8 @@ def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str]
                    help=f"{pre}which checkpoint (default best)")
     s.add_argument("--batch-size", type=int, default=None, help=f"{pre}default: each run's train.eval_batch_size")
     s.add_argument("--accelerator", default="auto", help=f"{pre}cpu, cuda, auto (default auto)")
-    s.add_argument("--num-workers", type=int, default=0, help=f"{pre}DataLoader workers (default 0)")
+    s.add_argument("--num-workers", type=_workers_arg, default=0,
+                   help=f"{pre}DataLoader workers, or auto: one per core less one (default 0)")
     s.add_argument("--tta", action="append", default=None, metavar="NAME",
                    help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
                         "repeat to add more, 'none' for none (default: each run's predict.tta)")

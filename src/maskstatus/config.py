@@ -7,7 +7,7 @@ silently ignored setting.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -259,7 +259,8 @@ class TrainConfig(_Section):
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(128, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = Field(
+        0, description="DataLoader worker processes; auto: one per core of each process, less one for the process")
     accelerator: str = "auto"
     devices: Union[int, str] = 1
     strategy: str = "auto"
@@ -270,6 +271,11 @@ class TrainConfig(_Section):
     grad_clip: Optional[float] = Field(None, gt=0)
     progress: bool = True
     channels_last: bool = False
+    compile: bool = Field(False, description="torch.compile the model for training (the first batches pay for "
+                          "compiling; pays on a GPU over many steps)")
+    normalize_on: Literal["auto", "workers", "device"] = Field(
+        "auto", description="where images are normalised: per image in the loader's workers, or per uint8 batch "
+        "once it is on the device (a quarter of the bytes to copy; the same floats); auto: device on CUDA")
     sampler: SamplerConfig = SamplerConfig()
     mix: MixConfig = MixConfig()
     accumulate: int = Field(1, ge=1, description="optimizer step every N batches")

@@ -12,9 +12,11 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from ..age import AGE_YEARS
+from ..config import ConfigError
 from ..errors import DataError, Problem
 from ..labels import AgeThresholds, age_group, encode
 from .cache import ImageCache
+from .transforms import BatchNormalize
 
 
 
@@ -43,6 +45,9 @@ class FaceDataset(Dataset):
     Augmentation randomness is seeded per (seed, epoch, row), so a batch's
     pixels do not depend on the number of DataLoader workers, and a resumed
     run sees the same augmentations as an uninterrupted one.
+
+    With ``normalize`` (the ``BatchNormalize`` a ``defer_normalize`` transform left out),
+    items stay uint8 and ``model_input`` normalises whole batches where they land.
     """
 
     def __init__(
@@ -52,13 +57,19 @@ class FaceDataset(Dataset):
         transform: A.Compose,
         targets: Optional[dict[str, np.ndarray]] = None,
         seed: int = 0,
+        normalize: Optional[BatchNormalize] = None,
     ) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
         self.transform = transform
         self.targets = targets
         self.seed = seed
+        self.normalize = normalize
         self.epoch = 0
+
+    def model_input(self, images: torch.Tensor) -> torch.Tensor:
+        """A collated batch of this data set's images as the model takes them."""
+        return images if self.normalize is None else self.normalize(images)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -70,7 +81,12 @@ class FaceDataset(Dataset):
         row = int(self.indices[i])
         sample_seed = int(np.random.SeedSequence([self.seed, self.epoch, row]).generate_state(1)[0])
         self.transform.set_random_seed(sample_seed)
-        item: dict[str, Any] = {"image": self.transform(image=np.asarray(self.cache[row]))["image"], "row": row}
+        image = self.transform(image=np.asarray(self.cache[row]))["image"]
+        if self.normalize is not None and image.dtype != torch.uint8:
+            raise ConfigError(f"a transform turned the images into {image.dtype} before normalisation, so it cannot "
+                              f"run on the batches: set train.normalize_on=workers, or end the pipeline with "
+                              f"an explicit Normalize")
+        item: dict[str, Any] = {"image": image, "row": row}
         if self.targets is not None:
             for key, values in self.targets.items():
                 item[key] = torch.as_tensor(values[row])

@@ -14,6 +14,7 @@ from typing import Any, Optional, Sequence
 
 import albumentations as A
 import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
 from ..config import ConfigError
@@ -57,13 +58,59 @@ def _build_one(spec: dict[str, Any], where: str, mean: Sequence[float], std: Seq
 
 
 def build_transforms(
-    specs: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float], where: str = "transforms"
+    specs: Sequence[dict[str, Any]],
+    mean: Sequence[float],
+    std: Sequence[float],
+    where: str = "transforms",
+    defer_normalize: bool = False,
 ) -> A.Compose:
+    """The pipeline; with ``defer_normalize`` the Normalize it would append is left to :func:`batch_normalizer`.
+
+    A pipeline that names its own Normalize keeps it either way: steps after it see floats.
+    """
     steps = [_build_one(s, f"{where}[{i}]", mean, std) for i, s in enumerate(specs)]
-    if not any(isinstance(t, A.Normalize) for t in steps):
+    if not any(isinstance(t, A.Normalize) for t in steps) and not (defer_normalize and not _normalizes(specs)):
         steps.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
     steps.append(ToTensorV2())
     return A.Compose(steps)
+
+
+def _normalizes(specs: Sequence[Any]) -> bool:
+    """Whether any step, nested ones included, is a Normalize (then nothing is deferred)."""
+    for spec in specs:
+        if isinstance(spec, dict) and (spec.get("name") == "Normalize" or _normalizes(spec.get("transforms") or [])):
+            return True
+    return False
+
+
+class BatchNormalize:
+    """Normalize on uint8 batches (N, C, H, W), on whatever device they are: the same floats as albumentations.
+
+    Its table is read off albumentations' own Normalize applied to every pixel value, so a batch
+    normalised here equals, bit for bit, the images normalised one by one in the workers (for
+    uint8 images Normalize is a per-channel lookup table, which float arithmetic on the device
+    would only approximate).
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], len(mean), axis=2)
+        table = A.Normalize(mean=tuple(mean), std=tuple(std))(image=ramp)["image"][0]  # (256, C)
+        self.table = torch.from_numpy(np.ascontiguousarray(table.T, dtype=np.float32))  # (C, 256)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"BatchNormalize takes the uint8 batches of a pipeline built with defer_normalize, "
+                            f"got {images.dtype}")
+        if self.table.device != images.device:
+            self.table = self.table.to(images.device)
+        index = images.long()
+        return torch.stack([self.table[c].take(index[:, c]) for c in range(images.shape[1])], dim=1)
+
+
+def batch_normalizer(specs: Sequence[dict[str, Any]], mean: Sequence[float],
+                     std: Sequence[float]) -> Optional[BatchNormalize]:
+    """What ``build_transforms(specs, ..., defer_normalize=True)`` leaves for the batches; None if the specs normalise."""
+    return None if _normalizes(specs) else BatchNormalize(mean, std)
 
 
 def _deterministic(spec: Any) -> bool:
@@ -131,14 +178,15 @@ def build_train_eval(
     mean: Sequence[float],
     std: Sequence[float],
     input_hw: tuple[int, int] | None = None,
+    defer_normalize: bool = False,
 ) -> tuple[A.Compose, A.Compose]:
     """Both pipelines; when the input size is known, insist they make the same tensor shape.
 
     The starter code trained and predicted at different sizes; this refuses that
     at start-up instead of silently scoring lower.
     """
-    train = build_transforms(train_specs, mean, std, "transforms.train")
-    evaluate = build_transforms(eval_specs, mean, std, "transforms.eval")
+    train = build_transforms(train_specs, mean, std, "transforms.train", defer_normalize)
+    evaluate = build_transforms(eval_specs, mean, std, "transforms.eval", defer_normalize)
     if input_hw is not None:
         ts, es = output_shape(train, input_hw), output_shape(evaluate, input_hw)
         if ts != es:

@@ -7,7 +7,7 @@ training and scoring depend only on this, not on prediction.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..age import Cuts, mean_years, thresholds_cuts
 from ..config import GroupingConfig
+from ..data.cache import available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
 from ..grouping import FeatureCapture, group_people
 from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES
@@ -27,8 +28,28 @@ from .tta import average_view_probs, tta_views
 Model = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
 
-def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric: Fabric) -> DataLoader:
-    """Ordered loader; under DDP each rank takes a strided share (padded; rows are de-duplicated after gathering)."""
+def normalize_on_device(setting: str, fabric: Fabric) -> bool:
+    """``train.normalize_on`` resolved: "auto" normalises on the device when it is a GPU.
+
+    On a CPU the loader's workers and the model share the same cores, so moving the
+    per-pixel work into the model's process would only take it from the workers.
+    """
+    return setting == "device" or (setting == "auto" and fabric.device.type == "cuda")
+
+
+def loader_workers(setting: Union[int, str], fabric: Fabric) -> int:
+    """``train.num_workers`` resolved: "auto" gives each process of this machine one worker per core it has, less one."""
+    if setting == "auto":
+        local_processes = getattr(fabric.strategy, "num_processes", 1)  # DDP: processes per machine
+        return max(available_cores() // max(local_processes, 1) - 1, 0)
+    return int(setting)
+
+
+def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: Union[int, str], fabric: Fabric) -> DataLoader:
+    """Ordered loader; under DDP each rank takes a strided share (padded; rows are de-duplicated after gathering).
+
+    ``num_workers`` may be "auto" (see :func:`loader_workers`).
+    """
     sampler = DistributedSampler(
         dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=False, drop_last=False
     )
@@ -36,7 +57,7 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int, fabric:
         dataset,
         batch_size=batch_size,
         sampler=sampler,
-        num_workers=num_workers,
+        num_workers=loader_workers(num_workers, fabric),
         worker_init_fn=worker_init,
         persistent_workers=False,
         # Page-locked batches let fabric.to_device copy to a GPU asynchronously (it passes non_blocking).
@@ -80,16 +101,19 @@ def infer(
     rows, probs, years, losses, embeds = [], [], [], [], []
     capture = (FeatureCapture(model, grouping.layer, grouping.upper_fraction, grouping.columns)
                if grouping is not None else None)
+    # A FaceDataset may leave normalisation to the batches (BatchNormalize); other datasets give model input.
+    model_input = getattr(loader.dataset, "model_input", lambda images: images)
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
     for i, batch in enumerate(bar):
         if limit_batches is not None and i >= limit_batches:
             break
         batch = fabric.to_device(batch)
+        images = model_input(batch["image"])
         view_outputs = []
         for view_index, view in enumerate(views):
             embed = capture if capture is not None and view_index == 0 else contextlib.nullcontext()
             with fabric.autocast(), embed:
-                outputs = model(view(batch["image"]))
+                outputs = model(view(images))
             if embed is capture:
                 embeds.append(capture.pop())
             view_outputs.append({k: v.float() for k, v in outputs.items()})

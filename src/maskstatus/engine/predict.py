@@ -18,13 +18,13 @@ from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset
 from ..data.faces import cache_loader
 from ..data.tables import eval_table, folder_table
-from ..data.transforms import build_transforms, split_prepare
+from ..data.transforms import BatchNormalize, batch_normalizer, build_transforms, split_prepare
 from ..errors import DataError, RunError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
-from .evaluate import Model, eval_loader, infer
+from .evaluate import Model, eval_loader, infer, normalize_on_device
 from .tta import tta_views
 
 logger = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def predict_outputs(
     table: pd.DataFrame,
     fabric: Fabric,
     batch_size: Optional[int] = None,
-    num_workers: int = 0,
+    num_workers: Union[int, str] = 0,
     progress: bool = True,
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,
@@ -213,7 +213,7 @@ def _run_probs(
     fabric: Fabric,
     caches: dict,
     batch_size: Optional[int],
-    num_workers: int,
+    num_workers: Union[int, str],
     progress: bool,
     tta: Optional[Sequence[str]],
     group_people: Optional[bool] = None,
@@ -236,7 +236,9 @@ def _run_probs(
         ).fill()
     is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
     norm = model_data_config(run.model) if is_torch else run.model.data_config
-    transform = build_transforms(eval_specs, norm["mean"], norm["std"], "transforms.eval")
+    defer = normalize_on_device(cfg.train.normalize_on, fabric)
+    transform = build_transforms(eval_specs, norm["mean"], norm["std"], "transforms.eval", defer)
+    normalize = batch_normalizer(eval_specs, norm["mean"], norm["std"]) if defer else None
     model = run.model
     if is_torch and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -246,7 +248,8 @@ def _run_probs(
     if grouping is not None and not is_torch:
         # The embeddings come from a hook on a backbone layer, which an ONNX graph does not expose.
         raise UsageError(f"{run.checkpoint}: predict.group_people needs the torch backend (use --backend torch)")
-    return cache_probs(run, model, transform, caches[key], fabric, batch_size, num_workers, progress, tta, grouping)
+    return cache_probs(run, model, transform, caches[key], fabric, batch_size, num_workers, progress, tta, grouping,
+                       normalize)
 
 
 def cache_probs(
@@ -256,17 +259,19 @@ def cache_probs(
     cache: ImageCache,
     fabric: Fabric,
     batch_size: Optional[int] = None,
-    num_workers: int = 0,
+    num_workers: Union[int, str] = 0,
     progress: bool = False,
     tta: Optional[Sequence[str]] = None,
     grouping: Optional[GroupingConfig] = None,
+    normalize: Optional[BatchNormalize] = None,
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Every image of a filled ``cache`` through ``run``'s ready ``model``: probabilities (N, 18) and years or None.
 
     The step ``predict`` (images from files) and ``serve`` (images from uploads) share, so both answer alike.
-    ``tta`` None keeps the run's own ``predict.tta``.
+    ``tta`` None keeps the run's own ``predict.tta``. ``normalize`` goes with a ``transform`` built with
+    ``defer_normalize``.
     """
-    dataset = FaceDataset(cache, np.arange(len(cache)), transform)
+    dataset = FaceDataset(cache, np.arange(len(cache)), transform, normalize=normalize)
     loader = eval_loader(dataset, batch_size or run.cfg.train.eval_batch_size, num_workers, fabric)
     rows, probs, _, years = infer(
         fabric,
@@ -334,7 +339,7 @@ def predict(
     checkpoint: str = "best",
     batch_size: Optional[int] = None,
     accelerator: str = "auto",
-    num_workers: int = 0,
+    num_workers: Union[int, str] = 0,
     progress: bool = True,
     tta: Optional[Sequence[str]] = None,
     weights: Optional[Sequence[float]] = None,

@@ -33,7 +33,7 @@ from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
-from ..data.transforms import Prepare, build_train_eval, split_prepare
+from ..data.transforms import Prepare, batch_normalizer, build_train_eval, split_prepare
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
@@ -42,7 +42,7 @@ from ..models import create_model, model_data_config
 from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
-from .evaluate import eval_loader, infer
+from .evaluate import eval_loader, infer, loader_workers, normalize_on_device
 from .teacher import teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -144,13 +144,14 @@ def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
             seed=cfg.seed,
             drop_last=True,
         )
+    workers = loader_workers(cfg.train.num_workers, fabric)
     loader = DataLoader(
         dataset,
         batch_size=cfg.train.batch_size,
         sampler=sampler,
-        num_workers=cfg.train.num_workers,
+        num_workers=workers,
         worker_init_fn=worker_init,
-        persistent_workers=cfg.train.num_workers > 0,
+        persistent_workers=workers > 0,
         pin_memory=fabric.device.type == "cuda",  # asynchronous copies to the GPU (see evaluate.eval_loader)
         drop_last=len(dataset) // fabric.world_size >= cfg.train.batch_size,
         collate_fn=NamedCollate(dataset.cache.paths),
@@ -349,12 +350,15 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
         FeatureCapture(model, g.layer, g.upper_fraction, g.columns)
     norm = model_data_config(model)
     input_hw = tuple(cache.item_shape[:2]) if cache.item_shape else tuple(np.asarray(cache[0]).shape[:2])
-    train_tf, eval_tf = build_train_eval(train_specs, eval_specs, norm["mean"], norm["std"], input_hw)
+    defer = normalize_on_device(cfg.train.normalize_on, fabric)
+    train_tf, eval_tf = build_train_eval(train_specs, eval_specs, norm["mean"], norm["std"], input_hw, defer)
     train_targets = table_targets(table, cfg.data.age.train_thresholds())
     if cfg.loss.distill is not None:
         train_targets.update(teacher_targets(cfg.loss.distill.teacher, table, train_rows, data.val_rows))
-    train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed)
-    val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed)
+    train_norm, eval_norm = ((batch_normalizer(specs, norm["mean"], norm["std"]) for specs in (train_specs, eval_specs))
+                             if defer else (None, None))
+    train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed, normalize=train_norm)
+    val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed, normalize=eval_norm)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
     val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric)
 
@@ -374,7 +378,9 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     if frozen and cfg.train.unfreeze_epoch is not None and fabric.world_size > 1:
         raise ConfigError("train.unfreeze_epoch is not supported with more than one process (DDP fixes the "
                           "trained parameters when it wraps the model); freeze without unfreezing, or use one device")
-    raw_model = model
+    raw_model = model  # state dicts and EMA updates read the plain module, never the compiled one
+    if cfg.train.compile:
+        model = torch.compile(model)
     model, optimizer = fabric.setup(model, optimizer)
     # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
     ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
@@ -543,7 +549,7 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
         if i >= steps:
             break
         batch = fabric.to_device(batch)
-        images = batch["image"]
+        images = parts.train_set.model_input(batch["image"])
         mixed = mix_batch(images, cfg.train.mix, mix_rng)
         if mixed is not None:
             images = mixed.images
