@@ -1,6 +1,6 @@
 """GPU benchmark: one fold of a config on synthetic competition-size data, with the GPU's use sampled.
 
-    python benchmarks/gpu.py --config configs/best.yaml [--people 1120] [--eval-people 480] [--epochs 2] \
+    python benchmarks/gpu.py --config configs/best.yaml [--people 1120] [--eval-people 1800] [--epochs 2] \
         [--out benchmarks/results/gpu-best.json] [key=value ...]
 
 Draws a synthetic set in the competition layout (512x384 JPEGs, `make_demo_data` with
@@ -14,8 +14,10 @@ and writes a JSON with:
 - ``gpu_busy_fraction``: the mean utilisation NVML reported (the share of its sample
   period in which a kernel ran) over the samples inside the training epochs' loops,
   and the same for prediction;
-- ``predict_images_per_s`` end to end (load, decode, infer, write), ``train_s``,
-  ``wall_s`` and each stage's seconds;
+- ``predict_images_per_s`` end to end (load, decode, infer, write), and its two
+  parts measured apart: ``predict_decode_images_per_s`` (decoding the JPEGs with the
+  run's precomputed crops) and ``predict_model_only_images_per_s`` (the network on
+  in-memory batches); ``train_s``, ``wall_s`` and each stage's seconds;
 - peak GPU memory (PyTorch's allocator and NVML's reading) and peak host memory;
 - the settings the config chose (precision, channels_last, compile, normalisation on the device, batch sizes,
   workers as configured and as resolved, cache);
@@ -53,7 +55,9 @@ from proxy import REPO, commit, model_only_throughput, peak_memory_mb, provenanc
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402
 from maskstatus.engine.evaluate import loader_workers, normalize_on_device  # noqa: E402
-from maskstatus.engine.predict import predict  # noqa: E402
+from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
+from maskstatus.engine.predict import decode_images, predict  # noqa: E402
+from maskstatus.models import create_model, model_data_config  # noqa: E402
 from maskstatus.engine.train import train  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
@@ -144,6 +148,36 @@ def epoch_windows(history: pd.DataFrame) -> list[tuple[float, float]]:
     return [(float(s), float(s + d)) for s, d in zip(history["train_start_time"], history["train_time_s"])]
 
 
+def decode_throughput(cfg: Config, paths: list[str]) -> float:
+    """Images/s of predict's first step alone: decoding the JPEGs (with the run's precomputed crops)."""
+    t0 = time.perf_counter()
+    decode_images(cfg, paths)
+    return len(paths) / (time.perf_counter() - t0)
+
+
+@torch.no_grad()
+def inference_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
+    """Images/s of the model alone predicting in-memory batches of ``train.eval_batch_size``, as predict runs it."""
+    fabric = Fabric(accelerator=cfg.train.accelerator, devices=1, precision=cfg.train.precision)
+    model = create_model(cfg.model.model_copy(update={"pretrained": False, "pretrained_path": None}))
+    norm = model_data_config(model)
+    hw = output_shape(build_transforms(cfg.transforms.eval, norm["mean"], norm["std"]), tuple(cfg.cache.size))[1:]
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = fabric.setup_module(model).eval()
+    x = torch.randn(cfg.train.eval_batch_size, 3, *hw, device=fabric.device)
+    for i in range(warmup + steps):
+        if i == warmup:
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+        with fabric.autocast():
+            model(x)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return steps * len(x) / (time.perf_counter() - t0)
+
+
 def settings(cfg: Config) -> dict:
     """What the config chose for speed, so the JSON says what was measured."""
     t = cfg.train
@@ -160,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", required=True, type=Path, help="maskstatus YAML config")
     p.add_argument("--people", type=int, default=1120, help="synthetic training people, 7 photos each")
-    p.add_argument("--eval-people", type=int, default=480, help="synthetic eval people")
+    p.add_argument("--eval-people", type=int, default=1800,
+                   help="synthetic eval people (default 1800: the competition's 12,600 eval images)")
     p.add_argument("--size", type=int, nargs=2, default=PHOTO_SIZE, metavar=("H", "W"), help="photo size")
     p.add_argument("--epochs", type=int, default=2, help="epochs of fold 0 (default 2)")
     p.add_argument("--work", type=Path, default=None, help="folder for the data and run (default: a temporary one)")
@@ -199,7 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         history = pd.read_csv(run.metrics)
         windows = epoch_windows(history)
         score = score_submission(submission, data.truth_csv)
-        n_eval = len(pd.read_csv(data.eval_dir / "info.csv"))
+        eval_paths = sorted(str(p) for p in (data.eval_dir / "images").iterdir())
+        n_eval = len(eval_paths)
+        # Where prediction's time goes: the decoding and the network apart, after the end-to-end timing.
+        decode_rate = decode_throughput(cfg, eval_paths)
+        inference_rate = inference_throughput(cfg)
 
     train_s = float(history["train_time_s"].sum())
     train_rate = float(history["train_images"].sum() / train_s)
@@ -220,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         "gpu_busy_fraction_predict": sampler.busy_fraction(predict_window),
         "gpu_sampler": sampler.source or f"none ({sampler.why})",
         "predict_images_per_s": n_eval / predict_s,
+        "predict_decode_images_per_s": decode_rate,
+        "predict_model_only_images_per_s": inference_rate,
         "train_s": train_s,
         "train_wall_s": train_wall_s,
         "predict_s": predict_s,

@@ -48,6 +48,7 @@ def test_gpu_benchmark_runs_a_tiny_fold_on_the_cpu(tmp_path):
                      "train.batch_size=16", "train.progress=false", "split.folds=4", "scheduler.warmup_epochs=0"]) == 0
     report = json.loads(out.read_text())
     for key in ("model_only_train_images_per_s", "train_images_per_s", "predict_images_per_s", "train_s",
+                "predict_decode_images_per_s", "predict_model_only_images_per_s",
                 "wall_s", "draw_s", "peak_memory_mb", "machine", "commit", "command"):
         assert report[key], key
     assert report["settings"]["pretrained"] is False and report["settings"]["batch_size"] == 16

@@ -207,6 +207,19 @@ def vote_members(
     return probs, (np.mean(years, axis=0) if years else None)
 
 
+def decode_images(cfg: Config, paths: Sequence[str], progress: bool = False) -> ImageCache:
+    """The images as a run of ``cfg`` predicts from: decoded, sized, face-cropped, and through the
+    leading crops and resizes of ``transforms.eval`` (run once here, not per batch).
+
+    Decoding releases the GIL: one thread per core. Undecodable files fail here, all named at once.
+    """
+    size = tuple(cfg.cache.size) if cfg.cache.size else None
+    prepare, _, _ = split_prepare(cfg.transforms.eval, cfg.transforms.eval, cfg.cache.precompute)
+    threads = max(cfg.cache.decode_threads, available_cores())
+    return ImageCache(list(paths), size=size, mode="memory", threads=threads, progress=progress,
+                      **cache_loader(cfg.data.face_crop, cfg.cache.size), prepare=prepare).fill()
+
+
 def _run_probs(
     run: LoadedRun,
     table: pd.DataFrame,
@@ -223,17 +236,10 @@ def _run_probs(
     ``caches`` holds decoded images shared between runs.
     """
     cfg = run.cfg
-    size = tuple(cfg.cache.size) if cfg.cache.size else None
-    # The leading crops and resizes of transforms.eval run once, as the images are decoded.
     prepare, _, eval_specs = split_prepare(cfg.transforms.eval, cfg.transforms.eval, cfg.cache.precompute)
-    key = (size, cfg.data.face_crop, prepare.variant if prepare else "")
+    key = (tuple(cfg.cache.size) if cfg.cache.size else None, cfg.data.face_crop, prepare.variant if prepare else "")
     if key not in caches:  # runs sharing an image size, face cropping and prepare steps share one decode
-        # Decoding releases the GIL: one thread per core. Undecodable files fail here, all named at once.
-        threads = max(cfg.cache.decode_threads, available_cores())
-        caches[key] = ImageCache(
-            table["image_path"].tolist(), size=size, mode="memory", threads=threads, progress=progress,
-            **cache_loader(cfg.data.face_crop, cfg.cache.size), prepare=prepare,
-        ).fill()
+        caches[key] = decode_images(cfg, table["image_path"].tolist(), progress)
     is_torch = isinstance(run.model, torch.nn.Module)  # else an OnnxModel, which knows its normalisation
     norm = model_data_config(run.model) if is_torch else run.model.data_config
     defer = normalize_on_device(cfg.train.normalize_on, fabric)
