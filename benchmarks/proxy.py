@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.age import AGE_YEARS  # noqa: E402
-from maskstatus.config import Config, load_config  # noqa: E402
+from maskstatus.config import Config, config_to_dict, load_config  # noqa: E402
 from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
 from maskstatus.engine.oof import oof_path, read_oof  # noqa: E402
 from maskstatus.engine.predict import predict  # noqa: E402
@@ -159,6 +159,12 @@ def add_fold_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more config overrides")
 
 
+def add_from_run_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from-run", type=Path, default=None,
+                   help="report on this finished run (e.g. a fold of a CV folder trained with the same config, "
+                        "overrides and fold) instead of training one; the model alone is then not timed")
+
+
 def fold_argv(args: argparse.Namespace, *overrides: str) -> list[str]:
     """:func:`main`'s command line for the fold that ``args`` (from :func:`add_fold_arguments`) describe."""
     epochs = ["--epochs", str(args.epochs)] if args.epochs is not None else []
@@ -167,9 +173,34 @@ def fold_argv(args: argparse.Namespace, *overrides: str) -> list[str]:
             *overrides]
 
 
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_same_run(cfg: Config, run: RunDir) -> None:
+    """Refuse to report a run trained with another config than the one named: the row would lie."""
+    mine, theirs = _flat(config_to_dict(cfg)), _flat(config_to_dict(load_config(run.config)))
+    # Where the data, runs and cache live, and the name, do not change what is measured.
+    ignored = {"data.root", "output_dir", "cache.dir", "name", "train.progress"}
+    differ = sorted(k for k in (set(mine) | set(theirs)) - ignored if mine.get(k) != theirs.get(k))
+    folds = [d.get("split.folds_file") for d in (mine, theirs)]
+    if "split.folds_file" in differ and all(folds) and Path(folds[0]).read_bytes() == Path(folds[1]).read_bytes():
+        differ.remove("split.folds_file")  # a CV copies the folds file into its folder: the same folds
+    if differ:
+        raise SystemExit(f"--from-run {run.root}: trained with other settings in {differ} than "
+                         f"--config and the overrides give")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_fold_arguments(p)
+    add_from_run_argument(p)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -180,12 +211,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     code_version = commit()  # read now: the tree may change while a long run goes on
 
-    model_only = model_only_throughput(cfg)
-    logger.info("model only: %.1f images/s", model_only)
-
-    result = train(cfg)
-    run = RunDir(result.run_dir)
-    best = load_checkpoint(run.best)["metrics"]
+    if args.from_run is None:
+        model_only = model_only_throughput(cfg)
+        logger.info("model only: %.1f images/s", model_only)
+        run = RunDir(train(cfg).run_dir)
+    else:
+        model_only, run = None, RunDir(args.from_run)
+        check_same_run(cfg, run)
+    state = load_checkpoint(run.best)
+    best = state["metrics"]
     history = pd.read_csv(run.metrics)
 
     # The CSV itself: a later tune-age on the run must not change what this report scored.
@@ -200,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "config": str(args.config),
         "fold": args.fold,
         "epochs": int(len(history)),
-        "best_epoch": int(result.best_epoch),
+        "best_epoch": int(state["epoch"]),  # best.pt holds the best epoch's weights
         "oof_f1": best["f1"],
         "oof_acc": best["acc"],
         "oof_mask_f1": best["mask_f1"],
@@ -219,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         **provenance(code_version),
         "run_dir": str(run.root),
     }
+    if args.from_run is not None:
+        report["reported_from_run"] = True  # trained elsewhere (e.g. by maskstatus cv); wall_s covers the report
     if torch.cuda.is_available():
         report["gpu_peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     write_report(report, args.out)

@@ -129,6 +129,21 @@ def test_cv_benchmark_pools_folds_and_reports_again_on_resume(demo_data, tmp_pat
     assert again["oof_f1"] == report["oof_f1"] and again["folds"] == report["folds"]
     assert len(list((tmp_path / "runs").iterdir())) == 1
 
+    # A fold of the CV reported as a proxy.py row, without training it again; another config is refused.
+    import proxy
+
+    fold0 = next(Path(cv_dir).glob("fold0-*"))
+    row = ["--config", "configs/demo.yaml", "--fold", "0", "--data", str(demo_data.root), "--runs",
+           str(tmp_path / "unused"), "--submission", str(tmp_path / "row.csv"), "--from-run", str(fold0), *TINY,
+           "split.folds=2", "train.epochs=1", "model.age_output=years", f"split.folds_file={Path(cv_dir) / 'folds.csv'}"]
+    assert proxy.main([*row, "--out", str(tmp_path / "row.json")]) == 0
+    fold_report = json.loads((tmp_path / "row.json").read_text())
+    assert fold_report["reported_from_run"] and fold_report["model_only_train_images_per_s"] is None
+    assert fold_report["oof_f1"] == report["folds"][0]["best_f1"]
+    assert not (tmp_path / "unused").exists()
+    with pytest.raises(SystemExit, match=r"\['optimizer.lr'\]"):
+        proxy.main([*row, "optimizer.lr=0.5", "--out", str(tmp_path / "other.json")])
+
 
 def report_people(demo_data):
     import pandas as pd
