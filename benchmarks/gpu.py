@@ -50,14 +50,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
-from proxy import REPO, commit, model_only_throughput, peak_memory_mb, provenance, write_report  # noqa: E402
+from proxy import REPO, bare_model, commit, model_only_throughput, peak_memory_mb, provenance, write_report  # noqa: E402
 
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402
 from maskstatus.engine.evaluate import loader_workers, normalize_on_device  # noqa: E402
-from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
 from maskstatus.engine.predict import decode_images, predict  # noqa: E402
-from maskstatus.models import create_model, model_data_config  # noqa: E402
 from maskstatus.engine.train import train  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
@@ -158,12 +156,7 @@ def decode_throughput(cfg: Config, paths: list[str]) -> float:
 @torch.no_grad()
 def inference_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
     """Images/s of the model alone predicting in-memory batches of ``train.eval_batch_size``, as predict runs it."""
-    fabric = Fabric(accelerator=cfg.train.accelerator, devices=1, precision=cfg.train.precision)
-    model = create_model(cfg.model.model_copy(update={"pretrained": False, "pretrained_path": None}))
-    norm = model_data_config(model)
-    hw = output_shape(build_transforms(cfg.transforms.eval, norm["mean"], norm["std"]), tuple(cfg.cache.size))[1:]
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    fabric, model, hw = bare_model(cfg)
     model = fabric.setup_module(model).eval()
     x = torch.randn(cfg.train.eval_batch_size, 3, *hw, device=fabric.device)
     for i in range(warmup + steps):

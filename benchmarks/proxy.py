@@ -77,14 +77,20 @@ def commit() -> str:
     return sha + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
-def model_only_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
-    """Forward + backward + step of the same model on in-memory tensors of the training batch shape."""
+def bare_model(cfg: Config) -> tuple[Fabric, torch.nn.Module, tuple[int, int]]:
+    """The config's device, its model from random weights (speed does not depend on them) and its input size."""
     fabric = Fabric(accelerator=cfg.train.accelerator, devices=1, precision=cfg.train.precision)
     model = create_model(cfg.model.model_copy(update={"pretrained": False, "pretrained_path": None}))
     norm = model_data_config(model)
     hw = output_shape(build_transforms(cfg.transforms.eval, norm["mean"], norm["std"]), tuple(cfg.cache.size))[1:]
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    return fabric, model, hw
+
+
+def model_only_throughput(cfg: Config, steps: int = 20, warmup: int = 3) -> float:
+    """Forward + backward + step of the same model on in-memory tensors of the training batch shape."""
+    fabric, model, hw = bare_model(cfg)
     model.train()
     loss_fn = build_loss(cfg.loss, model.output_keys)
     optimizer = build_optimizer(model, cfg.optimizer)
