@@ -31,7 +31,7 @@ def test_batch_normalize_equals_albumentations_bit_for_bit(mean, std):
     deferred = build_transforms([], mean, std, defer_normalize=True)
     batch = torch.stack([deferred(image=im)["image"] for im in images])
     assert batch.dtype == torch.uint8
-    got = batch_normalizer([], mean, std)(batch)
+    got = batch_normalizer([], mean, std, True)(batch)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected, atol=0, rtol=0)
 
@@ -42,9 +42,10 @@ def test_a_pipeline_that_normalises_itself_is_not_deferred():
     nested = [{"name": "OneOf", "p": 1.0, "transforms": [{"name": "Normalize"}]}]
     image = np.full((8, 8, 3), 200, np.uint8)
     for specs in (own, nested):
-        assert batch_normalizer(specs, mean, std) is None
+        assert batch_normalizer(specs, mean, std, True) is None
         assert build_transforms(specs, mean, std, defer_normalize=True)(image=image)["image"].dtype == torch.float32
-    assert isinstance(batch_normalizer(TRAIN, mean, std), BatchNormalize)
+    assert isinstance(batch_normalizer(TRAIN, mean, std, True), BatchNormalize)
+    assert batch_normalizer(TRAIN, mean, std, False) is None  # normalised in the workers: nothing left over
     with pytest.raises(TypeError, match="uint8"):
         BatchNormalize(mean, std)(torch.zeros(1, 3, 4, 4))
 
@@ -58,7 +59,7 @@ def test_a_step_that_makes_floats_is_a_config_error_naming_the_setting(tmp_path)
     specs = [{"name": "ToFloat"}]
     mean, std = HALF
     data = FaceDataset(cache, np.arange(1), build_transforms(specs, mean, std, defer_normalize=True),
-                       normalize=batch_normalizer(specs, mean, std))
+                       normalize=batch_normalizer(specs, mean, std, True))
     with pytest.raises(ConfigError, match="train.normalize_on=workers"):
         data[0]
 

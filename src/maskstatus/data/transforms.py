@@ -69,7 +69,8 @@ def build_transforms(
     A pipeline that names its own Normalize keeps it either way: steps after it see floats.
     """
     steps = [_build_one(s, f"{where}[{i}]", mean, std) for i, s in enumerate(specs)]
-    if not any(isinstance(t, A.Normalize) for t in steps) and not (defer_normalize and not _normalizes(specs)):
+    deferred = defer_normalize and not _normalizes(specs)
+    if not deferred and not any(isinstance(t, A.Normalize) for t in steps):
         steps.append(A.Normalize(mean=tuple(mean), std=tuple(std)))
     steps.append(ToTensorV2())
     return A.Compose(steps)
@@ -107,10 +108,10 @@ class BatchNormalize:
         return torch.stack([self.table[c].take(index[:, c]) for c in range(images.shape[1])], dim=1)
 
 
-def batch_normalizer(specs: Sequence[dict[str, Any]], mean: Sequence[float],
-                     std: Sequence[float]) -> Optional[BatchNormalize]:
-    """What ``build_transforms(specs, ..., defer_normalize=True)`` leaves for the batches; None if the specs normalise."""
-    return None if _normalizes(specs) else BatchNormalize(mean, std)
+def batch_normalizer(specs: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float],
+                     defer_normalize: bool) -> Optional[BatchNormalize]:
+    """What ``build_transforms(specs, ..., defer_normalize)`` leaves for the batches; None if it leaves nothing."""
+    return BatchNormalize(mean, std) if defer_normalize and not _normalizes(specs) else None
 
 
 def _deterministic(spec: Any) -> bool:

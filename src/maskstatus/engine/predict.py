@@ -244,7 +244,7 @@ def _run_probs(
     norm = model_data_config(run.model) if is_torch else run.model.data_config
     defer = normalize_on_device(cfg.train.normalize_on, fabric)
     transform = build_transforms(eval_specs, norm["mean"], norm["std"], "transforms.eval", defer)
-    normalize = batch_normalizer(eval_specs, norm["mean"], norm["std"]) if defer else None
+    normalize = batch_normalizer(eval_specs, norm["mean"], norm["std"], defer)
     model = run.model
     if is_torch and cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)

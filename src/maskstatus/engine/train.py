@@ -355,8 +355,8 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     train_targets = table_targets(table, cfg.data.age.train_thresholds())
     if cfg.loss.distill is not None:
         train_targets.update(teacher_targets(cfg.loss.distill.teacher, table, train_rows, data.val_rows))
-    train_norm, eval_norm = ((batch_normalizer(specs, norm["mean"], norm["std"]) for specs in (train_specs, eval_specs))
-                             if defer else (None, None))
+    train_norm = batch_normalizer(train_specs, norm["mean"], norm["std"], defer)
+    eval_norm = batch_normalizer(eval_specs, norm["mean"], norm["std"], defer)
     train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed, normalize=train_norm)
     val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed, normalize=eval_norm)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
