@@ -252,6 +252,19 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pseudo_label(args: argparse.Namespace) -> int:
+    from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
+
+    files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
+                               batch_size=args.batch_size, accelerator=args.accelerator, num_workers=args.num_workers)
+    for f in files:
+        print(f"teacher probabilities: {f}")
+    out = Path(args.out)
+    print("train the student CV on them with:")
+    print(f"  data.pseudo.probs={out / 'fold{fold}.probs.csv'} split.folds_file={out / FOLDS_COPY}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from .engine.demo import run_demo
 
@@ -508,6 +521,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
     _add_prediction_options(s, only_with="--data")
     s.set_defaults(fn=_cmd_ensemble)
+
+    s = sub.add_parser("pseudo-label",
+                       help="eval predictions per fold from teacher CV folders, for a CV with pseudo labels "
+                            "(data.pseudo.probs=DIR/fold{fold}.probs.csv) that never leaks held-out people")
+    s.add_argument("--teacher", action="append", required=True, metavar="CV_DIR",
+                   help="a CV folder; repeat to soft-vote several (they must share one fold assignment)")
+    s.add_argument("--data", required=True, metavar="EVAL_DIR", help="the eval folder to predict")
+    s.add_argument("--out", required=True, metavar="DIR",
+                   help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
+    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
+    s.add_argument("--batch-size", type=int, default=None, help="default: each run's train.eval_batch_size")
+    s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
+    s.add_argument("--num-workers", type=_workers_arg, default=0,
+                   help="DataLoader workers, or auto: one per core less one (default 0)")
+    s.set_defaults(fn=_cmd_pseudo_label)
 
     s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")
     s.add_argument("--out", default="demo", help="folder for the demo data, run and submission (default ./demo)")

@@ -54,8 +54,13 @@ class AgeConfig(_Section):
         return AgeThresholds(self.train_young_below or self.young_below, self.train_old_from or self.old_from)
 
 
+FOLD_PLACEHOLDER = "{fold}"
+
+
 class PseudoConfig(_Section):
-    probs: Path = Field(description="probabilities CSV of the eval images (predict's or ensemble's *.probs.csv)")
+    probs: Path = Field(description="probabilities CSV of the eval images (predict's or ensemble's *.probs.csv); "
+                        "'{fold}' in it stands for the fold trained, for teachers that never saw its held-out people "
+                        "(see `maskstatus pseudo-label`)")
     eval_dir: Optional[Path] = Field(None, description="the eval folder those rows name (default: data.root/eval)")
     threshold: float = Field(0.9, ge=0.0, le=1.0, description="keep images whose top class probability reaches this")
     task_thresholds: dict[str, float] = Field(default_factory=dict, description="and each named task's top marginal")
@@ -64,6 +69,18 @@ class PseudoConfig(_Section):
     @classmethod
     def _known_tasks(cls, v: dict[str, float]) -> dict[str, float]:
         return _check_tasks(v)
+
+    @field_validator("probs")
+    @classmethod
+    def _only_fold_placeholder(cls, v: Path) -> Path:
+        rest = str(v).replace(FOLD_PLACEHOLDER, "")
+        if "{" in rest or "}" in rest:
+            raise ValueError(f"the only placeholder allowed is {FOLD_PLACEHOLDER}, got {str(v)!r}")
+        return v
+
+    def probs_for(self, fold: int) -> Path:
+        """The probabilities file for training ``fold``: ``{fold}`` in ``probs`` replaced by its number."""
+        return Path(str(self.probs).replace(FOLD_PLACEHOLDER, str(fold)))
 
 
 class DataConfig(_Section):

@@ -87,7 +87,7 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         atomic_write_csv(fold_table, cv_dir / CV_FOLDS)
 
     for k in todo:
-        existing = _fold_run(cv_dir, k)
+        existing = fold_run(cv_dir, k)
         fold_cfg = _fold_config(cfg, k, cv_dir)
         if existing is not None and _finished_state(existing, cfg) is not None:
             logger.info("fold %d: already finished in %s, skipped", k, existing.name)
@@ -147,7 +147,7 @@ def _fold_config(cfg: Config, k: int, cv_dir: Path) -> Config:
     return cfg.model_copy(update={"split": split, "output_dir": cv_dir, "name": f"fold{k}"})
 
 
-def _fold_run(cv_dir: Path, k: int) -> Optional[Path]:
+def fold_run(cv_dir: Path, k: int) -> Optional[Path]:
     """The run folder of fold k in the CV folder, or None; should there be several, the newest with weights."""
     # Names end in a timestamp (plus -N on a clash), so name order is age order.
     runs = sorted((p for p in cv_dir.glob(f"fold{k}-*") if RunDir(p).config.is_file()), key=lambda p: p.name)
@@ -178,7 +178,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     shared = _sorted_folds(cv_dir / CV_FOLDS)
     fold_runs, per_fold, parts = [], [], []
     for k in range(cfg.split.folds):
-        run = _fold_run(cv_dir, k)
+        run = fold_run(cv_dir, k)
         state = _finished_state(run, cfg) if run is not None else None
         if state is None:
             continue

@@ -105,7 +105,7 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     """
     pc = cfg.data.pseudo
     eval_dir = pc.eval_dir if pc.eval_dir is not None else Path(cfg.data.root) / "eval"
-    pseudo = pseudo_rows(pc.probs, eval_dir, pc.threshold, pc.task_thresholds)
+    pseudo = pseudo_rows(pc.probs_for(cfg.split.fold), eval_dir, pc.threshold, pc.task_thresholds)
     record = pseudo[["person_id", "image_path", "mask", "gender", "age", "age_group", "label", "confidence"]]
     pseudo = pseudo.drop(columns="confidence").assign(fold=PSEUDO_FOLD)
     return pd.concat([table, pseudo], ignore_index=True), record
