@@ -20,6 +20,9 @@ with its best weights and test-time augmentation, so the only change is the TTA
 
 A row with ``pseudo_from: row`` trains with pseudo labels: the eval images as that
 measured row's run predicts them, selected by ``pseudo: {threshold, task_thresholds}``.
+A row with ``pseudo_teachers: [CV_DIR, ...]`` takes them instead from the soft vote of those
+CV folders' models of the row's fold (``maskstatus pseudo-label``): teachers that never saw
+its held-out people; it trains on the teachers' folds, which must be the reference's.
 A row with ``distill: {weight: w}`` trains a teacher CV over the other folds only (same
 recipe and overrides) and distils it into the fold's model (benchmarks/distill.py); its
 train time counts the teachers' training too. A row with ``label_loop: {oof: CV_DIR}`` retrains
@@ -242,7 +245,12 @@ def run_row(plan: dict, row: dict, out_dir: Path, data: Path, epochs: int | None
         result.write_text(json.dumps(_scored_row(row, out_dir), indent=2) + "\n")
         return result
     folds_file = [f"split.folds_file={folds}"] if folds is not None and _shares_reference_split(plan, row, data) else []
-    pseudo = [_pseudo_override(row, out_dir, data)] if "pseudo_from" in row else []
+    pseudo = []
+    if "pseudo_from" in row:
+        pseudo = [_pseudo_override(row, out_dir, data)]
+    elif "pseudo_teachers" in row:
+        pseudo = _fold_teachers_overrides(row, plan["fold"], out_dir, data, folds)
+        folds_file = []  # the teachers' folds, checked equal to the reference's, come with the overrides
     config = row.get("recipe", plan["reference"])
     args = ["--config", str(REPO / config), "--fold", str(plan["fold"]), "--out", str(result),
             "--submission", str(out_dir / "submissions" / f"{slug(row['name'])}.csv"), "--runs", str(runs),
@@ -278,6 +286,23 @@ def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
     _, probs = predict([teacher["run_dir"]], data / "eval",
                        out_dir / "submissions" / f"{slug(row['name'])}-teacher.csv", progress=False)
     return "data.pseudo=" + json.dumps({"probs": str(probs), **row.get("pseudo", {})})
+
+
+def _fold_teachers_overrides(row: dict, fold: int, out_dir: Path, data: Path, folds: Path | None) -> list[str]:
+    """``data.pseudo`` from the vote of the teacher CVs' fold models, and ``split.folds_file`` of their folds."""
+    from maskstatus.data.folds import read_folds
+    from maskstatus.engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
+
+    teach_dir = out_dir / "submissions" / f"{slug(row['name'])}-teachers"
+    [probs] = fold_teacher_probs(row["pseudo_teachers"], data / "eval", teach_dir, folds=[fold], progress=False)
+    teacher_folds = teach_dir / FOLDS_COPY
+    if folds is not None:
+        ours, theirs = (read_folds(f).sort_values("person_id").reset_index(drop=True) for f in (folds, teacher_folds))
+        if not ours.equals(theirs):
+            raise ValueError(f"row {row['name']!r}: the teachers' folds ({teacher_folds}) are not the reference's "
+                             f"({folds}); its fold {fold} would hold out other people")
+    return ["data.pseudo=" + json.dumps({"probs": str(probs), **row.get("pseudo", {})}),
+            f"split.folds_file={teacher_folds}"]
 
 
 def _num(x) -> str:
@@ -328,6 +353,10 @@ def render(plan: dict, out_dir: Path) -> str:
             what += f", distilled from a teacher CV over the other folds (weight {row['distill'].get('weight', 0.5)})"
         if "label_loop" in row:
             what += ", trained on the label-error finder's relabel draft (held-out people's fixes dropped)"
+        if "pseudo_from" in row:
+            what += f", pseudo labels from the eval predictions of '{row['pseudo_from']}'"
+        if "pseudo_teachers" in row:
+            what += f", pseudo labels from the vote of the fold's models of {len(row['pseudo_teachers'])} teacher CVs"
         note = row.get("note", "")
         if not path.is_file():
             lines.append(f"| {row['name']} | {what} | not run yet | | | | | | | | | {note} |")

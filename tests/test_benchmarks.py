@@ -289,3 +289,36 @@ def test_label_loop_retrains_with_the_draft_of_the_training_people_only(demo_dat
     assert f"\n{in_fold0},gender," in draft and in_fold1 not in draft
     run_cfg = load_config(Path(report["run_dir"]) / "config.yaml")
     assert run_cfg.data.relabel == loop["draft"] and run_cfg.split.fold == 1
+
+
+@pytest.mark.slow
+def test_pseudo_teachers_row_learns_from_the_teachers_models_of_its_fold(demo_data, tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from maskstatus.config import load_config
+    from maskstatus.engine.cv import run_cv
+
+    common = [f"data.root={demo_data.root}", f"output_dir={tmp_path / 'teachers'}", *TINY, "train.epochs=1"]
+    teacher = run_cv(load_config(ROOT / "configs" / "demo.yaml", [*common, "name=t"]), folds=[0]).cv_dir
+    other = run_cv(load_config(ROOT / "configs" / "demo.yaml", [*common, "name=o", "split.seed=5"]), folds=[0]).cv_dir
+    plan = {"reference": "configs/demo.yaml", "fold": 0, "rows": [
+        {"name": "reference", "overrides": TINY},
+        {"name": "taught", "overrides": TINY, "pseudo_teachers": [str(teacher)], "pseudo": {"threshold": 0.0}},
+        {"name": "taught elsewhere", "overrides": TINY, "pseudo_teachers": [str(other)]},
+    ]}
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(plan))
+    args = ["--plan", str(tmp_path / "plan.yaml"), "--out", str(tmp_path / "res"), "--table", str(tmp_path / "t.md"),
+            "--data", str(demo_data.root), "--epochs", "1", "--runs", str(tmp_path / "runs")]
+    assert ablation.main([*args, "--rows", "taught"]) == 0
+    run = Path(json.loads((tmp_path / "res" / "taught.json").read_text())["run_dir"])
+    used = pd.read_csv(run / "pseudo.csv")
+    taught = pd.read_csv(tmp_path / "res" / "submissions" / "taught-teachers" / "fold0.probs.csv")
+    # Every eval image (threshold 0), labelled as the teacher's fold-0 model predicted it.
+    assert len(used) == len(taught)
+    np.testing.assert_allclose(np.sort(used["confidence"]),
+                               np.sort(taught[[f"p{c}" for c in range(18)]].max(axis=1)), atol=1e-6)
+    assert (run / "folds.csv").read_text() == (teacher / "folds.csv").read_text()
+    # Teachers trained on another split would have seen the row's held-out people.
+    with pytest.raises(ValueError, match="not the reference's"):
+        ablation.main([*args, "--rows", "taught elsewhere"])
