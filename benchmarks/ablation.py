@@ -297,7 +297,8 @@ def _fold_teachers_overrides(row: dict, fold: int, out_dir: Path, data: Path, fo
     [probs] = fold_teacher_probs(row["pseudo_teachers"], data / "eval", teach_dir, folds=[fold], progress=False)
     teacher_folds = teach_dir / FOLDS_COPY
     if folds is not None:
-        ours, theirs = (read_folds(f).sort_values("person_id").reset_index(drop=True) for f in (folds, teacher_folds))
+        ours, theirs = (t.sort_values(t.columns[0]).reset_index(drop=True)
+                        for t in (read_folds(folds), read_folds(teacher_folds)))
         if not ours.equals(theirs):
             raise ValueError(f"row {row['name']!r}: the teachers' folds ({teacher_folds}) are not the reference's "
                              f"({folds}); its fold {fold} would hold out other people")
