@@ -290,16 +290,14 @@ def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
 
 def _fold_teachers_overrides(row: dict, fold: int, out_dir: Path, data: Path, folds: Path | None) -> list[str]:
     """``data.pseudo`` from the vote of the teacher CVs' fold models, and ``split.folds_file`` of their folds."""
-    from maskstatus.data.folds import read_folds
+    from maskstatus.engine.cv import sorted_folds
     from maskstatus.engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
 
     teach_dir = out_dir / "submissions" / f"{slug(row['name'])}-teachers"
     [probs] = fold_teacher_probs(row["pseudo_teachers"], data / "eval", teach_dir, folds=[fold], progress=False)
     teacher_folds = teach_dir / FOLDS_COPY
     if folds is not None:
-        ours, theirs = (t.sort_values(t.columns[0]).reset_index(drop=True)
-                        for t in (read_folds(folds), read_folds(teacher_folds)))
-        if not ours.equals(theirs):
+        if not sorted_folds(folds).equals(sorted_folds(teacher_folds)):
             raise ValueError(f"row {row['name']!r}: the teachers' folds ({teacher_folds}) are not the reference's "
                              f"({folds}); its fold {fold} would hold out other people")
     return ["data.pseudo=" + json.dumps({"probs": str(probs), **row.get("pseudo", {})}),

@@ -78,9 +78,9 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         cv_dir = Path(resume)
         # Data, split and model must stay as they were, or the folds would not belong together.
         cfg = load_cv_config(cv_dir).model_copy(update={"train": cfg.train})
-        todo = _fold_list(cfg, folds)
+        todo = fold_list(cfg, folds)
     else:
-        todo = _fold_list(cfg, folds)
+        todo = fold_list(cfg, folds)
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)
         save_config(cfg, cv_dir / CV_CONFIG)
@@ -106,7 +106,7 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
     return _pool(cfg, cv_dir)
 
 
-def _fold_list(cfg: Config, folds: Optional[Sequence[int]]) -> list[int]:
+def fold_list(cfg: Config, folds: Optional[Sequence[int]]) -> list[int]:
     if folds is None:
         return list(range(cfg.split.folds))
     todo = [int(k) for k in folds]
@@ -175,14 +175,14 @@ def _finished_state(run: Path, cfg: Config) -> Optional[dict[str, Any]]:
 
 def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     """Stack the finished fold runs' OOF predictions, score them, write oof.csv and cv_metrics.json."""
-    shared = _sorted_folds(cv_dir / CV_FOLDS)
+    shared = sorted_folds(cv_dir / CV_FOLDS)
     fold_runs, per_fold, parts = [], [], []
     for k in range(cfg.split.folds):
         run = fold_run(cv_dir, k)
         state = _finished_state(run, cfg) if run is not None else None
         if state is None:
             continue
-        if not _sorted_folds(RunDir(run).folds).equals(shared):
+        if not sorted_folds(RunDir(run).folds).equals(shared):
             raise RunError(f"{run} was trained on other folds than {cv_dir / CV_FOLDS}")
         oof_path = RunDir(run).predictions / "oof.csv"
         if not oof_path.is_file():
@@ -237,7 +237,9 @@ def load_cv_config(cv_dir: Path | str) -> Config:
     return load_config(path)
 
 
-def _sorted_folds(path: Path) -> pd.DataFrame:
+def sorted_folds(path: Path) -> pd.DataFrame:
+    """A folds file in a canonical row order, so two assignments compare with ``equals``."""
     folds = read_folds(path)
     folds["fold"] = folds["fold"].astype(int)
-    return folds.sort_values("person_id", kind="stable").reset_index(drop=True)
+    # The first column is the key: person_id, or image_path for an image split.
+    return folds.sort_values(folds.columns[0], kind="stable").reset_index(drop=True)

@@ -21,10 +21,9 @@ from typing import Optional, Sequence, Union
 
 import pandas as pd
 
-from ..data.folds import read_folds
 from ..errors import DataError, UsageError
 from ..runs import atomic_write_csv
-from .cv import CV_FOLDS, fold_run, load_cv_config
+from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
 from .predict import predict
 
 logger = logging.getLogger(__name__)
@@ -38,8 +37,7 @@ def _shared_folds(teachers: Sequence[Path]) -> pd.DataFrame:
     for cv in teachers:
         if not (cv / CV_FOLDS).is_file():
             raise FileNotFoundError(f"not a CV folder (no {CV_FOLDS}): {cv}")
-        folds = read_folds(cv / CV_FOLDS)
-        tables.append(folds.sort_values(folds.columns[0]).reset_index(drop=True))
+        tables.append(sorted_folds(cv / CV_FOLDS))
     first = tables[0]
     for cv, t in zip(teachers[1:], tables[1:]):
         if not t.equals(first):
@@ -68,11 +66,7 @@ def fold_teacher_probs(
     if not teachers:
         raise UsageError("pseudo labels need at least one teacher CV folder")
     fold_table = _shared_folds(teachers)
-    n_folds = load_cv_config(teachers[0]).split.folds
-    todo = list(range(n_folds)) if folds is None else sorted({int(k) for k in folds})
-    bad = [k for k in todo if not 0 <= k < n_folds]
-    if bad:
-        raise UsageError(f"fold(s) {bad} outside 0..{n_folds - 1} (the teachers' split.folds)")
+    todo = fold_list(load_cv_config(teachers[0]), folds)
     runs = {k: [fold_run(cv, k) for cv in teachers] for k in todo}
     missing = [f"{cv} fold {k}" for k, found in runs.items() for cv, run in zip(teachers, found) if run is None]
     if missing:  # checked for every fold before predicting any, so nothing is half done
