@@ -70,6 +70,7 @@ def test_export_writes_a_checked_model_and_its_sidecar(runs):
     assert check["source"].endswith("oof.csv") and check["images"] > 0
     assert check["max_prob_diff"] <= check["tolerance"] and check["class_agreement"] >= AGREEMENT
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+    assert meta["export"]["simplified"] is True
     single = json.loads(sidecar_path(onnx_path(runs["single"])).read_text())
     assert list(single["outputs"]) == ["class"] and single["tta"] == ["hflip"] and "age_cuts" not in single
 
@@ -162,7 +163,7 @@ def test_export_refuses_a_graph_that_differs_from_pytorch(runs, tmp_path, monkey
         other = load_run(run).model
         with torch.no_grad():
             other.head.tasks["mask"].fc.bias += 1.0
-        real_export(other, example, file, keys, fixed_size)
+        return real_export(other, example, file, keys, fixed_size)
 
     monkeypatch.setattr(export_module, "_export_graph", export_other_weights)
     with pytest.raises(ValueError, match="differs from PyTorch beyond the tolerance"):
@@ -216,3 +217,53 @@ def test_cli_ensemble_predicts_with_onnx(runs, demo_data, tmp_path, capsys):
     assert main(["ensemble", "--run", str(bare), "--data", str(demo_data.eval_dir), "--out", str(tmp_path / "b.csv"),
                  "--backend", "onnx"]) == 2
     assert f"ONNX model not found: {onnx_path(bare)}" in capsys.readouterr().err
+
+
+class _SamePadNet(torch.nn.Module):
+    """Two strided TF-style "same" convolutions: traced, their padding is shape arithmetic feeding a Pad."""
+
+    def __init__(self):
+        super().__init__()
+        from timm.layers import create_conv2d
+
+        self.a = create_conv2d(3, 4, 3, stride=2, padding="same")
+        self.b = create_conv2d(4, 2, 5, stride=2, padding="same")
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_simplify_folds_same_padding_into_the_convolutions(tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    model, file = _SamePadNet().eval(), tmp_path / "net.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 48, 36),), str(file), dynamo=False, opset_version=export_module.OPSET,
+                      input_names=["image"], output_names=["out"],
+                      dynamic_axes={"image": {0: "batch"}, "out": {0: "batch"}})
+    ops = lambda: {n.op_type for n in onnx.load(str(file)).graph.node}  # noqa: E731
+    assert {"Pad", "Shape"} <= ops()  # what the export leaves for onnxsim to fold
+    assert export_module._simplify(file) is True
+    assert not {"Pad", "Shape"} & ops() and "Conv" in ops()
+    session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):  # the batch axis stays dynamic
+        x = torch.randn(batch, 3, 48, 36, generator=torch.Generator().manual_seed(batch))
+        with torch.no_grad():
+            expected = model(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected, atol=1e-5)
+
+
+def test_a_graph_onnxsim_cannot_simplify_is_kept_and_still_checked(runs, tmp_path, monkeypatch, caplog):
+    import onnxsim
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["multi"], run, ignore=shutil.ignore_patterns("onnx"))
+
+    def fail(model):
+        raise RuntimeError("no simplification today")
+
+    monkeypatch.setattr(onnxsim, "simplify", fail)
+    result = export_run(run)
+    meta = json.loads(result.sidecar.read_text())
+    assert meta["export"]["simplified"] is False and meta["check"]["class_agreement"] >= AGREEMENT
+    assert "no simplification today" in caplog.text

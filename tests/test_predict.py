@@ -60,3 +60,23 @@ def test_predict_errors(two_runs, tmp_path):
         predict([tmp_path], tmp_path, tmp_path / "x.csv")
     with pytest.raises(FileNotFoundError, match="nowhere"):
         predict([two_runs[0]], tmp_path / "nowhere", tmp_path / "x.csv")
+
+
+def test_bf16_precision_answers_near_float32(two_runs, demo_data, tmp_path):
+    _, p32 = predict([two_runs[0]], demo_data.eval_dir, tmp_path / "f32.csv", progress=False, precision="32-true")
+    _, p16 = predict([two_runs[0]], demo_data.eval_dir, tmp_path / "bf16.csv", progress=False, precision="bf16-mixed")
+    a, b = (pd.read_csv(p)[PROB_COLUMNS].to_numpy() for p in (p32, p16))
+    np.testing.assert_allclose(b.sum(1), 1.0, atol=1e-4)
+    # bfloat16 keeps 8 bits of mantissa: close to float32, but not equal (else autocast was not on)
+    assert 0 < np.abs(a - b).max() < 0.1
+    # the default is the run's own train.precision (32-true for the tiny run)
+    _, pdef = predict([two_runs[0]], demo_data.eval_dir, tmp_path / "default.csv", progress=False)
+    np.testing.assert_array_equal(pd.read_csv(pdef)[PROB_COLUMNS].to_numpy(), a)
+
+
+def test_precision_errors(two_runs, demo_data, tmp_path):
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict([two_runs[0]], demo_data.eval_dir, tmp_path / "x.csv", precision="8-bit")
+    with pytest.raises(ValueError, match="onnx backend computes in float32"):
+        predict([two_runs[0]], demo_data.eval_dir, tmp_path / "x.csv", backend="onnx", precision="bf16-mixed")
+    assert not (tmp_path / "x.csv").exists()

@@ -15,18 +15,24 @@ import predict_cpu  # noqa: E402
 
 
 @pytest.mark.slow
-def test_benchmark_reports_both_backends(demo_data, tmp_path, tiny_config):
+def test_benchmark_reports_every_variant(demo_data, tmp_path, tiny_config):
     run = train(tiny_config("train.epochs=1", "train.limit_train_batches=1", "model.age_output=years")).run_dir
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     out = tmp_path / "predict-cpu.json"
     assert predict_cpu.main(["--run", str(run), "--data", str(demo_data.eval_dir), "--out", str(out),
-                             "--repeats", "2"]) == 0
+                             "--repeats", "2", "--bf16"]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == len(list((demo_data.eval_dir / "images").iterdir()))
     for key in ("wall_s", "cpu_s", "images_per_s", "model_only_images_per_s"):
-        assert set(report[key]) == {"torch", "onnx"} and all(v > 0 for v in report[key].values())
+        assert set(report[key]) == {"torch", "onnx", "torch_bf16"} and all(v > 0 for v in report[key].values())
     assert all(len(v) == 2 for v in report["wall_s_each"].values())
     assert report["answer_agreement"] >= 0.995 and report["max_prob_diff"] < 1e-3
+    for key in ("speedup_over_torch", "goal_met", "agreement_with_torch", "max_prob_diff_to_torch"):
+        assert set(report[key]) == {"onnx", "torch_bf16"}
+    assert report["speedup_over_torch"]["onnx"] == pytest.approx(1 / report["onnx_wall_share"], rel=0.05)
+    assert report["agreement_with_torch"]["onnx"] == report["answer_agreement"]
+    assert 0 < report["max_prob_diff_to_torch"]["torch_bf16"] < 0.1  # bfloat16 autocast was on, and close
+    assert report["goal_met"]["onnx"] == (report["onnx_wall_share"] <= 1 / 3)
     assert report["export_s"] > 0 and report["fold_models"] == 1
     # wall_s is rounded to ms; the share is computed before rounding
     assert report["onnx_wall_share"] == pytest.approx(report["wall_s"]["onnx"] / report["wall_s"]["torch"], rel=0.05)

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 # The PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel); see evaluate.Model.
 Backend = Literal["torch", "onnx"]
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
+PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")  # the Fabric precisions predict offers
 
 
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
@@ -353,6 +354,7 @@ def predict(
     backend: Backend = "torch",
     onnx_dir: Optional[Path | str] = None,
     group_people: Optional[bool] = None,
+    precision: Optional[str] = None,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
 
@@ -363,9 +365,16 @@ def predict(
     ``group_people`` and ``predict.group_people``.
     ``backend="onnx"`` predicts on the CPU with ONNX Runtime from the files ``maskstatus export``
     wrote (in each run's ``onnx/`` folder, or under ``onnx_dir``); a run not exported is an error.
+    ``precision`` (a Fabric precision of ``PRECISIONS``) overrides the first run's ``train.precision``
+    for the torch backend; ``bf16-mixed`` is faster on CPUs with bf16 instructions and on GPUs, at the
+    cost of answers that differ from float32 on about 1 % of images (``benchmarks/predict_cpu.py``).
     """
     if backend not in BACKENDS:
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "onnx" and precision not in (None, "32-true"):
+        raise UsageError(f"the onnx backend computes in float32; got precision={precision!r} (use --backend torch)")
     if backend == "onnx" and accelerator not in ("auto", "cpu"):
         raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
     if not run_dirs:
@@ -386,7 +395,7 @@ def predict(
     if backend == "onnx":  # ONNX Runtime computes in float32 on the CPU; Fabric only moves the batches
         fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
     else:
-        fabric = Fabric(accelerator=accelerator, devices=1, precision=runs[0][0].cfg.train.precision)
+        fabric = Fabric(accelerator=accelerator, devices=1, precision=precision or runs[0][0].cfg.train.precision)
     probs, years = predict_outputs(runs, table, fabric, batch_size, num_workers, progress, tta, weights, vote,
                                    group_people)
     return write_predictions(table, probs, Path(out), competition, years)
