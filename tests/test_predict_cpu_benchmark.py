@@ -20,7 +20,7 @@ def test_benchmark_reports_every_variant(demo_data, tmp_path, tiny_config):
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     out = tmp_path / "predict-cpu.json"
     assert predict_cpu.main(["--run", str(run), "--data", str(demo_data.eval_dir), "--out", str(out),
-                             "--repeats", "2", "--bf16"]) == 0
+                             "--repeats", "2", "--bf16", "--warmup-images", "5"]) == 0
     report = json.loads(out.read_text())
     assert report["images"] == len(list((demo_data.eval_dir / "images").iterdir()))
     for key in ("wall_s", "cpu_s", "images_per_s", "model_only_images_per_s"):
@@ -33,6 +33,7 @@ def test_benchmark_reports_every_variant(demo_data, tmp_path, tiny_config):
     assert report["agreement_with_torch"]["onnx"] == report["answer_agreement"]
     assert 0 < report["max_prob_diff_to_torch"]["torch_bf16"] < 0.1  # bfloat16 autocast was on, and close
     assert report["goal_met"]["onnx"] == (report["onnx_wall_share"] <= 1 / 3)
+    assert report["warmup_images"] == 5
     assert report["export_s"] > 0 and report["fold_models"] == 1
     # wall_s is rounded to ms; the share is computed before rounding
     assert report["onnx_wall_share"] == pytest.approx(report["wall_s"]["onnx"] / report["wall_s"]["torch"], rel=0.05)
