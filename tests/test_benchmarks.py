@@ -322,3 +322,19 @@ def test_pseudo_teachers_row_learns_from_the_teachers_models_of_its_fold(demo_da
     # Teachers trained on another split would have seen the row's held-out people.
     with pytest.raises(ValueError, match="not the reference's"):
         ablation.main([*args, "--rows", "taught elsewhere"])
+
+
+def test_train_step_benchmark_times_each_precision(tmp_path, tiny_overrides):
+    import train_step
+
+    out = tmp_path / "train-step.json"
+    assert train_step.main(["--config", str(ROOT / "configs" / "demo.yaml"), "--steps", "2", "--repeats", "2", "--out", str(out),
+                            *tiny_overrides]) == 0
+    report = json.loads(out.read_text())
+    each = report["train_step_images_per_s_each"]
+    assert list(each) == ["32-true", "bf16-mixed"] and all(len(v) == 2 and min(v) > 0 for v in each.values())
+    assert report["speedup_over_first"]["bf16-mixed"] == pytest.approx(
+        report["train_step_images_per_s"]["bf16-mixed"] / report["train_step_images_per_s"]["32-true"], rel=0.02)
+    assert report["batch_size"] == 16 and report["image_size"] == [48, 36]
+    for key in ("machine", "commit", "command"):
+        assert report[key]
