@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Optional
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -51,9 +52,12 @@ def default_images(run: Path) -> Path:
     return Path(cfg.data.root) / "eval" / "images"
 
 
-def start_server(run: Path, port: int, accelerator: str, timeout: float) -> subprocess.Popen:
+def start_server(run: Path, port: int, accelerator: str, timeout: float, backend: str = "torch",
+                 onnx_dir: Optional[str] = None) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "maskstatus.cli", "-q", "serve", str(run), "--host", "127.0.0.1",
-           "--port", str(port), "--accelerator", accelerator]
+           "--port", str(port), "--accelerator", accelerator, "--backend", backend]
+    if onnx_dir is not None:
+        cmd += ["--onnx-dir", onnx_dir]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -128,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=4, help="requests sent before measuring (model warm-up)")
     p.add_argument("--time-limit", type=float, default=600.0, help="stop sending after this many seconds")
     p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="the server's --backend (onnx: export the run first)")
+    p.add_argument("--onnx-dir", default=None, help="the server's --onnx-dir")
     p.add_argument("--out", default=None, help="JSON to write (default: print only)")
     args = p.parse_args(argv)
     if args.requests < 1 or args.clients < 1 or args.images_per_request < 1:
@@ -141,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     payloads, names = [f.read_bytes() for f in files], [f.name for f in files]
     port = free_port()
     load_before = os.getloadavg()
-    proc = start_server(run, port, args.accelerator, timeout=180)
+    proc = start_server(run, port, args.accelerator, timeout=180, backend=args.backend, onnx_dir=args.onnx_dir)
     url = f"http://127.0.0.1:{port}"
     try:
         load(url, payloads, names, args.warmup, 1, args.images_per_request, args.time_limit)

@@ -264,8 +264,15 @@ def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
     assert report["requests_ok"] == 12 and report["requests_failed"] == 0 and not report["stopped_by_time_limit"]
     assert 0 < report["latency_ms_p50"] <= report["latency_ms_p95"] <= report["latency_ms_max"]
     assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
-    assert report["server"]["models"] == 2
+    assert report["server"]["models"] == 2 and report["server"]["backend"] == "torch"
     assert "cpu" in report["machine"] and "serve_load.py" in report["command"]
+    from maskstatus.engine.export import export
+
+    export(cv_dir, out_dir=tmp_path / "onnx")
+    assert serve_load.main([*args[:-2], "--requests", "4", "--backend", "onnx", "--onnx-dir", str(tmp_path / "onnx"),
+                            "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["requests_ok"] == 4 and report["server"]["backend"] == "onnx"
 
 
 @pytest.mark.slow
@@ -315,3 +322,26 @@ def test_heatmaps_for_every_head(head):
         assert rgb.shape == (48, 36, 3) and rgb.dtype == np.uint8
     if len(maps) == 3:  # each task explains its own target, so the maps differ
         assert not np.array_equal(maps["mask"], maps["gender"])
+
+
+def test_onnx_backend_answers_as_pytorch_and_still_explains(cv_dir, demo_data, tmp_path):
+    from maskstatus.engine.export import export
+    from maskstatus.engine.onnx_model import OnnxModel
+
+    onnx_dir = tmp_path / "onnx"
+    with pytest.raises(FileNotFoundError, match="ONNX model not found"):  # at start-up, not on the first request
+        Predictor([cv_dir], accelerator="cpu", backend="onnx", onnx_dir=onnx_dir)
+    export(cv_dir, out_dir=onnx_dir)
+    predictor = Predictor([cv_dir], accelerator="cpu", backend="onnx", onnx_dir=onnx_dir)
+    assert len(predictor.prepared) == 2 and all(isinstance(m, OnnxModel) for m, _ in predictor.prepared.values())
+    paths = eval_images(demo_data, 5)
+    with TestClient(create_app(predictor)) as c:
+        assert c.get("/health").json()["backend"] == "onnx"
+        answers = post(c, paths).json()["images"]
+        for answer, probs in zip(answers, reference_probs(cv_dir, paths)):  # the PyTorch predict code's answers
+            assert answer["class"] == int(probs.argmax())
+            assert answer["class_prob"] == pytest.approx(float(probs.max()), abs=1e-4)
+        explained = post(c, paths[:1], "/explain").json()
+        assert set(explained["heatmaps"]) == set(TASKS) and explained["class"] == answers[0]["class"]
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        Predictor([cv_dir], accelerator="cuda", backend="onnx", onnx_dir=onnx_dir)

@@ -339,7 +339,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve.predictor import Predictor
 
     predictor = Predictor(args.run, checkpoint=args.checkpoint, accelerator=args.accelerator, tta=_tta_arg(args.tta),
-                          face_crop=not args.no_face_crop, max_pixels=args.max_pixels)
+                          face_crop=not args.no_face_crop, max_pixels=args.max_pixels, backend=args.backend,
+                          onnx_dir=args.onnx_dir)
     app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files)
     print(f"serving {predictor.model_count} model(s) on http://{args.host}:{args.port}/ (Ctrl+C stops)")
     serve(app, host=args.host, port=args.port)
@@ -589,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
     s.add_argument("--tta", action="append", default=None, metavar="NAME",
                    help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch (default), or onnx: the networks in ONNX Runtime on the CPU from `maskstatus export`'s "
+                        "files (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
+    s.add_argument("--onnx-dir", default=None, metavar="DIR",
+                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
     s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (default 40e6)")

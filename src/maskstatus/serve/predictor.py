@@ -5,7 +5,10 @@ prediction code's own: ``load_run`` and ``expand_runs`` load the runs,
 ``ImageCache`` resizes to the run's ``cache.size``, ``FaceDataset`` applies the
 run's eval transforms, ``infer`` runs the TTA views and ``vote_members`` joins
 the ensemble members. Only the source of the pixels differs: arrays already
-decoded (with ``load_rgb``'s rules) instead of file paths.
+decoded (with ``load_rgb``'s rules) instead of file paths. With
+``backend="onnx"`` the networks run in ONNX Runtime from ``maskstatus export``'s
+files, as ``predict --backend onnx`` runs them; Grad-CAM still needs gradients,
+so ``explain`` keeps the PyTorch weights for its heatmaps.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
 from ..data.images import ImageError, load_rgb
 from ..data.transforms import build_transforms
 from ..engine.ensemble import expand_runs
-from ..engine.predict import LoadedRun, cache_probs, load_run, vote_members
+from ..engine.predict import BACKENDS, LoadedRun, cache_probs, load_run, vote_members
+from ..errors import UsageError
 from ..engine.tta import tta_views
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
@@ -131,9 +135,16 @@ class Predictor:
         face_crop: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: Optional[int] = None,
+        backend: str = "torch",
+        onnx_dir: Optional[Path | str] = None,
     ) -> None:
         if not sources:
             raise ValueError("serve needs at least one run or CV folder")
+        if backend not in BACKENDS:
+            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend == "onnx" and accelerator not in ("auto", "cpu"):
+            raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
+        self.backend = backend
         if tta is not None:
             tta_views(tta)  # unknown names fail at start-up, not on the first request
         self.sources = [Path(s) for s in sources]
@@ -141,13 +152,18 @@ class Predictor:
         self.max_pixels = max_pixels
         self.batch_size = batch_size
         self.members: list[_Member] = []
+        onnx_models = {}  # id(torch run) -> the same run's ONNX export, which answers in its place
         for source in self.sources:
-            runs = [load_run(r, checkpoint, read_cuts(source)) for r in expand_runs([source])]
+            paths = expand_runs([source])
+            runs = [load_run(r, checkpoint, read_cuts(source)) for r in paths]
+            if backend == "onnx":  # a missing or stale export fails here, at start-up, naming the file
+                for run, path in zip(runs, paths):
+                    onnx_models[id(run)] = load_run(path, checkpoint, read_cuts(source), "onnx", onnx_dir).model
             cfg = runs[0].cfg
             self.members.append(_Member(source, runs, tuple(cfg.model.tasks), tuple(cfg.data.mask_states)))
         first = self.members[0].runs[0].cfg
         self.fabric = Fabric(accelerator=accelerator, devices=1, precision=first.train.precision)
-        self.prepared: dict[int, tuple[torch.nn.Module, object]] = {}  # id(run) -> its set-up model and transform
+        self.prepared: dict[int, tuple[object, object]] = {}  # id(run) -> the model that answers and its transform
         for member in self.members:
             for run in member.runs:
                 norm = model_data_config(run.model)
@@ -155,7 +171,8 @@ class Predictor:
                 model = run.model
                 if run.cfg.train.channels_last:
                     model = model.to(memory_format=torch.channels_last)
-                self.prepared[id(run)] = (self.fabric.setup_module(model), transform)
+                model = self.fabric.setup_module(model)
+                self.prepared[id(run)] = (onnx_models.get(id(run), model), transform)
         # Frame faces with the shape the first model was trained on (cache.size is height, width).
         self.aspect = cache_aspect(first.cache.size)
         # A run trained with data.face_crop saw only crops (predict crops for it too), so it gets them here
@@ -166,8 +183,8 @@ class Predictor:
         # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
         self.age_ranges = first.data.age.thresholds().names()
         self.lock = threading.Lock()
-        logger.info("serving %d model(s) from %s on %s", self.model_count, ", ".join(map(str, self.sources)),
-                    self.fabric.device)
+        logger.info("serving %d model(s) from %s on %s (%s)", self.model_count, ", ".join(map(str, self.sources)),
+                    self.fabric.device, "ONNX Runtime" if backend == "onnx" else "PyTorch")
 
     @property
     def model_count(self) -> int:
@@ -178,6 +195,7 @@ class Predictor:
             "sources": [str(s) for s in self.sources],
             "models": self.model_count,
             "device": str(self.fabric.device),
+            "backend": self.backend,
             "face_crop": self.detector is not None,
             "max_pixels": self.max_pixels,
         }
