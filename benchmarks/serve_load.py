@@ -53,11 +53,13 @@ def default_images(run: Path) -> Path:
 
 
 def start_server(run: Path, port: int, accelerator: str, timeout: float, backend: str = "torch",
-                 onnx_dir: Optional[str] = None) -> subprocess.Popen:
+                 onnx_dir: Optional[str] = None, face_crop: bool = True) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "maskstatus.cli", "-q", "serve", str(run), "--host", "127.0.0.1",
            "--port", str(port), "--accelerator", accelerator, "--backend", backend]
     if onnx_dir is not None:
         cmd += ["--onnx-dir", onnx_dir]
+    if not face_crop:
+        cmd.append("--no-face-crop")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -135,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="the server's --backend (onnx: export the run first)")
     p.add_argument("--onnx-dir", default=None, help="the server's --onnx-dir")
+    p.add_argument("--no-face-crop", action="store_true",
+                   help="the server's --no-face-crop: no face detection (for images that are face crops already)")
     p.add_argument("--out", default=None, help="JSON to write (default: print only)")
     args = p.parse_args(argv)
     if args.requests < 1 or args.clients < 1 or args.images_per_request < 1:
@@ -148,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     payloads, names = [f.read_bytes() for f in files], [f.name for f in files]
     port = free_port()
     load_before = os.getloadavg()
-    proc = start_server(run, port, args.accelerator, timeout=180, backend=args.backend, onnx_dir=args.onnx_dir)
+    proc = start_server(run, port, args.accelerator, timeout=180, backend=args.backend, onnx_dir=args.onnx_dir,
+                        face_crop=not args.no_face_crop)
     url = f"http://127.0.0.1:{port}"
     try:
         load(url, payloads, names, args.warmup, 1, args.images_per_request, args.time_limit)

@@ -270,9 +270,10 @@ def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
 
     export(cv_dir, out_dir=tmp_path / "onnx")
     assert serve_load.main([*args[:-2], "--requests", "4", "--backend", "onnx", "--onnx-dir", str(tmp_path / "onnx"),
-                            "--out", str(out)]) == 0
+                            "--no-face-crop", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["requests_ok"] == 4 and report["server"]["backend"] == "onnx"
+    assert report["server"]["face_crop"] is False and "--no-face-crop" in report["command"]
 
 
 @pytest.mark.slow
