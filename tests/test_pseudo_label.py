@@ -103,3 +103,15 @@ def test_cli_writes_the_chosen_folds_and_prints_the_overrides(teachers, demo_dat
     printed = capsys.readouterr().out
     assert f"data.pseudo.probs={out / 'fold{fold}.probs.csv'}" in printed
     assert f"split.folds_file={out / 'folds.csv'}" in printed
+
+
+def test_cli_predicts_the_teachers_with_onnx_as_with_pytorch(teachers, demo_data, tmp_path):
+    _, a, b = teachers
+    onnx_dir = tmp_path / "onnx"
+    for cv in (a, b):
+        assert main(["export", str(cv), "--out", str(onnx_dir)]) == 0
+    common = ["pseudo-label", "--teacher", str(a), "--teacher", str(b), "--data", str(demo_data.eval_dir), "--folds", "0"]
+    assert main([*common, "--out", str(tmp_path / "torch")]) == 0
+    assert main([*common, "--out", str(tmp_path / "onnx-out"), "--backend", "onnx", "--onnx-dir", str(onnx_dir)]) == 0
+    torch_probs, onnx_probs = (pd.read_csv(tmp_path / d / "fold0.probs.csv") for d in ("torch", "onnx-out"))
+    np.testing.assert_allclose(onnx_probs[PROBS].to_numpy(), torch_probs[PROBS].to_numpy(), atol=1e-4)

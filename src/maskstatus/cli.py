@@ -161,15 +161,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.run,
         Path(args.data),
         Path(args.out),
-        checkpoint=args.checkpoint,
-        batch_size=args.batch_size,
-        accelerator=args.accelerator,
-        num_workers=args.num_workers,
-        tta=_tta_arg(args.tta),
-        backend=args.backend,
-        onnx_dir=args.onnx_dir,
-        group_people=args.group_people,
-        precision=args.precision,
+        **_prediction_options(args),
     )
     print(f"submission: {sub}")
     print(f"probabilities: {probs}")
@@ -186,6 +178,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
               f"{c['max_prob_diff']:.2g} in probabilities, same class on {c['class_agreement']:.1%}")
         print(f"  sidecar: {result.sidecar}")
     return 0
+
+
+def _prediction_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``predict`` that ``_add_prediction_options`` parsed."""
+    return {"checkpoint": args.checkpoint, "batch_size": args.batch_size, "accelerator": args.accelerator,
+            "num_workers": args.num_workers, "tta": _tta_arg(args.tta), "backend": args.backend,
+            "onnx_dir": args.onnx_dir, "group_people": args.group_people, "precision": args.precision}
 
 
 def _tta_arg(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -237,17 +236,9 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             args.run,
             Path(args.data),
             Path(args.out),
-            checkpoint=args.checkpoint,
-            batch_size=args.batch_size,
-            accelerator=args.accelerator,
-            num_workers=args.num_workers,
-            tta=_tta_arg(args.tta),
             weights=args.weights,
             vote=args.vote,
-            backend=args.backend,
-            onnx_dir=args.onnx_dir,
-            group_people=args.group_people,
-            precision=args.precision,
+            **_prediction_options(args),
         )
         print(f"submission: {sub}")
         print(f"probabilities: {probs}")
@@ -258,7 +249,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
 
     files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
-                               batch_size=args.batch_size, accelerator=args.accelerator, num_workers=args.num_workers)
+                               **_prediction_options(args))
     for f in files:
         print(f"teacher probabilities: {f}")
     out = Path(args.out)
@@ -537,10 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="DIR",
                    help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
     s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
-    s.add_argument("--batch-size", type=int, default=None, help="default: each run's train.eval_batch_size")
-    s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
-    s.add_argument("--num-workers", type=_workers_arg, default=0,
-                   help="DataLoader workers, or auto: one per core less one (default 0)")
+    _add_prediction_options(s)
     s.set_defaults(fn=_cmd_pseudo_label)
 
     s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")

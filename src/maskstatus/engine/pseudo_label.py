@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -51,16 +51,16 @@ def fold_teacher_probs(
     data: Union[Path, str],
     out_dir: Union[Path, str],
     folds: Optional[Sequence[int]] = None,
-    batch_size: Optional[int] = None,
-    accelerator: str = "auto",
-    num_workers: Union[int, str] = 0,
     progress: bool = True,
+    **predict_options: Any,
 ) -> list[Path]:
     """For each fold k, the eval predictions of the teachers' fold-k models, soft-voted: ``out_dir/fold<k>.probs.csv``.
 
     ``teachers`` are CV folders sharing one fold assignment (copied to ``out_dir/folds.csv``, to train the
     student on with ``split.folds_file``). ``folds`` defaults to every fold of the first teacher's split.
     Each file holds the predicted years too where a teacher regresses the age. Returns the files, in fold order.
+    ``predict_options`` go to ``predict`` as they are (``batch_size``, ``accelerator``, ``backend``, ``onnx_dir``,
+    ``precision``, ``tta``, ...).
     """
     teachers = [Path(t) for t in teachers]
     if not teachers:
@@ -78,7 +78,6 @@ def fold_teacher_probs(
     written = []
     for k in todo:
         logger.info("fold %d: eval predictions of %s", k, ", ".join(str(r) for r in runs[k]))
-        _, probs = predict(runs[k], data, out_dir / f"fold{k}.csv", batch_size=batch_size, accelerator=accelerator,
-                           num_workers=num_workers, progress=progress)
+        _, probs = predict(runs[k], data, out_dir / f"fold{k}.csv", progress=progress, **predict_options)
         written.append(probs)
     return written
