@@ -88,3 +88,45 @@ def test_early_stopping_and_folds_file_reuse(tiny_config):
     second = train(cfg)
     assert RunDir(second.run_dir).folds.read_text() == folds_csv.read_text()
     assert second.epochs_run < 6  # a learning rate of 1e-9 never improves on epoch 0
+
+
+def test_without_holdout_every_person_is_trained_on_and_the_last_epoch_kept(tiny_config, demo_data, tmp_path, capsys):
+    from maskstatus.cli import main
+    from maskstatus.engine.predict import predict
+    from maskstatus.engine.train import _prepare_data
+
+    cfg = tiny_config("split.holdout=false", "train.epochs=2", "train.limit_train_batches=2", "train.ema_decay=0.9")
+    data = _prepare_data(cfg, None)
+    assert len(data.train_rows) == len(data.table) and len(data.val_rows) == 0
+    result = train(cfg)
+    run = RunDir(result.run_dir)
+    metrics = pd.read_csv(run.metrics)
+    assert metrics["epoch"].tolist() == [0, 1] and not [c for c in metrics if c.startswith("val_")]
+    best, last = load_checkpoint(run.best), load_checkpoint(run.last)
+    assert result.best_epoch == best["epoch"] == last["epoch"] == 1 and best["metrics"] == {}
+    for key, value in best["model"].items():  # the EMA weights of the last epoch
+        torch.testing.assert_close(value, last["ema"][key])
+    assert not (run.predictions / "oof.csv").exists() and not (run.plots / "confusion.png").exists()
+    assert (run.plots / "curves.png").is_file()
+    sub, _ = predict([run.root], demo_data.eval_dir, tmp_path / "sub.csv", progress=False)
+    assert pd.read_csv(sub)["ans"].between(0, 17).all()
+    assert main(["train", "--config", str(run.config), "train.epochs=1"]) == 0
+    assert "trained on every person (split.holdout=false): best.pt holds epoch 0" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run.root), "train.epochs=3"]) == 0  # resumed: still the last epoch kept
+    assert pd.read_csv(run.metrics)["epoch"].tolist() == [0, 1, 2] and load_checkpoint(run.best)["epoch"] == 2
+
+
+@pytest.mark.parametrize("needs", ["scheduler.name=plateau", "train.early_stopping_patience=2"])
+def test_without_holdout_nothing_may_need_validation(tiny_config, needs):
+    from maskstatus.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"split.holdout=false .*{needs.split('=')[0]}"):
+        tiny_config("split.holdout=false", needs)
+
+
+def test_cv_refuses_a_config_without_holdout(tiny_config):
+    from maskstatus.config import ConfigError
+    from maskstatus.engine.cv import run_cv
+
+    with pytest.raises(ConfigError, match="use maskstatus train"):
+        run_cv(tiny_config("split.holdout=false"))

@@ -86,7 +86,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
     result = train(cfg, resume=args.resume)
     if result is not None and result.is_global_zero:
-        print(f"best val macro F1 {result.best_f1:.4f} at epoch {result.best_epoch}")
+        if cfg.split.holdout:
+            print(f"best val macro F1 {result.best_f1:.4f} at epoch {result.best_epoch}")
+        else:
+            print(f"trained on every person (split.holdout=false): best.pt holds epoch {result.best_epoch}")
         print(f"run folder: {result.run_dir}")
     return 0
 

@@ -122,6 +122,9 @@ class SplitConfig(_Section):
     )
     folds: int = Field(5, ge=2)
     fold: int = Field(0, ge=0, description="the held-out fold")
+    holdout: bool = Field(True, description="false: train on every person, the held-out fold too, with nothing to "
+                          "validate on (the final model, once CV has chosen the recipe and its epochs); the last "
+                          "epoch's weights are kept as best.pt")
     seed: int = 42
     folds_file: Optional[Path] = Field(None, description="reuse this folds.csv (e.g. from another run)")
 
@@ -340,6 +343,20 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
+
+    @model_validator(mode="after")
+    def _without_holdout_nothing_needs_validation(self) -> "Config":
+        if self.split.holdout:
+            return self
+        needs = [f"{key}={value}" for key, value, used in (
+            ("scheduler.name", self.scheduler.name, self.scheduler.name == "plateau"),
+            ("train.early_stopping_patience", self.train.early_stopping_patience,
+             self.train.early_stopping_patience > 0),
+        ) if used]
+        if needs:
+            raise ValueError(f"split.holdout=false leaves nothing to validate on, which {' and '.join(needs)} "
+                             "need: use a fixed schedule (e.g. scheduler.name=cosine) without early stopping")
+        return self
 
     @model_validator(mode="after")
     def _experts_do_not_predict_the_mask(self) -> "Config":

@@ -91,8 +91,11 @@ def split_rows(
     fold: int,
     drop_bands: Sequence[tuple[int, int]] = (),
     mask_codes: Optional[Sequence[int]] = None,
+    holdout: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row numbers of `table` (with its `fold` column) to train on and to validate on for held-out `fold`.
+
+    Without `holdout` every row is trained on and none validated on (`fold` is then ignored).
 
     Ages inside a `drop_bands` range ([lo, hi], inclusive) are left out of training, never of validation:
     next to a group boundary they are the noisiest labels. With `mask_codes`, training keeps only faces of
@@ -100,8 +103,10 @@ def split_rows(
     expert by the mask model's probability on every image and so needs its predictions for all of them.
     """
     fold_of_row = table["fold"].to_numpy()
-    train_rows = np.flatnonzero(fold_of_row != fold)
-    val_rows = np.flatnonzero(fold_of_row == fold)
+    if holdout:
+        train_rows, val_rows = np.flatnonzero(fold_of_row != fold), np.flatnonzero(fold_of_row == fold)
+    else:
+        train_rows, val_rows = np.arange(len(table)), np.arange(0)
     if drop_bands:
         ages = table["age"].to_numpy()[train_rows]
         in_band = np.zeros(len(train_rows), dtype=bool)
@@ -114,6 +119,6 @@ def split_rows(
     if mask_codes is not None:
         train_rows = train_rows[np.isin(table["mask"].to_numpy()[train_rows], list(mask_codes))]
         logger.info("mask states %s: %d training images", list(mask_codes), len(train_rows))
-    if len(train_rows) == 0 or len(val_rows) == 0:
+    if len(train_rows) == 0 or (holdout and len(val_rows) == 0):
         raise ConfigError(f"split.fold={fold} leaves {len(train_rows)} training and {len(val_rows)} validation images")
     return train_rows, val_rows

@@ -40,7 +40,7 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
-from ..config import Config, load_config, save_config
+from ..config import Config, ConfigError, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..labels import PROB_COLUMNS
@@ -80,6 +80,9 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         cfg = load_cv_config(cv_dir).model_copy(update={"train": cfg.train})
         todo = fold_list(cfg, folds)
     else:
+        if not cfg.split.holdout:
+            raise ConfigError("split.holdout=false trains on every person, so a CV has no folds to hold out: "
+                              "use maskstatus train for that final model")
         todo = fold_list(cfg, folds)
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)

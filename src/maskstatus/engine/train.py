@@ -229,15 +229,14 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         started_at, t0 = time.time(), time.perf_counter()
         train_loss, seen = _train_epoch(fabric, parts, cfg, epoch)
         train_time = time.perf_counter() - t0
-        val = _validate(fabric, parts, cfg, data.table, epoch)
+        val = _validate(fabric, parts, cfg, data.table, epoch) if parts.val_loader is not None else None
         lr = parts.scheduler.lr
-        parts.scheduler.step(val.metrics["score"])
+        parts.scheduler.step(val.metrics["score"] if val else None)
         improved = progress.record({
             "epoch": epoch,
             "lr": lr,
             "train_loss": train_loss,
-            "val_loss": val.loss,
-            **{f"val_{k}": v for k, v in val.metrics.items()},
+            **({"val_loss": val.loss, **{f"val_{k}": v for k, v in val.metrics.items()}} if val else {}),
             "train_images": seen,
             "train_time_s": train_time,
             "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
@@ -245,12 +244,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
             "train_start_time": started_at,
         })
         saver.save(epoch, parts, progress, val, improved)
-        m = val.metrics
-        logger.info(
-            "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f) score %.4f%s",
-            epoch, train_loss, val.loss, m["f1"], m["mask_f1"], m["gender_f1"], m["age_f1"], m["score"],
-            " *" if improved else "",
-        )
+        _log_epoch(epoch, train_loss, val, improved)
         fabric.barrier()
         if cfg.train.early_stopping_patience and progress.stale >= cfg.train.early_stopping_patience:
             logger.info("early stop: no macro-F1 gain for %d epochs", progress.stale)
@@ -259,6 +253,18 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     saver.close(progress.history)
     return TrainResult(run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history,
                        fabric.is_global_zero)
+
+
+def _log_epoch(epoch: int, train_loss: float, val: Optional["Validation"], improved: bool) -> None:
+    if val is None:
+        logger.info("epoch %d: train_loss %.4f (no held-out fold)", epoch, train_loss)
+        return
+    m = val.metrics
+    logger.info(
+        "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f) score %.4f%s",
+        epoch, train_loss, val.loss, m["f1"], m["mask_f1"], m["gender_f1"], m["age_f1"], m["score"],
+        " *" if improved else "",
+    )
 
 
 @dataclass
@@ -290,8 +296,11 @@ def _prepare_data(cfg: Config, resume: Optional[str]) -> TrainData:
         table, pseudo_record = _add_pseudo_labels(cfg, table)
     expert = len(cfg.data.mask_codes()) < len(MASK_NAMES)
     train_rows, val_rows = split_rows(table, cfg.split.fold, cfg.data.age.drop_bands,
-                                      cfg.data.mask_codes() if expert else None)
-    logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
+                                      cfg.data.mask_codes() if expert else None, cfg.split.holdout)
+    if cfg.split.holdout:
+        logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
+    else:
+        logger.info("split.holdout=false: %d train images (every person), none held out", len(train_rows))
     return TrainData(table, folds, train_rows, val_rows, pseudo_record, run, resume_state)
 
 
@@ -310,7 +319,7 @@ class TrainParts:
     train_set: FaceDataset
     train_loader: DataLoader
     train_sampler: Any
-    val_loader: DataLoader
+    val_loader: Optional[DataLoader]  # None without a held-out fold (split.holdout=false)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -360,7 +369,7 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed, normalize=train_norm)
     val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed, normalize=eval_norm)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
-    val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric)
+    val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric) if len(val_set) else None
 
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -416,8 +425,14 @@ class Progress:
     stale: int = 0
 
     def record(self, row: dict[str, Any]) -> bool:
-        """Append an epoch's row; True when its validation score is the best so far."""
+        """Append an epoch's row; True when its validation score is the best so far.
+
+        Without a held-out fold (no score) every epoch is kept: the last one's weights become best.pt.
+        """
         self.history.append(row)
+        if "val_score" not in row:
+            self.best_epoch, self.stale = row["epoch"], 0
+            return True
         score = row["val_score"]
         if score > self.best_score:
             self.best_score, self.best_epoch, self.stale = score, row["epoch"], 0
@@ -480,7 +495,8 @@ class EpochSaver:
 
             self.tb = SummaryWriter(log_dir=str(run.tensorboard))
 
-    def save(self, epoch: int, parts: TrainParts, progress: Progress, val: Validation, improved: bool) -> None:
+    def save(self, epoch: int, parts: TrainParts, progress: Progress, val: Optional[Validation],
+             improved: bool) -> None:
         if not self.fabric.is_global_zero:
             return
         for k, v in progress.history[-1].items():
@@ -490,9 +506,10 @@ class EpochSaver:
         state = self._state(epoch, parts, progress)
         if improved:
             best_weights = state["ema"] if parts.ema is not None else state["model"]
-            atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": val.metrics,
+            atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": val.metrics if val else {},
                                "config": state["config"]}, self.run.best)
-            self._save_best_predictions(val)
+            if val is not None:
+                self._save_best_predictions(val)
         atomic_save_torch(state, self.run.last)
 
     def close(self, history: list[dict[str, Any]]) -> None:
