@@ -338,3 +338,44 @@ def test_train_step_benchmark_times_each_precision(tmp_path, tiny_overrides):
     assert report["batch_size"] == 16 and report["image_size"] == [48, 36]
     for key in ("machine", "commit", "command"):
         assert report[key]
+
+
+def test_learning_curve_scores_every_size_on_the_same_people(demo_data, tmp_path, tiny_overrides):
+    import pandas as pd
+
+    import learning_curve
+    from maskstatus.config import load_config
+    from maskstatus.data.folds import make_folds
+    from maskstatus.engine.train import load_train_table
+
+    cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={demo_data.root}", *tiny_overrides])
+    folds_file = tmp_path / "folds.csv"
+    make_folds(load_train_table(cfg), cfg.split.folds, cfg.split.seed).to_csv(folds_file, index=False)
+    out = tmp_path / "curve.json"
+    common = ["--config", str(ROOT / "configs" / "demo.yaml"), "--folds-file", str(folds_file), "--fold", "0",
+              "--work", str(tmp_path / "work"), "--out", str(out), f"data.root={demo_data.root}", *tiny_overrides,
+              "train.epochs=1", "train.limit_train_batches=1", "scheduler.warmup_epochs=0"]
+    assert learning_curve.main([*common, "--drop", "1"]) == 0
+    report = json.loads(out.read_text())
+    full, fewer = report["sizes"]
+    folds = pd.read_csv(folds_file, dtype={"person_id": str})
+    assert full["training_people"] == (folds["fold"] != 0).sum()
+    assert fewer["training_people"] == (~folds["fold"].isin([0, 1])).sum() and fewer["dropped_folds"] == [1]
+    assert report["scored_people"] == (folds["fold"] == 0).sum()
+    # the smaller run never saw the dropped people, and both were scored on fold 0's people only
+    subset = pd.read_csv(tmp_path / "work" / "drop-1" / "train" / "train.csv", dtype=str)
+    assert set(subset["id"]).isdisjoint(folds.loc[folds["fold"] == 1, "person_id"])
+    for size in (full, fewer):
+        oof = pd.read_csv(Path(size["run"]) / "predictions" / "oof.csv", dtype={"person_id": str})
+        assert set(oof["person_id"]) == set(folds.loc[folds["fold"] == 0, "person_id"])
+    gain = fewer["against_all"]
+    assert gain["f1_gain"] == pytest.approx(fewer["oof_f1"] - full["oof_f1"])
+    assert gain["f1_gain_ci"][0] <= gain["f1_gain"] <= gain["f1_gain_ci"][1]
+    # runs already trained are reported, not trained again
+    runs_before = sorted((tmp_path / "work" / "runs").iterdir())
+    assert learning_curve.main([*common, "--drop", "1", "--run-for", f"all={full['run']}",
+                                "--run-for", f"1={fewer['run']}"]) == 0
+    assert sorted((tmp_path / "work" / "runs").iterdir()) == runs_before
+    assert json.loads(out.read_text())["sizes"] == report["sizes"]
+    with pytest.raises(SystemExit):
+        learning_curve.main([*common, "--drop", "0"])
