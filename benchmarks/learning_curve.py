@@ -82,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     for drop in args.drop:
         if args.fold in drop:
             p.error(f"--drop {drop} holds the scored fold {args.fold}")
+    unknown = set(given) - {ALL, *(",".join(map(str, d)) for d in args.drop)}
+    if unknown:
+        p.error(f"--run-for names no size of this curve: {', '.join(sorted(unknown))} (use {ALL} or a --drop set)")
 
     base = load_config(args.config, [*args.overrides, f"split.folds_file={args.folds_file}", f"split.fold={args.fold}"])
     folds = read_folds(args.folds_file)

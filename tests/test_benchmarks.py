@@ -379,3 +379,5 @@ def test_learning_curve_scores_every_size_on_the_same_people(demo_data, tmp_path
     assert json.loads(out.read_text())["sizes"] == report["sizes"]
     with pytest.raises(SystemExit):
         learning_curve.main([*common, "--drop", "0"])
+    with pytest.raises(SystemExit):  # a run for a size the curve does not have
+        learning_curve.main([*common, "--drop", "1", "--run-for", f"2={fewer['run']}"])
