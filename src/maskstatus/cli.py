@@ -391,6 +391,15 @@ def _add_report_commands(sub) -> None:
 # ---- end reports
 
 
+def _add_backend_options(s: argparse.ArgumentParser, pre: str = "", note: str = "") -> None:
+    """--backend and --onnx-dir: shared by the prediction options and serve."""
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help=f"{pre}torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
+                        f"wrote; export every run first, a run without its export is an error{note}")
+    s.add_argument("--onnx-dir", default=None, metavar="DIR",
+                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
+
+
 def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str] = None) -> None:
     """How images are predicted: shared by predict and ensemble (where they apply to ``only_with``)."""
     pre = f"for {only_with}: " if only_with else ""
@@ -403,14 +412,10 @@ def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str]
     s.add_argument("--tta", action="append", default=None, metavar="NAME",
                    help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
                         "repeat to add more, 'none' for none (default: each run's predict.tta)")
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help=f"{pre}torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
-                        "wrote; export every run first, a run without its export is an error")
+    _add_backend_options(s, pre)
     s.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None,
                    help=f"{pre}torch backend: bf16-mixed is faster on GPUs and on CPUs with bf16 instructions, with "
                         "answers that differ from float32 on about 1%% of images (default: the run's train.precision)")
-    s.add_argument("--onnx-dir", default=None, metavar="DIR",
-                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
     s.add_argument("--group-people", action=argparse.BooleanOptionalAction, default=None,
                    help=f"{pre}group the photos of one person by face similarity and make their gender and age "
                         "consistent (never reads names or order), or not (default: each run's predict.group_people)")
@@ -581,11 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
     s.add_argument("--tta", action="append", default=None, metavar="NAME",
                    help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch (default), or onnx: the networks in ONNX Runtime on the CPU from `maskstatus export`'s "
-                        "files (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
-    s.add_argument("--onnx-dir", default=None, metavar="DIR",
-                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
+    _add_backend_options(s, note=" (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
     s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
     s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (default 40e6)")

@@ -35,6 +35,18 @@ BACKENDS: tuple[str, ...] = ("torch", "onnx")
 PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")  # the Fabric precisions predict offers
 
 
+def check_backend(backend: str, accelerator: str, precision: Optional[str] = None) -> None:
+    """Refuse a backend, device and precision that cannot go together (predict and serve share these rules)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if precision is not None and precision not in PRECISIONS:
+        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if backend == "onnx" and precision not in (None, "32-true"):
+        raise UsageError(f"the onnx backend computes in float32; got precision={precision!r} (use --backend torch)")
+    if backend == "onnx" and accelerator not in ("auto", "cpu"):
+        raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
+
+
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
     """A competition eval folder (info.csv + images/, or a parent holding eval/), else any image folder.
 
@@ -369,14 +381,7 @@ def predict(
     for the torch backend; ``bf16-mixed`` is faster on CPUs with bf16 instructions and on GPUs, at the
     cost of answers that differ from float32 on about 1 % of images (``benchmarks/predict_cpu.py``).
     """
-    if backend not in BACKENDS:
-        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision is not None and precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if backend == "onnx" and precision not in (None, "32-true"):
-        raise UsageError(f"the onnx backend computes in float32; got precision={precision!r} (use --backend torch)")
-    if backend == "onnx" and accelerator not in ("auto", "cpu"):
-        raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
+    check_backend(backend, accelerator, precision)
     if not run_dirs:
         raise UsageError("predict needs at least one run folder")
     check_output(out)

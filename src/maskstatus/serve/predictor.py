@@ -32,8 +32,7 @@ from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
 from ..data.images import ImageError, load_rgb
 from ..data.transforms import build_transforms
 from ..engine.ensemble import expand_runs
-from ..engine.predict import BACKENDS, LoadedRun, cache_probs, load_run, vote_members
-from ..errors import UsageError
+from ..engine.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
 from ..engine.tta import tta_views
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
@@ -140,10 +139,7 @@ class Predictor:
     ) -> None:
         if not sources:
             raise ValueError("serve needs at least one run or CV folder")
-        if backend not in BACKENDS:
-            raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if backend == "onnx" and accelerator not in ("auto", "cpu"):
-            raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
+        check_backend(backend, accelerator)
         self.backend = backend
         if tta is not None:
             tta_views(tta)  # unknown names fail at start-up, not on the first request
