@@ -8,7 +8,9 @@ Soft-votes the members' out-of-fold predictions (``maskstatus ensemble``'s
 and reports for each member and for the ensemble the macro F1 overall and per
 task with 90 % person-bootstrap intervals; the ensemble's gain over its best
 member with a paired interval (the same resampled people for both), and each
-member's difference from the first likewise; and, where
+member's difference from the first likewise; where the ensemble's score goes
+(its F1 with each task's answer made right, and, where the first member's
+train table can be read, its age error by band of given age); and, where
 the members regress the age, the same after age cut points tuned out of fold
 (cross-fitted: tuned on half of the people, scored on the other half). Reads
 OOF tables only: seconds, no training.
@@ -31,10 +33,11 @@ import pandas as pd  # noqa: E402
 from proxy import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
+from maskstatus.analysis.headroom import given_years, oof_headroom  # noqa: E402
 from maskstatus.bootstrap import Interval  # noqa: E402
 from maskstatus.engine.age_cuts import cross_fitted_oof  # noqa: E402
 from maskstatus.engine.ensemble import ensemble_oof  # noqa: E402
-from maskstatus.engine.oof import KEY_COLUMNS, read_oof  # noqa: E402
+from maskstatus.engine.oof import KEY_COLUMNS, member_config, read_oof  # noqa: E402
 from maskstatus.engine.score import oof_interval  # noqa: E402
 from maskstatus.labels import DEFAULT_AGE_THRESHOLDS  # noqa: E402
 
@@ -90,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(ensemble),
         "people": ens_interval.people,
     }
+    first = member_config(args.member[0])
+    report["where_the_score_goes"] = oof_headroom(ensemble, given_years(first, ensemble) if first else None)
     if has_years(ensemble) and all(has_years(m) for m in members):
         tuned = [oof_interval(cross_fitted_oof(t, DEFAULT_AGE_THRESHOLDS), n_boot=args.boot)
                  for t in (*members, ensemble)]

@@ -62,6 +62,11 @@ def test_reports_members_ensemble_and_the_paired_gain(tmp_path):
     for key in ("oof_f1_ci", "oof_mask_f1_ci", "oof_gender_f1_ci", "oof_age_f1_ci"):
         lo, hi = report["ensemble"][key]
         assert lo <= report["ensemble"][key.removesuffix("_ci")] <= hi
+    room = report["where_the_score_goes"]
+    assert room["headroom"]["f1"] == report["ensemble"]["oof_f1"]
+    # Every wrong answer of the made-up members is the next class, which always moves the age group.
+    assert room["headroom"]["f1_true_age"] > room["headroom"]["f1"]
+    assert "age_by_band" not in room  # made-up runs: no config, so no train table to read the given years from
     tuned = report["tuned_cuts_cross_fitted"]
     assert len(tuned["members"]) == 2 and 0.0 <= tuned["ensemble"]["oof_f1"] <= 1.0
     assert report["commit"] and report["command"]

@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from maskstatus.analysis.eda import NEAR_DUPLICATE_BITS, analyse, find_duplicates, phash, render
+from maskstatus.analysis.headroom import task_headroom
 from maskstatus.analysis.html import write_page
 from maskstatus.analysis.report import _class_intervals, calibration
 from maskstatus.cli import main
@@ -27,7 +28,7 @@ from maskstatus.metrics import compute_metrics
 
 EDA_SECTIONS = ("summary", "classes", "tasks", "gender-age", "age", "race", "images", "samples", "duplicates",
                 "problems")
-REPORT_SECTIONS = ("summary", "curves", "confusion", "per-class", "calibration", "mistakes", "config")
+REPORT_SECTIONS = ("summary", "curves", "confusion", "per-class", "calibration", "headroom", "mistakes", "config")
 
 
 def _page(path: Path) -> str:
@@ -264,6 +265,10 @@ def _check_report(text: str, run: Path) -> None:
     per_class = _table_rows(_section(text, "per-class"), "per-class-table")
     assert [int(r[2]) for r in per_class] == counts.tolist()
     assert [int(r[4]) for r in per_class] == np.bincount(probs.argmax(axis=1), minlength=NUM_CLASSES).tolist()
+    room = task_headroom(labels, probs)
+    headroom = _section(text, "headroom")
+    assert f"<b>{room['f1']:.4f}</b><span>macro F1 as predicted" in headroom
+    assert f"<b>{room['f1_true_age']:.4f} (+{room['f1_true_age'] - room['f1']:.3f})</b>" in headroom
     wrong = int((probs.argmax(axis=1) != labels).sum())
     assert _section(text, "mistakes").count('class="card"') == min(24, wrong)
     assert (run / ("cv_config.yaml" if (run / "cv_config.yaml").exists() else "config.yaml")).read_text().splitlines()[0] \

@@ -2,11 +2,13 @@
 
 Everything is computed from files the run already wrote: its config, each
 fold's ``metrics.csv`` (learning curves), the out-of-fold predictions
-(``engine.oof.read_oof``, so tuned age cut points apply) and, for a CV
-folder, ``cv_metrics.json``. Sections: headline scores, config, curves, the
-18-class and per-task confusion matrices, per-class precision / recall / F1
-with intervals from resampling people, a reliability plot, the most confident
-wrong predictions as thumbnails, and the fold-to-fold spread.
+(``engine.oof.read_oof``, so tuned age cut points apply), for a CV
+folder ``cv_metrics.json``, and the train table again for the given ages.
+Sections: headline scores, config, curves, the 18-class and per-task
+confusion matrices, per-class precision / recall / F1 with intervals from
+resampling people, a reliability plot, where the score goes (each task's
+headroom, the age error by band), the most confident wrong predictions as
+thumbnails, and the fold-to-fold spread.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from ..age import AGE_MEAN
 from ..bootstrap import class_count_replicates
 from ..engine.ensemble import expand_runs
 from ..engine.oof import member_config, read_oof
@@ -38,6 +41,7 @@ from ..labels import (
 )
 from ..metrics import compute_metrics, confusion
 from . import html as H
+from .headroom import BAND_YEARS, given_years, oof_headroom
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +66,7 @@ class ReportResult:
     metrics: dict[str, float]
     runs: list[Path] = field(default_factory=list)
     cv_summary: Optional[dict[str, Any]] = None
+    years: Optional[np.ndarray] = None  # given age of each OOF row, where the train table could be read
 
     @property
     def images(self) -> int:
@@ -200,7 +205,8 @@ def analyse_run(path: str | Path) -> ReportResult:
             summary = json.loads((path / CV_METRICS).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"cannot read {path / CV_METRICS}: {err}") from None
-    return ReportResult(path, is_cv, config_file, thresholds, oof, metrics, runs, summary)
+    years = given_years(cfg, oof) if cfg is not None else None
+    return ReportResult(path, is_cv, config_file, thresholds, oof, metrics, runs, summary, years)
 
 
 # ----------------------------------------------------------------- render
@@ -319,6 +325,43 @@ def _calibration_section(r: ReportResult) -> str:
             + "</div>")
 
 
+def _headroom_section(r: ReportResult) -> str:
+    from matplotlib.figure import Figure
+
+    found = oof_headroom(r.oof, r.years)
+    room = found["headroom"]
+    kpis = H.kpis([("macro F1 as predicted", f"{room['f1']:.4f}"),
+                   *[(f"with the {t} always right", f"{room[f'f1_true_{t}']:.4f} "
+                      f"(+{room[f'f1_true_{t}'] - room['f1']:.3f})") for t in TASKS]])
+    text = H.note("Each figure keeps the model's answers to the other two tasks: the gain is the most a "
+                  "better model of that one task could add.")
+    if "age_by_band" not in found:
+        why = ("the model predicts no years" if AGE_MEAN not in r.oof.columns
+               else "the train table it was trained on could not be read again (see the log)")
+        return kpis + text + H.note(f"No age error by band: {why}.")
+    bands = pd.DataFrame(found["age_by_band"])
+    fig = Figure(figsize=(7.5, 3.2), layout="constrained")
+    ax = fig.add_subplot()
+    centre = bands["from"] + BAND_YEARS / 2
+    ax.bar(centre, bands["bias"], width=BAND_YEARS * 0.8, color=np.where(bands["bias"] > 0, "#ef9a9a", "#90caf9"),
+           label="bias (mean predicted - given)")
+    ax.plot(centre, bands["mae"], color="C2", marker="o", label="mean absolute error")
+    ax.axhline(0, color="grey", lw=0.8)
+    for cut in (r.thresholds.young_below, r.thresholds.old_from):
+        ax.axvline(cut, color="grey", ls=":", lw=1)
+    ax.set_xlabel("given age (years); dotted: the group boundaries")
+    ax.set_ylabel("years")
+    ax.set_title(f"age error by {BAND_YEARS}-year band (MAE {found['age_mae']:.2f}, bias {found['age_bias']:+.2f})",
+                 fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")  # the young bands' bars rise above 0, the old ones' fall below
+    rows = [[b.band, int(b.people), int(b.images), b.mae, f"{b.bias:+.2f}"] for b in bands.itertuples()]
+    return (kpis + text + H.note("A regression pulls its answers towards the mean age: bars above 0 on the "
+                                 "left and below 0 on the right move people across the dotted boundaries.")
+            + '<div class="row">' + H.figure(fig, "age error by band")
+            + H.table(rows, ["given age", "people", "images", "MAE", "bias"], digits=2,
+                      attrs='id="age-band-table"') + "</div>")
+
+
 def _mistakes_section(r: ReportResult) -> str:
     wrong = confident_mistakes(r.oof)
     if wrong.empty:
@@ -380,6 +423,7 @@ def render(r: ReportResult) -> str:
         H.Section("confusion", "Confusion matrices", _confusion_section(r)),
         H.Section("per-class", "Per class", _per_class_section(r)),
         H.Section("calibration", "Calibration", _calibration_section(r)),
+        H.Section("headroom", "Where the score goes", _headroom_section(r)),
         H.Section("mistakes", "Confident mistakes", _mistakes_section(r)),
     ]
     if r.is_cv:
