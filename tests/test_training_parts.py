@@ -8,7 +8,7 @@ import torch
 from maskstatus.config import LossConfig, LossTerm, MixConfig
 from maskstatus.data.dataset import table_targets
 from maskstatus.data.mix import mix_batch, mixed_loss
-from maskstatus.data.sampling import WeightedEpochSampler, inverse_frequency_weights
+from maskstatus.data.sampling import WeightedEpochSampler, inverse_density_weights, inverse_frequency_weights
 from maskstatus.engine.train import train
 from maskstatus.labels import AgeThresholds
 from maskstatus.losses import build_loss, class_weights, with_class_weights
@@ -34,6 +34,45 @@ def test_weighted_sampler_shares_one_draw_across_ranks():
     single = list(WeightedEpochSampler(w, seed=4))
     assert len(ranks[0]) == len(ranks[1]) == 50
     assert sorted(ranks[0] + ranks[1]) == sorted(single)
+
+
+def test_inverse_density_weights_favour_rare_ages_smoothly():
+    years = np.array([25.0] * 60 + [26.0] * 40 + [70.0] * 4 + [-1.0] * 2)
+    w = inverse_density_weights(years, bandwidth=2.0, power=0.5)
+    assert w.mean() == pytest.approx(1.0)
+    assert w[100] > w[60] > 0 and w[60] == pytest.approx(w[0], rel=0.2)  # 25 and 26 share one smoothed density
+    assert w[100] / w[0] > 3                                              # 4 people at 70 against 100 near 25
+    assert w[104] == w[105] == pytest.approx(np.median(w[:104]))          # no years: the median weight
+    assert np.allclose(inverse_density_weights(years, power=0.0), 1.0)    # power 0: no reweighting
+    # Drawn by the sampler, the 70-year-olds make up far more than their 4 % of the epoch.
+    drawn = years[np.array(list(WeightedEpochSampler(np.tile(w, 50), seed=0))) % len(years)]
+    assert (drawn == 70).mean() > 0.1
+
+
+@pytest.mark.parametrize("years, kw, message", [
+    ([], {}, "non-empty"), ([-1.0, -1.0], {}, "no sample has an age"), ([30.0], {"bandwidth": 0}, "bandwidth"),
+])
+def test_inverse_density_weights_refuse_bad_input(years, kw, message):
+    with pytest.raises(ValueError, match=message):
+        inverse_density_weights(np.array(years), **kw)
+
+
+def test_training_draws_by_the_density_of_years(tiny_config, monkeypatch):
+    import maskstatus.engine.train as engine_train
+
+    seen = []
+
+    def spy(years):
+        seen.append(np.asarray(years).copy())
+        return inverse_density_weights(years)
+
+    monkeypatch.setattr(engine_train, "inverse_density_weights", spy)
+    cfg = tiny_config("train.sampler.name=weighted", "train.sampler.by=years", "train.epochs=1",
+                      "train.limit_train_batches=1")
+    result = train(cfg)
+    assert len(seen) == 1 and (seen[0] >= 15).all()  # the training rows' ages in years, not codes
+    folds = pd.read_csv(result.run_dir / "folds.csv", dtype={"person_id": str})
+    assert len(seen[0]) == 7 * int((folds["fold"] != cfg.split.fold).sum())
 
 
 def test_class_weights_and_injection():

@@ -259,7 +259,8 @@ class SchedulerConfig(_Section):
 
 class SamplerConfig(_Section):
     name: Literal["none", "weighted"] = Field("none", description="weighted: oversample rare classes")
-    by: Literal["class", "mask", "gender", "age"] = Field("class", description="whose frequencies set the weights")
+    by: Literal["class", "mask", "gender", "age", "years"] = Field(
+        "class", description="whose frequencies set the weights; years: the smoothed density of the age in years")
 
 
 class MixConfig(_Section):

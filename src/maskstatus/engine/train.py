@@ -22,14 +22,14 @@ from torch.utils.data import DataLoader, DistributedSampler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from ..age import AGE_MEAN, AGE_SIGMA, thresholds_cuts
+from ..age import AGE_MEAN, AGE_SIGMA, AGE_YEARS, thresholds_cuts
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, table_targets, worker_init
 from ..data.faces import cache_loader
 from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
-from ..data.sampling import WeightedEpochSampler, inverse_frequency_weights
+from ..data.sampling import WeightedEpochSampler, inverse_density_weights, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
@@ -130,10 +130,12 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
     if cfg.train.sampler.name == "weighted":
-        labels = dataset.targets[cfg.train.sampler.by][dataset.indices]
-        sampler = WeightedEpochSampler(
-            inverse_frequency_weights(labels), seed=cfg.seed, rank=fabric.global_rank, world_size=fabric.world_size
-        )
+        by = cfg.train.sampler.by
+        if by == "years":
+            weights = inverse_density_weights(dataset.targets[AGE_YEARS][dataset.indices])
+        else:
+            weights = inverse_frequency_weights(dataset.targets[by][dataset.indices])
+        sampler = WeightedEpochSampler(weights, seed=cfg.seed, rank=fabric.global_rank, world_size=fabric.world_size)
     else:
         # DistributedSampler with explicit rank/world also serves one process: a seeded, per-epoch shuffle.
         sampler = DistributedSampler(
