@@ -268,7 +268,7 @@ def _check_report(text: str, run: Path) -> None:
     room = task_headroom(labels, probs)
     headroom = _section(text, "headroom")
     assert f"<b>{room['f1']:.4f}</b><span>macro F1 as predicted" in headroom
-    assert f"<b>{room['f1_true_age']:.4f} (+{room['f1_true_age'] - room['f1']:.3f})</b>" in headroom
+    assert f"<b>{room['f1_true_age']:.4f} ({room['f1_true_age'] - room['f1']:+.3f})</b>" in headroom
     wrong = int((probs.argmax(axis=1) != labels).sum())
     assert _section(text, "mistakes").count('class="card"') == min(24, wrong)
     assert (run / ("cv_config.yaml" if (run / "cv_config.yaml").exists() else "config.yaml")).read_text().splitlines()[0] \

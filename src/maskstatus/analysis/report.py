@@ -205,7 +205,8 @@ def analyse_run(path: str | Path) -> ReportResult:
             summary = json.loads((path / CV_METRICS).read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"cannot read {path / CV_METRICS}: {err}") from None
-    years = given_years(cfg, oof) if cfg is not None else None
+    # Only runs that predict years get age bands; the others need not read the train table again.
+    years = given_years(cfg, oof) if cfg is not None and AGE_MEAN in oof.columns else None
     return ReportResult(path, is_cv, config_file, thresholds, oof, metrics, runs, summary, years)
 
 
@@ -332,7 +333,7 @@ def _headroom_section(r: ReportResult) -> str:
     room = found["headroom"]
     kpis = H.kpis([("macro F1 as predicted", f"{room['f1']:.4f}"),
                    *[(f"with the {t} always right", f"{room[f'f1_true_{t}']:.4f} "
-                      f"(+{room[f'f1_true_{t}'] - room['f1']:.3f})") for t in TASKS]])
+                      f"({room[f'f1_true_{t}'] - room['f1']:+.3f})") for t in TASKS]])
     text = H.note("Each figure keeps the model's answers to the other two tasks: the gain is the most a "
                   "better model of that one task could add.")
     if "age_by_band" not in found:
