@@ -103,6 +103,8 @@ def test_given_years_are_none_when_the_data_is_gone_or_lacks_a_person(demo_data,
     caplog.set_level("INFO", logger="maskstatus.analysis.headroom")
     assert given_years(load_config(None, [f"data.root={tmp_path / 'moved'}"]), oof) is None
     assert "cannot read the train table" in caplog.text
+    assert given_years(load_config(None, []), oof) is None  # a config without data.root
+    assert "data.root is not set" in caplog.text
     stranger = oof.assign(person_id="999999")
     assert given_years(load_config(None, [f"data.root={demo_data.root}"]), stranger) is None
     assert "not in" in caplog.text and "999999" in caplog.text

@@ -91,13 +91,12 @@ def given_years(cfg: Config, oof: pd.DataFrame) -> Optional[np.ndarray]:
     None, with the reason logged, when the data folder cannot be read (moved, or another
     machine) or lacks some OOF person: the headroom does not need it, only the age bands do.
     """
-    from ..data.tables import train_table  # the data layer, only when the bands are asked for
+    from ..engine.train import load_train_table  # heavy (torch); only when the bands are asked for
 
-    train_dir = Path(cfg.data.root) / "train"
+    train_dir = Path(cfg.data.root or "") / "train"
     try:
-        table = train_table(train_dir, cfg.data.age.thresholds(), relabel=cfg.data.relabel,
-                            skip_bad=True, check_images=False)
-    except (OSError, ValueError) as err:  # DataError is a ValueError
+        table = load_train_table(cfg, check_images=False)
+    except (OSError, ValueError) as err:  # ConfigError (no data.root) and DataError are ValueErrors
         logger.info("no age bands: cannot read the train table at %s (%s)", train_dir, err)
         return None
     ages = table.drop_duplicates("person_id").set_index("person_id")["age"]
