@@ -94,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
         "people": ens_interval.people,
     }
     first = member_config(args.member[0])
-    report["where_the_score_goes"] = oof_headroom(ensemble, given_years(first, ensemble) if first else None)
+    # As in the report: the train table is read again only when there are predicted years to band.
+    years = given_years(first, ensemble) if first is not None and AGE_MEAN in ensemble.columns else None
+    report["where_the_score_goes"] = oof_headroom(ensemble, years)
     if has_years(ensemble) and all(has_years(m) for m in members):
         tuned = [oof_interval(cross_fitted_oof(t, DEFAULT_AGE_THRESHOLDS), n_boot=args.boot)
                  for t in (*members, ensemble)]
