@@ -9,6 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Sequence, Union
 
+import math
+import re
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -23,8 +26,31 @@ def _check_tasks(per_task: dict[str, float]) -> dict[str, float]:
     return per_task
 
 
+def _finite_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Refuse inf and NaN among free-form arguments (momentum, betas, gamma...): no optimiser or loss means them."""
+    def bad(value: Any, key: str) -> list[str]:
+        if isinstance(value, float) and not math.isfinite(value):
+            return [f"{key}={value}"]
+        if isinstance(value, dict):
+            return [b for k, v in value.items() for b in bad(v, f"{key}.{k}")]
+        if isinstance(value, (list, tuple)):
+            return [b for i, v in enumerate(value) for b in bad(v, f"{key}.{i}")]
+        return []
+
+    found = [b for k, v in params.items() for b in bad(v, str(k))]
+    if found:
+        raise ValueError(f"must be finite numbers, got {', '.join(found)}")
+    return params
+
+
+# One path component: a run folder is made as output_dir/<name>-<timestamp>, and '/', '..' or a leading '.'
+# would put it elsewhere (or hide it).
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # A learning rate, weight or threshold of inf or NaN only ever means a diverged or broken run.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class AgeConfig(_Section):
@@ -199,6 +225,8 @@ class LossTerm(_Section):
     weight: float = 1.0
     params: dict[str, Any] = Field(default_factory=dict)
 
+    _finite = field_validator("params")(_finite_params)
+
 
 class AgeDistributionConfig(_Section):
     sigma: float = Field(2.0, gt=0.0, description="spread in years of the label distribution around the true age")
@@ -250,11 +278,15 @@ class OptimizerConfig(_Section):
     )
     params: dict[str, Any] = Field(default_factory=dict, description="extra optimizer arguments (momentum, betas)")
 
+    _finite = field_validator("params")(_finite_params)
+
 
 class SchedulerConfig(_Section):
     name: str = "cosine"
     warmup_epochs: int = Field(0, ge=0)
     params: dict[str, Any] = Field(default_factory=dict)
+
+    _finite = field_validator("params")(_finite_params)
 
 
 class SamplerConfig(_Section):
@@ -331,7 +363,8 @@ class PredictConfig(_Section):
 
 
 class Config(_Section):
-    name: str = "run"
+    name: str = Field("run", description="the run folder is output_dir/<name>-<timestamp>: letters, digits, '.', "
+                      "'_' and '-' only, not starting with '.' (one folder name)")
     seed: int = 42
     output_dir: Path = Path("runs")
     data: DataConfig = DataConfig()
@@ -344,6 +377,14 @@ class Config(_Section):
     scheduler: SchedulerConfig = SchedulerConfig()
     train: TrainConfig = TrainConfig()
     predict: PredictConfig = PredictConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, v: str) -> str:
+        if not RUN_NAME.fullmatch(v):
+            raise ValueError(f"{v!r} is not a plain folder name: use up to 100 letters, digits, '.', '_' and '-', "
+                             "not starting with '.' (the run folder goes under output_dir)")
+        return v
 
     @model_validator(mode="after")
     def _without_holdout_nothing_needs_validation(self) -> "Config":
