@@ -19,7 +19,7 @@ from maskstatus.config import ConfigError, load_config
 from maskstatus.engine.cv import run_cv
 from maskstatus.engine.train import train
 from maskstatus.errors import DataError, RunError
-from maskstatus.runs import RunDir, atomic_save_torch, load_checkpoint, new_run_dir
+from maskstatus.runs import RunDir, atomic_save_torch, load_checkpoint, new_run_dir, remove_stale_temp_files
 
 FAST = ["train.epochs=1", "train.limit_train_batches=1"]
 
@@ -54,3 +54,43 @@ def test_run_names_are_one_safe_folder_name(name):
 
 def test_plain_run_names_still_work():
     assert load_config(None, ["name=lite2-aug_128.v2"]).name == "lite2-aug_128.v2"
+
+
+# --- item 7b: run folders are claimed atomically -----------------------------------------------------------------
+
+def _claim(args):
+    output_dir, barrier = args
+    barrier.wait()
+    return str(new_run_dir(Path(output_dir), "race").root)
+
+
+def test_processes_started_together_get_distinct_run_folders(tmp_path, monkeypatch):
+    # A slow exists() widens the window between checking a name and creating it, as a busy disk does.
+    real_exists = pathlib.Path.exists
+
+    def slow_exists(self, *args, **kwargs):
+        found = real_exists(self, *args, **kwargs)
+        time.sleep(0.05)
+        return found
+
+    monkeypatch.setattr(pathlib.Path, "exists", slow_exists)
+    ctx = multiprocessing.get_context("fork")
+    n = 6
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(n)
+        with ctx.Pool(n) as pool:
+            roots = pool.map(_claim, [(str(tmp_path), barrier)] * n)
+    assert len(set(roots)) == n
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(Path(r).name for r in roots)
+
+
+# --- item 7c: temp files of interrupted saves are removed on resume ---------------------------------------------
+
+def test_remove_stale_temp_files_takes_only_interrupted_saves(tmp_path):
+    run = new_run_dir(tmp_path, "r")
+    stale = [run.checkpoints / ".last.pt.k2j4x9_a.tmp", run.root / ".metrics.csv.abcdefgh.tmp"]
+    kept = [run.checkpoints / "last.pt", run.root / "notes.tmp", run.root / ".keep"]
+    for p in stale + kept:
+        p.write_bytes(b"x")
+    assert sorted(remove_stale_temp_files(run.root)) == sorted(stale)
+    assert all(p.exists() for p in kept) and not any(p.exists() for p in stale)

@@ -71,14 +71,39 @@ class RunDir:
 
 
 def new_run_dir(output_dir: Path, name: str) -> RunDir:
-    """A fresh, uniquely named folder under output_dir (never reuses an existing one)."""
+    """A fresh, uniquely named folder under output_dir (never reuses an existing one).
+
+    The folder is claimed by ``mkdir`` itself, which fails if it exists: two processes started in the
+    same second never get the same folder (checking ``exists()`` first would let both see it free).
+    """
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(output_dir) / f"{name}-{stamp}"
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    base = output_dir / f"{name}-{stamp}"
     root, i = base, 1
-    while root.exists():
-        root = base.with_name(f"{base.name}-{i}")
-        i += 1
+    while True:
+        try:
+            root.mkdir()
+            break
+        except FileExistsError:
+            root = base.with_name(f"{base.name}-{i}")
+            i += 1
     return RunDir(root).make()
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete what interrupted saves left in ``folder`` and below: ``atomic_write``'s ``.<name>.<random>.tmp`` files.
+
+    A save killed before its rename (SIGKILL, power loss) leaves its temp file behind; nothing reads it, and a
+    checkpoint's can be as large as the model. Only for a folder no other process is writing to (a run being
+    resumed), since a running save's temp file looks the same. Returns the files removed.
+    """
+    removed = []
+    for path in sorted(Path(folder).rglob(".*.tmp")):
+        if path.is_file() and not path.is_symlink():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def open_run_dir(path: Path | str) -> RunDir:
