@@ -611,6 +611,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             logger.debug("traceback of the error below", exc_info=True)
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # Ctrl+C: one line (train and cv say how to continue), the shell's code 130
+        if args.verbose:
+            logger.debug("traceback of the interruption", exc_info=True)
+        hint = getattr(exc, "hint", None)
+        print(f"interrupted{' ' + hint if hint else ''}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from ..labels import PROB_COLUMNS
 from ..metrics import model_metrics
 from .score import oof_interval
 from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
-from .train import load_train_table, train
+from .train import TrainingInterrupted, load_train_table, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
 
@@ -77,8 +77,11 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
     if resume is not None:
         cv_dir = Path(resume)
         # Data, split and model must stay as they were, or the folds would not belong together.
-        cfg = load_cv_config(cv_dir).model_copy(update={"train": cfg.train})
+        saved = load_cv_config(cv_dir)
+        cfg = saved.model_copy(update={"train": cfg.train})
         todo = fold_list(cfg, folds)
+        _check_resume_epochs(cv_dir, cfg)
+        log_removed_temp_files(cv_dir)
     else:
         if not cfg.split.holdout:
             raise ConfigError("split.holdout=false trains on every person, so a CV has no folds to hold out: "
@@ -89,6 +92,19 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         save_config(cfg, cv_dir / CV_CONFIG)
         atomic_write_csv(fold_table, cv_dir / CV_FOLDS)
 
+    try:
+        _train_folds(cfg, cv_dir, todo)
+    except KeyboardInterrupt as exc:
+        again = [f"--folds {','.join(map(str, todo))}"] if folds is not None else []
+        if resume is not None and cfg.train.epochs != saved.train.epochs:
+            again.append(f"train.epochs={cfg.train.epochs}")  # cv_config.yaml keeps the CV's first epoch count
+        command = " ".join(["maskstatus cv --resume", str(cv_dir), *again])
+        raise TrainingInterrupted(f"during cross-validation; continue with: {command}") from exc
+    return _pool(cfg, cv_dir)
+
+
+def _train_folds(cfg: Config, cv_dir: Path, todo: Sequence[int]) -> None:
+    """Train (or continue) each fold of ``todo`` in the CV folder; finished folds are skipped."""
     for k in todo:
         existing = fold_run(cv_dir, k)
         fold_cfg = _fold_config(cfg, k, cv_dir)
@@ -106,7 +122,23 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         logger.info("fold %d: best val macro F1 %.4f at epoch %d (%s)", k, result.best_f1, result.best_epoch,
                     result.run_dir)
 
-    return _pool(cfg, cv_dir)
+
+def _check_resume_epochs(cv_dir: Path, cfg: Config) -> None:
+    """Refuse a resume with fewer epochs than a fold run has trained (it would pool them as if finished)."""
+    ahead: dict[str, int] = {}
+    for k in range(cfg.split.folds):
+        run = fold_run(cv_dir, k)
+        if run is not None and RunDir(run).last.is_file():
+            trained = int(load_checkpoint(RunDir(run).last)["epoch"]) + 1
+            if trained > cfg.train.epochs:
+                ahead[run.name] = trained
+    if ahead:
+        raise ConfigError(
+            f"train.epochs={cfg.train.epochs} is fewer than the epochs fold runs of {cv_dir} have already trained "
+            f"({', '.join(f'{name}: {n}' for name, n in ahead.items())}); --resume only extends a CV: give "
+            f"train.epochs={max(ahead.values())} or more, or start a new CV "
+            f"with --config {cv_dir / CV_CONFIG} train.epochs={cfg.train.epochs}"
+        )
 
 
 def fold_list(cfg: Config, folds: Optional[Sequence[int]]) -> list[int]:

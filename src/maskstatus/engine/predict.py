@@ -304,7 +304,16 @@ def cache_probs(
     )
     if not np.array_equal(rows, np.arange(len(cache))):
         raise RuntimeError("inference lost rows; this is a bug")
+    check_finite_probs(run, probs)
     return probs.astype(np.float64), (None if years is None else years.astype(np.float64))
+
+
+def check_finite_probs(run: LoadedRun, probs: np.ndarray) -> None:
+    """Refuse NaN or inf probabilities (weights of a diverged run): their argmax would be a submission of class 0."""
+    bad = ~np.isfinite(probs).all(axis=1)
+    if bad.any():
+        raise RunError(f"{run.checkpoint} gives non-finite probabilities for {int(bad.sum())} of {len(probs)} images: "
+                       "its weights are not finite (a diverged run); retrain it, e.g. with a lower optimizer.lr")
 
 
 def probs_path_for(out: Path | str) -> Path:

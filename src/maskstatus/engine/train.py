@@ -33,7 +33,8 @@ from ..data.sampling import WeightedEpochSampler, inverse_density_weights, inver
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
-from ..data.transforms import Prepare, batch_normalizer, build_train_eval, split_prepare
+from ..data.transforms import Prepare, batch_normalizer, build_train_eval, output_shape, split_prepare
+from ..errors import DataError, Problem, RunError
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
 from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
@@ -41,7 +42,8 @@ from ..grouping import FeatureCapture
 from ..models import create_model, model_data_config
 from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
-from ..runs import RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir
+from ..runs import (RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir,
+                    remove_stale_temp_files)
 from .evaluate import eval_loader, infer, loader_workers, normalize_on_device
 from .teacher import teacher_targets
 
@@ -195,6 +197,21 @@ def _resume_config(run: RunDir, cfg: Config) -> Config:
     return saved.model_copy(update={"train": cfg.train})
 
 
+def check_resume_epochs(run_root: Path, state: dict[str, Any], epochs: int) -> None:
+    """Refuse to resume with fewer epochs than the run has trained, before its config.yaml is rewritten.
+
+    The run would train nothing, yet record the smaller count as its config (and a schedule of that length).
+    """
+    trained = int(state["epoch"]) + 1
+    if epochs < trained:
+        raise ConfigError(
+            f"train.epochs={epochs} is fewer than the {trained} epochs {run_root} has already trained "
+            f"(checkpoints/last.pt holds epoch {trained - 1}); --resume only extends a run: give "
+            f"train.epochs={trained + 1} or more, or train a new run with --config {Path(run_root) / 'config.yaml'} "
+            f"train.epochs={epochs}"
+        )
+
+
 def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[dict[str, Any]], epochs: int) -> None:
     """Restore the optimizer and the learning-rate schedule of a resumed run.
 
@@ -216,12 +233,65 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
     fabric.seed_everything(cfg.seed)
     # Everything that can fail on a bad config, data or folds file runs before the run folder is made
     # (or a resumed run's config rewritten), so a failed start leaves nothing behind.
-    data = _prepare_data(cfg, resume)
-    parts = _build(fabric, cfg, data)
+    try:
+        data = _prepare_data(cfg, resume)
+        parts = _build(fabric, cfg, data)
+    except KeyboardInterrupt as exc:
+        raise TrainingInterrupted("before training started, with nothing written"
+                                  + (f"; {resume_hint(Path(resume))}" if resume is not None else "")) from exc
     run = _open_run(fabric, cfg, data)
     progress = _restore(cfg, parts, data, run)
     saver = EpochSaver(fabric, run, cfg, data.table)
+    try:
+        epoch = _run_epochs(fabric, cfg, data, parts, progress, saver)
+    except KeyboardInterrupt as exc:
+        saver.abort()
+        raise TrainingInterrupted(f"during training; {resume_hint(run.root)}") from exc
+    except NonFiniteLoss as exc:
+        saver.abort()
+        raise RunError(_diverged_message(exc, run)) from None
+    saver.close(progress.history)
+    return TrainResult(run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history,
+                       fabric.is_global_zero)
 
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C during training; ``hint`` says in one line what was kept and how to continue (the CLI prints it)."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+def resume_hint(run_root: Path) -> str:
+    """How to continue an interrupted run: resume it if an epoch was saved, else start it again."""
+    if RunDir(run_root).last.is_file():
+        return f"continue with: maskstatus train --resume {run_root}"
+    return (f"{run_root} finished no epoch, so there is nothing to resume: train again with "
+            f"--config {RunDir(run_root).config} (and delete {run_root})")
+
+
+class NonFiniteLoss(Exception):
+    """The training loss (or the weights) stopped being finite: a diverged run, stopped before its weights are saved."""
+
+    def __init__(self, epoch: int, batch: int, what: str) -> None:
+        super().__init__(f"{what} at epoch {epoch}, batch {batch}")
+        self.epoch, self.batch, self.what = epoch, batch, what
+
+
+def _diverged_message(exc: NonFiniteLoss, run: RunDir) -> str:
+    if run.last.is_file():
+        kept = (f"{run.root} keeps its last good checkpoint, epoch {exc.epoch - 1} (checkpoints/last.pt; best.pt "
+                f"as before); the non-finite weights were not saved")
+    else:
+        kept = f"no epoch finished, so {run.root} holds no checkpoint; the non-finite weights were not saved"
+    return (f"training diverged: {exc} (counting from 0). {kept}. Lower optimizer.lr, set train.grad_clip "
+            f"or check the loss settings, then train again")
+
+
+def _run_epochs(fabric: Fabric, cfg: Config, data: TrainData, parts: "TrainParts", progress: "Progress",
+                saver: "EpochSaver") -> int:
+    """Train, validate and save each epoch from the start epoch on; returns the last epoch run."""
     epoch = progress.start_epoch - 1
     for epoch in range(progress.start_epoch, cfg.train.epochs):
         parts.train_sampler.set_epoch(epoch)
@@ -251,10 +321,7 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         if cfg.train.early_stopping_patience and progress.stale >= cfg.train.early_stopping_patience:
             logger.info("early stop: no macro-F1 gain for %d epochs", progress.stale)
             break
-
-    saver.close(progress.history)
-    return TrainResult(run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history,
-                       fabric.is_global_zero)
+    return epoch
 
 
 def _log_epoch(epoch: int, train_loss: float, val: Optional["Validation"], improved: bool) -> None:
@@ -283,11 +350,13 @@ class TrainData:
 
 
 def _prepare_data(cfg: Config, resume: Optional[str]) -> TrainData:
-    table = load_train_table(cfg)
     run, resume_state = None, None
     if resume is not None:
         run = open_run_dir(resume)
         resume_state = load_checkpoint(run.last)  # a damaged last.pt fails here, before config.yaml is rewritten
+        check_resume_epochs(run.root, resume_state, cfg.train.epochs)
+    table = load_train_table(cfg)
+    if run is not None:
         folds, folds_source = read_folds(run.folds), str(run.folds)
     else:
         folds = _folds_for(cfg, table)
@@ -349,6 +418,42 @@ def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame, prepare: Optio
     return cache
 
 
+def check_tensor_shapes(cache: ImageCache, loaders: dict[str, tuple[np.ndarray, Any]]) -> None:
+    """Refuse images whose tensors would not stack with the others', naming every one, before the run folder exists.
+
+    Only a filled cache without ``cache.size`` holds images of several sizes; the batch collate would
+    otherwise find them one batch at a time, after the run folder is made. ``loaders`` maps a name to
+    the rows it reads and the pipeline it reads them through.
+    """
+    if cache.item_shape is not None or cache.mode == "none":  # one size, or nothing decoded to look at
+        return
+    problems: list[Problem] = []
+    for name, (rows, pipeline) in loaders.items():
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for row in rows:
+            by_size.setdefault(tuple(np.asarray(cache[int(row)]).shape[:2]), []).append(int(row))
+        if len(by_size) < 2:
+            continue
+        shapes = {hw: _tensor_shape(pipeline, hw) for hw in by_size}
+        counts: dict[str, int] = {}
+        for hw, shape in shapes.items():
+            counts[shape] = counts.get(shape, 0) + len(by_size[hw])
+        common = max(counts, key=counts.get)
+        problems += [Problem(cache.paths[row], f"{hw[0]}x{hw[1]} image makes a {shape} {name} tensor, not {common}")
+                     for hw, shape in shapes.items() if shape != common for row in by_size[hw]]
+    if problems:
+        raise DataError(problems, f"{len(cache)} images", note="images of different sizes: set cache.size=[height, "
+                                                               "width] or end transforms.train and transforms.eval "
+                                                               "with a Resize")
+
+
+def _tensor_shape(pipeline: Any, hw: tuple[int, int]) -> str:
+    try:
+        return "x".join(str(n) for n in output_shape(pipeline, hw)[-2:])
+    except Exception as exc:  # e.g. a fixed crop larger than the image: albumentations raises ValueError
+        return f"no tensor ({type(exc).__name__}: {exc})"
+
+
 def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     """Cache, model, data sets, loss, optimizer and schedule; the order keeps the seeded draws of earlier versions."""
     table, train_rows = data.table, data.train_rows
@@ -363,6 +468,7 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     input_hw = tuple(cache.item_shape[:2]) if cache.item_shape else tuple(np.asarray(cache[0]).shape[:2])
     defer = normalize_on_device(cfg.train.normalize_on, fabric)
     train_tf, eval_tf = build_train_eval(train_specs, eval_specs, norm["mean"], norm["std"], input_hw, defer)
+    check_tensor_shapes(cache, {"training": (train_rows, train_tf), "validation": (data.val_rows, eval_tf)})
     train_targets = table_targets(table, cfg.data.age.train_thresholds())
     if cfg.loss.distill is not None:
         train_targets.update(teacher_targets(cfg.loss.distill.teacher, table, train_rows, data.val_rows))
@@ -408,12 +514,22 @@ def _open_run(fabric: Fabric, cfg: Config, data: TrainData) -> RunDir:
         run = RunDir(Path(root))
         if fabric.is_global_zero:
             atomic_write_csv(data.folds, run.folds)
+    elif fabric.is_global_zero:
+        log_removed_temp_files(run.root)
     if fabric.is_global_zero:
         save_config(cfg, run.config)
         if data.pseudo_record is not None:  # the run records exactly which images it trained on, with which labels
             atomic_write_csv(data.pseudo_record, run.root / "pseudo.csv")
     fabric.barrier()
     return run
+
+
+def log_removed_temp_files(folder: Path) -> None:
+    """Remove (and name) the temp files of saves a kill interrupted in a run or CV folder being resumed."""
+    removed = remove_stale_temp_files(folder)
+    if removed:
+        logger.warning("removed %d temp file(s) of interrupted saves in %s: %s", len(removed), folder,
+                       ", ".join(str(p.relative_to(folder)) for p in removed))
 
 
 @dataclass
@@ -514,6 +630,11 @@ class EpochSaver:
                 self._save_best_predictions(val)
         atomic_save_torch(state, self.run.last)
 
+    def abort(self) -> None:
+        """Flush what TensorBoard has of the epochs saved, on the way out of a failed or interrupted run."""
+        if self.tb is not None:
+            self.tb.close()
+
     def close(self, history: list[dict[str, Any]]) -> None:
         if self.tb is not None:
             self.tb.close()
@@ -551,6 +672,9 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
     model.train()
     parts.frozen.hold_norms()
     total, seen = torch.zeros((), device=fabric.device), 0
+    # The first batch whose loss is not finite, kept on the device: checked where the loop syncs anyway.
+    first_bad = torch.full((), -1, device=fabric.device, dtype=torch.long)
+    bad_loss = torch.zeros((), device=fabric.device)
     limit = cfg.train.limit_train_batches
     steps = len(loader) if limit is None else min(limit, len(loader))
     accumulate = cfg.train.accumulate
@@ -592,8 +716,24 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
         n = len(images)
         total += loss.detach() * n
         seen += n
+        new_bad = (first_bad < 0) & ~torch.isfinite(loss.detach())
+        first_bad, bad_loss = torch.where(new_bad, i, first_bad), torch.where(new_bad, loss.detach(), bad_loss)
         if i % 10 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            # One process may stop at once; with several, each stops after the epoch's all-reduce, together.
+            if fabric.world_size == 1 and first_bad >= 0:
+                break
     total = fabric.all_reduce(total, reduce_op="sum") if fabric.world_size > 1 else total
+    if not torch.isfinite(total) or first_bad >= 0:
+        raise NonFiniteLoss(epoch, int(first_bad), f"the training loss is {float(bad_loss)}" if first_bad >= 0 else
+                            "the training loss of another process is not finite")
+    _check_finite_weights(parts, epoch, steps - 1)
     seen_all = seen * fabric.world_size
     return float(total) / max(seen_all, 1), seen_all
+
+
+def _check_finite_weights(parts: TrainParts, epoch: int, last_batch: int) -> None:
+    """The last optimizer step of an epoch can make the weights non-finite with a finite loss: never save those."""
+    models = [parts.raw_model] + ([parts.ema.module] if parts.ema is not None else [])
+    if not bool(torch.stack([torch.isfinite(p).all() for m in models for p in m.parameters()]).all()):
+        raise NonFiniteLoss(epoch, last_batch, "the weights are no longer finite after the optimizer step")
