@@ -20,8 +20,8 @@ from maskstatus.labels import PROB_COLUMNS
 
 
 def _train(demo_data, out, tiny_overrides, seed):
-    cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={out}", *tiny_overrides, "model.head=multitask",
-                             "train.epochs=1", "train.limit_train_batches=2", f"seed={seed}"])
+    cfg = load_config(None, [f"data.root={demo_data.root}", f"output_dir={out}", *tiny_overrides,
+                             "model.head=multitask", "train.epochs=1", "train.limit_train_batches=2", f"seed={seed}"])
     return train(cfg).run_dir
 
 
