@@ -450,6 +450,18 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
     return raw
 
 
+def _read_config_text(path: Path) -> str:
+    """The config file's text, read as UTF-8 whatever the locale: the same file means the same config anywhere."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"config file {path} is not UTF-8 (byte {exc.object[exc.start]:#04x} on line {line}); "
+                          "it must be UTF-8: save it again as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+
+
 def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or start from defaults), apply overrides, validate."""
     raw: dict[str, Any] = {}
@@ -460,7 +472,7 @@ def load_config(path: Optional[Path | str] = None, overrides: Sequence[str] = ()
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(_read_config_text(path))
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):

@@ -439,9 +439,11 @@ def _duplicates_section(r: EdaResult) -> str:
 
 
 def _short(path: str, root: Path) -> str:
+    # The folder is resolved, not the file: a problem may be a symbolic link that loops, which resolve() raises on.
+    file = Path(path)
     try:
-        return Path(path).resolve().relative_to(root.resolve()).as_posix()
-    except ValueError:
+        return (file.parent.resolve() / file.name).relative_to(root.resolve()).as_posix()
+    except (ValueError, OSError, RuntimeError):
         return str(path)
 
 

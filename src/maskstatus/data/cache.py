@@ -144,13 +144,32 @@ class ImageCache:
         key = cache_key(self.paths, self.size, self.variant)
         path = self.cache_dir / f"images-{key}.npy"
         self.file = path
-        if not path.is_file():
-            logger.info("filling disk cache %s (%d images)", path, len(self.paths))
-            # Written atomically: a crash mid-fill leaves no half-valid cache for a later run to trust.
-            atomic_write(path, self._fill_file)
-        else:
-            logger.info("reusing disk cache %s", path)
-        return np.load(path, mmap_mode="r")
+        if path.is_file():
+            stored, reason = self._read_disk(path)
+            if stored is not None:
+                logger.info("reusing disk cache %s", path)
+                return stored
+            # Written atomically, a cache is only ever damaged from outside (a copy cut short, a full disk
+            # in a sync tool): its content is derived, so it is rebuilt rather than left for the user to delete.
+            logger.warning("disk cache %s is unusable (%s); building it again", path, reason)
+        logger.info("filling disk cache %s (%d images)", path, len(self.paths))
+        # Written atomically: a crash mid-fill leaves no half-valid cache for a later run to trust.
+        atomic_write(path, self._fill_file)
+        stored, reason = self._read_disk(path)
+        if stored is None:
+            raise DataError.one(path, f"disk cache just written is unusable ({reason}); delete it and check the disk")
+        return stored
+
+    def _read_disk(self, path: Path) -> tuple[Optional[np.ndarray], str]:
+        """The cached array memory-mapped, or None and why when the file is truncated or holds another shape."""
+        expected = (len(self.paths), *self.item_shape)
+        try:
+            arr = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as exc:  # numpy's words for a short or garbled .npy
+            return None, str(exc)
+        if arr.dtype != np.uint8 or arr.shape != expected:
+            return None, f"holds {arr.dtype} {arr.shape}, expected uint8 {expected}"
+        return arr, ""
 
     def _fill_file(self, tmp: Path) -> None:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.item_shape))

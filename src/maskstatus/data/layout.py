@@ -58,12 +58,17 @@ def scan_person_dir(person_dir: Path) -> tuple[dict[str, list[Path]], list[Path]
     """Files of one person folder -> ({stem: [files]}, [files that are not expected images]).
 
     Stems and extensions match whatever their case; stems come out in IMAGE_STEMS
-    order, lower-cased; files of a stem are sorted by name. Hidden files are skipped.
+    order, lower-cased; files of a stem are sorted by name. Hidden files and subfolders are skipped;
+    a symbolic link that cannot be followed (a loop, a missing target) counts as unexpected.
     """
     found: dict[str, list[Path]] = {}
     unexpected: list[Path] = []
     for entry in sorted(Path(person_dir).iterdir()):
-        if is_ignored_file(entry.name) or not entry.is_file():
+        if is_ignored_file(entry.name):
+            continue
+        if not entry.is_file():  # is_file() is False, not an error, for a link that loops
+            if entry.is_symlink() and not entry.exists():
+                unexpected.append(entry)
             continue
         stem = entry.stem.lower()
         if stem in STEM_TO_MASK and is_image_file(entry):

@@ -483,6 +483,7 @@ def make_demo_data(
     if workers < 1:
         raise UsageError(f"workers must be >= 1, got {workers}")
     root = Path(out_dir)
+    _check_out_dir(root)
     data = DemoData(root=root, train_dir=root / "train", eval_dir=root / "eval", truth_csv=root / "eval_truth.csv")
     existing = [p for p in (data.train_dir, data.eval_dir, data.truth_csv) if p.exists()]
     if existing and not overwrite:
@@ -492,12 +493,25 @@ def make_demo_data(
             shutil.rmtree(p)
         else:
             p.unlink()
-    data.train_dir.mkdir(parents=True, exist_ok=True)
-    data.eval_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        data.train_dir.mkdir(parents=True, exist_ok=True)
+        data.eval_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # read-only, no permission, a full disk
+        raise UsageError(f"cannot create the demo data in {root}: {exc.strerror or exc}; give another folder") from None
     size = (int(size[0]), int(size[1]))
     _write_train(data.train_dir, seed, people, size, workers)
     _write_eval(data.eval_dir, data.truth_csv, seed, eval_people, size, workers)
     return data
+
+
+def _check_out_dir(root: Path) -> None:
+    """Refuse a folder that is a file, or lies under one, before anything is drawn."""
+    existing = root
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == root else f"lies under {existing}, a file"
+        raise UsageError(f"demo data folder {root} {where}, not a folder; give a folder")
 
 
 def read_truth(truth_csv: Path) -> pd.DataFrame:

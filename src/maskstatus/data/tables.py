@@ -100,7 +100,8 @@ def folder_table(folder: str | Path) -> pd.DataFrame:
     """Every image under ``folder`` (recursive, hidden files skipped) for prediction.
 
     Columns image_id (path relative to folder, posix) and image_path (absolute),
-    sorted by image_id. Images are not decoded here.
+    sorted by image_id. Images are not decoded here. A name that is not valid UTF-8
+    keeps its exact bytes in image_path; its image_id shows them as ``\\xNN`` escapes (see ``_image_id``).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -111,8 +112,26 @@ def folder_table(folder: str | Path) -> pd.DataFrame:
         rel = path.relative_to(root)
         if any(is_ignored_file(part) for part in rel.parts) or not is_image_file(path) or not path.is_file():
             continue
-        rows.append((rel.as_posix(), str(path)))
+        rows.append((_image_id(rel), str(path)))
     if not rows:
         raise DataError([Problem(str(folder), "no image files found")], folder)
     table = pd.DataFrame(sorted(rows), columns=list(EVAL_TABLE_COLUMNS))
     return table
+
+
+def _image_id(rel: Path) -> str:
+    """``rel`` as the output tables write it: UTF-8 text, whatever bytes the file system holds.
+
+    A byte that is not UTF-8 comes from the OS as a lone surrogate, which no UTF-8 writer accepts, so
+    the CSVs would fail after the whole prediction. It is written as ``\\xNN`` (the byte, readable and
+    distinct) and named in a warning, before any work.
+    """
+    name = rel.as_posix()
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        logger.warning("image %s: its name is not valid UTF-8, so the outputs list it with \\xNN for the odd bytes",
+                       shown)
+        return shown

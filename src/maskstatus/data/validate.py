@@ -194,7 +194,21 @@ def check_image_files(paths: Iterable[str], workers: Optional[int] = None) -> di
     return bad
 
 
+def broken_link_reason(path: Path) -> Optional[str]:
+    """Why ``path`` is a symbolic link that cannot be followed (a loop, a missing target), else None."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as exc:
+        return f"a symbolic link that cannot be followed ({exc.strerror or exc})"
+    return None
+
+
 def _unexpected_file_reason(path: Path) -> str:
+    broken = broken_link_reason(path)
+    if broken:
+        return broken
     if path.stem.lower() in STEM_TO_MASK:
         return f"not an image file: extension {path.suffix!r} is not one of {list(IMAGE_EXTENSIONS)}"
     return f"unexpected file: {path.stem!r} is not one of the image names {list(IMAGE_STEMS)}"
@@ -233,12 +247,16 @@ def validate_train(train_dir: str | Path, check_images: bool = True) -> tuple[pd
             # Spaces around a folder name are kept (a real folder may have them) unless only the
             # stripped name exists: a CSV written with a space after each comma.
             person_dir = images_root / row.path.strip()
+        where = f"id {row.id!r}, {TRAIN_CSV} line {row.line}"
         if not person_dir.is_dir():
-            problems.append(
-                Problem(str(person_dir), f"person folder not found (id {row.id!r}, {TRAIN_CSV} line {row.line})")
-            )
+            reason = broken_link_reason(person_dir) or "person folder not found"
+            problems.append(Problem(str(person_dir), f"{reason} ({where})"))
             continue
-        found, unexpected = scan_person_dir(person_dir)
+        try:
+            found, unexpected = scan_person_dir(person_dir)
+        except OSError as exc:  # unreadable (permissions), or gone while checking
+            problems.append(Problem(str(person_dir), f"cannot list the person folder: {exc.strerror or exc} ({where})"))
+            continue
         problems.extend(Problem(str(f), _unexpected_file_reason(f)) for f in unexpected)
         for stem in IMAGE_STEMS:
             files = found.get(stem, [])
@@ -255,10 +273,11 @@ def validate_train(train_dir: str | Path, check_images: bool = True) -> tuple[pd
         # Strays are only a warning: a folder nobody lists cannot mislabel anything. With
         # rejected rows their folders would look unlisted too, so only a clean CSV is compared.
         listed = set(rows["path"]) | set(rows["path"].str.strip())
+        # Path.is_dir, not DirEntry.is_dir: only the former answers False for a symbolic link that loops.
         strays = sorted(
             e.name
             for e in os.scandir(images_root)
-            if e.is_dir() and not is_ignored_file(e.name) and e.name not in listed
+            if Path(e.path).is_dir() and not is_ignored_file(e.name) and e.name not in listed
         )
         if strays:
             logger.warning(
@@ -314,7 +333,8 @@ def validate_eval(eval_dir: str | Path, check_images: bool = True) -> tuple[pd.D
             continue
         path = images_root / rel
         if not path.is_file():
-            problems.append(Problem(str(path), f"image file not found ({EVAL_CSV} line {line})"))
+            reason = broken_link_reason(path) or "image file not found"
+            problems.append(Problem(str(path), f"{reason} ({EVAL_CSV} line {line})"))
             continue
         records.append((image_id, str(path)))
 

@@ -4,7 +4,9 @@ Per run (every fold run of a CV folder) ``export_run`` writes
 ``<checkpoint>.onnx`` (the model's forward pass, a dynamic batch axis, input
 ``image``, one output per key of the model's output dict) and ``<checkpoint>.json``
 beside it: the input size and normalisation, what each output means, the age
-cut points, the run's test-time augmentation and the result of the check.
+cut points, the run's test-time augmentation, the result of the check, and the
+sha256 digests of the ONNX file, of the checkpoint and of the sidecar itself, so
+``--backend onnx`` refuses a file replaced, edited or left stale by retraining.
 Only the network is exported; softmax, age groups, TTA and voting stay in the
 library (``engine.tta``, ``engine.ensemble``), shared with the PyTorch backend.
 """
@@ -38,7 +40,7 @@ from ..models import model_data_config, outputs_to_probs
 from ..models.heads import SINGLE_KEY
 from ..runs import atomic_write_text
 from .ensemble import expand_runs
-from .onnx_model import INPUT_NAME, SIDECAR_FORMAT, OnnxModel, file_sha256, onnx_path, sidecar_path
+from .onnx_model import INPUT_NAME, SIDECAR_FORMAT, OnnxModel, file_sha256, onnx_path, seal_sidecar, sidecar_path
 from .predict import LoadedRun, load_run
 
 logger = logging.getLogger(__name__)
@@ -256,8 +258,9 @@ def export_run(
                                    fixed_size)
         meta = _sidecar(cfg, run, norm, keys, inputs[0].shape, fixed_size, cuts_source, checkpoint)
         meta["export"]["simplified"] = simplified
+        meta["onnx"] = {"file": target.name, "sha256": file_sha256(tmp)}  # the rename below keeps the bytes
         tmp_sidecar = sidecar_path(tmp)
-        atomic_write_text(tmp_sidecar, json.dumps(meta, indent=2) + "\n")
+        atomic_write_text(tmp_sidecar, json.dumps(seal_sidecar(meta), indent=2) + "\n")
         try:
             check = compare_backends(model, OnnxModel(tmp), inputs, run.age_cuts)
         finally:
@@ -276,7 +279,7 @@ def export_run(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    atomic_write_text(sidecar_path(target), json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(sidecar_path(target), json.dumps(seal_sidecar(meta), indent=2) + "\n")
     logger.info("exported %s -> %s (max probability difference %.2g on %d images)",
                 run_dir, target, check["max_prob_diff"], len(inputs))
     return ExportResult(run_dir, target, sidecar_path(target), check, seconds)

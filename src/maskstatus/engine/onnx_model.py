@@ -25,7 +25,16 @@ logger = logging.getLogger(__name__)
 ONNX_DIR = "onnx"
 INPUT_NAME = "image"
 # Bumped when the sidecar's meaning changes, so an old file is refused instead of misread.
-SIDECAR_FORMAT = 1
+# 2: the sidecar carries the digests of the ONNX file, of the checkpoint and of itself.
+SIDECAR_FORMAT = 2
+# The sidecar holds the sha256 of its own canonical JSON (no whitespace, this key left out) beside
+# those of the ONNX file and the checkpoint. One file, written atomically next to the model, is simpler and as
+# robust as a separate manifest, which would be a third file to keep in step (two renames, one more to go
+# stale or missing). Re-serialising the parsed JSON reproduces the canonical text exactly: it holds only
+# strings, ints, bools and floats, which JSON round-trips by their repr. Keys keep their order (not sorted): the
+# order of "outputs" is the graph's output order, so reordering them is an edit. The digests catch a swapped, stale or
+# hand-edited file, not someone who recomputes them: they guard against mistakes, not forgery.
+SIDECAR_DIGEST = "sidecar_sha256"
 
 
 def onnx_path(run_dir: Path | str, checkpoint: str = "best", onnx_dir: Optional[Path | str] = None) -> Path:
@@ -47,22 +56,60 @@ def file_sha256(path: Path | str) -> str:
     return digest.hexdigest()
 
 
-def read_sidecar(path: Path | str) -> dict[str, Any]:
-    """The export's JSON description; errors name the file."""
+def sidecar_digest(meta: dict[str, Any]) -> str:
+    """sha256 of the sidecar's canonical JSON without its own digest (see ``SIDECAR_DIGEST``)."""
+    body = {k: v for k, v in meta.items() if k != SIDECAR_DIGEST}
+    return hashlib.sha256(json.dumps(body, separators=(",", ":")).encode()).hexdigest()
+
+
+def seal_sidecar(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with the digest of its content, written last so any later edit of the file shows."""
+    return {**meta, SIDECAR_DIGEST: sidecar_digest(meta)}
+
+
+def read_sidecar(path: Path | str, run: Optional[Path | str] = None) -> dict[str, Any]:
+    """The export's JSON description, checked against its own digest; errors name the file (and ``run``)."""
     path = Path(path)
     if not path.is_file():
         raise RunNotFoundError(f"ONNX sidecar not found: {path} (run `maskstatus export` on the run again)")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise RunError(f"{path}: not a valid ONNX sidecar ({exc}); run `maskstatus export` again") from None
-    missing = [k for k in ("format", "input", "outputs", "normalization", "checkpoint") if k not in meta]
+    if not isinstance(meta, dict):
+        raise RunError(f"{path}: not a valid ONNX sidecar (not a JSON object); run `maskstatus export` again")
+    if meta.get("format") == 1:
+        # Refused rather than trusted with a warning: nothing would show that its model is the one exported.
+        raise RunError(f"{path}: an export from an older version, without the digests that show its files are "
+                       "the ones exported; run `maskstatus export` on the run again")
+    missing = [k for k in ("format", "input", "outputs", "normalization", "checkpoint", "onnx", SIDECAR_DIGEST)
+               if k not in meta]
     if missing:
         raise RunError(f"{path}: ONNX sidecar lacks key(s) {missing}; run `maskstatus export` again")
     if meta["format"] != SIDECAR_FORMAT:
         raise RunError(f"{path}: sidecar format {meta['format']!r}, this version reads {SIDECAR_FORMAT}; "
                          "run `maskstatus export` again")
+    if meta[SIDECAR_DIGEST] != sidecar_digest(meta):
+        raise RunError(f"{path} was edited after the export (its content no longer matches the digest written "
+                       f"with it); re-run `maskstatus export {run or meta.get('run', 'RUN')}`")
     return meta
+
+
+def _run_of(checkpoint: Optional[Path | str]) -> Optional[Path]:
+    """The run folder of ``<run>/checkpoints/<name>.pt``, for the command that repairs its export."""
+    return Path(checkpoint).parent.parent if checkpoint is not None else None
+
+
+def check_export_files(path: Path, meta: dict[str, Any], checkpoint: Optional[Path | str]) -> None:
+    """Refuse an ONNX file or a checkpoint that is not the one the (already checked) sidecar was written for."""
+    run = _run_of(checkpoint) or meta.get("run", "RUN")
+    again = f"re-run `maskstatus export {run}`"
+    if meta["onnx"].get("sha256") != file_sha256(path):
+        raise RunError(f"{path} is not the model exported with {sidecar_path(path)} (replaced since, or another "
+                       f"run's export); {again}")
+    if checkpoint is not None and meta["checkpoint"].get("sha256") != file_sha256(checkpoint):
+        raise RunError(f"{path} was exported from another version of {checkpoint} (retrained or replaced since "
+                       f"the export); {again}")
 
 
 def session_options(threads: Optional[int] = None):
@@ -95,18 +142,17 @@ def open_session(path: Path | str, threads: Optional[int] = None):
 class OnnxModel:
     """An exported model: normalised images ``(N, 3, H, W)`` -> ``{output name: tensor}``, like the PyTorch model.
 
-    ``checkpoint``, when given, must be the file the model was exported from: a
-    run retrained or resumed after its export would otherwise predict with stale
-    weights.
+    The ONNX file and its sidecar must be the ones written together by the
+    export (their digests), and ``checkpoint``, when given, the file the model was
+    exported from: a run retrained or resumed after its export would otherwise
+    predict with stale weights.
     """
 
     def __init__(self, path: Path | str, checkpoint: Optional[Path | str] = None, threads: Optional[int] = None) -> None:
         self.path = Path(path)
         self.session = open_session(self.path, threads)
-        self.meta = read_sidecar(sidecar_path(self.path))
-        if checkpoint is not None and self.meta["checkpoint"].get("sha256") != file_sha256(checkpoint):
-            raise RunError(f"{self.path} was exported from another version of {checkpoint} "
-                             "(the checkpoint changed since); run `maskstatus export` again")
+        self.meta = read_sidecar(sidecar_path(self.path), _run_of(checkpoint))
+        check_export_files(self.path, self.meta, checkpoint)
         self.input_name = self.session.get_inputs()[0].name
         self.output_keys = [o.name for o in self.session.get_outputs()]
         expected = list(self.meta["outputs"])
