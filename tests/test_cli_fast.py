@@ -75,13 +75,15 @@ def _run_folders(tmp_path: Path) -> tuple[Path, Path]:
     ([*PREDICT, "--backend", "onnx", "--accelerator", "cuda"], "onnx backend runs on the CPU"),
     (["ensemble", "--run", "no-such-run", "--batch-size", "0"], "--batch-size"),
     (["pseudo-label", "--teacher", "x", "--data", "y", "--out", "z", "--tta", "vflip"], "--tta"),
+    (["demo", "--out", "{tmp}/demo", "train.epoch=3"], "train.epoch"),
 ])
 def test_config_and_argument_errors_answer_before_torch(tmp_path, args, says):
     run, cv = _run_folders(tmp_path)
-    args = [a.format(run=run, cv=cv) for a in args]
+    args = [a.format(run=run, cv=cv, tmp=tmp_path) for a in args]
     result, err, seconds = _probe(args, tmp_path)
     assert result["code"] == 2 and says in err
     assert "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cv", "run"], "work was done before the check"
     assert not result["torch"], "torch was imported before the mistake was answered"
     assert seconds < FAST_S, f"{seconds:.1f} s to answer {args}"
 
