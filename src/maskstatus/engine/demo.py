@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import load_config
-from ..data.synthetic import make_demo_data, score_submission
 
 DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
@@ -23,8 +22,10 @@ class DemoResult:
 
 def run_demo(out_dir: Path | str = "demo", people: int = 120, seed: int = 0, overrides: Sequence[str] = ()) -> DemoResult:
     out_dir = Path(out_dir)
-    # The overrides are checked before the data is drawn and torch imported (seconds), so a typo is answered at once.
+    # The overrides are checked before the data is drawn and torch and sklearn imported (seconds), so a typo is
+    # answered at once.
     cfg = load_config(DEMO_CONFIG, [f"data.root={out_dir / 'data'}", f"output_dir={out_dir / 'runs'}", *overrides])
+    from ..data.synthetic import make_demo_data, score_submission
     from .predict import predict
     from .train import train
 
