@@ -112,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
         "repeats": args.repeats,
         "results": results,
         "machine": machine(),
-        "source": str(source),
+        "source": "this checkout" if source == REPO else str(source),
         "commit": args.commit or commit(source),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
     }
