@@ -9,6 +9,7 @@ from maskstatus.engine.evaluate import infer
 from maskstatus.engine.predict import predict
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.engine.train import train
+from maskstatus.errors import UsageError
 from maskstatus.engine.tta import TTA, average_view_probs, hflip, identity, shift, translate, tta_probs, tta_views
 from maskstatus.labels import NUM_CLASSES, TASKS, combine_task_probs
 
@@ -74,7 +75,7 @@ def test_views():
     assert torch.equal(shift(x, 1, 0), translate(x, 2, 0)) and torch.equal(shift(x, 0, -1), translate(x, 0, -1))
     for view in tta_views(["hflip", "shift"]):
         assert view(x).shape == x.shape
-    with pytest.raises(KeyError, match="hflip, shift"):
+    with pytest.raises(UsageError, match="known: hflip, shift"):
         tta_views(["vflip"])
     assert TTA.names() == ["hflip", "shift"]
 

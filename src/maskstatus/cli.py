@@ -9,6 +9,10 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+# Only torch-free modules at the top: each command checks its config and arguments, then imports the engine
+# (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py).
+from .choices import ACCELERATORS, TTA_NAMES
+
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 logger = logging.getLogger("maskstatus")
@@ -73,8 +77,6 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .engine.train import train
-
     from .runs import open_run_dir
 
     if (args.resume is None) == (args.config is None):
@@ -84,6 +86,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _check_resume_overrides(overrides, f"{args.resume}/config.yaml")
     # A resumed run starts from its own saved config; overrides then change its train section (e.g. epochs).
     cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
+    from .engine.train import train  # after the config is checked (see the top of this file)
+
     result = train(cfg, resume=args.resume)
     if result is not None and result.is_global_zero:
         if cfg.split.holdout:
@@ -114,6 +118,16 @@ def _fold_list_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated fold numbers like 0,1,2, got {text!r}") from None
 
 
+def _positive_int_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def _workers_arg(text: str) -> int | str:
     if text == "auto":
         return text
@@ -128,7 +142,7 @@ def _workers_arg(text: str) -> int | str:
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from .config import load_config
-    from .engine.cv import CV_CONFIG, run_cv
+    from .runs import CV_CONFIG
 
     if (args.resume is None) == (args.config is None):
         raise SystemExit("cv: give either --config FILE or --resume CV_DIR")
@@ -137,6 +151,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         _check_resume_overrides(overrides, f"{args.resume}/{CV_CONFIG}")
     # Like train --resume: a resumed CV keeps its saved config; overrides then change its train section.
     cfg = load_config(args.config if args.resume is None else args.resume / CV_CONFIG, overrides)
+    from .engine.cv import run_cv  # after the config is checked (see the top of this file)
+
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
     for f in result.per_fold:
         print(f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})")
@@ -158,13 +174,14 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .engine.predict import predict
+    options = _prediction_options(args)
+    from .engine.predict import predict  # after the arguments are checked (see the top of this file)
 
     sub, probs = predict(
         args.run,
         Path(args.data),
         Path(args.out),
-        **_prediction_options(args),
+        **options,
     )
     print(f"submission: {sub}")
     print(f"probabilities: {probs}")
@@ -184,7 +201,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _prediction_options(args: argparse.Namespace) -> dict:
-    """The keyword arguments of ``predict`` that ``_add_prediction_options`` parsed."""
+    """The keyword arguments of ``predict`` that ``_add_prediction_options`` parsed, checked (without torch)."""
+    from .choices import check_backend
+
+    check_backend(args.backend, args.accelerator, args.precision)
     return {"checkpoint": args.checkpoint, "batch_size": args.batch_size, "accelerator": args.accelerator,
             "num_workers": args.num_workers, "tta": _tta_arg(args.tta), "backend": args.backend,
             "onnx_dir": args.onnx_dir, "group_people": args.group_people, "precision": args.precision}
@@ -209,13 +229,15 @@ def _weights_arg(text: str) -> list[float]:
 
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
+    if (args.data is None) != (args.out is None):
+        raise SystemExit("ensemble: give --data and --out together")
+    options = _prediction_options(args)
+    # After the arguments are checked (see the top of this file).
     from .engine.ensemble import ensemble_oof
     from .engine.oof import oof_path
     from .engine.predict import predict
     from .runs import atomic_write_csv
 
-    if (args.data is None) != (args.out is None):
-        raise SystemExit("ensemble: give --data and --out together")
     missing = []
     for run in args.run:
         try:
@@ -241,7 +263,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             Path(args.out),
             weights=args.weights,
             vote=args.vote,
-            **_prediction_options(args),
+            **options,
         )
         print(f"submission: {sub}")
         print(f"probabilities: {probs}")
@@ -249,10 +271,10 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
-    from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
+    options = _prediction_options(args)
+    from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
 
-    files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
-                               **_prediction_options(args))
+    files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds, **options)
     for f in files:
         print(f"teacher probabilities: {f}")
     out = Path(args.out)
@@ -405,11 +427,13 @@ def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str]
     pre = f"for {only_with}: " if only_with else ""
     s.add_argument("--checkpoint", choices=("best", "last"), default="best",
                    help=f"{pre}which checkpoint (default best)")
-    s.add_argument("--batch-size", type=int, default=None, help=f"{pre}default: each run's train.eval_batch_size")
-    s.add_argument("--accelerator", default="auto", help=f"{pre}cpu, cuda, auto (default auto)")
+    s.add_argument("--batch-size", type=_positive_int_arg, default=None,
+                   help=f"{pre}images per batch, 1 or more (default: each run's train.eval_batch_size)")
+    s.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help=f"{pre}device to predict on (default auto: a GPU if there is one)")
     s.add_argument("--num-workers", type=_workers_arg, default=0,
                    help=f"{pre}DataLoader workers, or auto: one per core less one (default 0)")
-    s.add_argument("--tta", action="append", default=None, metavar="NAME",
+    s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
                    help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
                         "repeat to add more, 'none' for none (default: each run's predict.tta)")
     _add_backend_options(s, pre)
@@ -583,8 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
-    s.add_argument("--accelerator", default="auto", help="cpu, cuda, auto (default auto)")
-    s.add_argument("--tta", action="append", default=None, metavar="NAME",
+    s.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                   help="device (default auto: a GPU if there is one)")
+    s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
                    help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
     _add_backend_options(s, note=" (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
     s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")

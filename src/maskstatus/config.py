@@ -15,6 +15,7 @@ import re
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .choices import ACCELERATORS, PRECISIONS, TTA_NAMES
 from .errors import ConfigError  # noqa: F401  (importers find it here too)
 from .labels import MASK_NAMES, TASKS, AgeThresholds
 
@@ -314,10 +315,10 @@ class TrainConfig(_Section):
     eval_batch_size: int = Field(128, ge=1)
     num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = Field(
         0, description="DataLoader worker processes; auto: one per core of each process, less one for the process")
-    accelerator: str = "auto"
+    accelerator: Literal[ACCELERATORS] = Field("auto", description="Fabric's accelerator: auto, cpu, cuda, gpu...")
     devices: Union[int, str] = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: Literal[PRECISIONS] = Field("32-true", description="Fabric's precision: 32-true, bf16-mixed...")
     early_stopping_patience: int = Field(0, ge=0, description="epochs without macro-F1 gain before stopping; 0 = off")
     limit_train_batches: Optional[int] = Field(None, ge=1)
     limit_val_batches: Optional[int] = Field(None, ge=1)
@@ -339,6 +340,12 @@ class TrainConfig(_Section):
     freeze_stages: int = Field(0, ge=0, description="freeze the stem and the first N backbone stages")
     unfreeze_epoch: Optional[int] = Field(None, ge=0, description="epoch at which frozen stages start training")
 
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_number(cls, v: Any) -> Any:
+        # YAML reads precision: 32 as a number; Fabric takes 64, 32 and 16 as numbers too.
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
 
 class GroupingConfig(_Section):
     """How photos are grouped into people when ``predict.group_people`` is on (see ``maskstatus.grouping``)."""
@@ -354,7 +361,7 @@ class GroupingConfig(_Section):
 
 
 class PredictConfig(_Section):
-    tta: list[Literal["hflip", "shift"]] = Field(
+    tta: list[Literal[TTA_NAMES]] = Field(
         default_factory=list, description="test-time augmentations averaged with the plain view (after softmax)"
     )
     group_people: bool = Field(False, description="group the photos of one person by face similarity and average "

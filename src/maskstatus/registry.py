@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -11,14 +11,20 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Registry(Generic[F]):
     """A named table of factories; unknown names fail with the list of known ones."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, declared: Optional[Sequence[str]] = None) -> None:
+        """``declared``: the names a torch-free module lists so they can be checked without importing this one;
+        registering any other name fails, and tests check that each declared name is registered."""
         self.kind = kind
+        self.declared = None if declared is None else tuple(declared)
         self._items: dict[str, Callable[..., Any]] = {}
 
     def register(self, name: str) -> Callable[[F], F]:
         def deco(fn: F) -> F:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            if self.declared is not None and name not in self.declared:
+                raise ValueError(f"{self.kind} {name!r} is not among the declared names {list(self.declared)}: "
+                                 "add it there too")
             self._items[name] = fn
             return fn
 

@@ -19,9 +19,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-
 from .errors import RunError, RunNotFoundError
+
+# A CV folder's saved config (engine.cv), named here so the command line reads it before importing the trainer.
+CV_CONFIG = "cv_config.yaml"
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def atomic_save_torch(obj: Any, path: Path) -> None:
+    import torch  # here, not at the top: the command line opens run folders before it imports torch
+
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
@@ -151,6 +154,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
     An empty, truncated or foreign file raises RunError naming it (torch's own errors name no file).
     """
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")

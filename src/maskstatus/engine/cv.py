@@ -42,16 +42,16 @@ import pandas as pd
 
 from ..config import Config, ConfigError, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
+from ..choices import check_accelerator_available
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..labels import PROB_COLUMNS
 from ..metrics import model_metrics
 from .score import oof_interval
-from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
+from ..runs import CV_CONFIG, RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
 from .train import TrainingInterrupted, load_train_table, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
 
-CV_CONFIG = "cv_config.yaml"
 CV_FOLDS = "folds.csv"
 CV_OOF = "oof.csv"
 CV_METRICS = "cv_metrics.json"
@@ -87,6 +87,8 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
             raise ConfigError("split.holdout=false trains on every person, so a CV has no folds to hold out: "
                               "use maskstatus train for that final model")
         todo = fold_list(cfg, folds)
+        # Each fold's train() checks it too, but only after this folder exists.
+        check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)
         save_config(cfg, cv_dir / CV_CONFIG)

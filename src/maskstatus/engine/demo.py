@@ -7,9 +7,6 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import load_config
-from ..data.synthetic import make_demo_data, score_submission
-from .predict import predict
-from .train import train
 
 DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
@@ -25,9 +22,15 @@ class DemoResult:
 
 def run_demo(out_dir: Path | str = "demo", people: int = 120, seed: int = 0, overrides: Sequence[str] = ()) -> DemoResult:
     out_dir = Path(out_dir)
+    # The overrides are checked before the data is drawn and torch and sklearn imported (seconds), so a typo is
+    # answered at once.
+    cfg = load_config(DEMO_CONFIG, [f"data.root={out_dir / 'data'}", f"output_dir={out_dir / 'runs'}", *overrides])
+    from ..data.synthetic import make_demo_data, score_submission
+    from .predict import predict
+    from .train import train
+
     # The demo owns this folder: redraw it, so `make demo` can run again and again.
     data = make_demo_data(out_dir / "data", people=people, seed=seed, overwrite=True)
-    cfg = load_config(DEMO_CONFIG, [f"data.root={data.root}", f"output_dir={out_dir / 'runs'}", *overrides])
     result = train(cfg)
     submission = out_dir / "submission.csv"
     predict([result.run_dir], data.eval_dir, submission, progress=cfg.train.progress)

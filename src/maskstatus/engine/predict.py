@@ -19,6 +19,9 @@ from ..data.dataset import FaceDataset
 from ..data.faces import cache_loader
 from ..data.tables import eval_table, folder_table
 from ..data.transforms import BatchNormalize, batch_normalizer, build_transforms, split_prepare
+# The argument checks live where they need no torch (the command line runs them first); importers find them here too.
+from ..choices import BACKENDS, check_accelerator_available, check_backend  # noqa: F401
+from ..choices import PREDICT_PRECISIONS as PRECISIONS  # noqa: F401
 from ..errors import DataError, RunError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
@@ -31,20 +34,6 @@ logger = logging.getLogger(__name__)
 
 # The PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel); see evaluate.Model.
 Backend = Literal["torch", "onnx"]
-BACKENDS: tuple[str, ...] = ("torch", "onnx")
-PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")  # the Fabric precisions predict offers
-
-
-def check_backend(backend: str, accelerator: str, precision: Optional[str] = None) -> None:
-    """Refuse a backend, device and precision that cannot go together (predict and serve share these rules)."""
-    if backend not in BACKENDS:
-        raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    if precision is not None and precision not in PRECISIONS:
-        raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if backend == "onnx" and precision not in (None, "32-true"):
-        raise UsageError(f"the onnx backend computes in float32; got precision={precision!r} (use --backend torch)")
-    if backend == "onnx" and accelerator not in ("auto", "cpu"):
-        raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
 
 
 def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
@@ -391,6 +380,7 @@ def predict(
     cost of answers that differ from float32 on about 1 % of images (``benchmarks/predict_cpu.py``).
     """
     check_backend(backend, accelerator, precision)
+    check_accelerator_available(accelerator)
     if not run_dirs:
         raise UsageError("predict needs at least one run folder")
     check_output(out)

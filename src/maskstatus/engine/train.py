@@ -34,6 +34,7 @@ from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds,
 from ..data.tables import train_table
 from ..data.relabel import read_relabel, resolve_relabel
 from ..data.transforms import Prepare, batch_normalizer, build_train_eval, output_shape, split_prepare
+from ..choices import check_accelerator_available
 from ..errors import DataError, Problem, RunError
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
@@ -179,6 +180,7 @@ def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
     if resume is not None:
         run = open_run_dir(resume)
         cfg = _resume_config(run, cfg)
+    check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
     fabric = Fabric(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,

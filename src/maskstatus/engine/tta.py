@@ -22,13 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from ..age import AGE_YEAR_HEADS, AGE_YEARS, Cuts, mean_years
+from ..choices import TTA_NAMES
+from ..errors import UsageError
 from ..labels import combine_task_probs
 from ..models.heads import SINGLE_KEY, outputs_to_probs, outputs_to_task_probs
 from ..registry import Registry
 
 View = Callable[[torch.Tensor], torch.Tensor]
 
-TTA: Registry = Registry("tta")
+TTA: Registry = Registry("tta", declared=TTA_NAMES)
 
 # Faces in the data are roughly centred but not exactly: a few percent of the size
 # covers that jitter without pushing the chin or forehead (mask position!) out of frame.
@@ -78,6 +80,10 @@ def shift_views(fraction: float = SHIFT_FRACTION) -> list[View]:
 
 def tta_views(names: Sequence[str]) -> list[View]:
     """The identity first, then the views of each named augmentation (a repeated name counts once)."""
+    unknown = [name for name in names if name not in TTA]
+    if unknown:
+        raise UsageError(f"unknown test-time augmentation(s) {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(TTA.names())}")
     views: list[View] = [identity]
     for name in dict.fromkeys(names):
         views.extend(TTA.build(name))
