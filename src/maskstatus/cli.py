@@ -164,6 +164,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.run,
         Path(args.data),
         Path(args.out),
+        overwrite=args.overwrite,
         **_prediction_options(args),
     )
     print(f"submission: {sub}")
@@ -175,7 +176,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export
 
     for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
-                         tolerance=args.tolerance):
+                         tolerance=args.tolerance, overwrite=args.overwrite):
         c = result.check
         print(f"{result.onnx} ({result.seconds:.1f} s): {c['images']} check images, largest difference to PyTorch "
               f"{c['max_prob_diff']:.2g} in probabilities, same class on {c['class_agreement']:.1%}")
@@ -210,12 +211,24 @@ def _weights_arg(text: str) -> list[float]:
 
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from .engine.ensemble import ensemble_oof
-    from .engine.oof import oof_path
-    from .engine.predict import predict
+    from .engine.oof import is_oof_csv, oof_path
+    from .engine.predict import check_output, predict, probs_path_for
+    from .outputs import check_distinct
+    from .outputs import check_output as check_path
     from .runs import atomic_write_csv
 
     if (args.data is None) != (args.out is None):
         raise SystemExit("ensemble: give --data and --out together")
+    # Every output is checked before the OOF is scored or an image predicted.
+    inputs = [*args.run, *([args.data] if args.data is not None else [])]
+    if args.out_oof:
+        check_path(args.out_oof, command="ensemble", option="--out-oof", inputs=inputs, previous=is_oof_csv,
+                   overwrite=args.overwrite)
+    if args.out is not None:
+        check_output(args.out, inputs, args.overwrite, command="ensemble")
+        if args.out_oof:
+            check_distinct([("--out-oof", args.out_oof), ("--out", args.out),
+                            (f"--out {args.out}: its probabilities file", probs_path_for(args.out))])
     missing = []
     for run in args.run:
         try:
@@ -241,6 +254,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             Path(args.out),
             weights=args.weights,
             vote=args.vote,
+            overwrite=args.overwrite,
             **_prediction_options(args),
         )
         print(f"submission: {sub}")
@@ -252,7 +266,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
 
     files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
-                               **_prediction_options(args))
+                               overwrite=args.overwrite, **_prediction_options(args))
     for f in files:
         print(f"teacher probabilities: {f}")
     out = Path(args.out)
@@ -274,10 +288,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_find_label_errors(args: argparse.Namespace) -> int:
-    from .engine.label_errors import TASK_NAMES, find_label_errors, load_oof, write_review
+    from .engine.label_errors import TASK_NAMES, check_review_output, find_label_errors, load_oof, write_review
 
     source = Path(args.run)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "label_review"
+    check_review_output(out, source, args.overwrite)
     suspects = find_label_errors(load_oof(source), top=args.top, min_score=args.min_score)
     paths = write_review(suspects, out)
     counts = suspects["task"].value_counts()
@@ -347,7 +362,7 @@ def _cmd_eda(args: argparse.Namespace) -> int:
     from .labels import AgeThresholds
 
     out, result = write_eda(Path(args.data_dir), Path(args.out), run=args.run,
-                            thresholds=AgeThresholds(args.young_below, args.old_from))
+                            thresholds=AgeThresholds(args.young_below, args.old_from), overwrite=args.overwrite)
     print(f"train: {result.train['person_id'].nunique()} people, {len(result.train)} images; "
           f"eval: {len(result.eval)} images")
     print(f"problems: {len(result.problems)}; cross-person duplicate pairs: {len(result.duplicates)}")
@@ -361,7 +376,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
-    out, result = write_report(Path(args.run), out)
+    out, result = write_report(Path(args.run), out, overwrite=args.overwrite)
     m = result.metrics
     print(f"OOF images {result.images}: macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
     print(f"report page: {out}")
@@ -379,6 +394,7 @@ def _add_report_commands(sub) -> None:
                    help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected label errors")
     s.add_argument("--young-below", type=int, default=30, help="age group 0 is age < this (default 30)")
     s.add_argument("--old-from", type=int, default=60, help="age group 2 is age >= this (default 60)")
+    _add_overwrite(s, "the --out file")
     s.set_defaults(fn=_cmd_eda)
 
     s = sub.add_parser("report", help="write a self-contained HTML page about a run or CV folder",
@@ -387,8 +403,15 @@ def _add_report_commands(sub) -> None:
                                    "predictions and, for a CV folder, the fold-to-fold spread.")
     s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder or CV folder")
     s.add_argument("--out", default=None, metavar="FILE.html", help="page to write (default RUN_OR_CV_DIR/report.html)")
+    _add_overwrite(s, "the --out file")
     s.set_defaults(fn=_cmd_report)
 # ---- end reports
+
+
+def _add_overwrite(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} even when it exists and is not an earlier output of this command (an input, "
+                        "or a file in a run, CV or data folder, is never replaced)")
 
 
 def _add_backend_options(s: argparse.ArgumentParser, pre: str = "", note: str = "") -> None:
@@ -486,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="competition eval folder (info.csv + images/) or any folder of images")
     s.add_argument("--out", required=True, metavar="FILE.csv",
                    help="submission file; the 18 class probabilities go to FILE.probs.csv beside it")
+    _add_overwrite(s, "FILE.csv and FILE.probs.csv")
     _add_prediction_options(s)
     s.set_defaults(fn=_cmd_predict)
 
@@ -507,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
                         "(default 1e-3)")
+    _add_overwrite(s, "the files under --out DIR")
     s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
@@ -524,6 +549,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict this eval folder (or any folder of images), as predict does; needs --out")
     s.add_argument("--out", default=None, metavar="FILE.csv",
                    help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
+    _add_overwrite(s, "the --out and --out-oof files")
     _add_prediction_options(s, only_with="--data")
     s.set_defaults(fn=_cmd_ensemble)
 
@@ -536,6 +562,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="DIR",
                    help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
     s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
+    _add_overwrite(s, "the files in DIR")
     _add_prediction_options(s)
     s.set_defaults(fn=_cmd_pseudo_label)
 
@@ -553,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=50, help="most suspects kept per task (default 50)")
     s.add_argument("--min-score", type=float, default=0.5,
                    help="keep suspects whose label is at least this likely wrong, 0..1 (default 0.5)")
+    _add_overwrite(s, "the review files in DIR")
     s.set_defaults(fn=_cmd_find_label_errors)
 
     s = sub.add_parser("tune-age", help="tune an age-regression run's age cut points on its out-of-fold predictions",

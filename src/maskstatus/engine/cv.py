@@ -47,7 +47,7 @@ from ..labels import PROB_COLUMNS
 from ..metrics import model_metrics
 from .score import oof_interval
 from ..runs import RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
-from .train import load_train_table, train
+from .train import check_train_outputs, load_train_table, train
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +79,13 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         # Data, split and model must stay as they were, or the folds would not belong together.
         cfg = load_cv_config(cv_dir).model_copy(update={"train": cfg.train})
         todo = fold_list(cfg, folds)
+        check_train_outputs(cfg, cv_dir)
     else:
         if not cfg.split.holdout:
             raise ConfigError("split.holdout=false trains on every person, so a CV has no folds to hold out: "
                               "use maskstatus train for that final model")
         todo = fold_list(cfg, folds)
+        check_train_outputs(cfg)
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)
         save_config(cfg, cv_dir / CV_CONFIG)

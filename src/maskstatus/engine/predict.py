@@ -22,6 +22,8 @@ from ..data.transforms import BatchNormalize, batch_normalizer, build_transforms
 from ..errors import DataError, RunError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
+from .. import outputs
+from ..outputs import first_line
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
 from .evaluate import Model, eval_loader, infer, normalize_on_device
@@ -313,17 +315,33 @@ def probs_path_for(out: Path | str) -> Path:
     return out.with_name(out.stem + ".probs.csv")
 
 
-def check_output(out: Path | str) -> None:
-    """Refuse an output path that cannot be written, before any work: not at the end, after a long prediction."""
+SUBMISSION_HEADERS: tuple[str, ...] = ("ImageID,ans", "image,ans,mask,gender,age")  # competition, plain folder
+
+
+def is_previous_submission(path: Path) -> bool:
+    """A submission this module wrote (by its header), which a new prediction may replace."""
+    return first_line(path) in SUBMISSION_HEADERS
+
+
+def is_previous_probs(path: Path) -> bool:
+    """A probabilities file this module wrote: image id column, then the 18 class columns."""
+    columns = first_line(path).split(",")
+    return columns[0] in ("ImageID", "image") and columns[1:1 + len(PROB_COLUMNS)] == PROB_COLUMNS
+
+
+def check_output(out: Path | str, inputs: Sequence[Path | str] = (), overwrite: bool = False,
+                 command: str = "predict") -> None:
+    """Refuse a submission path (and its probabilities file beside it) before any work: not at the end.
+
+    ``inputs`` (run folders, the data folder) are never written; an existing file is replaced only if it is
+    an earlier prediction, or with ``overwrite`` (see ``maskstatus.outputs``).
+    """
     out = Path(out)
-    for path in (out, probs_path_for(out)):
-        if path.is_dir():
-            raise UsageError(f"--out {out}: {path} is a folder; give a file name, e.g. {out / 'submission.csv'}")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: {out} is a folder; give a file name, e.g. {out / 'submission.csv'}")
+    outputs.check_output(out, command=command, inputs=inputs, previous=is_previous_submission, overwrite=overwrite)
+    outputs.check_output(probs_path_for(out), command=command, option=f"--out {out}: its probabilities file",
+                         inputs=inputs, previous=is_previous_probs, overwrite=overwrite)
 
 
 def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool,
@@ -367,6 +385,7 @@ def predict(
     onnx_dir: Optional[Path | str] = None,
     group_people: Optional[bool] = None,
     precision: Optional[str] = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
 
@@ -380,11 +399,13 @@ def predict(
     ``precision`` (a Fabric precision of ``PRECISIONS``) overrides the first run's ``train.precision``
     for the torch backend; ``bf16-mixed`` is faster on CPUs with bf16 instructions and on GPUs, at the
     cost of answers that differ from float32 on about 1 % of images (``benchmarks/predict_cpu.py``).
+    ``out`` may not be an input nor lie in a run or data folder; an existing file other than an earlier
+    prediction is replaced only with ``overwrite`` (``check_output``).
     """
     check_backend(backend, accelerator, precision)
     if not run_dirs:
         raise UsageError("predict needs at least one run folder")
-    check_output(out)
+    check_output(out, [*run_dirs, data], overwrite)
     groups = [expand_runs([r]) for r in run_dirs]
     # A bad weight list or vote fails here, before any model is loaded or image decoded.
     normalize_weights(weights, len(groups))
