@@ -306,3 +306,22 @@ def test_other_write_errors_are_left_alone(tmp_path):
     with pytest.raises(RuntimeError, match="a bug"):
         atomic_write(tmp_path / "x.csv", bug)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_knows_the_space_its_files_need_before_predicting(tmp_path, monkeypatch):
+    from maskstatus.engine.predict import output_bytes, write_predictions
+
+    table = pd.DataFrame({"image_id": [f"{i:040x}.jpg" for i in range(500)]})
+    sub, probs = write_predictions(table, torch.rand(500, len(PROB_COLUMNS)).double().numpy(), tmp_path / "s.csv",
+                                   True, years=torch.rand(500, 2).double().numpy())
+    written = sub.stat().st_size + probs.stat().st_size
+    assert written <= output_bytes(table) <= 4 * written
+    monkeypatch.setattr(outputs.shutil, "disk_usage", lambda p: type("Usage", (), {"free": written // 2})())
+    with pytest.raises(DiskWriteError, match=r"--out .*s.csv: no space left on device in .* needed\); free some space"):
+        outputs.check_space(tmp_path, output_bytes(table), name=tmp_path / "s.csv")
+
+
+def test_a_nearly_full_disk_is_found_by_its_free_space(small_disk):
+    outputs.check_space(small_disk, 100_000)
+    with pytest.raises(DiskWriteError, match="no space left on device"):
+        outputs.check_space(small_disk / "new", 1_000_000)

@@ -127,6 +127,21 @@ def check_writable(folder: Path | str, option: str = "--out", name: Optional[Pat
             tmp.unlink(missing_ok=True)
 
 
+def check_space(folder: Path | str, needed: int, option: str = "--out", name: Optional[Path | str] = None) -> None:
+    """Refuse a folder whose disk has less than ``needed`` bytes free: what the work will write, known before it."""
+    folder = Path(folder)
+    existing = nearest_existing(folder)
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return  # unknown: the write itself will say
+    if free < needed:
+        cause, advice = _CAUSES[errno.ENOSPC]
+        raise DiskWriteError(f"{option} {folder if name is None else name}: {cause} in {existing} ({free:,} bytes "
+                             f"free, about {needed:,} needed); {advice} or give another path (nothing was done)",
+                             errno.ENOSPC)
+
+
 def _resolved(path: Path | str) -> Path:
     return Path(path).expanduser().resolve()
 
@@ -225,5 +240,5 @@ def head_contains(path: Path, text: str, limit: int = 4096) -> bool:
         return False
 
 
-__all__ = ["DiskWriteError", "check_distinct", "check_output", "check_writable", "disk_error", "error_code",
+__all__ = ["DiskWriteError", "check_distinct", "check_output", "check_space", "check_writable", "disk_error", "error_code",
            "first_line", "head_contains", "nearest_existing", "protected_folder"]

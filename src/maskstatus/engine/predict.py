@@ -344,6 +344,12 @@ def check_output(out: Path | str, inputs: Sequence[Path | str] = (), overwrite: 
                          inputs=inputs, previous=is_previous_probs, overwrite=overwrite)
 
 
+def output_bytes(table: pd.DataFrame) -> int:
+    """About what ``write_predictions`` writes for ``table``, with room for the temp files (to check disk space)."""
+    per_row = 2 * table["image_id"].astype(str).str.len().mean() + len(PROB_COLUMNS) * 9 + 64
+    return int(2 * len(table) * per_row) + 2 * outputs.PROBE_BYTES
+
+
 def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool,
                       years: Optional[np.ndarray] = None) -> tuple[Path, Path]:
     """submission (ImageID,ans in table order) and a probabilities file beside it; both written atomically.
@@ -418,6 +424,7 @@ def predict(
     table, competition = read_images(Path(data))
     if table.empty:
         raise DataError.one(data, "no images found")
+    outputs.check_space(Path(out).parent, output_bytes(table), name=out)  # before the images are decoded
     if backend == "onnx":  # ONNX Runtime computes in float32 on the CPU; Fabric only moves the batches
         fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
     else:
