@@ -111,8 +111,8 @@ def check_writable(folder: Path | str, option: str = "--out", name: Optional[Pat
         raise UsageError(f"{where}: {existing} is a file, not a folder")
     tmp = None
     try:
-        fd, name = tempfile.mkstemp(prefix=".maskstatus-write-check.", suffix=".tmp", dir=existing)
-        tmp = Path(name)
+        fd, tmp_name = tempfile.mkstemp(prefix=".maskstatus-write-check.", suffix=".tmp", dir=existing)
+        tmp = Path(tmp_name)
         with os.fdopen(fd, "wb") as f:
             f.write(b"\0" * PROBE_BYTES)
     except OSError as exc:

@@ -342,13 +342,18 @@ def _write_png(img: Image.Image, path: Path) -> None:
 
 
 def _is_previous_review(path: Path) -> bool:
-    """A file write_review wrote (by its header, its first line or its PNG text), which a new review may replace."""
+    """A file write_review wrote (by its header, its first line or its PNG text), which a new review may replace.
+
+    A grid without the text (written by an older version) counts when the review.csv beside it is a review.
+    """
     if path.name == REVIEW_FILES["review_png"]:
         try:
             with Image.open(path) as img:
-                return img.info.get("Software") == PNG_SOFTWARE
+                if img.info.get("Software") == PNG_SOFTWARE:
+                    return True
         except (OSError, ValueError):
             return False
+        return _is_previous_review(path.with_name(REVIEW_FILES["review_csv"]))
     line = first_line(path)
     return line == ",".join(REVIEW_COLUMNS) or line.startswith(DRAFT_HEADER)
 
