@@ -212,9 +212,8 @@ def _weights_arg(text: str) -> list[float]:
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     from .engine.ensemble import ensemble_oof
     from .engine.oof import is_oof_csv, oof_path
-    from .engine.predict import check_output, predict, probs_path_for
-    from .outputs import check_distinct
-    from .outputs import check_output as check_path
+    from .engine.predict import predict
+    from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
     from .runs import atomic_write_csv
 
     if (args.data is None) != (args.out is None):
@@ -222,10 +221,10 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     # Every output is checked before the OOF is scored or an image predicted.
     inputs = [*args.run, *([args.data] if args.data is not None else [])]
     if args.out_oof:
-        check_path(args.out_oof, command="ensemble", option="--out-oof", inputs=inputs, previous=is_oof_csv,
-                   overwrite=args.overwrite)
+        check_output(args.out_oof, command="ensemble", option="--out-oof", inputs=inputs, previous=is_oof_csv,
+                     overwrite=args.overwrite)
     if args.out is not None:
-        check_output(args.out, inputs, args.overwrite, command="ensemble")
+        check_prediction_output(args.out, inputs, args.overwrite, command="ensemble")
         if args.out_oof:
             check_distinct([("--out-oof", args.out_oof), ("--out", args.out),
                             (f"--out {args.out}: its probabilities file", probs_path_for(args.out))])

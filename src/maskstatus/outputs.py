@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from .errors import MaskstatusError, UsageError
+from .labels import PROB_COLUMNS
 
 DATA_MARKERS: tuple[str, ...] = ("train.csv", "info.csv")  # data.layout.TRAIN_CSV, EVAL_CSV, beside images/
 PROBE_BYTES = 4096  # a block: on ext4 and tmpfs a full disk refuses the write itself, not only at close
@@ -212,6 +213,44 @@ def check_output(
     return out
 
 
+# ---- prediction files (predict, ensemble, pseudo-label): here, not in engine.predict, so that checking an
+# --out costs no torch import.
+SUBMISSION_HEADERS: tuple[str, ...] = ("ImageID,ans", "image,ans,mask,gender,age")  # competition, plain folder
+
+
+def probs_path_for(out: Path | str) -> Path:
+    """The probabilities file written beside the submission ``out``."""
+    out = Path(out)
+    return out.with_name(out.stem + ".probs.csv")
+
+
+def is_previous_submission(path: Path) -> bool:
+    """A submission engine.predict wrote (by its header), which a new prediction may replace."""
+    return first_line(path) in SUBMISSION_HEADERS
+
+
+def is_previous_probs(path: Path) -> bool:
+    """A probabilities file engine.predict wrote: the image id column, then the 18 class columns."""
+    columns = first_line(path).split(",")
+    return columns[0] in ("ImageID", "image") and columns[1:1 + len(PROB_COLUMNS)] == PROB_COLUMNS
+
+
+def check_prediction_output(out: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False,
+                            command: str = "predict") -> None:
+    """Refuse a submission path and the probabilities file beside it, before any work (``check_output``).
+
+    ``inputs`` are the run folders and the data folder; an existing file is replaced only if it is an earlier
+    prediction, or with ``overwrite``.
+    """
+    out = Path(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: {out} is a folder; give a file name, e.g. {out / 'submission.csv'}")
+    inputs = list(inputs)
+    check_output(out, command=command, inputs=inputs, previous=is_previous_submission, overwrite=overwrite)
+    check_output(probs_path_for(out), command=command, option=f"--out {out}: its probabilities file",
+                 inputs=inputs, previous=is_previous_probs, overwrite=overwrite)
+
+
 def check_distinct(outputs: Sequence[tuple[str, Path | str]]) -> None:
     """Refuse two outputs of one command that are the same file: the second would replace the first."""
     seen: dict[Path, str] = {}
@@ -240,5 +279,6 @@ def head_contains(path: Path, text: str, limit: int = 4096) -> bool:
         return False
 
 
-__all__ = ["DiskWriteError", "check_distinct", "check_output", "check_space", "check_writable", "disk_error", "error_code",
-           "first_line", "head_contains", "nearest_existing", "protected_folder"]
+__all__ = ["DiskWriteError", "check_distinct", "check_output", "check_prediction_output", "check_space",
+           "check_writable", "disk_error", "error_code", "first_line", "head_contains", "is_previous_probs",
+           "is_previous_submission", "nearest_existing", "probs_path_for", "protected_folder"]

@@ -25,7 +25,7 @@ OOF_COLUMNS = ["person_id", "stem", "image_path", "label", "fold"]
 
 
 def is_oof_csv(path: Path | str) -> bool:
-    """Whether ``path`` starts like an out-of-fold file (a run's, a CV's or an ensemble's): a later one may replace it."""
+    """Whether ``path`` starts like an out-of-fold file (a run's, a CV's, an ensemble's): a new one may replace it."""
     columns = first_line(Path(path)).split(",")
     return columns[:len(OOF_COLUMNS) + len(PROB_COLUMNS)] == OOF_COLUMNS + PROB_COLUMNS
 

@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from lightning_fabric import Fabric
 
+from .. import outputs
 from ..age import AGE_MEAN, AGE_SIGMA, Cuts, read_cuts, thresholds_cuts
 from ..config import Config, GroupingConfig, config_to_dict, load_config
 from ..data.cache import ImageCache, available_cores
@@ -22,8 +23,8 @@ from ..data.transforms import BatchNormalize, batch_normalizer, build_transforms
 from ..errors import DataError, RunError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
-from .. import outputs
-from ..outputs import first_line
+from ..outputs import check_prediction_output as check_output
+from ..outputs import probs_path_for
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
 from .evaluate import Model, eval_loader, infer, normalize_on_device
@@ -307,41 +308,6 @@ def cache_probs(
     if not np.array_equal(rows, np.arange(len(cache))):
         raise RuntimeError("inference lost rows; this is a bug")
     return probs.astype(np.float64), (None if years is None else years.astype(np.float64))
-
-
-def probs_path_for(out: Path | str) -> Path:
-    """The probabilities file written beside the submission ``out``."""
-    out = Path(out)
-    return out.with_name(out.stem + ".probs.csv")
-
-
-SUBMISSION_HEADERS: tuple[str, ...] = ("ImageID,ans", "image,ans,mask,gender,age")  # competition, plain folder
-
-
-def is_previous_submission(path: Path) -> bool:
-    """A submission this module wrote (by its header), which a new prediction may replace."""
-    return first_line(path) in SUBMISSION_HEADERS
-
-
-def is_previous_probs(path: Path) -> bool:
-    """A probabilities file this module wrote: image id column, then the 18 class columns."""
-    columns = first_line(path).split(",")
-    return columns[0] in ("ImageID", "image") and columns[1:1 + len(PROB_COLUMNS)] == PROB_COLUMNS
-
-
-def check_output(out: Path | str, inputs: Sequence[Path | str] = (), overwrite: bool = False,
-                 command: str = "predict") -> None:
-    """Refuse a submission path (and its probabilities file beside it) before any work: not at the end.
-
-    ``inputs`` (run folders, the data folder) are never written; an existing file is replaced only if it is
-    an earlier prediction, or with ``overwrite`` (see ``maskstatus.outputs``).
-    """
-    out = Path(out)
-    if out.is_dir():
-        raise UsageError(f"--out {out}: {out} is a folder; give a file name, e.g. {out / 'submission.csv'}")
-    outputs.check_output(out, command=command, inputs=inputs, previous=is_previous_submission, overwrite=overwrite)
-    outputs.check_output(probs_path_for(out), command=command, option=f"--out {out}: its probabilities file",
-                         inputs=inputs, previous=is_previous_probs, overwrite=overwrite)
 
 
 def output_bytes(table: pd.DataFrame) -> int:

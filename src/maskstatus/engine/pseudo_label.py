@@ -23,10 +23,9 @@ import pandas as pd
 
 from ..data.folds import FOLD_COLUMNS, IMAGE_FOLD_COLUMNS
 from ..errors import DataError, UsageError
-from ..outputs import check_output, first_line
+from ..outputs import check_output, check_prediction_output, first_line
 from ..runs import atomic_write_csv
 from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
-from .predict import check_output as check_predict_output
 from .predict import predict
 
 logger = logging.getLogger(__name__)
@@ -82,7 +81,7 @@ def fold_teacher_probs(
     check_output(out_dir / FOLDS_COPY, command="pseudo-label", inputs=inputs, overwrite=overwrite,
                  previous=lambda p: first_line(p) in (",".join(FOLD_COLUMNS), ",".join(IMAGE_FOLD_COLUMNS)))
     for k in todo:
-        check_predict_output(out_dir / f"fold{k}.csv", inputs, overwrite, command="pseudo-label")
+        check_prediction_output(out_dir / f"fold{k}.csv", inputs, overwrite, command="pseudo-label")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(fold_table, out_dir / FOLDS_COPY)
     written = []
