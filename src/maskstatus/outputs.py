@@ -7,14 +7,16 @@ an input and a full or read-only disk fails in a second, not after the work. The
 1. an output is never one of the command's inputs (a table, a config, an OOF CSV), nor a file
    inside an input folder; paths are compared after following symlinks (and hard links);
 2. an output is never inside a run or CV folder (one holding ``config.yaml`` and ``checkpoints/``, or
-   ``cv_config.yaml``: what predict and resume read) nor inside a competition data folder (``train.csv`` or ``info.csv``
-   beside ``images/``), except the command's own outputs there (``report RUN`` writes RUN/report.html);
+   ``cv_config.yaml``: what predict and resume read) nor inside a competition data folder (``train.csv``
+   or ``info.csv`` beside ``images/``), except the command's own outputs there (``report RUN`` writes
+   RUN/report.html);
 3. an existing file is replaced only if it is a previous output of the same command, as its
    ``previous`` test recognises it (each writer keeps that test beside it: a submission CSV by its
    header, an HTML page by its ``<meta name="generator">``, an ONNX export by its sidecar), or with
    ``--overwrite``. Rules 1 and 2 hold even with ``--overwrite``: those files are never an output;
 4. the nearest existing folder of the output takes a small file (created and removed): ``os.access``
-   says yes to root on a read-only mount, a real write does not.
+   says yes to root on a read-only mount, a real write does not. Where the size of the output is known
+   before the work (``predict``), ``check_space`` compares it with the disk's free space.
 
 Write errors the user can fix (ENOSPC, EDQUOT, EROFS, EACCES, EPERM) become ``DiskWriteError``,
 one line naming the file and the cause. This module imports nothing heavy (no torch), so the
