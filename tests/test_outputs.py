@@ -325,3 +325,21 @@ def test_a_nearly_full_disk_is_found_by_its_free_space(small_disk):
     outputs.check_space(small_disk, 100_000)
     with pytest.raises(DiskWriteError, match="no space left on device"):
         outputs.check_space(small_disk / "new", 1_000_000)
+
+
+def test_a_full_disk_inside_a_cv_folder_says_to_resume_the_cv(layout):
+    from maskstatus.runs import atomic_write
+
+    fold_run = layout["cv"] / "fold0-run"
+    (fold_run / "checkpoints").mkdir(parents=True)
+    (fold_run / "config.yaml").write_text("name: fold0\n")
+
+    def full(path):
+        path.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    last = fold_run / "checkpoints" / "last.pt"
+    with pytest.raises(DiskWriteError, match=f"writing {last}; free some space, then continue with maskstatus cv "
+                                             f"--resume {layout['cv']}"):
+        atomic_write(last, full)
+    assert list(last.parent.iterdir()) == []
