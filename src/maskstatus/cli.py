@@ -181,6 +181,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         args.run,
         Path(args.data),
         Path(args.out),
+        overwrite=args.overwrite,
         **options,
     )
     print(f"submission: {sub}")
@@ -192,7 +193,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import export
 
     for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
-                         tolerance=args.tolerance):
+                         tolerance=args.tolerance, overwrite=args.overwrite):
         c = result.check
         print(f"{result.onnx} ({result.seconds:.1f} s): {c['images']} check images, largest difference to PyTorch "
               f"{c['max_prob_diff']:.2g} in probabilities, same class on {c['class_agreement']:.1%}")
@@ -234,10 +235,21 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
     # After the arguments are checked (see the top of this file).
     from .engine.ensemble import ensemble_oof
-    from .engine.oof import oof_path
+    from .engine.oof import is_oof_csv, oof_path
     from .engine.predict import predict
+    from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
     from .runs import atomic_write_csv
 
+    # Every output is checked before the OOF is scored or an image predicted.
+    inputs = [*args.run, *([args.data] if args.data is not None else [])]
+    if args.out_oof:
+        check_output(args.out_oof, command="ensemble", option="--out-oof", inputs=inputs, previous=is_oof_csv,
+                     overwrite=args.overwrite)
+    if args.out is not None:
+        check_prediction_output(args.out, inputs, args.overwrite, command="ensemble")
+        if args.out_oof:
+            check_distinct([("--out-oof", args.out_oof), ("--out", args.out),
+                            (f"--out {args.out}: its probabilities file", probs_path_for(args.out))])
     missing = []
     for run in args.run:
         try:
@@ -263,6 +275,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
             Path(args.out),
             weights=args.weights,
             vote=args.vote,
+            overwrite=args.overwrite,
             **options,
         )
         print(f"submission: {sub}")
@@ -274,7 +287,8 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
     from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
 
-    files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds, **options)
+    files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
+                               overwrite=args.overwrite, **options)
     for f in files:
         print(f"teacher probabilities: {f}")
     out = Path(args.out)
@@ -296,10 +310,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_find_label_errors(args: argparse.Namespace) -> int:
-    from .engine.label_errors import TASK_NAMES, find_label_errors, load_oof, write_review
+    from .engine.label_errors import TASK_NAMES, check_review_output, find_label_errors, load_oof, write_review
 
     source = Path(args.run)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "label_review"
+    check_review_output(out, source, args.overwrite)
     suspects = find_label_errors(load_oof(source), top=args.top, min_score=args.min_score)
     paths = write_review(suspects, out)
     counts = suspects["task"].value_counts()
@@ -369,7 +384,7 @@ def _cmd_eda(args: argparse.Namespace) -> int:
     from .labels import AgeThresholds
 
     out, result = write_eda(Path(args.data_dir), Path(args.out), run=args.run,
-                            thresholds=AgeThresholds(args.young_below, args.old_from))
+                            thresholds=AgeThresholds(args.young_below, args.old_from), overwrite=args.overwrite)
     print(f"train: {result.train['person_id'].nunique()} people, {len(result.train)} images; "
           f"eval: {len(result.eval)} images")
     print(f"problems: {len(result.problems)}; cross-person duplicate pairs: {len(result.duplicates)}")
@@ -383,7 +398,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
-    out, result = write_report(Path(args.run), out)
+    out, result = write_report(Path(args.run), out, overwrite=args.overwrite)
     m = result.metrics
     print(f"OOF images {result.images}: macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
     print(f"report page: {out}")
@@ -401,6 +416,7 @@ def _add_report_commands(sub) -> None:
                    help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected label errors")
     s.add_argument("--young-below", type=int, default=30, help="age group 0 is age < this (default 30)")
     s.add_argument("--old-from", type=int, default=60, help="age group 2 is age >= this (default 60)")
+    _add_overwrite(s, "the --out file")
     s.set_defaults(fn=_cmd_eda)
 
     s = sub.add_parser("report", help="write a self-contained HTML page about a run or CV folder",
@@ -409,8 +425,15 @@ def _add_report_commands(sub) -> None:
                                    "predictions and, for a CV folder, the fold-to-fold spread.")
     s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder or CV folder")
     s.add_argument("--out", default=None, metavar="FILE.html", help="page to write (default RUN_OR_CV_DIR/report.html)")
+    _add_overwrite(s, "the --out file")
     s.set_defaults(fn=_cmd_report)
 # ---- end reports
+
+
+def _add_overwrite(s: argparse.ArgumentParser, what: str) -> None:
+    s.add_argument("--overwrite", action="store_true",
+                   help=f"replace {what} even when it exists and is not an earlier output of this command (an input, "
+                        "or a file in a run, CV or data folder, is never replaced)")
 
 
 def _add_backend_options(s: argparse.ArgumentParser, pre: str = "", note: str = "") -> None:
@@ -510,6 +533,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="competition eval folder (info.csv + images/) or any folder of images")
     s.add_argument("--out", required=True, metavar="FILE.csv",
                    help="submission file; the 18 class probabilities go to FILE.probs.csv beside it")
+    _add_overwrite(s, "FILE.csv and FILE.probs.csv")
     _add_prediction_options(s)
     s.set_defaults(fn=_cmd_predict)
 
@@ -531,6 +555,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tolerance", type=float, default=1e-3,
                    help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
                         "(default 1e-3)")
+    _add_overwrite(s, "the files under --out DIR")
     s.set_defaults(fn=_cmd_export)
 
     s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
@@ -548,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also predict this eval folder (or any folder of images), as predict does; needs --out")
     s.add_argument("--out", default=None, metavar="FILE.csv",
                    help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
+    _add_overwrite(s, "the --out and --out-oof files")
     _add_prediction_options(s, only_with="--data")
     s.set_defaults(fn=_cmd_ensemble)
 
@@ -560,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="DIR",
                    help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
     s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
+    _add_overwrite(s, "the files in DIR")
     _add_prediction_options(s)
     s.set_defaults(fn=_cmd_pseudo_label)
 
@@ -577,6 +604,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--top", type=int, default=50, help="most suspects kept per task (default 50)")
     s.add_argument("--min-score", type=float, default=0.5,
                    help="keep suspects whose label is at least this likely wrong, 0..1 (default 0.5)")
+    _add_overwrite(s, "the review files in DIR")
     s.set_defaults(fn=_cmd_find_label_errors)
 
     s = sub.add_parser("tune-age", help="tune an age-regression run's age cut points on its out-of-fold predictions",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import RunError, RunNotFoundError
+from .outputs import disk_error
 
 # A CV folder's saved config (engine.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
@@ -118,21 +119,43 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temp_path)`` for a temp file in the same folder, then rename it to ``path``.
 
     The rename is the commit: a crash never leaves half a file. Every file the project writes goes through here.
+    A full, read-only or forbidden disk raises ``outputs.DiskWriteError`` naming ``path`` and the cause; the
+    temp file is removed and the file already at ``path`` (a previous checkpoint) is kept as it was.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    # mkstemp makes the file private (0600); give it the permissions an ordinary write would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    tmp = None
     try:
-        write(Path(tmp))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        os.close(fd)
+        # mkstemp makes the file private (0600); give it the permissions an ordinary write would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        # Judged before the temp file goes: a writer that hides the OSError is judged by the space left.
+        error = disk_error(exc, path, _resume_hint(path)) if isinstance(exc, Exception) else None
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if error is not None:
+            raise error from exc
         raise
+
+
+def _resume_hint(path: Path) -> str:
+    """What to do after a failed write into a run or CV folder that can be resumed; '' elsewhere."""
+    folder = path.parent
+    for _ in range(4):  # <cv>/<fold run>/checkpoints/last.pt is the deepest file a resume needs
+        if (folder / "cv_config.yaml").is_file():
+            return f"continue with maskstatus cv --resume {folder} (nothing already saved is lost)"
+        folder = folder.parent
+    run = RunDir(path.parent.parent if path.parent.name == "checkpoints" else path.parent)
+    if run.config.is_file() and run.last.is_file():
+        return f"continue with maskstatus train --resume {run.root} (nothing already saved is lost)"
+    return ""
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -142,7 +165,12 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_save_torch(obj: Any, path: Path) -> None:
     import torch  # here, not at the top: the command line opens run folders before it imports torch
 
-    atomic_write(path, lambda p: torch.save(obj, p))
+    # Through a Python file: torch then chains the OSError (ENOSPC...) to its own RuntimeError, which names no cause.
+    def save(p: Path) -> None:
+        with open(p, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, save)
 
 
 def atomic_write_csv(df, path: Path, **kwargs: Any) -> None:

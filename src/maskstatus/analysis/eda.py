@@ -45,10 +45,12 @@ from ..labels import (
     class_names,
     encode,
 )
+from ..outputs import check_output
 from . import html as H
 
 logger = logging.getLogger(__name__)
 
+GENERATOR = "maskstatus eda"  # in each page's <meta name="generator">: a later eda may replace it
 EXIF_ORIENTATION_TAG = 0x0112
 ORIENTATION_NAMES: dict[int, str] = {
     1: "upright", 2: "mirrored", 3: "rotated 180", 4: "mirrored, rotated 180",
@@ -496,12 +498,18 @@ def render(r: EdaResult) -> str:
     ]
     if r.run is not None:
         sections.append(H.Section("suspects", "Suspected label errors", _suspects_section(r)))
-    return H.page(f"maskstatus EDA: {r.data_dir.name}", str(r.data_dir), sections)
+    return H.page(f"maskstatus EDA: {r.data_dir.name}", str(r.data_dir), sections, GENERATOR)
 
 
 def write_eda(data_dir: str | Path, out: str | Path, run: Optional[str | Path] = None,
-              thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS) -> tuple[Path, EdaResult]:
-    """Analyse ``data_dir`` and write the page to ``out``; returns (the file, the analysis)."""
+              thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS, overwrite: bool = False) -> tuple[Path, EdaResult]:
+    """Analyse ``data_dir`` and write the page to ``out``; returns (the file, the analysis).
+
+    ``out`` is checked first: never inside ``data_dir``, ``run`` or any run or data folder, and an existing
+    file is replaced only if it is an earlier eda page, or with ``overwrite`` (see ``maskstatus.outputs``).
+    """
+    check_output(out, command="eda", inputs=[data_dir, *([run] if run is not None else [])],
+                 previous=lambda p: H.is_page_of(p, GENERATOR), overwrite=overwrite)
     result = analyse(data_dir, run, thresholds)
     return H.write_page(render(result), out), result
 

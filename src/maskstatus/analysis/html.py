@@ -72,13 +72,28 @@ class Section:
     body: str
 
 
-def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
-    """A whole HTML document: header, a contents bar linking every section, the sections."""
+def generator_meta(generator: str) -> str:
+    """The tag naming what wrote a page: how a command knows a file it may replace is its own earlier page."""
+    return f'<meta name="generator" content="{esc(generator)}">'
+
+
+def is_page_of(path: str | Path, generator: str) -> bool:
+    """Whether the file at ``path`` is a page ``generator`` wrote (its ``generator_meta`` in the head)."""
+    from ..outputs import head_contains
+
+    return head_contains(Path(path), generator_meta(generator))
+
+
+def page(title: str, subtitle: str, sections: Sequence[Section], generator: str = "maskstatus") -> str:
+    """A whole HTML document: header, a contents bar linking every section, the sections.
+
+    ``generator`` (e.g. "maskstatus report") goes into a ``<meta name="generator">`` tag (see ``is_page_of``).
+    """
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)
     body = "\n".join(f'<section id="{esc(s.key)}">\n<h2>{esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n{generator_meta(generator)}\n"
         f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)} &middot; written {stamp}</p></header>\n"
         f"<nav>{nav}</nav>\n<main>\n{body}\n</main>\n</body>\n</html>\n"

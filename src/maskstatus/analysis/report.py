@@ -40,6 +40,7 @@ from ..labels import (
     split_class_probs,
 )
 from ..metrics import compute_metrics, confusion
+from ..outputs import check_output
 from . import html as H
 from .headroom import BAND_YEARS, given_years, oof_headroom
 
@@ -52,6 +53,8 @@ BOOTSTRAP_SAMPLES = 1000
 BOOTSTRAP_LEVEL = 0.95
 CALIBRATION_BINS = 10
 MISTAKES_SHOWN = 24
+GENERATOR = "maskstatus report"  # in each page's <meta name="generator">: a later report may replace it
+REPORT_NAME = "report.html"  # the default page, in the run or CV folder
 
 
 @dataclass
@@ -433,14 +436,26 @@ def render(r: ReportResult) -> str:
     config = (f"<details><summary>{H.esc(r.config_file)}</summary>"
               f"<pre>{H.esc(r.config_file.read_text())}</pre></details>")
     sections.append(H.Section("config", "Config", config))
-    return H.page(f"maskstatus {kind} report: {r.path.name}", str(r.path), sections)
+    return H.page(f"maskstatus {kind} report: {r.path.name}", str(r.path), sections, GENERATOR)
 
 
-def write_report(path: str | Path, out: str | Path) -> tuple[Path, ReportResult]:
-    """Read the run or CV folder at ``path`` and write its page to ``out``; returns (the file, the result)."""
+def check_report_output(path: str | Path, out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse ``out`` before any work: inside a run, CV or data folder only ``<path>/report.html`` may be written,
+    and an existing file only if it is an earlier report page, or with ``overwrite`` (see ``maskstatus.outputs``).
+    """
+    return check_output(out, command="report", own=[Path(path) / REPORT_NAME],
+                        previous=lambda p: H.is_page_of(p, GENERATOR), overwrite=overwrite)
+
+
+def write_report(path: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, ReportResult]:
+    """Read the run or CV folder at ``path`` and write its page to ``out``; returns (the file, the result).
+
+    ``out`` is checked first (``check_report_output``).
+    """
+    check_report_output(path, out, overwrite)
     result = analyse_run(path)
     return H.write_page(render(result), out), result
 
 
-__all__ = ["ReportResult", "analyse_run", "calibration", "confident_mistakes", "fold_scores", "per_class_table",
-           "render", "write_report"]
+__all__ = ["ReportResult", "analyse_run", "calibration", "check_report_output", "confident_mistakes", "fold_scores",
+           "per_class_table", "render", "write_report"]

@@ -48,7 +48,7 @@ from ..labels import PROB_COLUMNS
 from ..metrics import model_metrics
 from .score import oof_interval
 from ..runs import CV_CONFIG, RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
-from .train import TrainingInterrupted, load_train_table, log_removed_temp_files, train
+from .train import TrainingInterrupted, check_train_outputs, load_train_table, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         todo = fold_list(cfg, folds)
         _check_resume_epochs(cv_dir, cfg)
         log_removed_temp_files(cv_dir)
+        check_train_outputs(cfg, cv_dir)
     else:
         if not cfg.split.holdout:
             raise ConfigError("split.holdout=false trains on every person, so a CV has no folds to hold out: "
@@ -89,6 +90,7 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         todo = fold_list(cfg, folds)
         # Each fold's train() checks it too, but only after this folder exists.
         check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
+        check_train_outputs(cfg)
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)
         save_config(cfg, cv_dir / CV_CONFIG)

@@ -38,6 +38,7 @@ from ..data.transforms import build_transforms, output_shape
 from ..labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, NUM_CLASSES
 from ..models import model_data_config, outputs_to_probs
 from ..models.heads import SINGLE_KEY
+from ..outputs import check_output
 from ..runs import atomic_write_text
 from .ensemble import expand_runs
 from .onnx_model import INPUT_NAME, SIDECAR_FORMAT, OnnxModel, file_sha256, onnx_path, seal_sidecar, sidecar_path
@@ -326,9 +327,36 @@ def export(
     images: Optional[Path | str | Sequence[str]] = None,
     tolerance: float = TOLERANCE,
     check_count: int = CHECK_IMAGES,
+    overwrite: bool = False,
 ) -> list[ExportResult]:
-    """Export a run, or every fold run of a CV folder (which share the CV folder's tuned age cuts, if any)."""
+    """Export a run, or every fold run of a CV folder (which share the CV folder's tuned age cuts, if any).
+
+    Every file is checked before the first export (``check_export_outputs``).
+    """
     path = Path(path)
     cuts = read_cuts(path)
-    return [export_run(r, out_dir, checkpoint, images, cuts, tolerance, check_count)
-            for r in expand_runs([path])]
+    runs = expand_runs([path])
+    check_export_outputs(runs, out_dir, checkpoint, images, overwrite)
+    return [export_run(r, out_dir, checkpoint, images, cuts, tolerance, check_count) for r in runs]
+
+
+def is_previous_export(path: Path) -> bool:
+    """An ONNX file or sidecar export wrote (the sidecar names its format), which a new export may replace."""
+    try:
+        meta = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT
+
+
+def check_export_outputs(runs: Sequence[Path | str], out_dir: Optional[Path | str], checkpoint: str,
+                         images: Optional[Path | str | Sequence[str]] = None, overwrite: bool = False) -> None:
+    """Refuse export targets before any work (see ``maskstatus.outputs``): each run's own ``onnx/`` folder is
+    its output; under ``--out DIR`` a file is replaced only if it is an earlier export, or with ``overwrite``."""
+    inputs = [images] if isinstance(images, (str, Path)) else []
+    for run in runs:
+        target = onnx_path(run, checkpoint, out_dir)
+        own = onnx_path(run, checkpoint)
+        for path, default in ((target, own), (sidecar_path(target), sidecar_path(own))):
+            check_output(path, command="export", inputs=inputs, own=[default], previous=is_previous_export,
+                         overwrite=overwrite)

@@ -44,10 +44,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL.PngImagePlugin import PngInfo
 
 from ..data.relabel import SWAP_STEMS, SWAP_VALUE
 from ..errors import UsageError
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
+from ..outputs import check_output, first_line
 from ..runs import atomic_write, atomic_write_csv, atomic_write_text
 from .oof import OOF_COLUMNS, check_oof_frame, read_oof
 
@@ -58,6 +60,7 @@ __all__ = [
     "REVIEW_ROW_HEIGHT",
     "REVIEW_THUMB",
     "TASK_NAMES",
+    "check_review_output",
     "find_label_errors",
     "load_oof",
     "rank_suspects",
@@ -68,6 +71,11 @@ __all__ = [
 REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images")
 # The task names double as relabel field names where a fix is a relabel row.
 TASK_NAMES: tuple[str, ...] = ("gender", "age", "mask_swap")
+
+REVIEW_FILES: dict[str, str] = {"review_csv": "review.csv", "review_png": "review.png",
+                                "relabel_draft": "relabel_draft.csv"}
+DRAFT_HEADER = "# DRAFT written by find-label-errors"
+PNG_SOFTWARE = "maskstatus find-label-errors"  # the review grid's PNG "Software" text: a later review may replace it
 
 # A relabel draft row is written only where the model thinks the label is more likely wrong than right.
 DRAFT_MIN_SCORE = 0.5
@@ -251,11 +259,7 @@ def write_review(suspects: pd.DataFrame, out_dir: Path, grid_people: int = 20) -
         raise ValueError(f"suspects table lacks column(s) {missing}; expected {list(REVIEW_COLUMNS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "review_csv": out_dir / "review.csv",
-        "review_png": out_dir / "review.png",
-        "relabel_draft": out_dir / "relabel_draft.csv",
-    }
+    paths = {key: out_dir / name for key, name in REVIEW_FILES.items()}
     atomic_write_csv(suspects[list(REVIEW_COLUMNS)], paths["review_csv"], float_format="%.4f")
     _write_png(_review_grid(suspects, grid_people), paths["review_png"])
     atomic_write_text(paths["relabel_draft"], _relabel_draft(suspects))
@@ -265,7 +269,7 @@ def write_review(suspects: pd.DataFrame, out_dir: Path, grid_people: int = 20) -
 def _relabel_draft(suspects: pd.DataFrame) -> str:
     buf = io.StringIO()
     buf.write(
-        "# DRAFT written by find-label-errors from out-of-fold predictions: check every row against "
+        f"{DRAFT_HEADER} from out-of-fold predictions: check every row against "
         "review.png and delete the wrong ones before using it as a relabel file.\n"
         "# The fixes are relative to the labels the run trained on (after its relabel file, if any).\n"
     )
@@ -332,4 +336,34 @@ def _review_grid(suspects: pd.DataFrame, grid_people: int) -> Image.Image:
 
 
 def _write_png(img: Image.Image, path: Path) -> None:
-    atomic_write(path, lambda p: img.save(p, format="PNG"))
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    atomic_write(path, lambda p: img.save(p, format="PNG", pnginfo=info))
+
+
+def _is_previous_review(path: Path) -> bool:
+    """A file write_review wrote (by its header, its first line or its PNG text), which a new review may replace.
+
+    A grid without the text (written by an older version) counts when the review.csv beside it is a review.
+    """
+    if path.name == REVIEW_FILES["review_png"]:
+        try:
+            with Image.open(path) as img:
+                if img.info.get("Software") == PNG_SOFTWARE:
+                    return True
+        except (OSError, ValueError):
+            return False
+        return _is_previous_review(path.with_name(REVIEW_FILES["review_csv"]))
+    line = first_line(path)
+    return line == ",".join(REVIEW_COLUMNS) or line.startswith(DRAFT_HEADER)
+
+
+def check_review_output(out_dir: Path | str, source: Path | str, overwrite: bool = False) -> None:
+    """Refuse a review folder before any work (see ``maskstatus.outputs``): never the OOF ``source`` or inside a
+    run, CV or data folder other than the default ``<source>/label_review``, and its files are replaced only if
+    they are an earlier review, or with ``overwrite``."""
+    source = Path(source)
+    default = (source if source.is_dir() else source.parent) / "label_review"
+    for name in REVIEW_FILES.values():
+        check_output(Path(out_dir) / name, command="find-label-errors", inputs=[] if source.is_dir() else [source],
+                     own=[default / name], previous=_is_previous_review, overwrite=overwrite)

@@ -18,9 +18,16 @@ from ..age import oof_with_cuts, read_cuts
 from ..config import Config, load_config
 from ..errors import DataError
 from ..labels import PROB_COLUMNS
+from ..outputs import first_line
 
 KEY_COLUMNS = ["person_id", "stem"]
 OOF_COLUMNS = ["person_id", "stem", "image_path", "label", "fold"]
+
+
+def is_oof_csv(path: Path | str) -> bool:
+    """Whether ``path`` starts like an out-of-fold file (a run's, a CV's, an ensemble's): a new one may replace it."""
+    columns = first_line(Path(path)).split(",")
+    return columns[:len(OOF_COLUMNS) + len(PROB_COLUMNS)] == OOF_COLUMNS + PROB_COLUMNS
 
 
 def member_config(path: Path | str) -> Optional[Config]:

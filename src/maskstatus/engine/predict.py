@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 from lightning_fabric import Fabric
 
+from .. import outputs
 from ..age import AGE_MEAN, AGE_SIGMA, Cuts, read_cuts, thresholds_cuts
 from ..config import Config, GroupingConfig, config_to_dict, load_config
 from ..data.cache import ImageCache, available_cores
@@ -25,6 +26,8 @@ from ..choices import PREDICT_PRECISIONS as PRECISIONS  # noqa: F401
 from ..errors import DataError, RunError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..models import create_model, model_data_config
+from ..outputs import check_prediction_output as check_output
+from ..outputs import probs_path_for
 from ..runs import atomic_write_csv, load_checkpoint, open_run_dir
 from .ensemble import Vote, check_vote, combine_probs, expand_runs, normalize_weights
 from .evaluate import Model, eval_loader, infer, normalize_on_device
@@ -305,23 +308,10 @@ def check_finite_probs(run: LoadedRun, probs: np.ndarray) -> None:
                        "its weights are not finite (a diverged run); retrain it, e.g. with a lower optimizer.lr")
 
 
-def probs_path_for(out: Path | str) -> Path:
-    """The probabilities file written beside the submission ``out``."""
-    out = Path(out)
-    return out.with_name(out.stem + ".probs.csv")
-
-
-def check_output(out: Path | str) -> None:
-    """Refuse an output path that cannot be written, before any work: not at the end, after a long prediction."""
-    out = Path(out)
-    for path in (out, probs_path_for(out)):
-        if path.is_dir():
-            raise UsageError(f"--out {out}: {path} is a folder; give a file name, e.g. {out / 'submission.csv'}")
-    parent = out.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UsageError(f"--out {out}: {parent} is a file, not a folder")
+def output_bytes(table: pd.DataFrame) -> int:
+    """About what ``write_predictions`` writes for ``table``, with room for the temp files (to check disk space)."""
+    per_row = 2 * table["image_id"].astype(str).str.len().mean() + len(PROB_COLUMNS) * 9 + 64
+    return int(2 * len(table) * per_row) + 2 * outputs.PROBE_BYTES
 
 
 def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool,
@@ -365,6 +355,7 @@ def predict(
     onnx_dir: Optional[Path | str] = None,
     group_people: Optional[bool] = None,
     precision: Optional[str] = None,
+    overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
 
@@ -378,12 +369,14 @@ def predict(
     ``precision`` (a Fabric precision of ``PRECISIONS``) overrides the first run's ``train.precision``
     for the torch backend; ``bf16-mixed`` is faster on CPUs with bf16 instructions and on GPUs, at the
     cost of answers that differ from float32 on about 1 % of images (``benchmarks/predict_cpu.py``).
+    ``out`` may not be an input nor lie in a run or data folder; an existing file other than an earlier
+    prediction is replaced only with ``overwrite`` (``check_output``).
     """
     check_backend(backend, accelerator, precision)
     check_accelerator_available(accelerator)
     if not run_dirs:
         raise UsageError("predict needs at least one run folder")
-    check_output(out)
+    check_output(out, [*run_dirs, data], overwrite)
     groups = [expand_runs([r]) for r in run_dirs]
     # A bad weight list or vote fails here, before any model is loaded or image decoded.
     normalize_weights(weights, len(groups))
@@ -396,6 +389,7 @@ def predict(
     table, competition = read_images(Path(data))
     if table.empty:
         raise DataError.one(data, "no images found")
+    outputs.check_space(Path(out).parent, output_bytes(table), name=out)  # before the images are decoded
     if backend == "onnx":  # ONNX Runtime computes in float32 on the CPU; Fabric only moves the batches
         fabric = Fabric(accelerator="cpu", devices=1, precision="32-true")
     else:

@@ -21,7 +21,9 @@ from typing import Any, Optional, Sequence, Union
 
 import pandas as pd
 
+from ..data.folds import FOLD_COLUMNS, IMAGE_FOLD_COLUMNS
 from ..errors import DataError, UsageError
+from ..outputs import check_output, check_prediction_output, first_line
 from ..runs import atomic_write_csv
 from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
 from .predict import predict
@@ -52,6 +54,7 @@ def fold_teacher_probs(
     out_dir: Union[Path, str],
     folds: Optional[Sequence[int]] = None,
     progress: bool = True,
+    overwrite: bool = False,
     **predict_options: Any,
 ) -> list[Path]:
     """For each fold k, the eval predictions of the teachers' fold-k models, soft-voted: ``out_dir/fold<k>.probs.csv``.
@@ -60,7 +63,8 @@ def fold_teacher_probs(
     student on with ``split.folds_file``). ``folds`` defaults to every fold of the first teacher's split.
     Each file holds the predicted years too where a teacher regresses the age. Returns the files, in fold order.
     ``predict_options`` go to ``predict`` as they are (``batch_size``, ``accelerator``, ``backend``, ``onnx_dir``,
-    ``precision``, ``tta``, ...).
+    ``precision``, ``tta``, ...). Every file is checked before any prediction (``maskstatus.outputs``): an
+    existing one is replaced only if it is an earlier output of pseudo-label, or with ``overwrite``.
     """
     teachers = [Path(t) for t in teachers]
     if not teachers:
@@ -73,11 +77,17 @@ def fold_teacher_probs(
         raise FileNotFoundError(f"teacher fold runs not found: {', '.join(missing)}")
 
     out_dir = Path(out_dir)
+    inputs = [*teachers, data]
+    check_output(out_dir / FOLDS_COPY, command="pseudo-label", inputs=inputs, overwrite=overwrite,
+                 previous=lambda p: first_line(p) in (",".join(FOLD_COLUMNS), ",".join(IMAGE_FOLD_COLUMNS)))
+    for k in todo:
+        check_prediction_output(out_dir / f"fold{k}.csv", inputs, overwrite, command="pseudo-label")
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(fold_table, out_dir / FOLDS_COPY)
     written = []
     for k in todo:
         logger.info("fold %d: eval predictions of %s", k, ", ".join(str(r) for r in runs[k]))
-        _, probs = predict(runs[k], data, out_dir / f"fold{k}.csv", progress=progress, **predict_options)
+        _, probs = predict(runs[k], data, out_dir / f"fold{k}.csv", progress=progress, overwrite=True,
+                           **predict_options)
         written.append(probs)
     return written

@@ -43,6 +43,7 @@ from ..grouping import FeatureCapture
 from ..models import create_model, model_data_config
 from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
+from ..outputs import check_writable
 from ..runs import (RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir,
                     remove_stale_temp_files)
 from .evaluate import eval_loader, infer, loader_workers, normalize_on_device
@@ -181,6 +182,7 @@ def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
         run = open_run_dir(resume)
         cfg = _resume_config(run, cfg)
     check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
+    check_train_outputs(cfg, resume)
     fabric = Fabric(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
@@ -188,6 +190,13 @@ def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
         precision=cfg.train.precision,
     )
     return fabric.launch(_train, cfg, str(resume) if resume is not None else None)
+
+
+def check_train_outputs(cfg: Config, resume: Optional[Path | str] = None) -> None:
+    """A read-only or full disk under the run (or the disk cache) fails now, not after the images are decoded."""
+    check_writable(resume if resume is not None else cfg.output_dir, "--resume" if resume is not None else "output_dir")
+    if cfg.cache.mode == "disk":
+        check_writable(cfg.cache.dir, "cache.dir")
 
 
 def _resume_config(run: RunDir, cfg: Config) -> Config:
