@@ -56,10 +56,13 @@ def test_predict_any_image_folder(two_runs, demo_data, tmp_path):
 
 
 def test_predict_errors(two_runs, tmp_path):
+    # The submission goes outside the folders read: an output inside an input folder is refused first.
+    out = tmp_path / "out" / "x.csv"
+    (tmp_path / "in").mkdir()
     with pytest.raises(FileNotFoundError, match="not a run folder"):
-        predict([tmp_path], tmp_path, tmp_path / "x.csv")
+        predict([tmp_path / "in"], tmp_path / "in", out)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        predict([two_runs[0]], tmp_path / "nowhere", tmp_path / "x.csv")
+        predict([two_runs[0]], tmp_path / "nowhere", out)
 
 
 def test_bf16_precision_answers_near_float32(two_runs, demo_data, tmp_path):
