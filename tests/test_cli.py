@@ -92,6 +92,7 @@ def test_predict_group_people_flag_reaches_predict(monkeypatch, tmp_path, flag, 
         return out, out
 
     monkeypatch.setattr(predict_module, "predict", fake_predict)
-    assert main(["predict", "--run", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "s.csv"),
-                 *flag]) == 0
+    # --out outside the folders read: the command refuses an output inside an input folder before predict runs.
+    assert main(["predict", "--run", str(tmp_path / "run"), "--data", str(tmp_path / "data"),
+                 "--out", str(tmp_path / "out" / "s.csv"), *flag]) == 0
     assert seen["group_people"] is expected

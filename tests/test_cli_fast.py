@@ -73,6 +73,7 @@ def _run_folders(tmp_path: Path) -> tuple[Path, Path]:
     ([*PREDICT, "--tta", "bogus"], "--tta"),
     ([*PREDICT, "--accelerator", "tpu9"], "--accelerator"),
     ([*PREDICT, "--backend", "onnx", "--accelerator", "cuda"], "onnx backend runs on the CPU"),
+    (["predict", "--run", "{run}", "--data", "{tmp}/data", "--out", "{run}/config.yaml"], "input folder"),
     (["ensemble", "--run", "no-such-run", "--batch-size", "0"], "--batch-size"),
     (["pseudo-label", "--teacher", "x", "--data", "y", "--out", "z", "--tta", "vflip"], "--tta"),
     (["demo", "--out", "{tmp}/demo", "train.epoch=3"], "train.epoch"),

@@ -174,7 +174,11 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
+    from .outputs import check_prediction_output
+
     options = _prediction_options(args)
+    # Here too, not only in predict(): a refused --out is answered before torch is imported.
+    check_prediction_output(args.out, [*args.run, args.data], args.overwrite)
     from .engine.predict import predict  # after the arguments are checked (see the top of this file)
 
     sub, probs = predict(
