@@ -22,8 +22,8 @@ error is JSON ``{"detail": ..., "file": ...}``:
   422. A request's pixels are held from before decoding until its answer, and all
   requests together hold at most ``max_server_pixels``: a request that cannot
   get its share within ``BUSY_WAIT_S`` gets 503 with Retry-After. Images decode
-  in a pool of ``decode_workers`` threads, so decoding never takes more cores
-  (or transient memory) than that however many requests arrive.
+  in a pool of ``decode_workers`` threads (default one), so decoding never takes
+  more cores (or transient memory) than that however many requests arrive.
 
 The model runs one batch at a time (the predictor's lock queues concurrent
 requests). The endpoints that decode and predict are plain functions, which
@@ -64,13 +64,14 @@ KEEP_ALIVE_S = 5
 DEFAULT_MAX_UPLOADS = 16
 # Connections uvicorn keeps at once (idle ones are closed after the timeouts above); beyond it new requests get 503.
 LIMIT_CONCURRENCY = 512
-DECODE_WORKERS = 2
 # Decoded pixels per request and for all requests at once, in images of the largest size allowed: a request may
-# decode 3 of them (or 16 phone JPEGs, about 3 MP each at reduced size), the server twice that. At 3 bytes a pixel
-# held until the answer, plus ~15 a pixel while one of DECODE_WORKERS decodes, the default 16 MP images bound the
-# decoded memory at ~0.3 GB held + ~0.5 GB transient, on top of the loaded models.
+# decode 3 of them (or 16 phone JPEGs, about 3 MP each at reduced size), the server 4. Images are held at 3 bytes
+# a pixel until the answer, and decoding one takes up to 13 bytes a pixel at its peak (an RGBA PNG): with one
+# decoding thread, the default 16 MP images bound the decoded memory at ~0.2 GB held + ~0.2 GB transient, on top of
+# the loaded models (see benchmarks/serve_abuse.py). The model answers one batch at a time, so more would only queue.
+DECODE_WORKERS = 1
 REQUEST_PIXELS_IMAGES = 3
-SERVER_PIXELS_IMAGES = 6
+SERVER_PIXELS_IMAGES = 4
 BUSY_WAIT_S = 2.0
 RETRY_AFTER_S = 2
 
@@ -389,11 +390,31 @@ def server_config(app, host: str = "127.0.0.1", port: int = 8000, log_level: Opt
                           timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=LIMIT_CONCURRENCY)
 
 
+def return_freed_memory() -> bool:
+    """Have glibc hand memory freed after a request back to the system, and keep few heaps.
+
+    Every allocation over 1 MB gets its own mapping, returned when freed: by default
+    glibc raises that threshold to the size of any such block freed (up to 32 MB),
+    so the 16 MB blocks PIL decodes into then come from heaps that keep them. And
+    two heaps in all instead of one per thread (up to 8 per core), each keeping what
+    its thread freed. Measured with benchmarks/serve_abuse.py: the attacked server's
+    peak went from 1.76 to 1.58 GB. False where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, 1 << 20) and libc.mallopt(-8, 2))  # M_MMAP_THRESHOLD, M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
 def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: Optional[str] = "info") -> None:
     """Run ``app`` with uvicorn until interrupted."""
     import uvicorn
 
     warn_if_exposed(host)
+    return_freed_memory()
     uvicorn.Server(server_config(app, host, port, log_level)).run()
 
 

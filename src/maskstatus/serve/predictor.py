@@ -5,7 +5,10 @@ prediction code's own: ``load_run`` and ``expand_runs`` load the runs,
 ``ImageCache`` resizes to the run's ``cache.size``, ``FaceDataset`` applies the
 run's eval transforms, ``infer`` runs the TTA views and ``vote_members`` joins
 the ensemble members. Only the source of the pixels differs: arrays already
-decoded (with ``load_rgb``'s rules) instead of file paths. With
+decoded (with ``load_rgb``'s rules) instead of file paths. Two bounds on
+the cost of large photos apply only here: a JPEG over 2 x ``DECODE_MIN_SIDE``
+is decoded at reduced size, and faces are looked for in a copy at most
+``DETECT_MAX_SIDE`` long; a face-crop-sized photo is unaffected by either. With
 ``backend="onnx"`` the networks run in ONNX Runtime from ``maskstatus export``'s
 files, as ``predict --backend onnx`` runs them; Grad-CAM still needs gradients,
 so ``explain`` keeps the PyTorch weights for its heatmaps.
@@ -21,13 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from lightning_fabric import Fabric
 
 from ..age import read_cuts
 from ..data.cache import ImageCache, resize_to
-from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
+from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, shared_detector
 from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
                            probe_image)
 from ..data.transforms import build_transforms
@@ -46,6 +50,10 @@ logger = logging.getLogger(__name__)
 # is; a JPEG is decoded at reduced size (DECODE_MIN_SIDE) so even a 50 MP one counts as about 3 MP. Decoding
 # holds about 15 bytes a pixel at its peak (RGBA, the composite onto white, RGB), so 16 MP is ~240 MB at most.
 DEFAULT_MAX_PIXELS = 16_000_000
+# Faces are looked for in a copy of the photo at most this long: dlib's detector costs time and memory with the
+# pixels (7 s and 600 MB for a 16 MP photo, 0.8 s for 1600x1200), and a face in a portrait is far above its
+# smallest (about 40 px at this size). Photos up to this size are searched as they are, as predict searches them.
+DETECT_MAX_SIDE = 1600
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale keeping their longest side at least this: the face detector finds
 # faces down to a few percent of such a photo, and a face crop is still far larger than any model's input.
 DECODE_MIN_SIDE = 1600
@@ -126,6 +134,23 @@ def check_tta_names(names: Sequence[str]) -> None:
     if unknown:
         raise UsageError(f"--tta {', '.join(map(repr, unknown))}: unknown test-time augmentation; known: "
                          f"{', '.join(TTA.names())}, or 'none'")
+
+
+class BoundedDetector:
+    """A face detector run on a copy of the photo at most ``max_side`` px long, its boxes scaled back."""
+
+    def __init__(self, detector: FaceDetector, max_side: int = DETECT_MAX_SIDE) -> None:
+        self.detector = detector
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        h, w = image.shape[:2]
+        scale = self.max_side / max(h, w)
+        if scale >= 1:
+            return self.detector.detect(image)
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        return [Box(max(0, round(b.left / scale)), max(0, round(b.top / scale)), min(w, round(b.right / scale)),
+                    min(h, round(b.bottom / scale)), b.score) for b in self.detector.detect(small)]
 
 
 @dataclass
@@ -230,7 +255,7 @@ class Predictor:
         # whatever ``face_crop`` says. In an ensemble mixing such runs with others, the others then get the
         # crop as well: the one case where the server's input differs from predict's.
         self.trained_on_faces = any(r.cfg.data.face_crop for m in self.members for r in m.runs)
-        self.detector = shared_detector() if face_crop or self.trained_on_faces else None
+        self.detector = BoundedDetector(shared_detector()) if face_crop or self.trained_on_faces else None
         # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
         self.age_ranges = first.data.age.thresholds().names()
         self.lock = threading.Lock()
