@@ -101,7 +101,7 @@ def test_missing_file(tmp_path):
 
 
 def test_image_extensions():
-    assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+    assert IMAGE_EXTENSIONS == (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
     assert is_image_file("x/MASK1.JPEG")
     assert is_image_file("a.webp")
     assert not is_image_file("notes.txt")

@@ -2,6 +2,7 @@
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -61,7 +62,22 @@ def test_health(client, cv_dir):
     r = client.get("/health")
     assert r.status_code == 200
     body = r.json()
-    assert body["status"] == "ok" and body["models"] == 2 and body["sources"] == [str(cv_dir)]
+    assert body["status"] == "ok" and body["models"] == 2 and body["sources"] == [cv_dir.name]
+    assert str(cv_dir.parent) not in r.text  # run names only: no server paths
+
+
+def test_crafted_uploads_are_refused_before_decoding(client, demo_data):
+    """A 6300x6300 blank PNG (tens of KB; 28 s and ~1 GB to decode) and a second file to /explain."""
+    blank = io.BytesIO()
+    Image.new("L", (6300, 6300)).save(blank, format="PNG", optimize=True)
+    start = time.perf_counter()
+    r = client.post("/predict", files=[("file", (f"{i}.png", blank.getvalue(), "image/png")) for i in range(4)])
+    assert r.status_code == 413 and "too many pixels" in r.json()["detail"] and r.json()["file"] == "0.png"
+    assert time.perf_counter() - start < 2
+    two = [eval_images(demo_data, 2)[0], eval_images(demo_data, 2)[1]]
+    r = post(client, two, "/explain")
+    assert r.status_code == 422 and r.json()["file"] == two[1].name
+    assert post(client, two[:1], "/explain").status_code == 200
 
 
 @pytest.mark.parametrize("count", [1, 5])

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 # Only torch-free modules at the top: each command checks its config and arguments, then imports the engine
 # (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py).
@@ -376,10 +376,38 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     predictor = Predictor(args.run, checkpoint=args.checkpoint, accelerator=args.accelerator, tta=_tta_arg(args.tta),
                           face_crop=not args.no_face_crop, max_pixels=args.max_pixels, backend=args.backend,
                           onnx_dir=args.onnx_dir)
-    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files)
+    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
+                     read_timeout=args.read_timeout)
     print(f"serving {predictor.model_count} model(s) on http://{args.host}:{args.port}/ (Ctrl+C stops)")
     serve(app, host=args.host, port=args.port)
     return 0
+
+
+def _serve_number(kind: type, low: float, high: Optional[float] = None, what: str = "a number") -> Callable:
+    """An argparse type for serve's limits: a ``kind`` in [low, high], else one line naming the range (exit 2)."""
+    import math
+
+    def show(x: float) -> str:
+        return f"{int(x):,}" if kind is int and x >= 1e5 else f"{x:g}"
+
+    def parse(text: str):
+        try:
+            number = float(text.replace("_", ""))  # 16e6 and 16_000_000 are pixel counts too
+            value = kind(number) if math.isfinite(number) and (kind is not int or number.is_integer()) else None
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            bounds = f"from {show(low)} to {show(high)}" if high is not None else f"of at least {show(low)}"
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {text!r}")
+        return value
+
+    return parse
+
+
+def _serve_pixels(text: str) -> int:
+    from .data.images import MAX_IMAGE_PIXELS  # only when given: the parser stays quick to build
+
+    return _serve_number(int, 1, MAX_IMAGE_PIXELS, "a number of pixels")(text)
 
 
 # ---- reports (eda, report): one self-contained HTML page each
@@ -637,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and GET / (web page). Answers equal `maskstatus predict` on face crops.")
     s.add_argument("run", nargs="+", metavar="RUN_OR_CV_DIR", help="run folder or CV folder; several: soft vote")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    s.add_argument("--port", type=_serve_number(int, 1, 65535, "a port"), default=8000, help="port (default 8000)")
     s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
     s.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
                    help="device (default auto: a GPU if there is one)")
@@ -645,9 +673,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
     _add_backend_options(s, note=" (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
     s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
-    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest request body in MB (default 20)")
-    s.add_argument("--max-pixels", type=int, default=40_000_000, help="largest image in pixels (default 40e6)")
-    s.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
+    s.add_argument("--max-upload-mb", type=_serve_number(float, 0.001, None, "a size in MB"), default=20.0,
+                   help="largest request body in MB (default 20)")
+    s.add_argument("--max-pixels", type=_serve_pixels, default=16_000_000,
+                   help="most pixels one image may decode to, up to 50e6 (default 16e6; JPEGs larger than 3200 px "
+                        "decode at 1/2, 1/4 or 1/8 size, so a 48 MP phone photo counts as 3 MP); a request may hold "
+                        "3 such images, the server 6 at once (413, or 503 to retry when busy)")
+    s.add_argument("--max-files", type=_serve_number(int, 1, None, "a number of files"), default=16,
+                   help="most images per request (default 16)")
+    s.add_argument("--read-timeout", type=_serve_number(float, 0.1, 3600, "seconds"), default=10.0,
+                   help="seconds a client may send nothing while its upload is awaited before it gets 408 (default 10)")
     s.set_defaults(fn=_cmd_serve)
 
     _add_report_commands(sub)

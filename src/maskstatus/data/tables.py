@@ -16,7 +16,7 @@ import pandas as pd
 
 from ..errors import DataError, Problem, format_problems
 from ..labels import DEFAULT_AGE_THRESHOLDS, GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, age_group, encode
-from .images import is_image_file
+from .images import IMAGE_EXTENSIONS, is_image_file
 from .layout import EVAL_TABLE_COLUMNS, TABLE_COLUMNS, is_ignored_file
 from .relabel import apply_relabel, read_relabel, resolve_relabel
 from .validate import check_train_rows, validate_eval, validate_train
@@ -96,25 +96,38 @@ def eval_table(eval_dir: str | Path, skip_bad: bool = False, check_images: bool 
     return table[list(EVAL_TABLE_COLUMNS)].reset_index(drop=True)
 
 
+def _warn_skipped(folder: Path, skipped: list[str], shown: int = 20) -> None:
+    names = ", ".join(skipped[:shown]) + (f" and {len(skipped) - shown} more" if len(skipped) > shown else "")
+    logger.warning("%s: %d file(s) left out, not images by their extension (accepted: %s): %s", folder, len(skipped),
+                   ", ".join(IMAGE_EXTENSIONS), names)
+
+
 def folder_table(folder: str | Path) -> pd.DataFrame:
     """Every image under ``folder`` (recursive, hidden files skipped) for prediction.
 
     Columns image_id (path relative to folder, posix) and image_path (absolute),
     sorted by image_id. Images are not decoded here. A name that is not valid UTF-8
     keeps its exact bytes in image_path; its image_id shows them as ``\\xNN`` escapes (see ``_image_id``).
+    Files whose extension is not one of IMAGE_EXTENSIONS (a .heic, a .txt) are left out with a warning naming them.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError([Problem(str(folder), "folder not found")], folder)
     root = folder.resolve()
-    rows = []
+    rows, skipped = [], []
     for path in root.rglob("*"):
         rel = path.relative_to(root)
-        if any(is_ignored_file(part) for part in rel.parts) or not is_image_file(path) or not path.is_file():
+        if any(is_ignored_file(part) for part in rel.parts) or not path.is_file():
             continue
-        rows.append((_image_id(rel), str(path)))
+        if is_image_file(path):
+            rows.append((_image_id(rel), str(path)))
+        else:
+            skipped.append(_image_id(rel))
+    if skipped:
+        _warn_skipped(folder, sorted(skipped))
     if not rows:
-        raise DataError([Problem(str(folder), "no image files found")], folder)
+        raise DataError([Problem(str(folder), f"no image files found (extensions {', '.join(IMAGE_EXTENSIONS)})")],
+                        folder)
     table = pd.DataFrame(sorted(rows), columns=list(EVAL_TABLE_COLUMNS))
     return table
 

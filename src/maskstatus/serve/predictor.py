@@ -5,7 +5,10 @@ prediction code's own: ``load_run`` and ``expand_runs`` load the runs,
 ``ImageCache`` resizes to the run's ``cache.size``, ``FaceDataset`` applies the
 run's eval transforms, ``infer`` runs the TTA views and ``vote_members`` joins
 the ensemble members. Only the source of the pixels differs: arrays already
-decoded (with ``load_rgb``'s rules) instead of file paths. With
+decoded (with ``load_rgb``'s rules) instead of file paths. Two bounds on
+the cost of large photos apply only here: a JPEG over 2 x ``DECODE_MIN_SIDE``
+is decoded at reduced size, and faces are looked for in a copy at most
+``DETECT_MAX_SIDE`` long; a face-crop-sized photo is unaffected by either. With
 ``backend="onnx"`` the networks run in ONNX Runtime from ``maskstatus export``'s
 files, as ``predict --backend onnx`` runs them; Grad-CAM still needs gradients,
 so ``explain`` keeps the PyTorch weights for its heatmaps.
@@ -19,60 +22,135 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import BinaryIO, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from lightning_fabric import Fabric
-from PIL import Image
 
 from ..age import read_cuts
 from ..data.cache import ImageCache, resize_to
-from ..data.faces import FaceCrop, cache_aspect, crop_face, shared_detector
-from ..data.images import ImageError, load_rgb
+from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, shared_detector
+from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
+                           probe_image)
 from ..data.transforms import build_transforms
 from ..engine.ensemble import expand_runs
 from ..engine.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
-from ..engine.tta import tta_views
+from ..engine.tta import TTA, tta_views
+from ..errors import UsageError
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
 from .gradcam import heatmaps, png_data_uri
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_PIXELS = 40_000_000  # a 48-megapixel phone photo is 8000x6000; more than that is no portrait
+# Decoded pixels allowed per image. A face photo needs little: the competition's are 384x512 (0.2 MP) and the
+# models see 128 px or less. 16 MP holds a 12 MP phone portrait (4032x3024) decoded in full, as a PNG, WebP or TIFF
+# is; a JPEG is decoded at reduced size (DECODE_MIN_SIDE) so even a 50 MP one counts as about 3 MP. Decoding
+# holds about 15 bytes a pixel at its peak (RGBA, the composite onto white, RGB), so 16 MP is ~240 MB at most.
+DEFAULT_MAX_PIXELS = 16_000_000
+# Faces are looked for in a copy of the photo at most this long: dlib's detector costs time and memory with the
+# pixels (7 s and 600 MB for a 16 MP photo, 0.8 s for 1600x1200), and a face in a portrait is far above its
+# smallest (about 40 px at this size). Photos up to this size are searched as they are, as predict searches them.
+DETECT_MAX_SIDE = 1600
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale keeping their longest side at least this: the face detector finds
+# faces down to a few percent of such a photo, and a face crop is still far larger than any model's input.
+DECODE_MIN_SIDE = 1600
 
 
 class BadImage(ValueError):
-    """An upload that is not an image the server will decode; ``reason`` is shown to the client."""
+    """An upload the server will not decode; ``reason`` is shown to the client with HTTP ``status``."""
 
-    def __init__(self, reason: str, too_large: bool = False) -> None:
+    def __init__(self, reason: str, status: int = 422, filename: Optional[str] = None) -> None:
         super().__init__(reason)
         self.reason = reason
-        self.too_large = too_large
+        self.status = status
+        self.filename = filename
 
 
-def decode_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """Bytes of an uploaded file -> (H, W, 3) uint8 RGB, decoded as ``load_rgb`` decodes a file.
+def _heif_brand(head: bytes) -> Optional[str]:
+    """'HEIC' (or AVIF...) for an ISO media file, which PIL cannot open without a plugin, so it can be named."""
+    if head[4:8] != b"ftyp":
+        return None
+    brand = head[8:12].decode("ascii", "replace").strip()
+    return "AVIF" if brand.startswith("avi") else "HEIC" if brand.startswith(("hei", "hev", "mif")) else None
 
-    The pixel count is read from the header before any pixel is decoded, so a small
-    file claiming a huge image (a decompression bomb) costs nothing.
+
+def probe_upload(file: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 min_side: Optional[int] = DECODE_MIN_SIDE) -> int:
+    """Pixels that decoding an uploaded file will hold, read from its header (a decompression bomb costs nothing).
+
+    Raises BadImage: 422 not an image, 415 a format not in ``IMAGE_FORMATS``, 413 more than ``max_pixels``.
     """
-    if not data:
+    file.seek(0)
+    head = file.read(16)
+    if not head:
         raise BadImage("empty file")
+    file.seek(0)
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            width, height = img.size
-    except Image.DecompressionBombError as err:
-        raise BadImage(f"too many pixels: {err}", too_large=True) from None
-    except Exception:  # PIL raises UnidentifiedImageError, OSError, SyntaxError... for non-images
-        raise BadImage("not a recognised image: corrupt or unknown format") from None
-    if width * height > max_pixels:
-        raise BadImage(f"too many pixels: {width}x{height} is more than the limit of {max_pixels}", too_large=True)
+        fmt, (width, height), pixels = probe_image(file, min_side)
+    except ImageTooLarge as err:
+        raise BadImage(f"too many pixels: {err.reason}", 413) from None
+    except ImageFormatError as err:
+        raise BadImage(err.reason, 415) from None
+    except ImageError as err:
+        brand = _heif_brand(head)
+        if brand is not None:
+            raise BadImage(f"{brand} images are not accepted (PIL cannot decode them); accepted formats: "
+                           f"{', '.join(accepted_formats())}", 415) from None
+        raise BadImage(err.reason) from None
+    if pixels > max_pixels:
+        decoded = "" if pixels == width * height else f" decoded at reduced size to {pixels} pixels"
+        raise BadImage(f"too many pixels: {fmt} {width}x{height}{decoded} is more than the limit of {max_pixels}", 413)
+    return pixels
+
+
+def decode_upload(file: BinaryIO | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  min_side: Optional[int] = DECODE_MIN_SIDE) -> np.ndarray:
+    """An uploaded file -> (H, W, 3) uint8 RGB, decoded as ``load_rgb`` decodes a file (JPEGs over twice
+    ``min_side`` at reduced size), after ``probe_upload``'s checks."""
+    if isinstance(file, bytes):
+        file = io.BytesIO(file)
+    probe_upload(file, max_pixels, min_side)
+    file.seek(0)
     try:
-        return load_rgb(io.BytesIO(data))
+        return load_rgb(file, min_side)
+    except ImageTooLarge as err:
+        raise BadImage(f"too many pixels: {err.reason}", 413) from None
     except ImageError as err:
         raise BadImage(err.reason) from None
+
+
+def check_max_pixels(max_pixels: int) -> None:
+    """--max-pixels must be positive and within the decoder's hard cap, which would refuse the images anyway."""
+    if not 0 < max_pixels <= MAX_IMAGE_PIXELS:
+        raise UsageError(f"--max-pixels {max_pixels}: give a number of pixels from 1 to {MAX_IMAGE_PIXELS} "
+                         "(images.MAX_IMAGE_PIXELS, the most any image may have)")
+
+
+def check_tta_names(names: Sequence[str]) -> None:
+    unknown = [n for n in names if n not in TTA]
+    if unknown:
+        raise UsageError(f"--tta {', '.join(map(repr, unknown))}: unknown test-time augmentation; known: "
+                         f"{', '.join(TTA.names())}, or 'none'")
+
+
+class BoundedDetector:
+    """A face detector run on a copy of the photo at most ``max_side`` px long, its boxes scaled back."""
+
+    def __init__(self, detector: FaceDetector, max_side: int = DETECT_MAX_SIDE) -> None:
+        self.detector = detector
+        self.max_side = max_side
+
+    def detect(self, image: np.ndarray) -> list[Box]:
+        h, w = image.shape[:2]
+        scale = self.max_side / max(h, w)
+        if scale >= 1:
+            return self.detector.detect(image)
+        small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        return [Box(max(0, round(b.left / scale)), max(0, round(b.top / scale)), min(w, round(b.right / scale)),
+                    min(h, round(b.bottom / scale)), b.score) for b in self.detector.detect(small)]
 
 
 @dataclass
@@ -141,8 +219,10 @@ class Predictor:
             raise ValueError("serve needs at least one run or CV folder")
         check_backend(backend, accelerator)
         self.backend = backend
-        if tta is not None:
-            tta_views(tta)  # unknown names fail at start-up, not on the first request
+        check_max_pixels(max_pixels)
+        if tta is not None:  # unknown names fail at start-up, before any model is loaded
+            check_tta_names(tta)
+            tta_views(tta)
         self.sources = [Path(s) for s in sources]
         self.tta = None if tta is None else list(tta)
         self.max_pixels = max_pixels
@@ -175,7 +255,7 @@ class Predictor:
         # whatever ``face_crop`` says. In an ensemble mixing such runs with others, the others then get the
         # crop as well: the one case where the server's input differs from predict's.
         self.trained_on_faces = any(r.cfg.data.face_crop for m in self.members for r in m.runs)
-        self.detector = shared_detector() if face_crop or self.trained_on_faces else None
+        self.detector = BoundedDetector(shared_detector()) if face_crop or self.trained_on_faces else None
         # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
         self.age_ranges = first.data.age.thresholds().names()
         self.lock = threading.Lock()
@@ -187,8 +267,9 @@ class Predictor:
         return sum(len(m.runs) for m in self.members)
 
     def describe(self) -> dict:
+        # Folder names only: a client has no business knowing where the server keeps its runs.
         return {
-            "sources": [str(s) for s in self.sources],
+            "sources": [s.resolve().name for s in self.sources],
             "models": self.model_count,
             "device": str(self.fabric.device),
             "backend": self.backend,
