@@ -137,6 +137,13 @@ def test_predict_on_a_missing_gpu_is_one_line(no_gpu, tmp_path, accelerator, cap
     assert len(err.strip().splitlines()) == 1
 
 
+def test_serve_on_a_missing_gpu_is_one_line(no_gpu, tmp_path, capsys):
+    assert main(["serve", str(tmp_path), "--accelerator", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --accelerator=cuda but no GPU is visible")
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_train_and_cv_on_a_missing_gpu_name_the_key_and_leave_nothing(no_gpu, tmp_path):
     from maskstatus.engine.cv import run_cv
     from maskstatus.engine.train import train

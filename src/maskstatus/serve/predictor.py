@@ -36,6 +36,7 @@ from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, Image
                            probe_image)
 from ..data.transforms import build_transforms
 from ..engine.ensemble import expand_runs
+from ..choices import check_accelerator_available
 from ..engine.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
 from ..engine.tta import TTA, tta_views
 from ..errors import UsageError
@@ -218,6 +219,7 @@ class Predictor:
         if not sources:
             raise ValueError("serve needs at least one run or CV folder")
         check_backend(backend, accelerator)
+        check_accelerator_available(accelerator)
         self.backend = backend
         check_max_pixels(max_pixels)
         if tta is not None:  # unknown names fail at start-up, before any model is loaded
