@@ -48,7 +48,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import commit, machine  # noqa: E402
+from proxy import commit, machine, write_report  # noqa: E402
 from serve_load import free_port, start_server  # noqa: E402
 
 PHASES = ("crafted uploads", "crafted uploads and stalled clients")
@@ -265,11 +265,10 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit(),
         "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/serve_abuse.py", *(argv or sys.argv[1:])]),
     }
-    text = json.dumps(report, indent=2)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+        write_report(report, Path(args.out))
+    else:
+        print(json.dumps(report, indent=2))
     return 0 if report["within_budget"] and health_ok and alive else 1
 
 
