@@ -37,7 +37,6 @@ import os
 import selectors
 import shlex
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -49,7 +48,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy import commit, machine, write_report  # noqa: E402
-from serve_load import free_port, start_server  # noqa: E402
+from serve_load import free_port, start_server, stop_server  # noqa: E402
 
 PHASES = ("crafted uploads", "crafted uploads and stalled clients")
 
@@ -241,11 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         peak = read_status(proc.pid)["VmHWM"]
         alive = httpx.post(url + "/predict", files=small, timeout=120).status_code == 200
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     health_ok = all(ph["health"]["failed"] == 0 and ph["health"]["slowest_s"] < 1 for ph in phases)
     report = {
         "what": "maskstatus serve under crafted uploads and stalled clients over loopback: peak memory, /health",

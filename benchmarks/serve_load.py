@@ -52,6 +52,15 @@ def default_images(run: Path) -> Path:
     return Path(cfg.data.root) / "eval" / "images"
 
 
+def stop_server(proc: subprocess.Popen) -> None:
+    """Ask the server to stop; kill it if it has not within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def start_server(run: Path, port: int, accelerator: str, timeout: float, backend: str = "torch",
                  onnx_dir: Optional[str] = None, face_crop: bool = True) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "maskstatus.cli", "-q", "serve", str(run), "--host", "127.0.0.1",
@@ -160,11 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         result = load(url, payloads, names, args.requests, args.clients, args.images_per_request, args.time_limit)
         health = httpx.get(url + "/health", timeout=10).json()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_server(proc)
     report = {
         "what": "POST /predict over loopback, fixed request count from concurrent clients",
         "run": str(run),

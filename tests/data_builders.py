@@ -4,6 +4,8 @@ tests/ has no __init__.py; pytest's default (prepend) import mode puts tests/ on
 sys.path, so test modules import this as ``from data_builders import make_train``.
 """
 
+import struct
+import zlib
 from pathlib import Path
 
 import pandas as pd
@@ -51,3 +53,12 @@ def make_train(
         rows.append({"id": pid, "gender": gender, "race": race, "age": age, "path": folder})
     pd.DataFrame(rows, columns=list(TRAIN_COLUMNS)).to_csv(train / "train.csv", index=False)
     return train
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A few hundred bytes claiming a width x height RGB PNG: a decompression bomb's header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")

@@ -227,13 +227,18 @@ def read_only_disk(tmp_path):
     subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
-def test_a_full_disk_during_a_checkpoint_save_names_disk_space_and_keeps_the_last_checkpoint(small_disk):
-    run = small_disk / "run"
+def _run_with_last(parent, weights):
+    """A run folder whose checkpoints/last.pt holds ``weights``: (run, last.pt, its bytes)."""
+    run = parent / "run"
     (run / "checkpoints").mkdir(parents=True)
     (run / "config.yaml").write_text("name: run\n")
     last = run / "checkpoints" / "last.pt"
-    atomic_save_torch({"model": {"w": torch.ones(10)}}, last)
-    kept = last.read_bytes()
+    atomic_save_torch({"model": {"w": weights}}, last)
+    return run, last, last.read_bytes()
+
+
+def test_a_full_disk_during_a_checkpoint_save_names_disk_space_and_keeps_the_last_checkpoint(small_disk):
+    run, last, kept = _run_with_last(small_disk, torch.ones(10))
     with pytest.raises(DiskWriteError, match=rf"no space left on device writing {last}; free some space, then "
                                              rf"continue with maskstatus train --resume {run}") as err:
         atomic_save_torch({"model": {"w": torch.zeros(200_000)}}, last)  # 800 KB onto 256 KiB
@@ -276,12 +281,7 @@ def test_a_write_check_turns_the_os_errors_into_one_line(tmp_path, monkeypatch):
 
 
 def test_torch_wrapping_a_full_disk_error_is_still_named(tmp_path, monkeypatch):
-    run = tmp_path / "run"
-    (run / "checkpoints").mkdir(parents=True)
-    (run / "config.yaml").write_text("name: run\n")
-    last = run / "checkpoints" / "last.pt"
-    atomic_save_torch({"model": {"w": torch.ones(3)}}, last)
-    kept = last.read_bytes()
+    run, last, kept = _run_with_last(tmp_path, torch.ones(3))
 
     def full_disk(obj, f):
         f.write(b"partial")

@@ -1,9 +1,7 @@
 """The HTTP server: answers equal to predict's, limits, errors, heatmaps; a face-crop rule on whole photos."""
 
 import io
-import struct
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -16,6 +14,7 @@ from lightning_fabric import Fabric  # noqa: E402
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
 from maskstatus.engine.predict import load_run, predict_outputs  # noqa: E402
 from maskstatus.labels import TASKS, decode, split_class_probs  # noqa: E402
+from data_builders import png_header_only  # noqa: E402
 from maskstatus.serve.app import create_app  # noqa: E402
 from maskstatus.serve.predictor import Predictor  # noqa: E402
 
@@ -134,14 +133,6 @@ def test_truncated_jpeg_is_422_json(client, demo_data):
     assert r.status_code == 422 and r.json()["file"] == "cut.jpg"
     assert client.get("/health").json()["status"] == "ok"
 
-
-def png_header_only(width, height):
-    """A few hundred bytes claiming a width x height RGB PNG: a decompression bomb's header."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def test_decompression_bomb_is_413_json(client, demo_data):

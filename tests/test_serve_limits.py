@@ -8,10 +8,8 @@ answers' equality to ``maskstatus predict`` is tested with real runs in test_ser
 import io
 import logging
 import socket
-import struct
 import threading
 import time
-import zlib
 
 import numpy as np
 import pytest
@@ -23,6 +21,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from maskstatus.data.faces import FaceCrop  # noqa: E402
 from maskstatus.serve import app as app_module  # noqa: E402
+from data_builders import png_header_only  # noqa: E402
 from maskstatus.serve.app import create_app, running_server  # noqa: E402
 from maskstatus.serve.predictor import Prediction, decode_upload  # noqa: E402
 
@@ -56,14 +55,6 @@ def encoded(size, fmt="PNG", mode="RGB", **kwargs):
     Image.new(mode, size, 0).save(buf, format=fmt, **kwargs)
     return buf.getvalue()
 
-
-def png_header_only(width, height):
-    """A few hundred bytes claiming a width x height RGB PNG."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
 def files(*items):
