@@ -46,10 +46,10 @@ def test_generated_table_and_stale_check_on_crafted_results(tmp_path, capsys):
     rows = [line for line in text.splitlines() if line.startswith("| [")]
     # Sorted by name; description, headline, dirty commit and pipe-escaped command all in their rows.
     assert rows == [
-        "| [a-serve.json](a-serve.json) | requests over loopback | images/s onnx 3.0, torch 2.0 | `abc` "
-        "| `` python b.py --out `x` `` |",
-        "| [b-proxy.json](b-proxy.json) | config configs/x.yaml | OOF macro F1 0.612 [0.500, 0.700] "
-        "| `0123456789ab-dirty` | `python a.py \\| tee x` |",
+        ("| [a-serve.json](a-serve.json) | requests over loopback | images/s onnx 3.0, torch 2.0 | `abc` "
+        "| `` python b.py --out `x` `` |"),
+        ("| [b-proxy.json](b-proxy.json) | config configs/x.yaml | OOF macro F1 0.612 [0.500, 0.700] "
+        "| `0123456789ab-dirty` | `python a.py \\| tee x` |"),
     ]
     assert "not indexed" not in text and "ablation.md" not in text
     assert results_index.check(tmp_path) == []
