@@ -163,7 +163,7 @@ def _is_within(path: Path, folder: Path) -> bool:
 def protected_folder(path: Path) -> Optional[tuple[Path, str]]:
     """The run, CV or data folder ``path`` (resolved) lies in, and what it is; None when it lies in none."""
     for folder in path.parents:
-        if (folder / "cv_config.yaml").is_file():
+        if (folder / "cv_config.yaml").is_file():  # runs.CV_CONFIG, spelt out: runs imports this module
             return folder, "CV folder"
         # A run folder always has checkpoints/ (runs.RunDir.make): a project's own config.yaml is not a run.
         if (folder / "config.yaml").is_file() and (folder / "checkpoints").is_dir():

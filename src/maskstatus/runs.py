@@ -149,7 +149,7 @@ def _resume_hint(path: Path) -> str:
     """What to do after a failed write into a run or CV folder that can be resumed; '' elsewhere."""
     folder = path.parent
     for _ in range(4):  # <cv>/<fold run>/checkpoints/last.pt is the deepest file a resume needs
-        if (folder / "cv_config.yaml").is_file():
+        if (folder / CV_CONFIG).is_file():
             return f"continue with maskstatus cv --resume {folder} (nothing already saved is lost)"
         folder = folder.parent
     run = RunDir(path.parent.parent if path.parent.name == "checkpoints" else path.parent)

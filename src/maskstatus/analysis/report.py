@@ -41,12 +41,12 @@ from ..labels import (
 )
 from ..metrics import compute_metrics, confusion
 from ..outputs import check_output
+from ..runs import CV_CONFIG
 from . import html as H
 from .headroom import BAND_YEARS, given_years, oof_headroom
 
 logger = logging.getLogger(__name__)
 
-CV_CONFIG = "cv_config.yaml"  # engine.cv's name; spelt out so reading a report never imports the trainer
 CV_METRICS = "cv_metrics.json"
 RUN_CONFIG = "config.yaml"
 BOOTSTRAP_SAMPLES = 1000
