@@ -83,10 +83,10 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     """Metrics of a measured row's held-out fold predicted again with ``row['tta']``, and the report."""
     from lightning_fabric import Fabric
 
-    from maskstatus.engine.oof import read_oof
-    from maskstatus.engine.predict import load_run, predict_outputs
+    from maskstatus.scoring.oof import read_oof
+    from maskstatus.infer.predict import load_run, predict_outputs
     from maskstatus.labels import PROB_COLUMNS
-    from maskstatus.metrics import model_metrics
+    from maskstatus.scoring.metrics import model_metrics
 
     source = _source(out_dir, row["tta_of"])
     run = load_run(source["run_dir"])
@@ -112,8 +112,8 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
 
 def _scored_row(row: dict, out_dir: Path) -> dict:
     """The JSON of a row scored from other rows' runs (ensemble, tuned age cut points, or TTA)."""
-    from maskstatus.engine.age_cuts import tune_age_cuts
-    from maskstatus.engine.ensemble import ensemble_oof
+    from maskstatus.scoring.age_cuts import tune_age_cuts
+    from maskstatus.infer.ensemble import ensemble_oof
 
     if "ensemble" in row:
         sources = [_source(out_dir, name) for name in row["ensemble"]]
@@ -140,8 +140,8 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
 
 def _cross_fitted_oof(run_dir: str):
     """An age-regression run's OOF table at cut points cross-fitted the way ``tune_age_cuts`` scores them."""
-    from maskstatus.engine.age_cuts import cross_fitted_oof
-    from maskstatus.engine.oof import member_config, read_oof
+    from maskstatus.scoring.age_cuts import cross_fitted_oof
+    from maskstatus.scoring.oof import member_config, read_oof
 
     return cross_fitted_oof(read_oof(run_dir), member_config(run_dir).data.age.thresholds())
 
@@ -152,8 +152,8 @@ def _kept_oof(row: dict, r: dict):
     With the row's model's tasks and mask states, to score it as it was scored. A TTA row's
     predictions were made on the fly and never kept.
     """
-    from maskstatus.engine.ensemble import ensemble_oof
-    from maskstatus.engine.oof import member_config, oof_path, read_oof
+    from maskstatus.infer.ensemble import ensemble_oof
+    from maskstatus.scoring.oof import member_config, oof_path, read_oof
 
     if "tta_of" in row:
         return None
@@ -197,7 +197,7 @@ def add_intervals(plan: dict, out_dir: Path) -> list[str]:
 
 def _point_f1(oof, scope: dict) -> float:
     from maskstatus.labels import PROB_COLUMNS
-    from maskstatus.metrics import model_metrics
+    from maskstatus.scoring.metrics import model_metrics
 
     return model_metrics(oof[PROB_COLUMNS].to_numpy(), oof["label"].to_numpy(), **scope)["f1"]
 
@@ -216,7 +216,7 @@ def reference_folds(plan: dict, data: Path, runs: Path) -> Path:
     stratified split, and so another held-out fold: its F1 would not be comparable.
     """
     from maskstatus.data.folds import make_folds
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
 
     # Fold assignment needs ids and labels only: skip decoding every image.
     cfg = _row_config(plan, plan["rows"][0], data, ["data.check_images=false"])
@@ -280,7 +280,7 @@ def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
     The teacher's run predicts the eval images again (its probabilities file carries its predicted
     years where it regresses the age); ``row['pseudo']`` holds the selection (threshold, task_thresholds).
     """
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
 
     teacher = _source(out_dir, row["pseudo_from"])
     _, probs = predict([teacher["run_dir"]], data / "eval",
@@ -290,8 +290,8 @@ def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
 
 def _fold_teachers_overrides(row: dict, fold: int, out_dir: Path, data: Path, folds: Path | None) -> list[str]:
     """``data.pseudo`` from the vote of the teacher CVs' fold models, and ``split.folds_file`` of their folds."""
-    from maskstatus.engine.cv import sorted_folds
-    from maskstatus.engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
+    from maskstatus.train.cv import sorted_folds
+    from maskstatus.train.pseudo_label import FOLDS_COPY, fold_teacher_probs
 
     teach_dir = out_dir / "submissions" / f"{slug(row['name'])}-teachers"
     [probs] = fold_teacher_probs(row["pseudo_teachers"], data / "eval", teach_dir, folds=[fold], progress=False)

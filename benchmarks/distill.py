@@ -30,8 +30,8 @@ import pandas as pd  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.folds import read_folds  # noqa: E402
-from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
-from maskstatus.engine.oof import read_oof  # noqa: E402
+from maskstatus.train.cv import CVResult, run_cv  # noqa: E402
+from maskstatus.scoring.oof import read_oof  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy  # noqa: E402

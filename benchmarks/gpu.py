@@ -54,9 +54,9 @@ from proxy import REPO, bare_model, commit, model_only_throughput, peak_memory_m
 
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402
-from maskstatus.engine.evaluate import loader_workers, normalize_on_device  # noqa: E402
-from maskstatus.engine.predict import decode_images, predict  # noqa: E402
-from maskstatus.engine.train import train  # noqa: E402
+from maskstatus.infer.evaluate import loader_workers, normalize_on_device  # noqa: E402
+from maskstatus.infer.predict import decode_images, predict  # noqa: E402
+from maskstatus.train.trainer import train  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 logger = logging.getLogger("gpu")

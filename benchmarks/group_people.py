@@ -33,19 +33,19 @@ from lightning_fabric import Fabric  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy  # noqa: E402
 
-from maskstatus.bootstrap import person_bootstrap  # noqa: E402
+from maskstatus.scoring.bootstrap import person_bootstrap  # noqa: E402
 from maskstatus.data.cache import ImageCache  # noqa: E402
 from maskstatus.data.dataset import FaceDataset  # noqa: E402
 from maskstatus.data.folds import attach_folds, read_folds  # noqa: E402
 from maskstatus.data.transforms import build_transforms  # noqa: E402
-from maskstatus.engine.evaluate import eval_loader, infer  # noqa: E402
-from maskstatus.engine.oof import read_oof  # noqa: E402
-from maskstatus.engine.predict import load_run  # noqa: E402
-from maskstatus.engine.train import load_train_table  # noqa: E402
-from maskstatus.engine.tta import tta_views  # noqa: E402
-from maskstatus.grouping import cluster_people, group_people, region_embedding  # noqa: E402
+from maskstatus.infer.evaluate import eval_loader, infer  # noqa: E402
+from maskstatus.scoring.oof import read_oof  # noqa: E402
+from maskstatus.infer.predict import load_run  # noqa: E402
+from maskstatus.data.tables import load_train_table  # noqa: E402
+from maskstatus.infer.tta import tta_views  # noqa: E402
+from maskstatus.infer.grouping import cluster_people, group_people, region_embedding  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
-from maskstatus.metrics import compute_metrics  # noqa: E402
+from maskstatus.scoring.metrics import compute_metrics  # noqa: E402
 from maskstatus.models import model_data_config  # noqa: E402
 
 logger = logging.getLogger("group_people")

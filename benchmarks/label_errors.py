@@ -9,7 +9,7 @@ people; scale them to the table's people) and runs the finder with ``--top``
 and ``--min-score``. The draws run twice, once moving ages to a neighbouring
 group and once to a random other group (gender and swap recall come from
 both). Why planting in OOF labels is faithful, and its caveats: see
-``maskstatus.engine.label_error_recall``. Also lists what the finder reports on
+``maskstatus.scoring.label_error_recall``. Also lists what the finder reports on
 the untouched table (its real suspects, which compete with the planted ones for
 the top places). Fast (seconds to a minute on a CPU); no model runs.
 """
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy  # noqa: E402
 
 from maskstatus.age import AGE_MEAN  # noqa: E402
-from maskstatus.engine.label_error_recall import AGE_MODES, simulate_recall  # noqa: E402
-from maskstatus.engine.label_errors import TASK_NAMES, find_label_errors, load_oof  # noqa: E402
+from maskstatus.scoring.label_error_recall import AGE_MODES, simulate_recall  # noqa: E402
+from maskstatus.scoring.label_errors import TASK_NAMES, find_label_errors, load_oof  # noqa: E402
 
 logger = logging.getLogger("label_errors")
 

@@ -29,7 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from maskstatus.data.folds import read_folds  # noqa: E402
 from maskstatus.data.relabel import read_relabel  # noqa: E402
-from maskstatus.engine.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
+from maskstatus.scoring.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import proxy  # noqa: E402

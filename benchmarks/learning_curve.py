@@ -33,9 +33,9 @@ from proxy import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.folds import read_folds  # noqa: E402
-from maskstatus.engine.oof import KEY_COLUMNS, read_oof  # noqa: E402
-from maskstatus.engine.score import oof_interval  # noqa: E402
-from maskstatus.engine.train import train  # noqa: E402
+from maskstatus.scoring.oof import KEY_COLUMNS, read_oof  # noqa: E402
+from maskstatus.scoring.score import oof_interval  # noqa: E402
+from maskstatus.train.trainer import train  # noqa: E402
 from maskstatus.runs import open_run_dir  # noqa: E402
 
 logger = logging.getLogger("learning_curve")

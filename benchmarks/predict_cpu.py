@@ -39,10 +39,10 @@ import torch  # noqa: E402
 from proxy import DEFAULT_DATA, commit, provenance, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
-from maskstatus.engine.ensemble import expand_runs  # noqa: E402
-from maskstatus.engine.export import export  # noqa: E402
-from maskstatus.engine.onnx_model import OnnxModel, onnx_path  # noqa: E402
-from maskstatus.engine.predict import load_run, predict, read_images  # noqa: E402
+from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+from maskstatus.infer.export import export  # noqa: E402
+from maskstatus.infer.onnx_model import OnnxModel, onnx_path  # noqa: E402
+from maskstatus.infer.predict import load_run, predict, read_images  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,10 +33,10 @@ from lightning_fabric import Fabric  # noqa: E402
 from maskstatus.age import AGE_YEARS  # noqa: E402
 from maskstatus.config import Config, config_to_dict, load_config  # noqa: E402
 from maskstatus.data.transforms import build_transforms, output_shape  # noqa: E402
-from maskstatus.engine.oof import oof_path, read_oof  # noqa: E402
-from maskstatus.engine.predict import predict  # noqa: E402
-from maskstatus.engine.score import oof_interval  # noqa: E402
-from maskstatus.engine.train import train  # noqa: E402
+from maskstatus.scoring.oof import oof_path, read_oof  # noqa: E402
+from maskstatus.infer.predict import predict  # noqa: E402
+from maskstatus.scoring.score import oof_interval  # noqa: E402
+from maskstatus.train.trainer import train  # noqa: E402
 from maskstatus.losses import build_loss  # noqa: E402
 from maskstatus.models import create_model, model_data_config  # noqa: E402
 from maskstatus.optim import build_optimizer  # noqa: E402

@@ -31,12 +31,12 @@ from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
 from maskstatus.config import Config, load_config  # noqa: E402
-from maskstatus.engine.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
-from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
-from maskstatus.engine.oof import read_oof  # noqa: E402
-from maskstatus.engine.predict import load_run, predict, predict_outputs  # noqa: E402
+from maskstatus.scoring.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
+from maskstatus.train.cv import CVResult, run_cv  # noqa: E402
+from maskstatus.scoring.oof import read_oof  # noqa: E402
+from maskstatus.infer.predict import load_run, predict, predict_outputs  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
-from maskstatus.metrics import model_metrics  # noqa: E402
+from maskstatus.scoring.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -47,11 +47,11 @@ import torch  # noqa: E402
 from proxy import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
-from maskstatus.engine.export import eval_inputs, export_run  # noqa: E402
-from maskstatus.engine.onnx_model import open_session  # noqa: E402
-from maskstatus.engine.predict import load_run  # noqa: E402
+from maskstatus.infer.export import eval_inputs, export_run  # noqa: E402
+from maskstatus.infer.onnx_model import open_session  # noqa: E402
+from maskstatus.infer.predict import load_run  # noqa: E402
 from maskstatus.labels import NUM_CLASSES  # noqa: E402
-from maskstatus.metrics import macro_f1  # noqa: E402
+from maskstatus.scoring.metrics import macro_f1  # noqa: E402
 from maskstatus.models import model_data_config, outputs_to_probs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -36,7 +36,7 @@ from proxy import commit, machine  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.images import is_image_file  # noqa: E402
-from maskstatus.engine.ensemble import expand_runs  # noqa: E402
+from maskstatus.infer.ensemble import expand_runs  # noqa: E402
 
 
 def free_port() -> int:

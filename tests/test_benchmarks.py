@@ -71,8 +71,8 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     assert "| never run |" in table and "not run yet" in table
     # An expert has no 18-class F1; the cascade built from it has one, from the members' OOF predictions.
     assert "| unmasked expert | " in table and "| — |" in table
-    from maskstatus.engine.ensemble import ensemble_oof
-    from maskstatus.engine.oof import read_oof
+    from maskstatus.infer.ensemble import ensemble_oof
+    from maskstatus.scoring.oof import read_oof
 
     cascade = json.loads((tmp_path / "res" / "cascade.json").read_text())
     expert = json.loads((tmp_path / "res" / "unmasked-expert.json").read_text())
@@ -90,7 +90,7 @@ def test_ablation_runs_rows_once_and_renders_the_table(demo_data, tmp_path):
     # Every trained row shares the first row's folds, though on its own the relabelled table splits otherwise.
     from maskstatus.config import load_config
     from maskstatus.data.folds import make_folds
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
 
     relabelled = json.loads((tmp_path / "res" / "relabelled.json").read_text())
     ref_folds = pd.read_csv(Path(ref["run_dir"]) / "folds.csv", dtype=str)
@@ -185,7 +185,7 @@ def test_distill_benchmark_teaches_from_a_teacher_that_never_saw_the_held_out_pe
 
     from maskstatus.config import load_config
     from maskstatus.data.folds import make_folds
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
 
     cfg = load_config("configs/demo.yaml", [f"data.root={demo_data.root}", *TINY, "split.folds=3"])
     folds = make_folds(load_train_table(cfg), 3, 0)
@@ -255,7 +255,7 @@ def test_label_loop_retrains_with_the_draft_of_the_training_people_only(demo_dat
 
     from maskstatus.config import load_config
     from maskstatus.data.folds import make_folds
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
     from maskstatus.labels import NUM_CLASSES, PROB_COLUMNS, decode, encode
 
     cfg = load_config("configs/demo.yaml", [f"data.root={demo_data.root}", *TINY])
@@ -297,7 +297,7 @@ def test_pseudo_teachers_row_learns_from_the_teachers_models_of_its_fold(demo_da
     import pandas as pd
 
     from maskstatus.config import load_config
-    from maskstatus.engine.cv import run_cv
+    from maskstatus.train.cv import run_cv
 
     common = [f"data.root={demo_data.root}", f"output_dir={tmp_path / 'teachers'}", *TINY, "train.epochs=1"]
     teacher = run_cv(load_config(ROOT / "configs" / "demo.yaml", [*common, "name=t"]), folds=[0]).cv_dir
@@ -346,7 +346,7 @@ def test_learning_curve_scores_every_size_on_the_same_people(demo_data, tmp_path
     import learning_curve
     from maskstatus.config import load_config
     from maskstatus.data.folds import make_folds
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
 
     cfg = load_config(ROOT / "configs" / "demo.yaml", [f"data.root={demo_data.root}", *tiny_overrides])
     folds_file = tmp_path / "folds.csv"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

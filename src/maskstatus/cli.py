@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-# Only torch-free modules at the top: each command checks its config and arguments, then imports the engine
+# Only torch-free modules at the top: each command checks its config and arguments, then imports the library's heavy modules
 # (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py).
 from .choices import ACCELERATORS, TTA_NAMES
 
@@ -86,7 +86,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _check_resume_overrides(overrides, f"{args.resume}/config.yaml")
     # A resumed run starts from its own saved config; overrides then change its train section (e.g. epochs).
     cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
-    from .engine.train import train  # after the config is checked (see the top of this file)
+    from .train.trainer import train  # after the config is checked (see the top of this file)
 
     result = train(cfg, resume=args.resume)
     if result is not None and result.is_global_zero:
@@ -151,7 +151,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         _check_resume_overrides(overrides, f"{args.resume}/{CV_CONFIG}")
     # Like train --resume: a resumed CV keeps its saved config; overrides then change its train section.
     cfg = load_config(args.config if args.resume is None else args.resume / CV_CONFIG, overrides)
-    from .engine.cv import run_cv  # after the config is checked (see the top of this file)
+    from .train.cv import run_cv  # after the config is checked (see the top of this file)
 
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
     for f in result.per_fold:
@@ -179,7 +179,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
     # Here too, not only in predict(): a refused --out is answered before torch is imported.
     check_prediction_output(args.out, [*args.run, args.data], args.overwrite)
-    from .engine.predict import predict  # after the arguments are checked (see the top of this file)
+    from .infer.predict import predict  # after the arguments are checked (see the top of this file)
 
     sub, probs = predict(
         args.run,
@@ -194,7 +194,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .engine.export import export
+    from .infer.export import export
 
     for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
                          tolerance=args.tolerance, overwrite=args.overwrite):
@@ -238,9 +238,9 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         raise SystemExit("ensemble: give --data and --out together")
     options = _prediction_options(args)
     # After the arguments are checked (see the top of this file).
-    from .engine.ensemble import ensemble_oof
-    from .engine.oof import is_oof_csv, oof_path
-    from .engine.predict import predict
+    from .infer.ensemble import ensemble_oof
+    from .scoring.oof import is_oof_csv, oof_path
+    from .infer.predict import predict
     from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
     from .runs import atomic_write_csv
 
@@ -289,7 +289,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
-    from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
+    from .train.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
 
     files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
                                overwrite=args.overwrite, **options)
@@ -302,7 +302,7 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .engine.demo import run_demo
+    from .train.demo import run_demo
 
     result = run_demo(Path(args.out), people=args.people, seed=args.seed, overrides=args.overrides)
     print(f"validation macro F1: {result.val_f1:.4f}")
@@ -314,7 +314,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_find_label_errors(args: argparse.Namespace) -> int:
-    from .engine.label_errors import TASK_NAMES, check_review_output, find_label_errors, load_oof, write_review
+    from .scoring.label_errors import TASK_NAMES, check_review_output, find_label_errors, load_oof, write_review
 
     source = Path(args.run)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "label_review"
@@ -329,7 +329,7 @@ def _cmd_find_label_errors(args: argparse.Namespace) -> int:
 
 
 def _cmd_tune_age(args: argparse.Namespace) -> int:
-    from .engine.age_cuts import tune_age_cuts
+    from .scoring.age_cuts import tune_age_cuts
 
     result = tune_age_cuts(args.run, write=not args.dry_run, step=args.step)
     print(f"age cut points {result['default_cuts']} -> {result['cuts']} on {result['images']} OOF images")
@@ -352,7 +352,7 @@ def _format_interval(point, ci) -> str:
 def _cmd_score(args: argparse.Namespace) -> int:
     import json
 
-    from .engine.score import score_oof
+    from .scoring.score import score_oof
 
     result = score_oof(args.path, n_boot=args.boot, level=args.level, seed=args.seed)
     if args.json:

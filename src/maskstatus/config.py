@@ -348,7 +348,7 @@ class TrainConfig(_Section):
 
 
 class GroupingConfig(_Section):
-    """How photos are grouped into people when ``predict.group_people`` is on (see ``maskstatus.grouping``)."""
+    """How photos are grouped into people when ``predict.group_people`` is on (see ``maskstatus.infer.grouping``)."""
 
     layer: str = Field("blocks.3", description="backbone module whose feature map embeds a face: a stage at 1/16 "
                        "resolution (EfficientNet: blocks.3; ResNet: layer3)")

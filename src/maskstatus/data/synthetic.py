@@ -28,7 +28,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from ..errors import UsageError
-from ..metrics import macro_f1
+from ..scoring.metrics import macro_f1
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,

@@ -35,10 +35,10 @@ from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, s
 from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
                            probe_image)
 from ..data.transforms import build_transforms
-from ..engine.ensemble import expand_runs
+from ..infer.ensemble import expand_runs
 from ..choices import check_accelerator_available
-from ..engine.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
-from ..engine.tta import TTA, tta_views
+from ..infer.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
+from ..infer.tta import TTA, tta_views
 from ..errors import UsageError
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config

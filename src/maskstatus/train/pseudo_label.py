@@ -26,7 +26,7 @@ from ..errors import DataError, UsageError
 from ..outputs import check_output, check_prediction_output, first_line
 from ..runs import atomic_write_csv
 from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
-from .predict import predict
+from ..infer.predict import predict
 
 logger = logging.getLogger(__name__)
 

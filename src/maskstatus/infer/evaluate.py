@@ -19,11 +19,11 @@ from ..age import Cuts, mean_years, thresholds_cuts
 from ..config import GroupingConfig
 from ..data.cache import available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
-from ..grouping import FeatureCapture, group_people
+from .grouping import FeatureCapture, group_people
 from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES
 from .tta import average_view_probs, tta_views
 
-# What predicts: the PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel).
+# What predicts: the PyTorch model, or its ONNX export run by ONNX Runtime (infer.onnx_model.OnnxModel).
 # Both map a normalised batch to the same dict of outputs, so everything after the forward pass is shared.
 Model = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 

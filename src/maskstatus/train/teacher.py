@@ -24,7 +24,7 @@ from ..data.pseudo import PSEUDO_FOLD
 from ..errors import DataError
 from ..labels import NUM_CLASSES, PROB_COLUMNS
 from ..losses import TEACHER_PROBS, TEACHER_YEARS
-from .oof import KEY_COLUMNS, oof_path, read_oof
+from ..scoring.oof import KEY_COLUMNS, oof_path, read_oof
 
 logger = logging.getLogger(__name__)
 

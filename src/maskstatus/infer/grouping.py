@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .age import Cuts, group_probs_np
-from .labels import combine_task_probs, split_class_probs
+from ..age import Cuts, group_probs_np
+from ..labels import combine_task_probs, split_class_probs
 
 logger = logging.getLogger(__name__)
 

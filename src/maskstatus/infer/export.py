@@ -8,7 +8,7 @@ cut points, the run's test-time augmentation, the result of the check, and the
 sha256 digests of the ONNX file, of the checkpoint and of the sidecar itself, so
 ``--backend onnx`` refuses a file replaced, edited or left stale by retraining.
 Only the network is exported; softmax, age groups, TTA and voting stay in the
-library (``engine.tta``, ``engine.ensemble``), shared with the PyTorch backend.
+library (``infer.tta``, ``infer.ensemble``), shared with the PyTorch backend.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import pandas as pd
 from ..age import AGE_MEAN, AGE_SIGMA, oof_with_cuts, require_years, tune_cuts, write_cuts
 from ..errors import RunError, RunNotFoundError
 from ..labels import PROB_COLUMNS
-from ..metrics import compute_metrics
+from .metrics import compute_metrics
 from .oof import member_config, oof_path, read_oof
 
 logger = logging.getLogger(__name__)

@@ -31,22 +31,21 @@ from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_density_weights, inverse_frequency_weights
 from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
-from ..data.tables import train_table
-from ..data.relabel import read_relabel, resolve_relabel
+from ..data.tables import load_train_table
 from ..data.transforms import Prepare, batch_normalizer, build_train_eval, output_shape, split_prepare
 from ..choices import check_accelerator_available
 from ..errors import DataError, Problem, RunError
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
-from ..metrics import confusion, model_metrics, plot_confusion, plot_curves
-from ..grouping import FeatureCapture
+from ..scoring.metrics import confusion, model_metrics, plot_confusion, plot_curves
+from ..infer.grouping import FeatureCapture
 from ..models import create_model, model_data_config
 from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..outputs import check_writable
 from ..runs import (RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir,
                     remove_stale_temp_files)
-from .evaluate import eval_loader, infer, loader_workers, normalize_on_device
+from ..infer.evaluate import eval_loader, infer, loader_workers, normalize_on_device
 from .teacher import teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -60,38 +59,6 @@ class TrainResult:
     epochs_run: int
     history: list[dict[str, Any]] = field(default_factory=list)
     is_global_zero: bool = True
-
-
-def cache_decodes_every_image(cfg: Config) -> bool:
-    """Whether filling the training cache decodes (or reuses a decoding of) every image of the table.
-
-    Then it finds every undecodable file too, naming them all in one error before the run folder is
-    made, and a decoding pass of its own during validation would only decode every image twice.
-    With ``data.skip_bad`` validation must decode first, to drop the bad files before folds are made.
-    """
-    return cfg.cache.mode != "none" and not cfg.data.skip_bad
-
-
-def load_train_table(cfg: Config, check_images: Optional[bool] = None) -> pd.DataFrame:
-    """The training image table as the config describes it (layout, validation, relabel, age thresholds).
-
-    ``check_images`` (default: ``data.check_images``, unless the cache will decode every image anyway)
-    decodes every image during validation.
-    """
-    if check_images is None:
-        check_images = cfg.data.check_images and not cache_decodes_every_image(cfg)
-    if cfg.data.root is None:
-        raise ConfigError("data.root is not set: pass data.root=DIR (the folder holding train/)")
-    train_dir = Path(cfg.data.root) / "train"
-    relabel_path = resolve_relabel(cfg.data.relabel)
-    relabel = read_relabel(relabel_path) if relabel_path is not None else None
-    return train_table(
-        train_dir,
-        thresholds=cfg.data.age.thresholds(),
-        relabel=relabel,
-        skip_bad=cfg.data.skip_bad,
-        check_images=check_images,
-    )
 
 
 def _folds_for(cfg: Config, table: pd.DataFrame) -> pd.DataFrame:

@@ -19,8 +19,8 @@ import pandas as pd
 from ..age import AGE_MEAN, AGE_SIGMA
 from ..errors import UsageError
 from ..labels import MASK_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, split_class_probs
-from ..metrics import compute_metrics
-from .oof import KEY_COLUMNS, member_config, read_oof
+from ..scoring.metrics import compute_metrics
+from ..scoring.oof import KEY_COLUMNS, member_config, read_oof
 
 logger = logging.getLogger(__name__)
 

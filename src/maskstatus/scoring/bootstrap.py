@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .labels import NUM_CLASSES, TASKS, decode, split_class_probs
+from ..labels import NUM_CLASSES, TASKS, decode, split_class_probs
 from .metrics import _check
 
 # The metrics of compute_metrics, in its key order.

@@ -26,8 +26,8 @@ def run_demo(out_dir: Path | str = "demo", people: int = 120, seed: int = 0, ove
     # answered at once.
     cfg = load_config(DEMO_CONFIG, [f"data.root={out_dir / 'data'}", f"output_dir={out_dir / 'runs'}", *overrides])
     from ..data.synthetic import make_demo_data, score_submission
-    from .predict import predict
-    from .train import train
+    from ..infer.predict import predict
+    from .trainer import train
 
     # The demo owns this folder: redraw it, so `make demo` can run again and again.
     data = make_demo_data(out_dir / "data", people=people, seed=seed, overwrite=True)

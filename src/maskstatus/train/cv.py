@@ -45,10 +45,11 @@ from ..data.folds import attach_folds, make_folds, read_folds
 from ..choices import check_accelerator_available
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..labels import PROB_COLUMNS
-from ..metrics import model_metrics
-from .score import oof_interval
+from ..scoring.metrics import model_metrics
+from ..scoring.score import oof_interval
 from ..runs import CV_CONFIG, RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
-from .train import TrainingInterrupted, check_train_outputs, load_train_table, log_removed_temp_files, train
+from ..data.tables import load_train_table
+from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from typing import Sequence, Union
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix
 
-from .labels import NUM_CLASSES, TASKS, decode, split_class_probs
+from ..labels import NUM_CLASSES, TASKS, decode, split_class_probs
 
 _logger = logging.getLogger(__name__)
 

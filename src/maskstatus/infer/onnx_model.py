@@ -1,7 +1,7 @@
 """ONNX Runtime backend: an exported model called like the PyTorch one.
 
 ``maskstatus export`` writes, per run, ``<run>/onnx/<checkpoint>.onnx`` and a
-JSON sidecar ``<checkpoint>.json`` beside it (see ``engine.export``). An
+JSON sidecar ``<checkpoint>.json`` beside it (see ``infer.export``). An
 :class:`OnnxModel` maps a normalised batch ``(N, 3, H, W)`` to the same dict of
 output tensors the PyTorch model returns, so test-time augmentation, age cut
 points and ensembles run through the same code for both backends.

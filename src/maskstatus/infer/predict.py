@@ -35,7 +35,7 @@ from .tta import tta_views
 
 logger = logging.getLogger(__name__)
 
-# The PyTorch model, or its ONNX export run by ONNX Runtime (engine.onnx_model.OnnxModel); see evaluate.Model.
+# The PyTorch model, or its ONNX export run by ONNX Runtime (infer.onnx_model.OnnxModel); see evaluate.Model.
 Backend = Literal["torch", "onnx"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..age import read_cuts
-from ..bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
+from .bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
 from ..errors import UsageError
 from ..labels import PROB_COLUMNS, TASKS
 from .oof import member_config, oof_path, read_oof
