@@ -348,6 +348,11 @@ def _machine(data: dict[str, Any]) -> str:
     return f"{name}, {cores} cores" if name and cores else str(name)
 
 
+def _commit(data: dict[str, Any]) -> str:
+    commit = data.get("commit")
+    return _code(results_index.short_commit(str(commit))) if commit else ""
+
+
 def _file(name: str) -> str:
     return _code(name)
 
@@ -371,7 +376,7 @@ def _proxy_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
         rows.append([_file(name), _code(str(d.get("config", "?"))) + (f" {overrides}" if overrides else ""), scope,
                      _f1(d.get("oof_f1"), d.get("oof_f1_ci")), _f1(d.get("oof_mask_f1")),
                      _f1(d.get("oof_gender_f1")), _f1(d.get("oof_age_f1")), _num(d.get("train_images_per_s")),
-                     _minutes(d.get("train_s")), _machine(d), _code(results_index.short_commit(str(d.get("commit"))))])
+                     _minutes(d.get("train_s")), _machine(d), _commit(d)])
     return _table(["file", "config", "scored on", "OOF macro F1 [90 % CI]", "mask F1", "gender F1", "age F1",
                    "train img/s", "train min", "machine", "commit"], rows)
 
@@ -386,7 +391,7 @@ def _ensemble_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
                                 if isinstance(m, dict))
         rows.append([_file(name), _markdown_text(member_text), _f1(ens.get("oof_f1"), ens.get("oof_f1_ci")),
                      _gain(gain.get("f1_gain"), gain.get("f1_gain_ci")), _beyond_noise(gain.get("f1_gain_ci")),
-                     _f1(tuned.get("oof_f1")), _code(results_index.short_commit(str(d.get("commit"))))])
+                     _f1(tuned.get("oof_f1")), _commit(d)])
     return _table(["file", "members (their OOF macro F1)", "soft vote OOF macro F1 [90 % CI]",
                    "gain over best member [90 % CI]", "verdict", "with age cuts tuned (cross-fitted)", "commit"], rows)
 
@@ -512,7 +517,7 @@ def _yes(value: Any) -> str:
 def _generic_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     rows = [[_file(name), _markdown_text(results_index.description(d, name)),
              _markdown_text(results_index.headline(d)) or "—",
-             _code(results_index.short_commit(str(d.get("commit"))))] for name, d in results]
+             _commit(d)] for name, d in results]
     return _table(["file", "what", "headline", "commit"], rows)
 
 
