@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import annotated_types
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined, to_jsonable_python
+from pydantic_core import to_jsonable_python
 
 ROOT = Path(__file__).resolve().parent.parent
 # The checkout's own code and results, whatever maskstatus an environment has installed: the pages describe
@@ -544,8 +544,9 @@ def _generic_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
 STUDIES: list[tuple[str, str, str, Callable[[list[tuple[str, dict[str, Any]]]], list[str]]]] = [
     ("proxy.py", "Recipes on one fold",
      "`benchmarks/proxy.py` trains one config on one fold of the proxy data set (a stand-in for the competition "
-     "data, its people split into five person-grouped folds), predicts the eval images and records the held-out macro F1 with its "
-     "90 % person-bootstrap interval, per-task F1, throughput, peak memory and the machine. One fold holds about "
+     "data, its people split into five person-grouped folds), predicts the eval images and records the held-out "
+     "macro F1 with its 90 % person-bootstrap interval, per-task F1, throughput, peak memory and the machine. "
+     "One fold holds about "
      "a fifth of the people, so its interval is wide: differences inside it are not told apart.", _proxy_rows),
     ("proxy_cv.py", "Recipes pooled over five folds",
      "`benchmarks/proxy_cv.py` runs (or resumes) `maskstatus cv` for a config and scores the pooled out-of-fold "

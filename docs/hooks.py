@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import generate  # docs/generate.py (mkdocs puts the hook's folder on sys.path while loading it)
 from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
-
-import generate  # docs/generate.py (mkdocs puts the hook's folder on sys.path while loading it)
 
 
 def on_files(files: Files, config: MkDocsConfig) -> Files:
