@@ -166,7 +166,8 @@ def _config_row(path: str, name: str, field: FieldInfo) -> str:
     else:
         type_text = _type_text(field.annotation)
     type_text = ", ".join([type_text, *_bounds(field.metadata), *_nested_bounds(field.annotation)])
-    return (f"| `{name}` | {type_text} | {_default_text(field)} "
+    # Each key is a link target of its own, named by its dotted key: reference/config.md#train.ema_decay.
+    return (f"| <span id=\"{key}\"></span>`{name}` | {type_text} | {_default_text(field)} "
             f"| {_markdown_text(field.description or '')} |")
 
 
@@ -179,7 +180,8 @@ def config_reference() -> str:
         "A config is a YAML file of these sections (see [Configuration](../configuration.md) for how configs are "
         "written, combined and overridden). Every key is optional unless its default says *required*; an unknown "
         "key is an error that names it. On the command line any key can be set as `section.key=value`, e.g. "
-        "`train.epochs=3` or `'cache.size=[128,128]'` (the value is read as YAML).",
+        "`train.epochs=3` or `'cache.size=[128,128]'` (the value is read as YAML). Link to a section by its "
+        "dotted name with dashes (`#train-sampler`) and to a key by its dotted name (`#train.ema_decay`).",
         "",
     ]
     for path, model in _sections(config_module.Config):

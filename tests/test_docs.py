@@ -64,7 +64,9 @@ def test_config_reference_shows_every_section_and_field_with_its_description():
     for path, name, field in listed:
         anchor = generate._anchor(path) if path else "top-level"
         assert anchor in sections, f"no section {path or 'top level'} on the configuration reference"
-        rows = [line for line in sections[anchor].splitlines() if line.startswith(f"| `{name}` |")]
+        key = f"{path}.{name}" if path else name
+        rows = [line for line in sections[anchor].splitlines()
+                if line.startswith(f'| <span id="{key}"></span>`{name}` |')]
         assert len(rows) == 1, f"{path}.{name} has {len(rows)} rows in its section"
         assert generate._markdown_text(field.description) in rows[0], f"{path}.{name}: description not shown"
     total = sum(len(cls.model_fields) for cls in _config_models())
@@ -72,14 +74,14 @@ def test_config_reference_shows_every_section_and_field_with_its_description():
 
 
 def test_config_reference_shows_types_defaults_allowed_values_and_bounds():
-    rows = {line.split("|")[1].strip(): line for line in _sections(generate.config_reference())["train"].splitlines()
-            if line.startswith("| `")}
+    rows = {re.sub("<span.*</span>", "", line.split("|")[1]).strip(): line
+            for line in _sections(generate.config_reference())["train"].splitlines() if line.startswith("| <span")}
     assert '`"32-true"`' in rows["`precision`"] and '`"bf16-mixed"`' in rows["`precision`"]  # Literal values
     assert "`64`" in rows["`batch_size`"] and "≥ 1" in rows["`batch_size`"]  # default and bound
     assert "≥ 0" in rows["`num_workers`"] and '`"auto"`' in rows["`num_workers`"]  # bound inside a Union
     assert "[train.sampler](#train-sampler)" in rows["`sampler`"]  # a nested section links to its heading
     pseudo = _sections(generate.config_reference())["data-pseudo"]
-    assert "| `probs` | path | required |" in pseudo
+    assert '| <span id="data.pseudo.probs"></span>`probs` | path | required |' in pseudo
 
 
 def _cli_commands() -> dict[str, argparse.ArgumentParser]:
