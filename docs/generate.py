@@ -548,8 +548,8 @@ STUDIES: list[tuple[str, str, str, Callable[[list[tuple[str, dict[str, Any]]]], 
      "`benchmarks/proxy.py` trains one config on one fold of the proxy data set (a stand-in for the competition "
      "data, its people split into five person-grouped folds), predicts the eval images and records the held-out "
      "macro F1 with its 90 % person-bootstrap interval, per-task F1, throughput, peak memory and the machine. "
-     "One fold holds about "
-     "a fifth of the people, so its interval is wide: differences inside it are not told apart.", _proxy_rows),
+     "One fold holds "
+     "a fraction of the people, so its interval is wide: differences inside it are not told apart.", _proxy_rows),
     ("proxy_cv.py", "Recipes pooled over five folds",
      "`benchmarks/proxy_cv.py` runs (or resumes) `maskstatus cv` for a config and scores the pooled out-of-fold "
      "predictions of every person, with tuned age cut points and test-time augmentation as extra entries in its "
@@ -628,7 +628,7 @@ HISTORY = [
     "`configs/best-cpu.yaml`. Most other techniques moved the score by no more than the reference moves when "
     "trained again.",
     "2. **Pooled cross-validation.** One fold's interval became too wide to tell the remaining candidates apart, "
-    "so they were compared on the out-of-fold predictions of all five folds: the proxy data's native 128 px, "
+    "so they were compared on the out-of-fold predictions of all folds: the proxy data's native resolution, "
     "EfficientNet-Lite1 and Lite2, and a stronger augmentation. Lite2 with the stronger augmentation is today's "
     "`configs/best-cpu.yaml`; the earlier Lite0 recipe is `configs/vote-lite0-cpu.yaml`.",
     "3. **Votes of cross-validations.** Soft votes of CVs with different backbones, trained on one `folds.csv`, "
@@ -732,8 +732,9 @@ def benchmarks_page(benchmarks: Path = ROOT / "benchmarks") -> str:
         "also records the machine, the commit and the command that reruns it (its index is "
         "`benchmarks/results/README.md`). Scores are out-of-fold macro F1 on people the model never saw, with "
         "90 % intervals over people resampled with replacement (each with all their photos); a gain is paired on "
-        "the same resampled people. Most rows were measured on a 2-core CPU on the proxy data set, so absolute "
-        "times are that machine's; compare times within one table.",
+        "the same resampled people. Most rows were measured on the proxy data set on a 2-core CPU without a GPU "
+        "(the *machine* column, or the JSON, names it), so absolute times are that machine's; compare times "
+        "within one table.",
         "",
         *HISTORY,
     ]
