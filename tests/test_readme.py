@@ -250,15 +250,19 @@ def test_help_runs(capsys):
     assert "validate-data" in capsys.readouterr().out
 
 
-def test_validate_data_runs_as_written_on_a_tiny_data_set(tmp_path, capsys):
-    from maskstatus.data.synthetic import make_demo_data
-
-    data = make_demo_data(tmp_path / "data", people=6, eval_people=2, seed=1)
-    documented = [w for _, w in COMMANDS if w[:2] == ["maskstatus", "validate-data"]]
-    assert documented
-    for words in documented:
-        args = [str(data.root) if w == "DATA" else w for w in words[1:]]
-        assert main(args) == 0
+def test_demo_data_and_validate_data_run_as_written(tmp_path, monkeypatch, capsys):
+    """The documented demo-data command draws its data set (in a scratch folder), and every documented
+    validate-data command passes on it, with DATA standing for that folder."""
+    drawn = [w for _, w in COMMANDS if w[:2] == ["maskstatus", "demo-data"]]
+    checks = [w for _, w in COMMANDS if w[:2] == ["maskstatus", "validate-data"]]
+    assert drawn and checks
+    monkeypatch.chdir(tmp_path)
+    assert main(drawn[0][1:]) == 0
+    data = tmp_path / drawn[0][2]
+    assert (data / "train" / "train.csv").is_file() and (data / "eval" / "info.csv").is_file()
+    capsys.readouterr()
+    for words in checks:
+        assert main([str(data) if w == "DATA" else w for w in words[1:]]) == 0, " ".join(words)
         assert capsys.readouterr().out.rstrip().endswith("OK")
 
 
