@@ -21,6 +21,7 @@ import pytest
 
 from maskstatus.cli import build_parser, main
 from maskstatus.config import load_config
+from maskstatus.errors import MaskstatusError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -45,7 +46,7 @@ def doc_id(path: Path) -> str:
 
 def fenced_blocks(text: str) -> list[tuple[str, str]]:
     """(language, body) of every ``` block."""
-    return [(m.group(1).lower(), m.group(2)) for m in re.finditer(r"^ *```(\w*)[^\n]*\n(.*?)^ *```", text, re.M | re.S)]
+    return [(m.group(1).lower(), m.group(2)) for m in re.finditer(r"^ *```(\w*)[^\n]*\n(.*?)^ *```", text, re.MULTILINE | re.DOTALL)]
 
 
 def shell_commands(text: str) -> list[list[str]]:
@@ -118,7 +119,7 @@ def check_maskstatus(args: list[str]) -> None:
 
 def make_targets() -> set[str]:
     text = (ROOT / "Makefile").read_text()
-    return {t for line in re.findall(r"^([\w.%/ -]+):(?!=)", text, re.M) for t in line.split()}
+    return {t for line in re.findall(r"^([\w.%/ -]+):(?!=)", text, re.MULTILINE) for t in line.split()}
 
 
 def check_make(args: list[str]) -> None:
@@ -192,7 +193,7 @@ def test_command_runs_as_written(item):
     ["predict", "--run", "R", "--data", "D", "--out", "s.csv", "--tta", "hflp"],
 ])
 def test_a_misspelt_maskstatus_command_fails(args):
-    with pytest.raises(Exception):
+    with pytest.raises((AssertionError, MaskstatusError)):
         check_maskstatus(args)
 
 
@@ -209,8 +210,8 @@ def test_every_command_is_in_the_readme_table_and_inline_commands_exist():
     text = README.read_text(encoding="utf-8")
     sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
     commands = set(sub.choices)
-    table = {m.group(1) for m in re.finditer(r"^\| `maskstatus ([\w-]+)", text, re.M)}
-    table |= set(re.findall(r"^\| `maskstatus demo` / `([\w-]+)`", text, re.M))
+    table = {m.group(1) for m in re.finditer(r"^\| `maskstatus ([\w-]+)", text, re.MULTILINE)}
+    table |= set(re.findall(r"^\| `maskstatus demo` / `([\w-]+)`", text, re.MULTILINE))
     assert commands - table == set(), "commands missing from README's 'Commands at a glance'"
     for doc in documents():
         for name in re.findall(r"`maskstatus ([a-z][\w-]*)", doc.read_text(encoding="utf-8")):
@@ -237,8 +238,8 @@ def test_yaml_examples_in_the_pages_are_valid_configs(tmp_path):
             fragment.write_text(body)
             try:
                 load_config(fragment)
-            except Exception as err:
-                raise AssertionError(f"{doc_id(doc)}: this YAML example is not a valid config:\n{body}\n{err}")
+            except MaskstatusError as err:
+                raise AssertionError(f"{doc_id(doc)}: this YAML example is not a valid config:\n{body}\n{err}") from err
             checked += 1
     assert checked, "no YAML examples found"
 
@@ -278,8 +279,8 @@ def slug(heading: str) -> str:
 
 
 def anchors(path: Path) -> set[str]:
-    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
-    return {slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.M)}
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.DOTALL)
+    return {slug(h) for h in re.findall(r"^#{1,6}\s+(.+?)\s*#*$", text, re.MULTILINE)}
 
 
 def site_pages() -> set[str]:
@@ -289,7 +290,7 @@ def site_pages() -> set[str]:
 
 
 def links(text: str) -> list[str]:
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
     text = re.sub(r"`[^`\n]*`", "", text)
     return re.findall(r"!?\[[^]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text)
 
@@ -325,6 +326,6 @@ def test_pages_quote_no_benchmark_numbers():
     """Scores live in the result files and the benchmarks page; a page that types one goes stale silently."""
     for page in PAGES:
         text = (DOCS / page).read_text(encoding="utf-8")
-        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.S))
+        prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
         scores = re.findall(r"(?<![\w.])0\.[5-9]\d\d\b", prose)
         assert scores == [], f"docs/{page} types scores {scores}: link to benchmarks.md or a result JSON instead"

@@ -54,7 +54,7 @@ def crafted(tmp_path, monkeypatch):
 
 
 def test_rows_read_every_number_from_the_files(crafted):
-    readme, results = crafted
+    _, results = crafted
     block = rr.render(results)
     assert "| config | what it is | proxy macro F1 [90 % interval] | time |" in block
     assert ("| [`configs/a.yaml`](configs/a.yaml) | one | model | [fold 0](benchmarks/results/one.json): "
