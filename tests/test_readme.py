@@ -329,3 +329,19 @@ def test_pages_quote_no_benchmark_numbers():
         prose = re.sub(r"`[^`\n]*`", "", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
         scores = re.findall(r"(?<![\w.])0\.[5-9]\d\d\b", prose)
         assert scores == [], f"docs/{page} types scores {scores}: link to benchmarks.md or a result JSON instead"
+
+
+def test_source_files_and_modules_named_exist():
+    """Pages name modules by path or dotted name; a move must take the pages along."""
+    import importlib.util
+
+    for doc in documents():
+        text = doc.read_text(encoding="utf-8")
+        for path in re.findall(r"\b((?:src|benchmarks|configs|docs|tests)/[\w/.-]*\w\.(?:py|yaml|csv|html|sh))\b", text):
+            assert (ROOT / path).is_file(), f"{doc_id(doc)} names {path}, which does not exist"
+        for module in re.findall(r"`(maskstatus(?:\.\w+)+)`", text):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except ModuleNotFoundError:  # a missing parent package
+                found = False
+            assert found, f"{doc_id(doc)} names module {module}, which does not exist"
