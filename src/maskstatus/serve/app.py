@@ -64,12 +64,13 @@ KEEP_ALIVE_S = 5
 DEFAULT_MAX_UPLOADS = 16
 # Connections uvicorn keeps at once (idle ones are closed after the timeouts above); beyond it new requests get 503.
 LIMIT_CONCURRENCY = 512
-# Decoded pixels per request and for all requests at once (defaults.REQUEST_PIXELS_IMAGES, SERVER_PIXELS_IMAGES), in
-# images of the largest size allowed: a request may decode 3 of them (or 16 phone JPEGs, about 3 MP each at reduced size), the server 4. Images are held at 3 bytes
+# Decoded pixels per request and for all requests at once, in images of the largest size allowed: a request may
+# decode 3 of them (or 16 phone JPEGs, about 3 MP each at reduced size), the server 4. Images are held at 3 bytes
 # a pixel until the answer, and decoding one takes up to 13 bytes a pixel at its peak (an RGBA PNG): with one
 # decoding thread, the default 16 MP images bound the decoded memory at ~0.2 GB held + ~0.2 GB transient, on top of
 # the loaded models (see benchmarks/serve_abuse.py). The model answers one batch at a time, so more would only queue.
 DECODE_WORKERS = 1
+# REQUEST_PIXELS_IMAGES (3) and SERVER_PIXELS_IMAGES (4) are in defaults: serve's --help names them.
 BUSY_WAIT_S = 2.0
 RETRY_AFTER_S = 2
 
