@@ -1,4 +1,8 @@
-"""Thin command line over the library: parse arguments, call one function, print its result."""
+"""Thin command line over the library: parse arguments, call one function, print its result.
+
+Each command is two functions side by side: ``_add_<command>`` declares its options (defaults and choices are the
+library's, from ``defaults`` and ``choices``) and ``_cmd_<command>`` runs it. ``build_parser`` lists the commands.
+"""
 
 from __future__ import annotations
 
