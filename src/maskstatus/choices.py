@@ -24,6 +24,9 @@ PRECISIONS: tuple[str, ...] = (
 # The precisions prediction offers, and its backends (the PyTorch model, or its ONNX export).
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
+# A run's checkpoints (best.pt, last.pt), and how an ensemble combines its members (infer.ensemble.Vote).
+CHECKPOINTS: tuple[str, ...] = ("best", "last")
+VOTES: tuple[str, ...] = ("soft", "hard")
 # The test-time augmentations of infer.tta (predict.tta, --tta).
 TTA_NAMES: tuple[str, ...] = ("hflip", "shift")
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..age import AGE_YEARS, Cuts, read_cuts
 from ..config import Config
+from ..defaults import EXPORT_TOLERANCE
 from ..errors import RunError
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset
@@ -47,10 +48,7 @@ from .predict import LoadedRun, load_run
 logger = logging.getLogger(__name__)
 
 OPSET = 17
-# Largest allowed difference between the backends: on probabilities, and on raw outputs relative to
-# their size (1 + |value|: logits near 0, predicted years near 40). float32 kernels that fuse or reorder
-# operations differ by ~1e-5 here; a wrong graph differs by orders of magnitude more.
-TOLERANCE = 1e-3
+TOLERANCE = EXPORT_TOLERANCE  # largest allowed difference to PyTorch (see defaults)
 CHECK_IMAGES = 64
 
 

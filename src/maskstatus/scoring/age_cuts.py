@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN, AGE_SIGMA, oof_with_cuts, require_years, tune_cuts, write_cuts
+from ..defaults import AGE_CUT_STEP
 from ..errors import RunError, RunNotFoundError
 from ..labels import PROB_COLUMNS
 from .metrics import compute_metrics
@@ -52,7 +53,7 @@ def cross_fitted_oof(oof: pd.DataFrame, thresholds, step: float = 0.5, seed: int
     return pd.concat(parts)
 
 
-def tune_age_cuts(folder: Path | str, write: bool = True, step: float = 0.5) -> dict:
+def tune_age_cuts(folder: Path | str, write: bool = True, step: float = AGE_CUT_STEP) -> dict:
     """Grid-search the cut points that maximise the folder's OOF macro F1; optionally store them.
 
     Returns ``tune_cuts``' result (cuts, F1 at the default and at the tuned cuts), the

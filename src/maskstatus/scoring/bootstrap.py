@@ -20,14 +20,13 @@ from typing import Sequence
 
 import numpy as np
 
+from ..defaults import DEFAULT_BOOT, DEFAULT_LEVEL
 from ..labels import NUM_CLASSES, TASKS, decode, split_class_probs
 from .metrics import _check
 
 # The metrics of compute_metrics, in its key order.
 METRICS: tuple[str, ...] = ("f1", "acc", *(f"{t}_{m}" for t in TASKS for m in ("f1", "acc")))
 
-DEFAULT_BOOT = 1000
-DEFAULT_LEVEL = 0.9
 
 
 @dataclass

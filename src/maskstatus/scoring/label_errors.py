@@ -47,6 +47,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
 from ..data.relabel import SWAP_STEMS, SWAP_VALUE
+from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_TOP
 from ..errors import UsageError
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
 from ..outputs import check_output, first_line
@@ -219,7 +220,8 @@ def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def find_label_errors(oof: pd.DataFrame, top: int = 50, min_score: float = 0.5) -> pd.DataFrame:
+def find_label_errors(oof: pd.DataFrame, top: int = LABEL_ERRORS_TOP,
+                      min_score: float = LABEL_ERRORS_MIN_SCORE) -> pd.DataFrame:
     """Rank people whose labels disagree with confident out-of-fold predictions.
 
     Returns one row per (person, task) with columns person_id, task (gender,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..age import read_cuts
+from ..defaults import DEFAULT_SEED
 from .bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
 from ..errors import UsageError
 from ..labels import PROB_COLUMNS, TASKS
@@ -26,7 +27,8 @@ def oof_interval(
                            tasks, mask_states, n_boot, level, seed)
 
 
-def score_oof(path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
+def score_oof(path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
+              seed: int = DEFAULT_SEED) -> dict:
     """Metrics and person-bootstrap intervals of a run folder's, CV folder's or CSV's out-of-fold predictions.
 
     Read with ``oof.read_oof``, so a folder's tuned age cut points (age_cuts.json)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..config import load_config
+from ..defaults import DEFAULT_SEED, DEMO_DIR, DEMO_PEOPLE
 
 DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
 
@@ -20,7 +21,8 @@ class DemoResult:
     eval_acc: float
 
 
-def run_demo(out_dir: Path | str = "demo", people: int = 120, seed: int = 0, overrides: Sequence[str] = ()) -> DemoResult:
+def run_demo(out_dir: Path | str = DEMO_DIR, people: int = DEMO_PEOPLE, seed: int = DEFAULT_SEED,
+             overrides: Sequence[str] = ()) -> DemoResult:
     out_dir = Path(out_dir)
     # The overrides are checked before the data is drawn and torch and sklearn imported (seconds), so a typo is
     # answered at once.
