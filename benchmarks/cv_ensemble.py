@@ -29,8 +29,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from proxy import commit, provenance, write_report  # noqa: E402
+from common import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
 from maskstatus.analysis.headroom import given_years, oof_headroom  # noqa: E402

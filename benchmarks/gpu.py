@@ -48,9 +48,8 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from common import REPO, bare_model, commit, model_only_throughput, peak_memory_mb, provenance, write_report  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
-
-from proxy import REPO, bare_model, commit, model_only_throughput, peak_memory_mb, provenance, write_report  # noqa: E402
 
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402

@@ -32,6 +32,7 @@ from maskstatus.data.relabel import read_relabel  # noqa: E402
 from maskstatus.engine.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import proxy  # noqa: E402
 
 logger = logging.getLogger("label_loop")
@@ -56,7 +57,7 @@ def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, to
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    proxy.add_fold_arguments(p)
+    common.add_fold_arguments(p)
     p.add_argument("--oof", required=True, type=Path, help="CV folder whose out-of-fold predictions are searched")
     p.add_argument("--folds-file", required=True, type=Path, help="the person folds of the retrained run")
     p.add_argument("--top", type=int, default=50, help="suspects kept per task (find-label-errors --top)")
@@ -67,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     draft, loop = training_draft(args.oof, args.folds_file, args.fold, review, args.top)
     logger.info("relabel draft %s: %d fixes, %d of held-out people dropped", draft, loop["fixes_applied"],
                 loop["fixes_of_held_out_people_dropped"])
-    proxy.main(proxy.fold_argv(args, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"))
+    proxy.main(common.fold_argv(args, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"))
     report = json.loads(args.out.read_text())
     report["label_loop"] = {"oof": str(args.oof), "top": args.top, **loop}
-    proxy.write_report(report, args.out)
+    common.write_report(report, args.out)
     return 0
 
 

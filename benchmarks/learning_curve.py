@@ -28,8 +28,8 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
+from common import commit, provenance, write_report  # noqa: E402
 from cv_ensemble import paired_gain, summary  # noqa: E402
-from proxy import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.folds import read_folds  # noqa: E402

@@ -35,8 +35,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
-from proxy import DEFAULT_DATA, commit, provenance, write_report  # noqa: E402
+from common import DEFAULT_DATA, commit, provenance, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402

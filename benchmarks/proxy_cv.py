@@ -26,7 +26,6 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
-
 from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
@@ -40,7 +39,7 @@ from maskstatus.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import DEFAULT_DATA, REPO, commit, oof_intervals, peak_memory_mb, provenance, write_report  # noqa: E402
+from common import DEFAULT_DATA, REPO, commit, oof_intervals, peak_memory_mb, provenance, write_report  # noqa: E402
 
 logger = logging.getLogger("proxy_cv")
 

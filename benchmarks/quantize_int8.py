@@ -43,8 +43,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
-from proxy import commit, provenance, write_report  # noqa: E402
+from common import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.export import eval_inputs, export_run  # noqa: E402
@@ -105,8 +104,13 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, batch:
     The nodes of ``keep_float`` (see :func:`float_nodes`) stay in float32.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

@@ -47,7 +47,7 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import commit, machine, write_report  # noqa: E402
+from common import commit, machine, write_report  # noqa: E402
 from serve_load import free_port, start_server, stop_server  # noqa: E402
 
 PHASES = ("crafted uploads", "crafted uploads and stalled clients")

@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import commit, machine  # noqa: E402
+from common import commit, machine  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.images import is_image_file  # noqa: E402

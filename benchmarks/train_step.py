@@ -5,7 +5,7 @@
         [--out benchmarks/results/train-step-precision.json]
 
 Times forward + backward + optimizer step of the config's model on in-memory
-tensors of its training batch shape (``proxy.model_only_throughput``: no data
+tensors of its training batch shape (``common.model_only_throughput``: no data
 loading, random weights), for each precision in turn, repeated in alternating
 order so that a change in the machine's load hits every precision. Reports the
 images/s of each timing, their median, each precision's speed-up over the first,
@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from proxy import commit, model_only_throughput, provenance, write_report  # noqa: E402
+from common import commit, model_only_throughput, provenance, write_report  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.cache import available_cores  # noqa: E402
