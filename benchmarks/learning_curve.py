@@ -28,7 +28,7 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
-from common import commit, provenance, write_report  # noqa: E402
+from common import commit, provenance, resolved_config, write_report  # noqa: E402
 from cv_ensemble import paired_gain, summary  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
@@ -122,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": list(sizes.values()),
         "wall_s": round(time.perf_counter() - started, 1),
         **provenance(code_version),
+        # The "all" size's settings; each smaller size differs only in its data root, folds file and run name.
+        "resolved_config": resolved_config(base),
     }
     write_report(report, args.out)
     return 0

@@ -39,7 +39,16 @@ from maskstatus.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DEFAULT_DATA, REPO, commit, oof_intervals, peak_memory_mb, provenance, write_report  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_DATA,
+    REPO,
+    commit,
+    oof_intervals,
+    peak_memory_mb,
+    provenance,
+    resolved_config,
+    write_report,
+)
 
 logger = logging.getLogger("proxy_cv")
 
@@ -147,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - started,
         **provenance(code_version),
         "cv_dir": str(cv_dir),
+        "resolved_config": resolved_config(cfg),
     }
     write_report(report, args.out)
     return 0

@@ -23,7 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from common import commit, model_only_throughput, provenance, write_report  # noqa: E402
+from common import commit, model_only_throughput, provenance, resolved_config, write_report  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.cache import available_cores  # noqa: E402
@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_step_images_per_s": {name: round(v, 1) for name, v in median.items()},
         "speedup_over_first": {name: round(median[name] / median[base], 2) for name in precisions[1:]},
         **provenance(code_version, cores_available=available_cores()),
+        # The config as given: each timing replaced its train.precision with the one named in the keys above.
+        "resolved_config": resolved_config(load_config(args.config, args.overrides)),
     }
     write_report(report, args.out)
     return 0
