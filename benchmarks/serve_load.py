@@ -1,7 +1,7 @@
 """Loopback load test of `maskstatus serve`: a fixed number of requests from a few concurrent clients.
 
     python benchmarks/serve_load.py --run demo/runs/demo-... --requests 200 --clients 4 \
-        --out benchmarks/results/serve.json
+        --out benchmarks/results/serve-load-demo.json
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), sends each
 request (``--images-per-request`` images from ``--images``, default the run's
