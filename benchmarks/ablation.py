@@ -54,6 +54,8 @@ import proxy  # noqa: E402
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
+
 
 def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")

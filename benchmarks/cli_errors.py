@@ -43,6 +43,8 @@ CASES: dict[str, list[str]] = {
     "predict --accelerator tpu9": [*PREDICT, "--accelerator", "tpu9"],
 }
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def run_once(args: list[str], source: Path, cwd: Path) -> dict:
     """One fresh process: its wall clock, peak memory, exit code and last line of stderr."""

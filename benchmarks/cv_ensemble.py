@@ -43,6 +43,8 @@ from maskstatus.labels import DEFAULT_AGE_THRESHOLDS  # noqa: E402
 logger = logging.getLogger("cv_ensemble")
 TASK_F1 = ("f1", "mask_f1", "gender_f1", "age_f1")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def summary(interval: Interval) -> dict:
     """The F1s with their intervals, as the other benchmark JSONs name them."""

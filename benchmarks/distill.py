@@ -2,7 +2,7 @@
 
     python benchmarks/distill.py --config configs/best-cpu.yaml --fold 0 \
         --folds-file runs/proxy/best-cpu-cv-.../folds.csv \
-        --out benchmarks/results/ablation/distill.json --submission /tmp/distill.csv 'cache.size=[128,128]'
+        --out benchmarks/results/distill-fold0-128px.json --submission /tmp/distill.csv 'cache.size=[128,128]'
 
 The student is validated on fold ``--fold`` of the outer folds, so its teacher must never have
 seen those people: the teacher is a CV over the other folds only (each of its models trains on
@@ -39,6 +39,8 @@ import proxy  # noqa: E402
 from proxy_cv import fold_summaries  # noqa: E402
 
 logger = logging.getLogger("distill")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def nested_data(data: Path, folds_file: Path, fold: int, out: Path) -> tuple[Path, Path, int]:

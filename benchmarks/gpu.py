@@ -72,6 +72,8 @@ logger = logging.getLogger("gpu")
 # Competition photos are 512 high and 384 wide.
 PHOTO_SIZE = (512, 384)
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 class GpuSampler:
     """A thread that reads the GPU's utilisation and memory every ``interval`` seconds.

@@ -1,6 +1,6 @@
 """Does grouping the photos of one person help? One trained run's held-out fold, with and without it.
 
-    python benchmarks/group_people.py --run /work/exp/runs/proxy/best-cpu-<timestamp> \
+    python benchmarks/group_people.py --run RUN \
         --out benchmarks/results/group-people-fold0.json
 
 Re-infers the run's held-out fold (its folds.csv, its split.fold) with its best
@@ -49,6 +49,8 @@ from maskstatus.metrics import compute_metrics  # noqa: E402
 from maskstatus.models import model_data_config  # noqa: E402
 
 logger = logging.getLogger("group_people")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 class PlainViewEmbeddings:

@@ -34,6 +34,8 @@ from maskstatus.engine.label_errors import TASK_NAMES, find_label_errors, load_o
 
 logger = logging.getLogger("label_errors")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

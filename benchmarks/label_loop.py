@@ -1,7 +1,7 @@
 """The label-cleaning loop as an ablation row: find label errors out of fold, apply the draft, retrain one fold.
 
     python benchmarks/label_loop.py --oof CV_DIR --folds-file CV_DIR/folds.csv --fold 0 \
-        --config configs/best-cpu.yaml --out res.json --submission /tmp/loop.csv 'cache.size=[128,128]'
+        --config configs/best-cpu.yaml --out benchmarks/results/label-loop-fold0-128px.json --submission /tmp/loop.csv 'cache.size=[128,128]'
 
 Runs ``maskstatus find-label-errors`` on the out-of-fold predictions of ``--oof`` (a CV
 folder), keeps the fixes of its relabel draft (gender flips and incorrect/normal swaps; age
@@ -36,6 +36,8 @@ import common  # noqa: E402
 import proxy  # noqa: E402
 
 logger = logging.getLogger("label_loop")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, top: int = 50) -> tuple[Path, dict]:

@@ -41,6 +41,8 @@ from maskstatus.runs import open_run_dir  # noqa: E402
 logger = logging.getLogger("learning_curve")
 ALL = "all"
 
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
+
 
 def subset_root(data_root: Path, folds: pd.DataFrame, drop: list[int], out: Path) -> Path:
     """A data root like ``data_root`` without the people of the ``drop`` folds (images and eval linked, not copied)."""

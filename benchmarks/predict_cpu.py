@@ -49,6 +49,8 @@ REPO = Path(__file__).resolve().parents[1]
 VARIANTS = {"torch": ("torch", None), "onnx": ("onnx", None), "torch_bf16": ("torch", "bf16-mixed")}
 logger = logging.getLogger("predict_cpu")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 @torch.no_grad()
 def model_only_images_per_s(run_dir: Path, onnx_dir: Path, batch: int, variants: Sequence[str],

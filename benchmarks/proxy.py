@@ -43,6 +43,8 @@ from maskstatus.runs import RunDir, load_checkpoint  # noqa: E402
 
 logger = logging.getLogger("proxy")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def add_from_run_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from-run", type=Path, default=None,

@@ -52,6 +52,8 @@ from common import (  # noqa: E402
 
 logger = logging.getLogger("proxy_cv")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def fold_summaries(result: CVResult) -> tuple[list[dict], float, int]:
     """Per fold: its run folder, best score and epoch (as ``run_cv`` read them), epochs, training seconds; totals."""

@@ -30,6 +30,8 @@ from common import REPO, commit, provenance, write_report  # noqa: E402
 
 TIMING_WORDS = ("time", "per_s")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def run_demo(source: Path, out: Path) -> Path:
     """`maskstatus demo --out OUT` with the package of `source` (a checkout); returns OUT."""

@@ -52,6 +52,8 @@ from serve_load import free_port, start_server, stop_server  # noqa: E402
 
 PHASES = ("crafted uploads", "crafted uploads and stalled clients")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def blank_png(size: tuple[int, int], mode: str = "RGBA") -> bytes:
     """A blank image compressed to almost nothing: what decodes to the most memory per byte sent."""

@@ -38,6 +38,8 @@ from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.images import is_image_file  # noqa: E402
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -31,6 +31,8 @@ from maskstatus.data.cache import available_cores  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("train_step")
 
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
+
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
