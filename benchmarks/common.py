@@ -170,3 +170,16 @@ def resolved_config(cfg: Config) -> dict[str, Any]:
     """The validated config as a plain dict, after every override: a result must name the exact settings it
     measured, since a config file's path holds another recipe once the file is edited."""
     return config_to_dict(cfg)
+
+
+def run_configs(path: Path | str) -> dict[str, dict[str, Any]]:
+    """The resolved config of every run that a run or CV folder stands for (its saved config.yaml), by run name.
+
+    A result that predicts from trained runs names the exact settings they were trained with, as
+    :func:`resolved_config` does for a result that trains from a config.
+    """
+    from maskstatus.config import load_config
+    from maskstatus.engine.ensemble import expand_runs
+    from maskstatus.runs import RunDir
+
+    return {run.name: resolved_config(load_config(RunDir(run).config)) for run in expand_runs([path])}

@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m_at_end": os.getloadavg()[0],
         "commit": code_version,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "run_configs": common.run_configs(args.run),
     }
     common.write_report(report, args.out)
     return 0

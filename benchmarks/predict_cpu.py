@@ -35,7 +35,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import DEFAULT_DATA, commit, provenance, write_report  # noqa: E402
+from common import DEFAULT_DATA, commit, provenance, run_configs, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.ensemble import expand_runs  # noqa: E402
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": loads,
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
         **provenance(code_version, cores_available=available_cores()),
+        "run_configs": run_configs(args.run),
     }
     write_report(report, args.out)
     return 0

@@ -43,7 +43,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from common import commit, provenance, write_report  # noqa: E402
+from common import commit, provenance, run_configs, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
 from maskstatus.engine.export import eval_inputs, export_run  # noqa: E402
@@ -246,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": [load_before, load_after],
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
         **provenance(code_version, cores_available=available_cores()),
+        "run_configs": run_configs(args.run),
     }
     write_report(report, args.out)
     return 0

@@ -330,7 +330,8 @@ def render_benchmarks(benchmarks: Path, results: Path) -> str:
         ("- **What a JSON holds.** Its measurements, the machine, the commit it was measured on (`-dirty` when the "
          "tree had uncommitted changes), the command that wrote it and, where a config was trained or timed, "
          "`resolved_config`: every setting after the overrides, so the result stays readable after the config file "
-         "changes. Results older than that key have it rebuilt from the config file at their commit "
+         "changes; where trained runs were measured, `run_configs`: each run's saved config. Results older than "
+         "these keys have it rebuilt from the config file at their commit "
          "(`resolved_config_source`), with `resolved_config_note` naming what could not be rebuilt."),
         ("- **Archive.** A result replaced by a later measurement of the same question moves to `results/archive/` "
          "with `superseded_by` (the file that replaced it) and `superseded_why`; the archive table of "

@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import commit, machine  # noqa: E402
+from common import commit, machine, run_configs  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.images import is_image_file  # noqa: E402
@@ -185,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "commit": commit(),
         "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/serve_load.py", *(argv or sys.argv[1:])]),
+        "run_configs": run_configs(run),
     }
     text = json.dumps(report, indent=2)
     if args.out:

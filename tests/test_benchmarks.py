@@ -155,6 +155,25 @@ def report_people(demo_data):
     return pd.read_csv(demo_data.root / "train" / "train.csv", dtype=str)["id"]
 
 
+def test_run_configs_names_each_run_of_a_cv_folder_with_its_saved_config(tmp_path):
+    import common
+
+    from maskstatus.config import load_config, save_config
+
+    cv = tmp_path / "cv"
+    for fold in (1, 0):
+        run = cv / f"fold{fold}-20260101-000000"
+        (run / "checkpoints").mkdir(parents=True)
+        (run / "checkpoints" / "best.pt").touch()  # what marks a folder as a run; its weights are not read
+        save_config(load_config(ROOT / "configs" / "demo.yaml", [f"split.fold={fold}", "optimizer.lr=0.25"]),
+                    run / "config.yaml")
+    configs = common.run_configs(cv)
+    assert list(configs) == ["fold0-20260101-000000", "fold1-20260101-000000"]  # the runs in name order
+    assert [c["split"]["fold"] for c in configs.values()] == [0, 1]
+    assert all(c["optimizer"]["lr"] == 0.25 for c in configs.values())
+    assert list(common.run_configs(cv / "fold1-20260101-000000")) == ["fold1-20260101-000000"]
+
+
 def test_same_seed_comparison_finds_a_changed_column(tmp_path):
     import pandas as pd
     import same_seed
