@@ -48,10 +48,13 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import proxy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def slug(name: str) -> str:
@@ -103,8 +106,8 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
               "images": len(oof), "predict_s": seconds["tta"], "predict_s_no_tta": seconds["no_tta"],
               # The control: these weights without TTA, which should match the source row's F1.
               "oof_f1_no_tta": scores["no_tta"]["f1"], "source_oof_f1": source["oof_f1"],
-              "machine": proxy.machine(),
-              **proxy.oof_intervals(tables["tta"], run.cfg.model.tasks, run.cfg.data.mask_codes())}
+              "machine": common.machine(),
+              **common.oof_intervals(tables["tta"], run.cfg.model.tasks, run.cfg.data.mask_codes())}
     if "train_s" in source:
         report["train_s"] = source["train_s"]
     return scores["tta"], report
@@ -119,7 +122,7 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
         sources = [_source(out_dir, name) for name in row["ensemble"]]
         oof, metrics = ensemble_oof([s["run_dir"] for s in sources])
         report = {"members": row["ensemble"], "run_dirs": [s["run_dir"] for s in sources],
-                  "machine": sources[0]["machine"], **proxy.oof_intervals(oof)}
+                  "machine": sources[0]["machine"], **common.oof_intervals(oof)}
         if all("train_s" in s for s in sources):  # every member trains: the ensemble costs their sum
             report["train_s"] = sum(s["train_s"] for s in sources)
     elif "tta_of" in row:
@@ -129,12 +132,12 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
         tuned = tune_age_cuts(source["run_dir"], write=False)
         metrics = tuned["cross_fitted"]
         report = {"tuned_from": row["tune_age_of"], "run_dir": source["run_dir"], "age_cuts": tuned,
-                  "machine": source["machine"], **proxy.oof_intervals(_cross_fitted_oof(source["run_dir"]))}
+                  "machine": source["machine"], **common.oof_intervals(_cross_fitted_oof(source["run_dir"]))}
         if "train_s" in source:
             report["train_s"] = source["train_s"]
     report.update({"oof_f1": metrics["f1"], "oof_acc": metrics["acc"], "oof_mask_f1": metrics["mask_f1"],
                    "oof_gender_f1": metrics["gender_f1"], "oof_age_f1": metrics["age_f1"],
-                   "commit": proxy.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
+                   "commit": common.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
     return report
 
 
@@ -183,7 +186,7 @@ def add_intervals(plan: dict, out_dir: Path) -> list[str]:
         if kept is None:
             continue
         oof, scope = kept
-        intervals = proxy.oof_intervals(oof, **scope)
+        intervals = common.oof_intervals(oof, **scope)
         point = _point_f1(oof, scope)
         if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) and abs(point - r["oof_f1"]) > 1e-3:
             # The run folder no longer holds what the row measured (trained again, relabelled...).
@@ -393,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results" / "ablation", help="folder of per-row JSONs")
     p.add_argument("--table", type=Path, default=HERE / "results" / "ablation.md", help="markdown table to write")
     p.add_argument("--rows", action="append", default=None, help="only this row (repeatable)")
-    p.add_argument("--data", type=Path, default=None, help="maskproxy folder (default: proxy.py's default)")
+    p.add_argument("--data", type=Path, default=None, help="maskproxy folder (default: ../shared/data/maskproxy)")
     p.add_argument("--epochs", type=int, default=None, help="override every row's train.epochs")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "ablation", help="where the run folders go")
     p.add_argument("--table-only", action="store_true", help="only rewrite the table from the JSONs present")
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         todo = [row for row in plan["rows"] if (not args.rows or row["name"] in args.rows)
                 and not (args.out / f"{slug(row['name'])}.json").is_file()]
-        data = proxy.DEFAULT_DATA if args.data is None else args.data
+        data = common.DEFAULT_DATA if args.data is None else args.data
         folds = reference_folds(plan, data, args.runs) if any(_trains(row) for row in todo) else None
         for row in todo:
             run_row(plan, row, args.out, data, args.epochs, args.runs, folds)

@@ -273,6 +273,7 @@ def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
     assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
     assert report["server"]["models"] == 2 and report["server"]["backend"] == "torch"
     assert "cpu" in report["machine"] and "serve_load.py" in report["command"]
+    assert len(report["run_configs"]) == 2  # the CV folder's two fold runs, each with the config it trained with
     from maskstatus.infer.export import export
 
     export(cv_dir, out_dir=tmp_path / "onnx")
