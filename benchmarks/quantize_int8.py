@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_only_images_per_s": speed,
         "model_only_images_per_s_each": speed_each,
         "model_only": {"images": min(args.speed_images, len(images)), "batch": args.batch_size,
-                       "session": "engine.onnx_model.session_options (all graph optimisations, one intra-op "
+                       "session": "infer.onnx_model.session_options (all graph optimisations, one intra-op "
                                   "thread per core)"},
         # 1-minute load average before and after the speed timings; above the core count, others shared the CPU.
         "load_average_1m": [load_before, load_after],
