@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-fast clean serve-demo
+.PHONY: setup demo test test-fast lint lint-fix clean serve-demo
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,18 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff (lint rules and formatting) and mypy; the settings are in pyproject.toml
+LINT_PATHS ?= src
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+# Applies ruff's safe fixes, then formats; what remains in `make lint` is fixed by hand
+lint-fix: $(STAMP)
+	$(VENV)/bin/ruff check --fix $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 clean:
 	rm -rf demo runs .cache .pytest_cache
