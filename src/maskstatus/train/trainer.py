@@ -78,12 +78,9 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     """
     pc = cfg.data.pseudo
     assert pc is not None, "called only with data.pseudo set"
-    if pc.eval_dir is not None:
-        eval_dir = Path(pc.eval_dir)
-    elif cfg.data.root is not None:
-        eval_dir = Path(cfg.data.root) / "eval"
-    else:
-        raise ConfigError("data.pseudo needs data.pseudo.eval_dir, or data.root to find its eval folder")
+    # load_train_table has already refused a config without data.root
+    assert cfg.data.root is not None
+    eval_dir = pc.eval_dir if pc.eval_dir is not None else Path(cfg.data.root) / "eval"
     pseudo = pseudo_rows(pc.probs_for(cfg.split.fold), eval_dir, pc.threshold, pc.task_thresholds)
     record = pseudo[["person_id", "image_path", "mask", "gender", "age", "age_group", "label", "confidence"]]
     pseudo = pseudo.drop(columns="confidence").assign(fold=PSEUDO_FOLD)
