@@ -6,7 +6,7 @@ DOCS_STAMP := $(VENV)/.docs-stamp
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-fast clean serve-demo docs docs-serve
+.PHONY: setup demo test test-fast lint lint-fix clean serve-demo docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -48,6 +48,18 @@ docs: $(DOCS_STAMP)
 # Port 8001: serve-demo takes 8000.
 docs-serve: $(DOCS_STAMP)
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
+# ruff (lint rules and formatting) and mypy; the settings are in pyproject.toml
+LINT_PATHS ?= src
+lint: $(STAMP)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy
+
+# Applies ruff's safe fixes, then formats (--exit-zero: what it cannot fix is listed, and fixed by hand)
+lint-fix: $(STAMP)
+	$(VENV)/bin/ruff check --fix --exit-zero $(LINT_PATHS)
+	$(VENV)/bin/ruff format $(LINT_PATHS)
 
 clean:
 	rm -rf demo runs .cache .pytest_cache site

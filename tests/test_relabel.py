@@ -120,6 +120,11 @@ def test_gender_fix_changes_all_seven_labels(tmp_path):
     assert (fixed["label"] == encode(fixed["mask"], fixed["gender"], fixed["age_group"])).all()
 
 
+def test_an_empty_relabel_setting_applies_no_fixes(tmp_path):
+    train = make_train(tmp_path)
+    pd.testing.assert_frame_equal(train_table(train, relabel=""), train_table(train))
+
+
 def test_mask_swap_swaps_incorrect_and_normal(tmp_path):
     train = make_train(tmp_path)
     before = train_table(train).set_index(["person_id", "stem"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -62,7 +62,7 @@ def check_cuts(cuts: Sequence[float]) -> Cuts:
     c = tuple(float(x) for x in cuts)
     if len(c) != 2 or not np.all(np.isfinite(c)) or not 0 < c[0] < c[1]:
         raise ValueError(f"age cut points must be two increasing positive numbers, got {list(cuts)}")
-    return c  # type: ignore[return-value]
+    return (c[0], c[1])
 
 
 def group_probs(mean: torch.Tensor, sigma: torch.Tensor, cuts: Sequence[float]) -> torch.Tensor:
@@ -129,7 +129,7 @@ def age_distribution_targets(years: torch.Tensor, bins: int, sigma: float) -> to
     return logp.softmax(dim=-1)
 
 
-def mean_years(view_outputs: Sequence[dict]) -> Optional[torch.Tensor]:
+def mean_years(view_outputs: Sequence[Mapping[str, torch.Tensor]]) -> Optional[torch.Tensor]:
     """The regression output averaged over TTA views (N, 2), or None for a head without one.
 
     Means and spreads are averaged before the group probabilities are taken, so the

@@ -7,11 +7,16 @@ mask mapping, age groups and the 18-class formula ``class = mask*6 + gender*3 + 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping, TypeVar
 
 import numpy as np
 
 from .defaults import OLD_FROM, YOUNG_BELOW
+if TYPE_CHECKING:
+    import torch
+
+# The probability helpers work on numpy arrays and torch tensors alike.
+Probs = TypeVar("Probs", np.ndarray, "torch.Tensor")
 
 MASK_NAMES: tuple[str, ...] = ("wear", "incorrect", "not_wear")
 GENDER_NAMES: tuple[str, ...] = ("male", "female")
@@ -107,7 +112,7 @@ def _uniform_like(probs, k: int):
     return probs.new_full((probs.shape[0], k), 1.0 / k)
 
 
-def combine_task_probs(task_probs: Mapping[str, "np.ndarray | object"]):
+def combine_task_probs(task_probs: Mapping[str, Probs]) -> Probs:
     """Per-task probabilities (N, k_task) -> 18-class probabilities (N, 18).
 
     The joint is the product of the task marginals, laid out by the class

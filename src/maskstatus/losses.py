@@ -9,7 +9,7 @@ head. ``build_loss`` turns a :class:`~maskstatus.config.LossConfig` into a
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar, Mapping, Optional, Sequence, Union, overload
 
 import numpy as np
 import torch
@@ -34,9 +34,13 @@ _logger = logging.getLogger(__name__)
 
 LOSSES: Registry = Registry("loss")
 
-WeightArg = Optional[Sequence[float]]
+WeightArg = Sequence[float] | None
 
 
+@overload
+def _on(t: None, ref: torch.Tensor) -> None: ...
+@overload
+def _on(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor: ...
 def _on(t: Optional[torch.Tensor], ref: torch.Tensor) -> Optional[torch.Tensor]:
     # The trainer may build the loss before the model moves to its device and
     # never move the loss, so buffers follow the logits here (no-op if already there).
@@ -54,6 +58,8 @@ def _weight_tensor(weight: WeightArg) -> Optional[torch.Tensor]:
 
 class CrossEntropy(nn.Module):
     """Cross entropy with optional per-class weight and label smoothing."""
+
+    weight: Optional[torch.Tensor]  # a buffer
 
     def __init__(self, weight: WeightArg = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -78,6 +84,9 @@ class FocalLoss(nn.Module):
     per-class ``weight`` the mean is weighted the way ``F.cross_entropy`` does it
     (sum(w_i * l_i) / sum(w_i)), so ``gamma=0`` reproduces cross entropy exactly.
     """
+
+    alpha: Optional[torch.Tensor]  # buffers
+    weight: Optional[torch.Tensor]
 
     def __init__(
         self,
@@ -225,7 +234,7 @@ class WeightedSum(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         total = self.weights[0] * self.terms[0](logits, target)
-        for w, term in zip(self.weights[1:], self.terms[1:]):
+        for w, term in zip(self.weights[1:], self.terms[1:], strict=True):
             total = total + w * term(logits, target)
         return total
 
@@ -267,7 +276,7 @@ class TaskLoss(nn.Module):
     """
 
     # Heads whose targets live under another key: an age distribution learns from the age in years.
-    TARGET_KEYS = {AGE_BINS: AGE_YEARS, AGE_RANKS: AGE_YEARS}
+    TARGET_KEYS: ClassVar[dict[str, str]] = {AGE_BINS: AGE_YEARS, AGE_RANKS: AGE_YEARS}
 
     def __init__(self, head_losses: Mapping[str, nn.Module], head_weights: Mapping[str, float]) -> None:
         super().__init__()

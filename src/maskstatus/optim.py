@@ -23,7 +23,7 @@ from .config import ConfigError, OptimizerConfig, SchedulerConfig
 
 _logger = logging.getLogger(__name__)
 
-ParamsLike = Union[nn.Module, Iterable[torch.nn.Parameter], Iterable[dict[str, Any]]]
+ParamsLike = nn.Module | Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
 # create_optimizer_v2 arguments that would be silently ignored (they act on a model, and the
 # optimizer is given ready-made groups) or that the config sets elsewhere.
@@ -68,9 +68,10 @@ def param_groups(
     if isinstance(model_or_params, nn.Module):
         params = list(model_or_params.parameters())
     else:
-        params = list(model_or_params)
-        if params and all(isinstance(p, dict) for p in params):
-            return params  # type: ignore[return-value]
+        items: list[Any] = list(model_or_params)
+        if items and all(isinstance(p, dict) for p in items):
+            return items
+        params = items
     if not params:
         raise ValueError("no parameters to optimise")
     if backbone_lr_scale != 1.0:
@@ -100,7 +101,7 @@ def build_optimizer(model_or_params: ParamsLike, cfg: OptimizerConfig) -> Optimi
     Every parameter is included, frozen ones too (a parameter without a gradient is skipped by
     the optimizer step).
     """
-    known = list_optimizers()
+    known = [str(n) for n in list_optimizers()]  # names only (no descriptions asked for)
     # timm accepts "lookahead_<name>"; the part after the last "_" names the optimizer.
     base_name = cfg.name.lower().split("_")[-1]
     if base_name not in known:
@@ -164,15 +165,16 @@ class EpochScheduler:
             self._set_lrs([base * _warmup_factor(0, self.warmup_epochs) for base in self._base_lrs])
 
     def _set_lrs(self, lrs: list[float]) -> None:
-        for group, lr in zip(self.optimizer.param_groups, lrs):
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
 
     def step(self, metric: Optional[float] = None) -> None:
         """Advance one epoch; ``metric`` is the maximised validation metric (used by plateau only)."""
-        if self.plateau is None:
+        if self.schedule is not None:  # exactly one of schedule and plateau is set
             self.epoch += 1
             self.schedule.step(self.epoch)  # timm: called at the end of an epoch with the next epoch's index
             return
+        assert self.plateau is not None
         if self.epoch < self.warmup_epochs:  # metrics during warm-up are ignored
             self._set_lrs([base * _warmup_factor(self.epoch + 1, self.warmup_epochs) for base in self._base_lrs])
         else:
@@ -204,9 +206,10 @@ class EpochScheduler:
         plateau state for plateau), so checkpoints written before the switch to timm resume.
         """
         self.epoch = int(state["epoch"])
-        if self.plateau is None:
+        if self.schedule is not None:
             self.schedule.step(self.epoch)
             return
+        assert self.plateau is not None
         self.plateau.load_state_dict(state["scheduler"])
         lrs = state["lrs"]
         if len(lrs) != len(self.optimizer.param_groups):

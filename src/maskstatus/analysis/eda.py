@@ -270,7 +270,7 @@ def analyse(data_dir: str | Path, run: Optional[str | Path] = None,
     images["set"] = ["train"] * len(checked) + ["eval"] * len(evals)
     images["owner"] = [*checked["person_id"].astype(str), *[EVAL_OWNER] * len(evals)]
     bad = images[images["problem"].notna()]
-    problems.extend(Problem(p, r) for p, r in zip(bad["path"], bad["problem"]))
+    problems.extend(Problem(p, r) for p, r in zip(bad["path"], bad["problem"], strict=True))
     bad_paths = set(bad["path"])
 
     train = _coded(checked[~checked["image_path"].isin(bad_paths)], thresholds) if len(checked) else checked
@@ -295,7 +295,7 @@ def _classes_section(r: EdaResult) -> str:
     ax.set_xticks(range(NUM_CLASSES), labels=class_names(r.thresholds), rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("images")
     ax.set_title("train images per class (blue: wear, orange: incorrect, purple: not wear)", fontsize=10)
-    empty = [name for name, s in zip(class_names(r.thresholds), summary["images"]) if s == 0]
+    empty = [name for name, s in zip(class_names(r.thresholds), summary["images"], strict=True) if s == 0]
     warn = H.note(f"classes without any image: {', '.join(empty)}") if empty else ""
     return (H.note("class = mask*6 + gender*3 + age; a person counts once in each class they have photos in.")
             + warn + '<div class="row">' + H.table(rows, ["class", "mask", "gender", "age", "people", "images"],
@@ -325,16 +325,17 @@ def _gender_age_section(r: EdaResult) -> str:
     ages = r.thresholds.names()
     counts = pd.crosstab(people["gender"], people["age_group"]).reindex(
         index=range(len(GENDER_NAMES)), columns=range(len(ages)), fill_value=0)
-    rows = [[GENDER_NAMES[g], *[int(counts.loc[g, a]) for a in range(len(ages))], int(counts.loc[g].sum())]
+    table = counts.to_numpy()  # reindexed above: row g, column a hold gender code g, age group a
+    rows = [[GENDER_NAMES[g], *[int(table[g, a]) for a in range(len(ages))], int(table[g].sum())]
             for g in range(len(GENDER_NAMES))]
-    rows.append(["all", *[int(counts[a].sum()) for a in range(len(ages))], int(counts.values.sum())])
+    rows.append(["all", *[int(table[:, a].sum()) for a in range(len(ages))], int(table.sum())])
     return H.note("People (not images) per gender and age group.") + H.table(rows, ["gender", *ages, "all"],
                                                                              attrs='id="gender-age-table"')
 
 
 def near_boundary_bands(thresholds: AgeThresholds) -> list[tuple[int, int]]:
     """Inclusive year ranges just below each age boundary (e.g. 28-29 and 57-59 for 30 / 60)."""
-    return [(b - k, b - 1) for b, k in zip((thresholds.young_below, thresholds.old_from), NEAR_BOUNDARY_YEARS)]
+    return [(b - k, b - 1) for b, k in zip((thresholds.young_below, thresholds.old_from), NEAR_BOUNDARY_YEARS, strict=True)]
 
 
 def _age_section(r: EdaResult) -> str:
@@ -347,7 +348,7 @@ def _age_section(r: EdaResult) -> str:
     lo, hi = int(people["age"].min()), int(people["age"].max())
     years = np.arange(lo, hi + 1)
     bottom = np.zeros(len(years))
-    for g, (name, colour) in enumerate(zip(GENDER_NAMES, ("#1e88e5", "#e53935"))):
+    for g, (name, colour) in enumerate(zip(GENDER_NAMES, ("#1e88e5", "#e53935"), strict=True)):
         counts = people[people["gender"] == g]["age"].value_counts().reindex(years, fill_value=0).to_numpy()
         ax.bar(years, counts, bottom=bottom, width=0.9, color=colour, label=name)
         bottom += counts
@@ -411,8 +412,8 @@ def _samples_section(r: EdaResult) -> str:
         sel = r.train[r.train["label"] == c].sample(frac=1.0, random_state=c).drop_duplicates("person_id")
         pick = sel.iloc[np.sort(rng.choice(len(sel), size=min(SAMPLES_PER_CLASS, len(sel)), replace=False))] \
             if len(sel) else sel
-        cards = "".join(H.card(H.thumbnail(row.image_path), [str(row.person_id), f"{row.stem}, {row.age}"])
-                        for row in pick.itertuples(index=False))
+        cards = "".join(H.card(H.thumbnail(row["image_path"]), [str(row["person_id"]), f"{row['stem']}, {row['age']}"])
+                        for row in pick.to_dict("records"))
         blocks.append(f'<div><h3>{c}: {H.esc(names[c])}</h3><div class="grid">{cards or "no images"}</div></div>')
     return H.note(f"Up to {SAMPLES_PER_CLASS} people per class, one photo each, drawn at random (seed 0).") + \
         '<div class="row">' + "".join(blocks) + "</div>"
@@ -431,10 +432,10 @@ def _duplicates_section(r: EdaResult) -> str:
     head = (f'<p class="warn">{len(d)} pair(s), {identical} of them byte-identical files, '
             f"involving {len(people)} train people.</p>")
     rows = []
-    for p in d.head(MAX_DUPLICATES_SHOWN).itertuples(index=False):
-        pair = H.thumbnail(p.path_a, (54, 72)) + " " + H.thumbnail(p.path_b, (54, 72))
-        rows.append([pair, p.owner_a, _short(p.path_a, r.data_dir), p.owner_b, _short(p.path_b, r.data_dir),
-                     int(p.distance), "yes" if p.identical else "no"])
+    for p in d.head(MAX_DUPLICATES_SHOWN).to_dict("records"):
+        pair = H.thumbnail(p["path_a"], (54, 72)) + " " + H.thumbnail(p["path_b"], (54, 72))
+        rows.append([pair, p["owner_a"], _short(p["path_a"], r.data_dir), p["owner_b"], _short(p["path_b"], r.data_dir),
+                     int(p["distance"]), "yes" if p["identical"] else "no"])
     more = H.note(f"first {MAX_DUPLICATES_SHOWN} of {len(d)} shown") if len(d) > MAX_DUPLICATES_SHOWN else ""
     return intro + head + H.table(rows, ["images", "person A", "file A", "person B", "file B", "bits apart",
                                          "identical"], raw=(0,), attrs='id="duplicate-table"') + more
@@ -465,9 +466,10 @@ def _suspects_section(r: EdaResult) -> str:
     if s is None or s.empty:
         return intro + '<p class="ok">No suspects.</p>'
     rows = []
-    for row in s.head(MAX_SUSPECTS_SHOWN).itertuples(index=False):
-        strip = "".join(H.thumbnail(p, (36, 48)) for p in str(row.images).split(";") if p)
-        rows.append([row.person_id, row.task, row.given, row.predicted, float(row.score), f'<span class="strip">{strip}</span>'])
+    for row in s.head(MAX_SUSPECTS_SHOWN).to_dict("records"):
+        strip = "".join(H.thumbnail(p, (36, 48)) for p in str(row["images"]).split(";") if p)
+        rows.append([row["person_id"], row["task"], row["given"], row["predicted"], float(row["score"]),
+                     f'<span class="strip">{strip}</span>'])
     more = H.note(f"first {MAX_SUSPECTS_SHOWN} of {len(s)} shown") if len(s) > MAX_SUSPECTS_SHOWN else ""
     return intro + H.table(rows, ["person", "task", "given", "predicted", "score", f"photos ({', '.join(IMAGE_STEMS)})"],
                            digits=2, raw=(5,), attrs='id="suspect-table"') + more

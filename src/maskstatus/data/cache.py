@@ -27,7 +27,7 @@ from .images import ImageError, load_rgb
 
 logger = logging.getLogger(__name__)
 
-Size = Optional[tuple[int, int]]
+Size = tuple[int, int] | None
 
 
 def available_cores() -> int:
@@ -38,7 +38,7 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def resize_to(img: np.ndarray, size: Size) -> np.ndarray:
+def resize_to(img: np.ndarray, size: Sequence[int] | None) -> np.ndarray:
     """Resize to (height, width); INTER_AREA because the cache only ever shrinks photos."""
     if size is None or img.shape[:2] == tuple(size):
         return img
@@ -64,7 +64,7 @@ class ImageCache:
     def __init__(
         self,
         paths: Sequence[str],
-        size: Size = None,
+        size: Sequence[int] | None = None,
         mode: str = "memory",
         cache_dir: Path | str = ".cache/maskstatus",
         threads: int = 2,
@@ -78,7 +78,7 @@ class ImageCache:
         if mode == "disk" and size is None:
             raise ConfigError("cache.mode=disk needs cache.size (height, width): one array holds all images")
         self.paths = [str(p) for p in paths]
-        self.size = tuple(size) if size else None
+        self.size: Size = (size[0], size[1]) if size else None
         self.mode = mode
         self.cache_dir = Path(cache_dir)
         self.threads = threads
@@ -88,15 +88,20 @@ class ImageCache:
         self.prepare = prepare
         # Names a loader other than load_rgb, and the prepare steps, in the disk cache's key.
         self.variant = "|".join(v for v in (variant, getattr(prepare, "variant", "")) if v)
-        self.item_shape: Optional[tuple[int, ...]] = None if self.size is None else self._stored_shape()
+        self.item_shape: Optional[tuple[int, ...]] = None if self.size is None else self._stored_shape(self.size)
         self._store: Optional[np.ndarray | list[np.ndarray]] = None
         self.file: Optional[Path] = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _stored_shape(self) -> tuple[int, ...]:
-        blank = np.zeros((*self.size, 3), dtype=np.uint8)
+    def _array_shape(self) -> tuple[int, ...]:
+        """Shape of the one array that holds every image; only a cache with a fixed size has one."""
+        assert self.item_shape is not None, "a cache without cache.size keeps a list of images, not one array"
+        return (len(self.paths), *self.item_shape)
+
+    def _stored_shape(self, size: tuple[int, int]) -> tuple[int, ...]:
+        blank = np.zeros((*size, 3), dtype=np.uint8)
         return tuple(np.asarray(self.prepare(blank)).shape) if self.prepare is not None else blank.shape
 
     def _decode(self, i: int) -> np.ndarray:
@@ -132,7 +137,7 @@ class ImageCache:
                 self._decode_all(store)
                 self._store = store
             else:
-                arr = np.empty((len(self.paths), *self.item_shape), dtype=np.uint8)
+                arr = np.empty(self._array_shape(), dtype=np.uint8)
                 self._decode_all(arr)
                 self._store = arr
             return self
@@ -162,7 +167,7 @@ class ImageCache:
 
     def _read_disk(self, path: Path) -> tuple[Optional[np.ndarray], str]:
         """The cached array memory-mapped, or None and why when the file is truncated or holds another shape."""
-        expected = (len(self.paths), *self.item_shape)
+        expected = self._array_shape()
         try:
             arr = np.load(path, mmap_mode="r")
         except (ValueError, OSError, EOFError) as exc:  # numpy's words for a short or garbled .npy
@@ -172,7 +177,7 @@ class ImageCache:
         return arr, ""
 
     def _fill_file(self, tmp: Path) -> None:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(self.paths), *self.item_shape))
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=self._array_shape())
         self._decode_all(arr)
         arr.flush()
         del arr

@@ -108,7 +108,7 @@ class NamedCollate:
         if len(set(shapes)) > 1:
             common = max(set(shapes), key=shapes.count)
             odd = [Problem(self.paths[item["row"]], f"makes a {_hw(shape)} tensor, not {_hw(common)} like the others")
-                   for item, shape in zip(batch, shapes) if shape != common]
+                   for item, shape in zip(batch, shapes, strict=True) if shape != common]
             raise DataError(odd, "one batch", note="images of different sizes: set cache.size=[height, width] or "
                                                    "end transforms.train and transforms.eval with a Resize")
         return default_collate(batch)

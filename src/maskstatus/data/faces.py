@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Protocol
 
 import numpy as np
 
@@ -77,6 +77,12 @@ class FaceCrop:
         return self.frame is not None
 
 
+class Detector(Protocol):
+    """Anything that finds faces the way FaceDetector does (a wrapper that resizes first, for one)."""
+
+    def detect(self, image: np.ndarray) -> list[Box]: ...
+
+
 class FaceDetector:
     """dlib's frontal face detector; one instance may be shared by threads (calls are serialised)."""
 
@@ -98,7 +104,7 @@ class FaceDetector:
         h, w = image.shape[:2]
         boxes = [
             Box(max(r.left(), 0), max(r.top(), 0), min(r.right() + 1, w), min(r.bottom() + 1, h), float(s))
-            for r, s in zip(rects, scores)
+            for r, s in zip(rects, scores, strict=True)
         ]
         return sorted(boxes, key=lambda b: b.score, reverse=True)
 
@@ -121,7 +127,7 @@ def training_frame(face: Box, image_hw: tuple[int, int], aspect: float = TRAININ
     return Box(int(round(left)), int(round(top)), int(round(min(left + fw, w))), int(round(min(top + fh, h))))
 
 
-def crop_face(image: np.ndarray, detector: FaceDetector, aspect: float = TRAINING_ASPECT) -> FaceCrop:
+def crop_face(image: np.ndarray, detector: Detector, aspect: float = TRAINING_ASPECT) -> FaceCrop:
     """Cut the best-scoring face out of a whole photo framed like the training data; see the module doc."""
     faces = detector.detect(image)
     if not faces:

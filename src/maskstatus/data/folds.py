@@ -74,7 +74,7 @@ def read_folds(path: Path) -> pd.DataFrame:
 def attach_folds(table: pd.DataFrame, folds: pd.DataFrame, n_folds: int, source: str = "folds") -> pd.DataFrame:
     """Add a `fold` column; every person (or image, for image folds) in the table must have a fold in range."""
     key = folds.columns[0]
-    fold_of = dict(zip(folds[key], folds["fold"].astype(int)))
+    fold_of = dict(zip(folds[key], folds["fold"].astype(int), strict=True))
     missing = sorted(set(table[key]) - set(fold_of))
     if missing:
         raise DataError.one(source, f"{len(missing)} {key} value(s) have no fold, e.g. {missing[:10]}")

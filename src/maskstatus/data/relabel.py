@@ -42,7 +42,7 @@ class RelabelError(MaskstatusError, ValueError):
     """A relabel file is missing or invalid; the message names the file and line."""
 
 
-def parse_value(field: str, value: str) -> object:
+def parse_value(field: str, value: object) -> str | int:
     """Check one relabel value; returns the normalised value or raises ValueError with the reason."""
     text = str(value).strip()
     if field == "gender":
@@ -172,7 +172,7 @@ def apply_relabel(table: pd.DataFrame, relabel: pd.DataFrame, id_column: str = "
             continue
         rows = ids == pid
         if field == "gender":
-            out.loc[rows, "gender"] = GENDER_TO_CODE[value] if gender_as_code else value
+            out.loc[rows, "gender"] = GENDER_TO_CODE[str(value)] if gender_as_code else value
         elif field == "age":
             out.loc[rows, "age"] = value
         elif can_swap:

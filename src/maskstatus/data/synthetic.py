@@ -131,7 +131,7 @@ def _assign_cells(rng: np.random.Generator, n: int) -> list[tuple[int, int]]:
     extra = n - len(cells)
     genders = rng.choice(n_gender, size=extra, p=GENDER_WEIGHTS)
     ages = rng.choice(n_age, size=extra, p=AGE_GROUP_WEIGHTS)
-    cells += list(zip(genders.tolist(), ages.tolist()))
+    cells += list(zip(genders.tolist(), ages.tolist(), strict=True))
     order = rng.permutation(n)
     return [cells[i] for i in order]
 
@@ -155,10 +155,7 @@ def _sample_person(rng: np.random.Generator, gender: int, group: int) -> _Person
     base_hair = np.asarray(HAIR_COLOURS[rng.integers(len(HAIR_COLOURS))], dtype=np.float64)
     hair = _jitter_colour(rng, (1 - grey) * base_hair + grey * GREY_HAIR, 5)
     female = GENDER_NAMES[gender] == "female"
-    if female:
-        lips = _jitter_colour(rng, (200, 60, 80), 15)
-    else:
-        lips = skin * np.array([0.8, 0.62, 0.62])
+    lips = _jitter_colour(rng, (200, 60, 80), 15) if female else skin * np.array([0.8, 0.62, 0.62])
     background = rng.uniform(40, 235, 3)
     shirt = rng.uniform(20, 235, 3)
     # One colour and pattern per photo (the one for `normal` goes unused): the five
@@ -349,7 +346,7 @@ def _render(
     cos, sin, S = math.cos(theta), math.sin(theta), SUPERSAMPLE
     ox, oy = (S - 1) / 2 - cx, (S - 1) / 2 - cy
     affine = (S * cos, -S * sin, cx + cos * ox - sin * oy, S * sin, S * cos, cy + sin * ox + cos * oy)
-    img = img.transform((width, height), Image.AFFINE, affine, resample=Image.BILINEAR, fillcolor=_rgb(bg))
+    img = img.transform((width, height), Image.Transform.AFFINE, affine, resample=Image.Resampling.BILINEAR, fillcolor=_rgb(bg))
 
     # Global brightness (x0.9..1.1) and mild sensor noise, per photo; integer maths is 3x faster.
     arr = (np.asarray(img, dtype=np.int32) * int(rng.integers(230, 282))) >> 8
@@ -393,7 +390,7 @@ def _person_extensions(rng: np.random.Generator, index: int) -> list[str]:
 def _draw_person(job: tuple[_Person, list[int], tuple[int, int], list[Path]]) -> None:
     """Render and save one person's seven photos (a unit of work for a process pool)."""
     person, photo_seed, size, paths = job
-    for (_, img), path in zip(_person_photos(person, np.random.default_rng(photo_seed), size), paths):
+    for (_, img), path in zip(_person_photos(person, np.random.default_rng(photo_seed), size), paths, strict=True):
         _save(img, path)
 
 
@@ -418,13 +415,13 @@ def _write_train(train_dir: Path, seed: int, people: int, size: tuple[int, int],
 
     rows, jobs = [], []
     images = train_dir / "images"
-    for i, (pid, person) in enumerate(zip(ids, persons)):
+    for i, (pid, person) in enumerate(zip(ids, persons, strict=True)):
         folder = f"{pid}_{GENDER_NAMES[person.gender]}_{person.race}_{person.age}"
         rows.append((pid, GENDER_NAMES[person.gender], person.race, person.age, folder))
         (images / folder).mkdir(parents=True, exist_ok=True)
         exts = _person_extensions(rng, i)
         jobs.append((person, [seed, 0, 3, i], size, [images / folder / f"{stem}{ext}"
-                                                      for stem, ext in zip(IMAGE_STEMS, exts)]))
+                                                      for stem, ext in zip(IMAGE_STEMS, exts, strict=True)]))
     _draw_all(jobs, workers)
     pd.DataFrame(rows, columns=["id", "gender", "race", "age", "path"]).to_csv(train_dir / "train.csv", index=False)
 
@@ -440,7 +437,7 @@ def _write_eval(eval_dir: Path, truth_csv: Path, seed: int, people: int, size: t
         names = [hashlib.sha1(f"maskstatus-demo:{seed}:{i}:{stem}".encode()).hexdigest() + ".jpg"
                  for stem in IMAGE_STEMS]
         jobs.append((person, [seed, 1, 3, i], size, [images / name for name in names]))
-        for stem, name in zip(IMAGE_STEMS, names):
+        for stem, name in zip(IMAGE_STEMS, names, strict=True):
             mask, gender, age = STEM_TO_MASK[stem], person.gender, age_group(person.age)
             rows.append((name, encode(mask, gender, age), mask, gender, age))
     _draw_all(jobs, workers)

@@ -71,7 +71,8 @@ def train_table(
 
     images["mask"] = images["stem"].map(STEM_TO_MASK).astype("int64")
     if isinstance(relabel, (str, Path)):
-        relabel = read_relabel(resolve_relabel(str(relabel)))
+        path = resolve_relabel(str(relabel))
+        relabel = read_relabel(path) if path is not None else None
     if relabel is not None:
         images = apply_relabel(images, relabel)
 

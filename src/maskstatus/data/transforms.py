@@ -46,11 +46,11 @@ def _build_one(spec: dict[str, Any], where: str, mean: Sequence[float], std: Seq
         if isinstance(args.get(key), list):
             args[key] = tuple(args[key])
     # albumentations only warns about unknown arguments; a config typo must be an error.
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(args) - set(params))
         if unknown:
-            raise ConfigError(f"{where}: {name} takes no argument(s) {unknown}; it takes {sorted(set(params) - {'self'})}")
+            raise ConfigError(f"{where}: {name} takes no argument(s) {unknown}; it takes {sorted(params)}")
     try:
         return cls(**args)
     except Exception as exc:  # albumentations raises pydantic and type errors with useful text
@@ -128,7 +128,7 @@ def shared_prefix(train_specs: Sequence[dict[str, Any]], eval_specs: Sequence[di
     step that differs between the pipelines or draws anything at random ends the prefix.
     """
     n = 0
-    for a, b in zip(train_specs, eval_specs):
+    for a, b in zip(train_specs, eval_specs, strict=False):  # the shorter pipeline ends the prefix
         if a != b or not _deterministic(a):
             break
         n += 1

@@ -139,19 +139,21 @@ def check_train_rows(csv_path: Path) -> tuple[pd.DataFrame, list[Problem]]:
             reasons.append(f"duplicate id {row.id!r} (lines {dup_ids[pos]})")
         if row.gender not in GENDER_TO_CODE:
             reasons.append(f"gender {row.gender!r} is not one of {list(GENDER_TO_CODE)}")
-        age = _parse_age(row.age)
+        # every cell is a string (read_csv_strings); the row tuple's attributes are not typed
+        age_text, path = str(row.age), str(row.path)
+        age = _parse_age(age_text)
         if age is None:
             reasons.append(f"age {row.age!r} is not a whole number of years")
         elif age < 0:
             reasons.append(f"age {age} is negative")
         elif not MIN_AGE <= age <= MAX_AGE:
             reasons.append(f"age {age} is outside {MIN_AGE}..{MAX_AGE} years")
-        if not row.path.strip():
+        if not path.strip():
             reasons.append("empty path")
-        elif row.path.strip() in (".", "..") or "/" in row.path or "\\" in row.path:
-            reasons.append(f"path {row.path!r} must be a single folder name inside {IMAGES_DIR}/")
+        elif path.strip() in (".", "..") or "/" in path or "\\" in path:
+            reasons.append(f"path {path!r} must be a single folder name inside {IMAGES_DIR}/")
         elif pos in dup_paths:
-            reasons.append(f"folder {row.path!r} is listed twice (lines {dup_paths[pos]})")
+            reasons.append(f"folder {path!r} is listed twice (lines {dup_paths[pos]})")
         problems.extend(Problem(where, r) for r in reasons)
         ages.append(age)
         keep.append(not reasons)
@@ -187,7 +189,7 @@ def check_image_files(paths: Iterable[str], workers: Optional[int] = None) -> di
         results = pool.map(_decode_problem, paths)
         # disable=None: the bar shows on a terminal and stays quiet in logs and tests.
         for path, reason in tqdm(
-            zip(paths, results), total=len(paths), desc="decoding images", unit="img", disable=None, leave=False
+            zip(paths, results, strict=True), total=len(paths), desc="decoding images", unit="img", disable=None, leave=False
         ):
             if reason is not None:
                 bad[path] = reason
@@ -242,11 +244,12 @@ def validate_train(train_dir: str | Path, check_images: bool = True) -> tuple[pd
     images_root = images_dir.resolve()
     records = []
     for row in rows.itertuples(index=False):
-        person_dir = images_root / row.path
-        if not person_dir.is_dir() and (images_root / row.path.strip()).is_dir():
+        folder = str(row.path)  # a string cell (read_csv_strings)
+        person_dir = images_root / folder
+        if not person_dir.is_dir() and (images_root / folder.strip()).is_dir():
             # Spaces around a folder name are kept (a real folder may have them) unless only the
             # stripped name exists: a CSV written with a space after each comma.
-            person_dir = images_root / row.path.strip()
+            person_dir = images_root / folder.strip()
         where = f"id {row.id!r}, {TRAIN_CSV} line {row.line}"
         if not person_dir.is_dir():
             reason = broken_link_reason(person_dir) or "person folder not found"
@@ -317,8 +320,7 @@ def validate_eval(eval_dir: str | Path, check_images: bool = True) -> tuple[pd.D
     images_root = images_dir.resolve()
     first_line: dict[str, int] = {}
     records = []
-    for row in df.itertuples(index=False):
-        image_id, line = row.ImageID, row.line
+    for image_id, line in zip(df["ImageID"].tolist(), df["line"].tolist(), strict=True):
         where = f"{csv_path}:{line}"
         if not image_id:
             problems.append(Problem(where, "empty ImageID"))

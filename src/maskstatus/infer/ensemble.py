@@ -79,7 +79,7 @@ def combine_probs(
         return mean.astype(np.float32)
     n = stack.shape[1]
     votes = np.zeros((n, NUM_CLASSES))
-    for wm, probs in zip(w, stack):
+    for wm, probs in zip(w, stack, strict=True):
         votes[np.arange(n), probs.argmax(axis=1)] += wm
     # isclose: weights are floats, so equal vote totals may differ in the last bit.
     tied = np.isclose(votes, votes.max(axis=1, keepdims=True), rtol=0.0, atol=1e-9)
@@ -89,7 +89,7 @@ def combine_probs(
 
 def _weighted_marginal(marginals: list[dict], w: np.ndarray, members: list[int], task: str) -> np.ndarray:
     tw = w[members] / w[members].sum() if w[members].sum() > 0 else np.full(len(members), 1 / len(members))
-    return sum(wi * marginals[i][task] for wi, i in zip(tw, members))
+    return sum(wi * marginals[i][task] for wi, i in zip(tw, members, strict=True))
 
 
 def _combine_per_task(
@@ -170,7 +170,7 @@ def ensemble_oof(
         common = common[common.isin(k)]
     if len(common) == 0:
         raise UsageError("the runs' out-of-fold predictions have no (person_id, stem) in common")
-    for d, t, k in zip(run_dirs, tables, keys):
+    for d, t, k in zip(run_dirs, tables, keys, strict=True):
         dropped = len(t) - int(k.isin(common).sum())
         if dropped:
             logger.warning("%s: %d of %d OOF images are not in every run and are left out", d, dropped, len(t))
@@ -178,7 +178,7 @@ def ensemble_oof(
 
     base = aligned[0]
     labels = base["label"].to_numpy(np.int64)
-    for d, a in zip(run_dirs[1:], aligned[1:]):
+    for d, a in zip(run_dirs[1:], aligned[1:], strict=True):
         differ = int((a["label"].to_numpy(np.int64) != labels).sum())
         if differ:  # e.g. runs trained with different relabel files
             logger.warning("%s: %d labels differ from %s; scoring with the latter's", d, differ, run_dirs[0])

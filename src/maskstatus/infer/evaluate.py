@@ -50,7 +50,7 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: Union[int, s
 
     ``num_workers`` may be "auto" (see :func:`loader_workers`).
     """
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[int] = DistributedSampler(
         dataset, num_replicas=fabric.world_size, rank=fabric.global_rank, shuffle=False, drop_last=False
     )
     loader = DataLoader(
@@ -65,6 +65,20 @@ def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: Union[int, s
         collate_fn=NamedCollate(dataset.cache.paths),
     )
     return loader
+
+
+def gather_tensor(fabric: Fabric, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` of every rank stacked (world_size, ...); Fabric's all_gather is typed for collections too."""
+    gathered = fabric.all_gather(tensor)
+    assert isinstance(gathered, torch.Tensor)
+    return gathered
+
+
+def sum_tensor(fabric: Fabric, tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` summed over every rank."""
+    reduced = fabric.all_reduce(tensor, reduce_op="sum")
+    assert isinstance(reduced, torch.Tensor)
+    return reduced
 
 
 class Inference(NamedTuple):
@@ -135,20 +149,20 @@ def infer(
     loss_sum = torch.stack(losses).sum() if losses else torch.zeros((), device=fabric.device)
     count = torch.tensor(float(len(row_t)), device=fabric.device)
     if fabric.world_size > 1:
-        row_t = fabric.all_gather(row_t).reshape(-1)
-        prob_t = fabric.all_gather(prob_t).reshape(-1, NUM_CLASSES)
+        row_t = gather_tensor(fabric, row_t).reshape(-1)
+        prob_t = gather_tensor(fabric, prob_t).reshape(-1, NUM_CLASSES)
         if year_t is not None:
-            year_t = fabric.all_gather(year_t).reshape(-1, 2)
+            year_t = gather_tensor(fabric, year_t).reshape(-1, 2)
         if embed_t is not None:
-            embed_t = fabric.all_gather(embed_t).reshape(-1, embed_t.shape[-1])
-        loss_sum = fabric.all_reduce(loss_sum, reduce_op="sum")
-        count = fabric.all_reduce(count, reduce_op="sum")
+            embed_t = gather_tensor(fabric, embed_t).reshape(-1, embed_t.shape[-1])
+        loss_sum = sum_tensor(fabric, loss_sum)
+        count = sum_tensor(fabric, count)
     row_np, prob_np = row_t.cpu().numpy(), prob_t.float().cpu().numpy()
     row_np, first = np.unique(row_np, return_index=True)
     year_np = year_t.float().cpu().numpy()[first] if year_t is not None else None
     mean_loss = float(loss_sum / count) if loss_fn is not None and count > 0 else float("nan")
     prob_np = prob_np[first]
-    if embed_t is not None:
+    if embed_t is not None and grouping is not None:
         # After gathering, so every rank groups all the photos the same way.
         grouped = group_people(prob_np, embed_t.float().cpu().numpy()[first], grouping.max_size,
                                grouping.min_similarity, grouping.neighbors, year_np,

@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..age import Cuts, group_probs_np
 from ..labels import combine_task_probs, split_class_probs
@@ -48,9 +49,11 @@ class FeatureCapture:
     :func:`region_embedding`, so only (N, C * columns) is kept.
     """
 
-    def __init__(self, model: nn.Module, layer: str, upper_fraction: float, columns: int) -> None:
+    def __init__(self, model: object, layer: str, upper_fraction: float, columns: int) -> None:
+        # ``model``: a network or its Fabric wrapper (found through the attributes it has, not its type)
         net = getattr(model, "module", model)  # a Fabric-wrapped model keeps the original in .module
-        backbone = getattr(net, "backbone", net)
+        # Any: a network has get_submodule; anything else (an ONNX session) fails the lookup below
+        backbone: Any = getattr(net, "backbone", net)
         try:
             self._target = backbone.get_submodule(layer)
         except AttributeError:
@@ -59,7 +62,7 @@ class FeatureCapture:
                              + (f"; its feature stages are {known}" if known else "")) from None
         self.upper_fraction, self.columns = upper_fraction, columns
         self.embedding: Optional[torch.Tensor] = None
-        self._handle = None
+        self._handle: Optional[RemovableHandle] = None
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.embedding = region_embedding(output, self.upper_fraction, self.columns)
@@ -69,7 +72,9 @@ class FeatureCapture:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._handle.remove()
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
 
     def pop(self) -> torch.Tensor:
         """The embeddings of the last forward pass; an error if there was none."""
@@ -174,17 +179,17 @@ def consistent_probs(
 
     marginals = split_class_probs(probs)
     marginals["gender"] = group_mean(marginals["gender"])
-    years = None
+    out_years = None
     if age_years is not None:
         if age_cuts is None:
             raise ValueError("averaging a regression head's years needs the age cut points")
         years = group_mean(np.asarray(age_years, np.float64))
         marginals["age"] = group_probs_np(years[:, 0], years[:, 1], age_cuts)
+        out_years = np.where(shared[:, None], years, age_years)
     else:
         marginals["age"] = group_mean(marginals["age"])
     joint = combine_task_probs(marginals)
     out = np.where(shared[:, None], joint, probs)
-    out_years = None if age_years is None else np.where(shared[:, None], years, age_years)
     return out, out_years
 
 

@@ -170,4 +170,4 @@ class OnnxModel:
         # contiguous(): a channels_last or flipped view must become plain NCHW memory for the runtime.
         array = x.detach().to("cpu", torch.float32).contiguous().numpy()
         outputs = self.session.run(self.output_keys, {self.input_name: array})
-        return {key: torch.from_numpy(value) for key, value in zip(self.output_keys, outputs)}
+        return {key: torch.from_numpy(value) for key, value in zip(self.output_keys, outputs, strict=True)}

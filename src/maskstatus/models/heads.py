@@ -11,7 +11,7 @@ P(age > k) for every whole year k, and ``"age_years"``.
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import ClassVar, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -111,7 +111,7 @@ class CumulativeLogitLinear(nn.Module):
 class SingleHead(nn.Module):
     """One softmax over all 18 classes."""
 
-    output_sizes = {SINGLE_KEY: NUM_CLASSES}
+    output_sizes: ClassVar[dict[str, int]] = {SINGLE_KEY: NUM_CLASSES}
 
     def __init__(self, in_features: int, dropout: float = 0.0, samples: int = 1) -> None:
         super().__init__()
@@ -178,7 +178,7 @@ class MultiTaskHead(nn.Module):
 class MaskStatusModel(nn.Module):
     """Backbone (pooled features) + head (dict of logits)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: SingleHead | MultiTaskHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head

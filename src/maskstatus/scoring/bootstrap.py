@@ -92,7 +92,7 @@ def person_weights(people: int, n_boot: int, rng: np.random.Generator) -> np.nda
 def class_count_replicates(
     true: np.ndarray,
     pred: np.ndarray,
-    person_ids: Sequence,
+    person_ids: Sequence | np.ndarray,
     k: int = NUM_CLASSES,
     n_boot: int = DEFAULT_BOOT,
     seed: int = 0,
@@ -113,7 +113,7 @@ def class_count_replicates(
 def person_bootstrap(
     probs: np.ndarray,
     labels: np.ndarray,
-    person_ids: Sequence,
+    person_ids: Sequence | np.ndarray,
     n_boot: int = DEFAULT_BOOT,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
@@ -138,7 +138,7 @@ def person_bootstrap(
 
     marginals = split_class_probs(probs)
     parts = [(NUM_CLASSES, labels, probs.argmax(axis=1))]
-    parts += [(TASKS[t], true, marginals[t].argmax(axis=1)) for t, true in zip(TASKS, decode(labels))]
+    parts += [(TASKS[t], true, marginals[t].argmax(axis=1)) for t, true in zip(TASKS, decode(labels), strict=True)]
     columns = np.concatenate([_count_columns(true, pred, k) for k, true, pred in parts], axis=1)
     # (people, columns): each person's counts; a replicate's counts are its weights times these.
     per_person = np.zeros((people, columns.shape[1]))
@@ -152,7 +152,7 @@ def person_bootstrap(
 
     values: dict[str, np.ndarray] = {}
     start = 0
-    for name, (k, _, _) in zip(("", *TASKS), parts):
+    for name, (k, _, _) in zip(("", *TASKS), parts, strict=True):
         width = 3 * k + 1
         f1, acc = _scores(counts[:, start : start + width], k, images)
         prefix = f"{name}_" if name else ""
@@ -172,7 +172,7 @@ def person_bootstrap(
 def model_bootstrap(
     probs: np.ndarray,
     labels: np.ndarray,
-    person_ids: Sequence,
+    person_ids: Sequence | np.ndarray,
     tasks: Sequence[str] = tuple(TASKS),
     mask_states: Sequence[int] = (0, 1, 2),
     n_boot: int = DEFAULT_BOOT,

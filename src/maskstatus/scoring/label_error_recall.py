@@ -111,8 +111,8 @@ def inject_label_errors(
 
 def injected_found(suspects: pd.DataFrame, injected: pd.DataFrame) -> dict[str, dict[str, int]]:
     """Per task: planted errors, how many the suspects list holds, the list's length and how many of it are planted."""
-    listed = set(zip(suspects["person_id"].astype(str), suspects["task"]))
-    planted = set(zip(injected["person_id"].astype(str), injected["task"]))
+    listed = set(zip(suspects["person_id"].astype(str), suspects["task"], strict=True))
+    planted = set(zip(injected["person_id"].astype(str), injected["task"], strict=True))
     out: dict[str, dict[str, int]] = {}
     for task in TASK_NAMES:
         mine = {key for key in planted if key[1] == task}
@@ -170,7 +170,9 @@ def simulate_recall(
     for task in TASK_NAMES:
         rows = per_draw[task]
         n = rows[0]["injected"]
-        task_report = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+        task_report: dict[str, float | dict[str, float]] = {
+            key: float(np.mean([r[key] for r in rows])) for key in rows[0]
+        }
         if n:
             task_report["recall"] = _summary([r["found"] / n for r in rows])
             task_report["rank_only_recall"] = float(np.mean(rank_only[task]) / n)

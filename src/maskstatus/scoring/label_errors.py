@@ -213,8 +213,8 @@ def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
         {
             "person_id": given.index,
             "task": "mask_swap",
-            "given": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(g_first, g_second)],
-            "predicted": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(pred_first, pred_second)],
+            "given": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(g_first, g_second, strict=True)],
+            "predicted": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(pred_first, pred_second, strict=True)],
             "score": score,
         }
     )
@@ -303,8 +303,8 @@ def _thumbnail(path: str, font) -> Image.Image:
     tile = Image.new("RGB", (w, h), (200, 200, 200))
     draw = ImageDraw.Draw(tile)
     try:
-        with Image.open(path) as img:
-            img = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (w, h))
+        with Image.open(path) as opened:
+            img = ImageOps.contain(ImageOps.exif_transpose(opened).convert("RGB"), (w, h))
         tile.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
     except (OSError, ValueError):
         # A moved or broken file should not stop the review; the tile says what is missing.

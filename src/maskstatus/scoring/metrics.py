@@ -17,7 +17,7 @@ from ..labels import NUM_CLASSES, TASKS, decode, split_class_probs
 
 _logger = logging.getLogger(__name__)
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 def _check(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,7 +59,7 @@ def compute_metrics(probs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     pred = probs.argmax(axis=1)
     out = {"f1": macro_f1(labels, pred, NUM_CLASSES), "acc": float(accuracy_score(labels, pred))}
     marginals = split_class_probs(probs)
-    for task, true in zip(TASKS, decode(labels)):
+    for task, true in zip(TASKS, decode(labels), strict=True):
         task_pred = marginals[task].argmax(axis=1)
         out[f"{task}_f1"] = macro_f1(true, task_pred, TASKS[task])
         out[f"{task}_acc"] = float(accuracy_score(true, task_pred))
@@ -163,7 +163,7 @@ def plot_curves(metrics_csv_path: PathLike, out_png: PathLike) -> Path:
         ax_f1.plot(series.index, series.values, marker="o", color="tab:green", label="val macro F1")
         if len(series):
             best = series.idxmax()
-            ax_f1.axvline(best, color="gray", linestyle=":", label=f"best {series[best]:.4f} @ {best}")
+            ax_f1.axvline(best, color="gray", linestyle=":", label=f"best {series.max():.4f} @ {best}")
         ax_f1.legend()
     ax_f1.set_xlabel("epoch")
     ax_f1.set_ylabel("macro F1")

@@ -209,8 +209,13 @@ class BodyLimit:
         return replay
 
 
+async def _no_request_body() -> dict:
+    # A response sent from the middleware never reads the request; were it asked to, the client is gone.
+    return {"type": "http.disconnect"}
+
+
 async def send_json(send, status: int, content: dict, headers: Optional[dict] = None) -> None:
-    await JSONResponse(content, status_code=status, headers=headers)({"type": "http"}, None, send)
+    await JSONResponse(content, status_code=status, headers=headers)({"type": "http"}, _no_request_body, send)
 
 
 def page_html() -> str:
@@ -314,7 +319,7 @@ def create_app(
             preds, model_s = predictor.predict_timed(images)
         total_ms = (time.perf_counter() - start) * 1000
         answers = []
-        for f, p in zip(file, preds):
+        for f, p in zip(file, preds, strict=True):
             # The batch is predicted at once: each image's time is its share of the request.
             answers.append({"file": f.filename, **p.as_dict(), "time_ms": total_ms / len(preds)})
         return {"images": answers, "time_ms": total_ms, "model_ms": model_s * 1000}
@@ -360,7 +365,7 @@ def _h11_with_header_timeout(timeout: float) -> type:
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class H11WithHeaderTimeout(H11Protocol):
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm_header_timer()
 

@@ -216,11 +216,12 @@ def _finished_state(run: Path, cfg: Config) -> Optional[dict[str, Any]]:
 def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     """Stack the finished fold runs' OOF predictions, score them, write oof.csv and cv_metrics.json."""
     shared = sorted_folds(cv_dir / CV_FOLDS)
-    fold_runs, per_fold, parts = [], [], []
+    fold_runs: list[Path] = []
+    per_fold, parts = [], []
     for k in range(cfg.split.folds):
         run = fold_run(cv_dir, k)
         state = _finished_state(run, cfg) if run is not None else None
-        if state is None:
+        if run is None or state is None:
             continue
         if not sorted_folds(RunDir(run).folds).equals(shared):
             raise RunError(f"{run} was trained on other folds than {cv_dir / CV_FOLDS}")

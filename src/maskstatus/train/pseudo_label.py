@@ -41,7 +41,7 @@ def _shared_folds(teachers: Sequence[Path]) -> pd.DataFrame:
             raise FileNotFoundError(f"not a CV folder (no {CV_FOLDS}): {cv}")
         tables.append(sorted_folds(cv / CV_FOLDS))
     first = tables[0]
-    for cv, t in zip(teachers[1:], tables[1:]):
+    for cv, t in zip(teachers[1:], tables[1:], strict=True):
         if not t.equals(first):
             raise DataError.one(cv / CV_FOLDS, f"assigns people to folds differently from {teachers[0] / CV_FOLDS}; "
                                 "the fold-k teachers would have seen different people")
@@ -66,18 +66,20 @@ def fold_teacher_probs(
     ``precision``, ``tta``, ...). Every file is checked before any prediction (``maskstatus.outputs``): an
     existing one is replaced only if it is an earlier output of pseudo-label, or with ``overwrite``.
     """
-    teachers = [Path(t) for t in teachers]
-    if not teachers:
+    teacher_dirs = [Path(t) for t in teachers]
+    if not teacher_dirs:
         raise UsageError("pseudo labels need at least one teacher CV folder")
-    fold_table = _shared_folds(teachers)
-    todo = fold_list(load_cv_config(teachers[0]), folds)
-    runs = {k: [fold_run(cv, k) for cv in teachers] for k in todo}
-    missing = [f"{cv} fold {k}" for k, found in runs.items() for cv, run in zip(teachers, found) if run is None]
+    fold_table = _shared_folds(teacher_dirs)
+    todo = fold_list(load_cv_config(teacher_dirs[0]), folds)
+    found_runs = {k: [fold_run(cv, k) for cv in teacher_dirs] for k in todo}
+    missing = [f"{cv} fold {k}" for k, found in found_runs.items()
+               for cv, run in zip(teacher_dirs, found, strict=True) if run is None]
     if missing:  # checked for every fold before predicting any, so nothing is half done
         raise FileNotFoundError(f"teacher fold runs not found: {', '.join(missing)}")
+    runs = {k: [run for run in found if run is not None] for k, found in found_runs.items()}
 
     out_dir = Path(out_dir)
-    inputs = [*teachers, data]
+    inputs = [*teacher_dirs, data]
     check_output(out_dir / FOLDS_COPY, command="pseudo-label", inputs=inputs, overwrite=overwrite,
                  previous=lambda p: first_line(p) in (",".join(FOLD_COLUMNS), ",".join(IMAGE_FOLD_COLUMNS)))
     for k in todo:

@@ -11,6 +11,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,7 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning_fabric import Fabric
-from torch.utils.data import DataLoader, DistributedSampler
+from lightning_fabric.wrappers import _FabricModule
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
@@ -45,7 +47,7 @@ from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..outputs import check_writable
 from ..runs import (RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir,
                     remove_stale_temp_files)
-from ..infer.evaluate import eval_loader, infer, loader_workers, normalize_on_device
+from ..infer.evaluate import eval_loader, infer, loader_workers, normalize_on_device, sum_tensor
 from .teacher import teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -75,6 +77,9 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, 
     Returns the extended table and the record of the pseudo rows for the run's pseudo.csv.
     """
     pc = cfg.data.pseudo
+    assert pc is not None, "called only with data.pseudo set"
+    # load_train_table has already refused a config without data.root
+    assert cfg.data.root is not None
     eval_dir = pc.eval_dir if pc.eval_dir is not None else Path(cfg.data.root) / "eval"
     pseudo = pseudo_rows(pc.probs_for(cfg.split.fold), eval_dir, pc.threshold, pc.task_thresholds)
     record = pseudo[["person_id", "image_path", "mask", "gender", "age", "age_group", "label", "confidence"]]
@@ -85,6 +90,7 @@ def _add_pseudo_labels(cfg: Config, table: pd.DataFrame) -> tuple[pd.DataFrame, 
 def _rng_state() -> dict[str, Any]:
     # Plain types only, so the checkpoint loads with weights_only=True.
     np_state = np.random.get_state()
+    assert isinstance(np_state, tuple)  # the legacy tuple of the global MT19937 generator
     return {
         "torch": torch.get_rng_state(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
@@ -100,12 +106,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
+    sampler: Sampler[int]
     if cfg.train.sampler.name == "weighted":
         by = cfg.train.sampler.by
+        targets = dataset.targets
+        assert targets is not None, "a training set has targets"
         if by == "years":
-            weights = inverse_density_weights(dataset.targets[AGE_YEARS][dataset.indices])
+            weights = inverse_density_weights(targets[AGE_YEARS][dataset.indices])
         else:
-            weights = inverse_frequency_weights(dataset.targets[by][dataset.indices])
+            weights = inverse_frequency_weights(targets[by][dataset.indices])
         sampler = WeightedEpochSampler(weights, seed=cfg.seed, rank=fabric.global_rank, world_size=fabric.world_size)
     else:
         # DistributedSampler with explicit rank/world also serves one process: a seeded, per-epoch shuffle.
@@ -156,7 +165,8 @@ def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
         strategy=cfg.train.strategy,
         precision=cfg.train.precision,
     )
-    return fabric.launch(_train, cfg, str(resume) if resume is not None else None)
+    # A partial, not extra launch arguments: Fabric types the launched function as taking the Fabric only.
+    return fabric.launch(partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None))
 
 
 def check_train_outputs(cfg: Config, resume: Optional[Path | str] = None) -> None:
@@ -359,7 +369,7 @@ class TrainParts:
 
     cache: ImageCache
     raw_model: torch.nn.Module  # the module itself: state dicts, EMA updates
-    model: torch.nn.Module  # the same module as set up by Fabric: forward and backward
+    model: _FabricModule  # the same module as set up by Fabric: forward and backward
     ema: Optional[ModelEmaV3]
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -416,7 +426,7 @@ def check_tensor_shapes(cache: ImageCache, loaders: dict[str, tuple[np.ndarray, 
         counts: dict[str, int] = {}
         for hw, shape in shapes.items():
             counts[shape] = counts.get(shape, 0) + len(by_size[hw])
-        common = max(counts, key=counts.get)
+        common = max(counts, key=counts.__getitem__)
         problems += [Problem(cache.paths[row], f"{hw[0]}x{hw[1]} image makes a {shape} {name} tensor, not {common}")
                      for hw, shape in shapes.items() if shape != common for row in by_size[hw]]
     if problems:
@@ -443,7 +453,8 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
         g = cfg.predict.grouping
         FeatureCapture(model, g.layer, g.upper_fraction, g.columns)
     norm = model_data_config(model)
-    input_hw = tuple(cache.item_shape[:2]) if cache.item_shape else tuple(np.asarray(cache[0]).shape[:2])
+    hw = cache.item_shape[:2] if cache.item_shape else np.asarray(cache[0]).shape[:2]
+    input_hw = (int(hw[0]), int(hw[1]))
     defer = normalize_on_device(cfg.train.normalize_on, fabric)
     train_tf, eval_tf = build_train_eval(train_specs, eval_specs, norm["mean"], norm["std"], input_hw, defer)
     check_tensor_shapes(cache, {"training": (train_rows, train_tf), "validation": (data.val_rows, eval_tf)})
@@ -474,13 +485,16 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
         raise ConfigError("train.unfreeze_epoch is not supported with more than one process (DDP fixes the "
                           "trained parameters when it wraps the model); freeze without unfreezing, or use one device")
     raw_model = model  # state dicts and EMA updates read the plain module, never the compiled one
+    to_set_up: torch.nn.Module = model
     if cfg.train.compile:
-        model = torch.compile(model)
-    model, optimizer = fabric.setup(model, optimizer)
+        compiled = torch.compile(model)
+        assert isinstance(compiled, torch.nn.Module)  # a compiled module is an OptimizedModule
+        to_set_up = compiled
+    fabric_model, optimizer = fabric.setup(to_set_up, optimizer)
     # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
     ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
            if cfg.train.ema_decay else None)
-    return TrainParts(cache, raw_model, model, ema, loss_fn, optimizer, scheduler, frozen, train_set, train_loader,
+    return TrainParts(cache, raw_model, fabric_model, ema, loss_fn, optimizer, scheduler, frozen, train_set, train_loader,
                       train_sampler, val_loader)
 
 
@@ -489,6 +503,7 @@ def _open_run(fabric: Fabric, cfg: Config, data: TrainData) -> RunDir:
     run = data.run
     if run is None:
         root = fabric.broadcast(str(new_run_dir(cfg.output_dir, cfg.name).root) if fabric.is_global_zero else None)
+        assert root is not None  # rank 0 sends its path to every rank
         run = RunDir(Path(root))
         if fabric.is_global_zero:
             atomic_write_csv(data.folds, run.folds)
@@ -566,6 +581,7 @@ class Validation:
 
 
 def _validate(fabric: Fabric, parts: TrainParts, cfg: Config, table: pd.DataFrame, epoch: int) -> Validation:
+    assert parts.val_loader is not None, "validation runs only with a held-out fold"
     # Validation predicts the way the run will predict (its TTA and grouping included), so OOF scores measure that.
     rows, probs, loss, years = infer(
         fabric, parts.eval_model, parts.val_loader, parts.loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
@@ -595,6 +611,7 @@ class EpochSaver:
              improved: bool) -> None:
         if not self.fabric.is_global_zero:
             return
+        assert self.tb is not None  # made on rank 0
         for k, v in progress.history[-1].items():
             if k not in ("epoch", "train_start_time"):  # a clock reading, not a curve
                 self.tb.add_scalar(k, v, epoch)
@@ -701,7 +718,7 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
             # One process may stop at once; with several, each stops after the epoch's all-reduce, together.
             if fabric.world_size == 1 and first_bad >= 0:
                 break
-    total = fabric.all_reduce(total, reduce_op="sum") if fabric.world_size > 1 else total
+    total = sum_tensor(fabric, total) if fabric.world_size > 1 else total
     if not torch.isfinite(total) or first_bad >= 0:
         raise NonFiniteLoss(epoch, int(first_bad), f"the training loss is {float(bad_loss)}" if first_bad >= 0 else
                             "the training loss of another process is not finite")
