@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: these exact builds are the ones torchvision works with here.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# every extra: the tests cover serve and ONNX too
+	$(PY) -m pip install --quiet -e '.[all,dev]'
 	# The web page test drives the system chromium (Playwright cannot download browsers here); as root with apt-get,
 	# install it when missing; elsewhere that test skips and says why.
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
