@@ -8,7 +8,7 @@ so a command can run it before it imports torch and answer at once.
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from .errors import MaskstatusError
 
@@ -23,7 +23,7 @@ class MissingExtraError(MaskstatusError, ImportError):
     """A package of an optional extra is not installed; the message names the pip command that installs it."""
 
 
-def missing_modules(extra: str, modules: Optional[Sequence[str]] = None) -> list[str]:
+def missing_modules(extra: str, modules: Sequence[str] | None = None) -> list[str]:
     """The modules of ``extra`` (or only ``modules`` of it) that cannot be imported, in the extra's order."""
     wanted = EXTRAS[extra] if modules is None else modules
     unknown = set(wanted) - set(EXTRAS[extra])
@@ -32,7 +32,7 @@ def missing_modules(extra: str, modules: Optional[Sequence[str]] = None) -> list
     return [name for name in wanted if not _importable(name)]
 
 
-def require(extra: str, what: str, modules: Optional[Sequence[str]] = None) -> None:
+def require(extra: str, what: str, modules: Sequence[str] | None = None) -> None:
     """Raise ``MissingExtraError`` naming ``pip install 'maskstatus[extra]'`` if a module ``what`` needs is absent.
 
     ``what`` is the command or feature, e.g. ``"maskstatus serve"``; ``modules`` narrows the check to the
@@ -40,8 +40,9 @@ def require(extra: str, what: str, modules: Optional[Sequence[str]] = None) -> N
     """
     missing = missing_modules(extra, modules)
     if missing:
-        raise MissingExtraError(f"{what} needs the {extra} extra (no module named {', '.join(missing)}): "
-                                f"pip install 'maskstatus[{extra}]'")
+        raise MissingExtraError(
+            f"{what} needs the {extra} extra (no module named {', '.join(missing)}): pip install 'maskstatus[{extra}]'"
+        )
 
 
 def _importable(name: str) -> bool:
