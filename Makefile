@@ -38,3 +38,9 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf demo runs .cache .pytest_cache
+
+# Install the wheel into a fresh virtual environment and run --help and a tiny demo there (minutes: torch is
+# installed anew); .ci/run runs it after the tests.
+.PHONY: wheel-check
+wheel-check: $(STAMP)
+	PYTHON=$(PY) .ci/wheel-check
