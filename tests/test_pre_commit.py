@@ -19,8 +19,9 @@ def _hooks() -> list[dict]:
     return [hook for repo in yaml.safe_load(CONFIG.read_text())["repos"] for hook in repo["hooks"]]
 
 
-def _pre_commit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PRE_COMMIT_HOME": str(cwd / ".pc")}
+def _pre_commit(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    # home: pre-commit's own store (a lock and a database), kept out of the checkout
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PRE_COMMIT_HOME": str(home)}
     return subprocess.run(
         [sys.executable, "-m", "pre_commit", *args],
         check=False,
@@ -32,8 +33,8 @@ def _pre_commit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def test_config_is_valid_and_every_hook_is_local_with_an_installed_tool():
-    assert _pre_commit("validate-config", str(CONFIG), cwd=ROOT).returncode == 0
+def test_config_is_valid_and_every_hook_is_local_with_an_installed_tool(tmp_path):
+    assert _pre_commit("validate-config", str(CONFIG), cwd=ROOT, home=tmp_path).returncode == 0
     repos = yaml.safe_load(CONFIG.read_text())["repos"]
     assert [repo["repo"] for repo in repos] == ["local"] * len(repos), "a remote hook needs the network"
     hooks = _hooks()
@@ -46,12 +47,14 @@ def test_config_is_valid_and_every_hook_is_local_with_an_installed_tool():
 
 @pytest.mark.skipif(shutil.which("git") is None, reason="pre-commit works on a git repository")
 def test_text_hooks_fix_a_staged_file(tmp_path):
-    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True, timeout=60)
-    shutil.copy(CONFIG, tmp_path / CONFIG.name)
-    note = tmp_path / "note.txt"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo, check=True, timeout=60)
+    shutil.copy(CONFIG, repo / CONFIG.name)
+    note = repo / "note.txt"
     note.write_text("trailing spaces   \nno final newline")
-    subprocess.run(["git", "add", "."], cwd=tmp_path, check=True, timeout=60)
+    subprocess.run(["git", "add", "."], cwd=repo, check=True, timeout=60)
     for hook in ("trailing-whitespace", "end-of-file-fixer"):
-        result = _pre_commit("run", hook, "--files", note.name, cwd=tmp_path)
+        result = _pre_commit("run", hook, "--files", note.name, cwd=repo, home=tmp_path / "home")
         assert result.returncode == 1 and "Fixing note.txt" in result.stdout, result.stdout + result.stderr
     assert note.read_text() == "trailing spaces\nno final newline\n"
