@@ -2,10 +2,11 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DOCS_STAMP := $(VENV)/.docs-stamp
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
-.PHONY: setup demo test test-fast clean serve-demo
+.PHONY: setup demo test test-fast clean serve-demo docs docs-serve
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -36,8 +37,21 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+# The documentation site (mkdocs-material, the `docs` extra). The reference and benchmark pages are generated on
+# every build (docs/generate.py); --strict fails on broken links and missing pages.
+$(DOCS_STAMP): pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
+# Port 8001: serve-demo takes 8000.
+docs-serve: $(DOCS_STAMP)
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
+
 clean:
-	rm -rf demo runs .cache .pytest_cache
+	rm -rf demo runs .cache .pytest_cache site
 
 # Install the wheel into a fresh virtual environment and run --help and a tiny demo there (minutes: torch is
 # installed anew); .ci/run runs it after the tests.

@@ -48,10 +48,13 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import proxy  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def slug(name: str) -> str:
@@ -83,10 +86,10 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     """Metrics of a measured row's held-out fold predicted again with ``row['tta']``, and the report."""
     from lightning_fabric import Fabric
 
-    from maskstatus.engine.oof import read_oof
-    from maskstatus.engine.predict import load_run, predict_outputs
+    from maskstatus.scoring.oof import read_oof
+    from maskstatus.infer.predict import load_run, predict_outputs
     from maskstatus.labels import PROB_COLUMNS
-    from maskstatus.metrics import model_metrics
+    from maskstatus.scoring.metrics import model_metrics
 
     source = _source(out_dir, row["tta_of"])
     run = load_run(source["run_dir"])
@@ -103,8 +106,8 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
               "images": len(oof), "predict_s": seconds["tta"], "predict_s_no_tta": seconds["no_tta"],
               # The control: these weights without TTA, which should match the source row's F1.
               "oof_f1_no_tta": scores["no_tta"]["f1"], "source_oof_f1": source["oof_f1"],
-              "machine": proxy.machine(),
-              **proxy.oof_intervals(tables["tta"], run.cfg.model.tasks, run.cfg.data.mask_codes())}
+              "machine": common.machine(),
+              **common.oof_intervals(tables["tta"], run.cfg.model.tasks, run.cfg.data.mask_codes())}
     if "train_s" in source:
         report["train_s"] = source["train_s"]
     return scores["tta"], report
@@ -112,14 +115,14 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
 
 def _scored_row(row: dict, out_dir: Path) -> dict:
     """The JSON of a row scored from other rows' runs (ensemble, tuned age cut points, or TTA)."""
-    from maskstatus.engine.age_cuts import tune_age_cuts
-    from maskstatus.engine.ensemble import ensemble_oof
+    from maskstatus.scoring.age_cuts import tune_age_cuts
+    from maskstatus.infer.ensemble import ensemble_oof
 
     if "ensemble" in row:
         sources = [_source(out_dir, name) for name in row["ensemble"]]
         oof, metrics = ensemble_oof([s["run_dir"] for s in sources])
         report = {"members": row["ensemble"], "run_dirs": [s["run_dir"] for s in sources],
-                  "machine": sources[0]["machine"], **proxy.oof_intervals(oof)}
+                  "machine": sources[0]["machine"], **common.oof_intervals(oof)}
         if all("train_s" in s for s in sources):  # every member trains: the ensemble costs their sum
             report["train_s"] = sum(s["train_s"] for s in sources)
     elif "tta_of" in row:
@@ -129,19 +132,19 @@ def _scored_row(row: dict, out_dir: Path) -> dict:
         tuned = tune_age_cuts(source["run_dir"], write=False)
         metrics = tuned["cross_fitted"]
         report = {"tuned_from": row["tune_age_of"], "run_dir": source["run_dir"], "age_cuts": tuned,
-                  "machine": source["machine"], **proxy.oof_intervals(_cross_fitted_oof(source["run_dir"]))}
+                  "machine": source["machine"], **common.oof_intervals(_cross_fitted_oof(source["run_dir"]))}
         if "train_s" in source:
             report["train_s"] = source["train_s"]
     report.update({"oof_f1": metrics["f1"], "oof_acc": metrics["acc"], "oof_mask_f1": metrics["mask_f1"],
                    "oof_gender_f1": metrics["gender_f1"], "oof_age_f1": metrics["age_f1"],
-                   "commit": proxy.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
+                   "commit": common.commit(), "command": "python benchmarks/ablation.py --rows " + repr(row["name"])})
     return report
 
 
 def _cross_fitted_oof(run_dir: str):
     """An age-regression run's OOF table at cut points cross-fitted the way ``tune_age_cuts`` scores them."""
-    from maskstatus.engine.age_cuts import cross_fitted_oof
-    from maskstatus.engine.oof import member_config, read_oof
+    from maskstatus.scoring.age_cuts import cross_fitted_oof
+    from maskstatus.scoring.oof import member_config, read_oof
 
     return cross_fitted_oof(read_oof(run_dir), member_config(run_dir).data.age.thresholds())
 
@@ -152,8 +155,8 @@ def _kept_oof(row: dict, r: dict):
     With the row's model's tasks and mask states, to score it as it was scored. A TTA row's
     predictions were made on the fly and never kept.
     """
-    from maskstatus.engine.ensemble import ensemble_oof
-    from maskstatus.engine.oof import member_config, oof_path, read_oof
+    from maskstatus.infer.ensemble import ensemble_oof
+    from maskstatus.scoring.oof import member_config, oof_path, read_oof
 
     if "tta_of" in row:
         return None
@@ -183,7 +186,7 @@ def add_intervals(plan: dict, out_dir: Path) -> list[str]:
         if kept is None:
             continue
         oof, scope = kept
-        intervals = proxy.oof_intervals(oof, **scope)
+        intervals = common.oof_intervals(oof, **scope)
         point = _point_f1(oof, scope)
         if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) and abs(point - r["oof_f1"]) > 1e-3:
             # The run folder no longer holds what the row measured (trained again, relabelled...).
@@ -197,7 +200,7 @@ def add_intervals(plan: dict, out_dir: Path) -> list[str]:
 
 def _point_f1(oof, scope: dict) -> float:
     from maskstatus.labels import PROB_COLUMNS
-    from maskstatus.metrics import model_metrics
+    from maskstatus.scoring.metrics import model_metrics
 
     return model_metrics(oof[PROB_COLUMNS].to_numpy(), oof["label"].to_numpy(), **scope)["f1"]
 
@@ -216,7 +219,7 @@ def reference_folds(plan: dict, data: Path, runs: Path) -> Path:
     stratified split, and so another held-out fold: its F1 would not be comparable.
     """
     from maskstatus.data.folds import make_folds
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
 
     # Fold assignment needs ids and labels only: skip decoding every image.
     cfg = _row_config(plan, plan["rows"][0], data, ["data.check_images=false"])
@@ -280,7 +283,7 @@ def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
     The teacher's run predicts the eval images again (its probabilities file carries its predicted
     years where it regresses the age); ``row['pseudo']`` holds the selection (threshold, task_thresholds).
     """
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
 
     teacher = _source(out_dir, row["pseudo_from"])
     _, probs = predict([teacher["run_dir"]], data / "eval",
@@ -290,8 +293,8 @@ def _pseudo_override(row: dict, out_dir: Path, data: Path) -> str:
 
 def _fold_teachers_overrides(row: dict, fold: int, out_dir: Path, data: Path, folds: Path | None) -> list[str]:
     """``data.pseudo`` from the vote of the teacher CVs' fold models, and ``split.folds_file`` of their folds."""
-    from maskstatus.engine.cv import sorted_folds
-    from maskstatus.engine.pseudo_label import FOLDS_COPY, fold_teacher_probs
+    from maskstatus.train.cv import sorted_folds
+    from maskstatus.train.pseudo_label import FOLDS_COPY, fold_teacher_probs
 
     teach_dir = out_dir / "submissions" / f"{slug(row['name'])}-teachers"
     [probs] = fold_teacher_probs(row["pseudo_teachers"], data / "eval", teach_dir, folds=[fold], progress=False)
@@ -393,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=HERE / "results" / "ablation", help="folder of per-row JSONs")
     p.add_argument("--table", type=Path, default=HERE / "results" / "ablation.md", help="markdown table to write")
     p.add_argument("--rows", action="append", default=None, help="only this row (repeatable)")
-    p.add_argument("--data", type=Path, default=None, help="maskproxy folder (default: proxy.py's default)")
+    p.add_argument("--data", type=Path, default=None, help="maskproxy folder (default: ../shared/data/maskproxy)")
     p.add_argument("--epochs", type=int, default=None, help="override every row's train.epochs")
     p.add_argument("--runs", type=Path, default=REPO / "runs" / "ablation", help="where the run folders go")
     p.add_argument("--table-only", action="store_true", help="only rewrite the table from the JSONs present")
@@ -408,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.table_only:
         todo = [row for row in plan["rows"] if (not args.rows or row["name"] in args.rows)
                 and not (args.out / f"{slug(row['name'])}.json").is_file()]
-        data = proxy.DEFAULT_DATA if args.data is None else args.data
+        data = common.DEFAULT_DATA if args.data is None else args.data
         folds = reference_folds(plan, data, args.runs) if any(_trains(row) for row in todo) else None
         for row in todo:
             run_row(plan, row, args.out, data, args.epochs, args.runs, folds)

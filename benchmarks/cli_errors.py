@@ -2,7 +2,7 @@
 
     python benchmarks/cli_errors.py --out benchmarks/results/cli-errors.json
     git archive fc738a8 src | tar -x -C /tmp/old       # the code before the checks moved ahead of torch
-    python benchmarks/cli_errors.py --source /tmp/old --commit fc738a8 --out benchmarks/results/cli-errors-fc738a8.json
+    python benchmarks/cli_errors.py --source /tmp/old --commit fc738a8 --out /tmp/cli-errors-fc738a8.json
 
 Each case runs `python -m maskstatus.cli ...` in a fresh process (as a user's shell would), --repeats
 times; the median wall clock and the largest peak resident memory (the child's ru_maxrss) are
@@ -42,6 +42,8 @@ CASES: dict[str, list[str]] = {
     "predict --tta bogus": [*PREDICT, "--tta", "bogus"],
     "predict --accelerator tpu9": [*PREDICT, "--accelerator", "tpu9"],
 }
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def run_once(args: list[str], source: Path, cwd: Path) -> dict:

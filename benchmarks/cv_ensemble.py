@@ -29,20 +29,21 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-
-from proxy import commit, provenance, write_report  # noqa: E402
+from common import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
 from maskstatus.analysis.headroom import given_years, oof_headroom  # noqa: E402
-from maskstatus.bootstrap import Interval  # noqa: E402
-from maskstatus.engine.age_cuts import cross_fitted_oof  # noqa: E402
-from maskstatus.engine.ensemble import ensemble_oof  # noqa: E402
-from maskstatus.engine.oof import KEY_COLUMNS, member_config, read_oof  # noqa: E402
-from maskstatus.engine.score import oof_interval  # noqa: E402
+from maskstatus.scoring.bootstrap import Interval  # noqa: E402
+from maskstatus.scoring.age_cuts import cross_fitted_oof  # noqa: E402
+from maskstatus.infer.ensemble import ensemble_oof  # noqa: E402
+from maskstatus.scoring.oof import KEY_COLUMNS, member_config, read_oof  # noqa: E402
+from maskstatus.scoring.score import oof_interval  # noqa: E402
 from maskstatus.labels import DEFAULT_AGE_THRESHOLDS  # noqa: E402
 
 logger = logging.getLogger("cv_ensemble")
 TASK_F1 = ("f1", "mask_f1", "gender_f1", "age_f1")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def summary(interval: Interval) -> dict:

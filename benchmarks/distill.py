@@ -2,7 +2,7 @@
 
     python benchmarks/distill.py --config configs/best-cpu.yaml --fold 0 \
         --folds-file runs/proxy/best-cpu-cv-.../folds.csv \
-        --out benchmarks/results/ablation/distill.json --submission /tmp/distill.csv 'cache.size=[128,128]'
+        --out benchmarks/results/distill-fold0-128px.json --submission /tmp/distill.csv 'cache.size=[128,128]'
 
 The student is validated on fold ``--fold`` of the outer folds, so its teacher must never have
 seen those people: the teacher is a CV over the other folds only (each of its models trains on
@@ -30,14 +30,17 @@ import pandas as pd  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.folds import read_folds  # noqa: E402
-from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
-from maskstatus.engine.oof import read_oof  # noqa: E402
+from maskstatus.train.cv import CVResult, run_cv  # noqa: E402
+from maskstatus.scoring.oof import read_oof  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import proxy  # noqa: E402
 from proxy_cv import fold_summaries  # noqa: E402
 
 logger = logging.getLogger("distill")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def nested_data(data: Path, folds_file: Path, fold: int, out: Path) -> tuple[Path, Path, int]:
@@ -69,12 +72,12 @@ def teacher_summary(result: CVResult) -> dict:
     """The teacher's pooled OOF F1 (with its intervals), its folds and training time."""
     folds, train_s, _ = fold_summaries(result)
     return {"cv_dir": str(result.cv_dir), "oof_f1": result.metrics["f1"],
-            **proxy.oof_intervals(read_oof(result.cv_dir)), "folds": folds, "train_s": train_s}
+            **common.oof_intervals(read_oof(result.cv_dir)), "folds": folds, "train_s": train_s}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    proxy.add_fold_arguments(p)
+    common.add_fold_arguments(p)
     p.add_argument("--folds-file", required=True, type=Path, help="the outer person folds (a run's folds.csv)")
     p.add_argument("--weight", type=float, default=0.5, help="loss.distill.weight of the student (default 0.5)")
     p.add_argument("--teacher", type=Path, default=None, metavar="CV_DIR",
@@ -91,12 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     teacher = teacher_summary(result)
     logger.info("teacher %s: pooled OOF F1 %.4f", result.cv_dir, teacher["oof_f1"])
 
-    proxy.main(proxy.fold_argv(args, f"split.folds_file={args.folds_file}", f"loss.distill.teacher={result.cv_dir}",
+    proxy.main(common.fold_argv(args, f"split.folds_file={args.folds_file}", f"loss.distill.teacher={result.cv_dir}",
                                f"loss.distill.weight={args.weight}"))
     report = json.loads(args.out.read_text())
     report["teacher"] = teacher
     report["train_s_whole"] = report["train_s"] + teacher["train_s"]
-    proxy.write_report(report, args.out)
+    common.write_report(report, args.out)
     return 0
 
 

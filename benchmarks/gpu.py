@@ -48,21 +48,31 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from common import (  # noqa: E402
+    REPO,
+    bare_model,
+    commit,
+    model_only_throughput,
+    peak_memory_mb,
+    provenance,
+    resolved_config,
+    write_report,
+)
 from lightning_fabric import Fabric  # noqa: E402
-
-from proxy import REPO, bare_model, commit, model_only_throughput, peak_memory_mb, provenance, write_report  # noqa: E402
 
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402
-from maskstatus.engine.evaluate import loader_workers, normalize_on_device  # noqa: E402
-from maskstatus.engine.predict import decode_images, predict  # noqa: E402
-from maskstatus.engine.train import train  # noqa: E402
+from maskstatus.infer.evaluate import loader_workers, normalize_on_device  # noqa: E402
+from maskstatus.infer.predict import decode_images, predict  # noqa: E402
+from maskstatus.train.trainer import train  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 logger = logging.getLogger("gpu")
 
 # Competition photos are 512 high and 384 wide.
 PHOTO_SIZE = (512, 384)
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 class GpuSampler:
@@ -264,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         "gpu_peak_used_mb": sampler.peak_used_mb(),
         "wall_s": time.perf_counter() - started,
         **provenance(code_version, cores_available=len(os.sched_getaffinity(0))),
+        "resolved_config": resolved_config(cfg),
     }
     if sampler.why and sampler.source:
         report["gpu_sampler_note"] = sampler.why

@@ -1,6 +1,6 @@
 """Does grouping the photos of one person help? One trained run's held-out fold, with and without it.
 
-    python benchmarks/group_people.py --run /work/exp/runs/proxy/best-cpu-<timestamp> \
+    python benchmarks/group_people.py --run RUN \
         --out benchmarks/results/group-people-fold0.json
 
 Re-infers the run's held-out fold (its folds.csv, its split.fold) with its best
@@ -31,24 +31,26 @@ import torch  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy  # noqa: E402
+import common  # noqa: E402
 
-from maskstatus.bootstrap import person_bootstrap  # noqa: E402
+from maskstatus.scoring.bootstrap import person_bootstrap  # noqa: E402
 from maskstatus.data.cache import ImageCache  # noqa: E402
 from maskstatus.data.dataset import FaceDataset  # noqa: E402
 from maskstatus.data.folds import attach_folds, read_folds  # noqa: E402
 from maskstatus.data.transforms import build_transforms  # noqa: E402
-from maskstatus.engine.evaluate import eval_loader, infer  # noqa: E402
-from maskstatus.engine.oof import read_oof  # noqa: E402
-from maskstatus.engine.predict import load_run  # noqa: E402
-from maskstatus.engine.train import load_train_table  # noqa: E402
-from maskstatus.engine.tta import tta_views  # noqa: E402
-from maskstatus.grouping import cluster_people, group_people, region_embedding  # noqa: E402
+from maskstatus.infer.evaluate import eval_loader, infer  # noqa: E402
+from maskstatus.scoring.oof import read_oof  # noqa: E402
+from maskstatus.infer.predict import load_run  # noqa: E402
+from maskstatus.data.tables import load_train_table  # noqa: E402
+from maskstatus.infer.tta import tta_views  # noqa: E402
+from maskstatus.infer.grouping import cluster_people, group_people, region_embedding  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
-from maskstatus.metrics import compute_metrics  # noqa: E402
+from maskstatus.scoring.metrics import compute_metrics  # noqa: E402
 from maskstatus.models import model_data_config  # noqa: E402
 
 logger = logging.getLogger("group_people")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 class PlainViewEmbeddings:
@@ -100,14 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, type=Path, help="trained run folder (config.yaml, folds.csv, checkpoints/)")
     p.add_argument("--out", required=True, type=Path, help="result JSON")
-    p.add_argument("--data", type=Path, default=proxy.DEFAULT_DATA, help="folder holding train/ (default: maskproxy)")
+    p.add_argument("--data", type=Path, default=common.DEFAULT_DATA, help="folder holding train/ (default: maskproxy)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("overrides", nargs="*", metavar="predict.grouping.KEY=VALUE",
                    help="grouping settings to try instead of the defaults, e.g. predict.grouping.min_similarity=0.6")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    code_version = proxy.commit()
+    code_version = common.commit()
 
     run = load_run(args.run)
     cfg = run.cfg
@@ -182,12 +184,13 @@ def main(argv: list[str] | None = None) -> int:
         "cluster_12600_embeddings_s": cluster_12600_s,
         "embedding_dim": int(embeddings.shape[1]),
         "wall_s": time.perf_counter() - started,
-        "machine": proxy.machine(),
+        "machine": common.machine(),
         "load_average_1m_at_end": os.getloadavg()[0],
         "commit": code_version,
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
+        "run_configs": common.run_configs(args.run),
     }
-    proxy.write_report(report, args.out)
+    common.write_report(report, args.out)
     return 0
 
 

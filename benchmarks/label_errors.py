@@ -9,7 +9,7 @@ people; scale them to the table's people) and runs the finder with ``--top``
 and ``--min-score``. The draws run twice, once moving ages to a neighbouring
 group and once to a random other group (gender and swap recall come from
 both). Why planting in OOF labels is faithful, and its caveats: see
-``maskstatus.engine.label_error_recall``. Also lists what the finder reports on
+``maskstatus.scoring.label_error_recall``. Also lists what the finder reports on
 the untouched table (its real suspects, which compete with the planted ones for
 the top places). Fast (seconds to a minute on a CPU); no model runs.
 """
@@ -26,13 +26,15 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import proxy  # noqa: E402
+import common  # noqa: E402
 
 from maskstatus.age import AGE_MEAN  # noqa: E402
-from maskstatus.engine.label_error_recall import AGE_MODES, simulate_recall  # noqa: E402
-from maskstatus.engine.label_errors import TASK_NAMES, find_label_errors, load_oof  # noqa: E402
+from maskstatus.scoring.label_error_recall import AGE_MODES, simulate_recall  # noqa: E402
+from maskstatus.scoring.label_errors import TASK_NAMES, find_label_errors, load_oof  # noqa: E402
 
 logger = logging.getLogger("label_errors")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     started = time.perf_counter()
-    code_version = proxy.commit()
+    code_version = common.commit()
 
     oof = load_oof(args.oof)
     untouched = find_label_errors(oof, top=args.top, min_score=args.min_score)
@@ -78,9 +80,9 @@ def main(argv: list[str] | None = None) -> int:
         "untouched_listed": {t: int((untouched["task"] == t).sum()) for t in TASK_NAMES},
         "results": results,
         "wall_s": time.perf_counter() - started,
-        **proxy.provenance(code_version),
+        **common.provenance(code_version),
     }
-    proxy.write_report(report, args.out)
+    common.write_report(report, args.out)
     return 0
 
 

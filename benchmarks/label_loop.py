@@ -1,7 +1,7 @@
 """The label-cleaning loop as an ablation row: find label errors out of fold, apply the draft, retrain one fold.
 
     python benchmarks/label_loop.py --oof CV_DIR --folds-file CV_DIR/folds.csv --fold 0 \
-        --config configs/best-cpu.yaml --out res.json --submission /tmp/loop.csv 'cache.size=[128,128]'
+        --config configs/best-cpu.yaml --out benchmarks/results/label-loop-fold0-128px.json --submission /tmp/loop.csv 'cache.size=[128,128]'
 
 Runs ``maskstatus find-label-errors`` on the out-of-fold predictions of ``--oof`` (a CV
 folder), keeps the fixes of its relabel draft (gender flips and incorrect/normal swaps; age
@@ -29,12 +29,15 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from maskstatus.data.folds import read_folds  # noqa: E402
 from maskstatus.data.relabel import read_relabel  # noqa: E402
-from maskstatus.engine.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
+from maskstatus.scoring.label_errors import find_label_errors, load_oof, write_review  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import proxy  # noqa: E402
 
 logger = logging.getLogger("label_loop")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, top: int = 50) -> tuple[Path, dict]:
@@ -56,7 +59,7 @@ def training_draft(oof_dir: Path, folds_file: Path, fold: int, out_dir: Path, to
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    proxy.add_fold_arguments(p)
+    common.add_fold_arguments(p)
     p.add_argument("--oof", required=True, type=Path, help="CV folder whose out-of-fold predictions are searched")
     p.add_argument("--folds-file", required=True, type=Path, help="the person folds of the retrained run")
     p.add_argument("--top", type=int, default=50, help="suspects kept per task (find-label-errors --top)")
@@ -67,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     draft, loop = training_draft(args.oof, args.folds_file, args.fold, review, args.top)
     logger.info("relabel draft %s: %d fixes, %d of held-out people dropped", draft, loop["fixes_applied"],
                 loop["fixes_of_held_out_people_dropped"])
-    proxy.main(proxy.fold_argv(args, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"))
+    proxy.main(common.fold_argv(args, f"split.folds_file={args.folds_file}", f"data.relabel={draft}"))
     report = json.loads(args.out.read_text())
     report["label_loop"] = {"oof": str(args.oof), "top": args.top, **loop}
-    proxy.write_report(report, args.out)
+    common.write_report(report, args.out)
     return 0
 
 

@@ -28,18 +28,20 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
+from common import commit, provenance, resolved_config, write_report  # noqa: E402
 from cv_ensemble import paired_gain, summary  # noqa: E402
-from proxy import commit, provenance, write_report  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.folds import read_folds  # noqa: E402
-from maskstatus.engine.oof import KEY_COLUMNS, read_oof  # noqa: E402
-from maskstatus.engine.score import oof_interval  # noqa: E402
-from maskstatus.engine.train import train  # noqa: E402
+from maskstatus.scoring.oof import KEY_COLUMNS, read_oof  # noqa: E402
+from maskstatus.scoring.score import oof_interval  # noqa: E402
+from maskstatus.train.trainer import train  # noqa: E402
 from maskstatus.runs import open_run_dir  # noqa: E402
 
 logger = logging.getLogger("learning_curve")
 ALL = "all"
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def subset_root(data_root: Path, folds: pd.DataFrame, drop: list[int], out: Path) -> Path:
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         "sizes": list(sizes.values()),
         "wall_s": round(time.perf_counter() - started, 1),
         **provenance(code_version),
+        # The "all" size's settings; each smaller size differs only in its data root, folds file and run name.
+        "resolved_config": resolved_config(base),
     }
     write_report(report, args.out)
     return 0

@@ -35,20 +35,21 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
-from proxy import DEFAULT_DATA, commit, provenance, write_report  # noqa: E402
+from common import DEFAULT_DATA, commit, provenance, run_configs, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
-from maskstatus.engine.ensemble import expand_runs  # noqa: E402
-from maskstatus.engine.export import export  # noqa: E402
-from maskstatus.engine.onnx_model import OnnxModel, onnx_path  # noqa: E402
-from maskstatus.engine.predict import load_run, predict, read_images  # noqa: E402
+from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+from maskstatus.infer.export import export  # noqa: E402
+from maskstatus.infer.onnx_model import OnnxModel, onnx_path  # noqa: E402
+from maskstatus.infer.predict import load_run, predict, read_images  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # variant -> (predict backend, precision); "torch" is today's PyTorch path, the one the others are measured against
 VARIANTS = {"torch": ("torch", None), "onnx": ("onnx", None), "torch_bf16": ("torch", "bf16-mixed")}
 logger = logging.getLogger("predict_cpu")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 @torch.no_grad()
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": loads,
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
         **provenance(code_version, cores_available=available_cores()),
+        "run_configs": run_configs(args.run),
     }
     write_report(report, args.out)
     return 0

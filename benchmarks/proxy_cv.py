@@ -26,23 +26,33 @@ from pathlib import Path
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import pandas as pd  # noqa: E402
-
 from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA  # noqa: E402
 from maskstatus.config import Config, load_config  # noqa: E402
-from maskstatus.engine.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
-from maskstatus.engine.cv import CVResult, run_cv  # noqa: E402
-from maskstatus.engine.oof import read_oof  # noqa: E402
-from maskstatus.engine.predict import load_run, predict, predict_outputs  # noqa: E402
+from maskstatus.scoring.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
+from maskstatus.train.cv import CVResult, run_cv  # noqa: E402
+from maskstatus.scoring.oof import read_oof  # noqa: E402
+from maskstatus.infer.predict import load_run, predict, predict_outputs  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
-from maskstatus.metrics import model_metrics  # noqa: E402
+from maskstatus.scoring.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import DEFAULT_DATA, REPO, commit, oof_intervals, peak_memory_mb, provenance, write_report  # noqa: E402
+from common import (  # noqa: E402
+    DEFAULT_DATA,
+    REPO,
+    commit,
+    oof_intervals,
+    peak_memory_mb,
+    provenance,
+    resolved_config,
+    write_report,
+)
 
 logger = logging.getLogger("proxy_cv")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def fold_summaries(result: CVResult) -> tuple[list[dict], float, int]:
@@ -148,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": time.perf_counter() - started,
         **provenance(code_version),
         "cv_dir": str(cv_dir),
+        "resolved_config": resolved_config(cfg),
     }
     write_report(report, args.out)
     return 0

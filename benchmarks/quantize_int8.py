@@ -43,20 +43,21 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-
-from proxy import commit, provenance, write_report  # noqa: E402
+from common import commit, provenance, run_configs, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
-from maskstatus.engine.export import eval_inputs, export_run  # noqa: E402
-from maskstatus.engine.onnx_model import open_session  # noqa: E402
-from maskstatus.engine.predict import load_run  # noqa: E402
+from maskstatus.infer.export import eval_inputs, export_run  # noqa: E402
+from maskstatus.infer.onnx_model import open_session  # noqa: E402
+from maskstatus.infer.predict import load_run  # noqa: E402
 from maskstatus.labels import NUM_CLASSES  # noqa: E402
-from maskstatus.metrics import macro_f1  # noqa: E402
+from maskstatus.scoring.metrics import macro_f1  # noqa: E402
 from maskstatus.models import model_data_config, outputs_to_probs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.995  # the ONNX backend's bar: the same 18-class answer on at least this share of images
 logger = logging.getLogger("quantize_int8")
+
+KIND = "study"  # answered one question; its results stay as measured (benchmarks/README.md)
 
 
 def shape_nodes(model) -> list[str]:
@@ -105,8 +106,13 @@ def quantize(fp32: Path, out: Path, calibration: np.ndarray, method: str, batch:
     The nodes of ``keep_float`` (see :func:`float_nodes`) stay in float32.
     """
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -240,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_1m": [load_before, load_after],
         "benchmark_wall_s": round(time.perf_counter() - started, 1),
         **provenance(code_version, cores_available=available_cores()),
+        "run_configs": run_configs(args.run),
     }
     write_report(report, args.out)
     return 0

@@ -26,9 +26,11 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import REPO, commit, provenance, write_report  # noqa: E402
+from common import REPO, commit, provenance, write_report  # noqa: E402
 
 TIMING_WORDS = ("time", "per_s")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def run_demo(source: Path, out: Path) -> Path:

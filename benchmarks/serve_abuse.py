@@ -47,10 +47,12 @@ import httpx
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import commit, machine, write_report  # noqa: E402
+from common import commit, machine, run_configs, write_report  # noqa: E402
 from serve_load import free_port, start_server, stop_server  # noqa: E402
 
 PHASES = ("crafted uploads", "crafted uploads and stalled clients")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def blank_png(size: tuple[int, int], mode: str = "RGBA") -> bytes:
@@ -259,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "commit": commit(),
         "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/serve_abuse.py", *(argv or sys.argv[1:])]),
+        "run_configs": run_configs(args.run),
     }
     if args.out:
         write_report(report, Path(args.out))

@@ -1,7 +1,7 @@
 """Loopback load test of `maskstatus serve`: a fixed number of requests from a few concurrent clients.
 
     python benchmarks/serve_load.py --run demo/runs/demo-... --requests 200 --clients 4 \
-        --out benchmarks/results/serve.json
+        --out benchmarks/results/serve-load-demo.json
 
 Starts the server as a subprocess on 127.0.0.1 (a free port), sends each
 request (``--images-per-request`` images from ``--images``, default the run's
@@ -32,11 +32,13 @@ import httpx
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proxy import commit, machine  # noqa: E402
+from common import commit, machine, run_configs  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.images import is_image_file  # noqa: E402
-from maskstatus.engine.ensemble import expand_runs  # noqa: E402
+from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def free_port() -> int:
@@ -183,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "commit": commit(),
         "command": " ".join(shlex.quote(a) for a in ["python", "benchmarks/serve_load.py", *(argv or sys.argv[1:])]),
+        "run_configs": run_configs(run),
     }
     text = json.dumps(report, indent=2)
     if args.out:

@@ -5,7 +5,7 @@
         [--out benchmarks/results/train-step-precision.json]
 
 Times forward + backward + optimizer step of the config's model on in-memory
-tensors of its training batch shape (``proxy.model_only_throughput``: no data
+tensors of its training batch shape (``common.model_only_throughput``: no data
 loading, random weights), for each precision in turn, repeated in alternating
 order so that a change in the machine's load hits every precision. Reports the
 images/s of each timing, their median, each precision's speed-up over the first,
@@ -23,13 +23,15 @@ from pathlib import Path
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from proxy import commit, model_only_throughput, provenance, write_report  # noqa: E402
+from common import commit, model_only_throughput, provenance, resolved_config, write_report  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.cache import available_cores  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 logger = logging.getLogger("train_step")
+
+KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_step_images_per_s": {name: round(v, 1) for name, v in median.items()},
         "speedup_over_first": {name: round(median[name] / median[base], 2) for name in precisions[1:]},
         **provenance(code_version, cores_available=available_cores()),
+        # The config as given: each timing replaced its train.precision with the one named in the keys above.
+        "resolved_config": resolved_config(load_config(args.config, args.overrides)),
     }
     write_report(report, args.out)
     return 0

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA, group_probs_np
-from maskstatus.bootstrap import person_bootstrap
+from maskstatus.scoring.bootstrap import person_bootstrap
 from maskstatus.config import load_config, save_config
-from maskstatus.engine.age_cuts import cross_fitted_metrics
-from maskstatus.engine.ensemble import ensemble_oof
-from maskstatus.engine.oof import read_oof
+from maskstatus.scoring.age_cuts import cross_fitted_metrics
+from maskstatus.infer.ensemble import ensemble_oof
+from maskstatus.scoring.oof import read_oof
 from maskstatus.labels import PROB_COLUMNS, combine_task_probs, encode
-from maskstatus.metrics import compute_metrics
+from maskstatus.scoring.metrics import compute_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -22,12 +22,12 @@ from maskstatus.age import (
 )
 from maskstatus.cli import main as cli_main
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.age_cuts import cross_fitted_metrics, tune_age_cuts
-from maskstatus.engine.ensemble import ensemble_oof
-from maskstatus.engine.oof import read_oof
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
-from maskstatus.engine.tta import average_view_probs
+from maskstatus.scoring.age_cuts import cross_fitted_metrics, tune_age_cuts
+from maskstatus.infer.ensemble import ensemble_oof
+from maskstatus.scoring.oof import read_oof
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
+from maskstatus.infer.tta import average_view_probs
 from maskstatus.labels import DEFAULT_AGE_THRESHOLDS, PROB_COLUMNS, age_group, encode, split_class_probs
 from maskstatus.losses import AgeNLL, build_loss, class_weights
 from maskstatus.models.heads import MultiTaskHead, outputs_to_probs, outputs_to_task_probs

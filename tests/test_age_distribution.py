@@ -15,8 +15,8 @@ from maskstatus.age import (
     oof_with_cuts,
 )
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.age_cuts import tune_age_cuts
-from maskstatus.engine.train import train
+from maskstatus.scoring.age_cuts import tune_age_cuts
+from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.losses import AgeDistributionLoss, build_loss
 from maskstatus.runs import RunDir

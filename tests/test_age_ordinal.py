@@ -18,11 +18,11 @@ from maskstatus.age import (
     ranks_to_years,
 )
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.export import export
-from maskstatus.engine.onnx_model import OnnxModel, onnx_path
-from maskstatus.engine.predict import load_run, predict
-from maskstatus.engine.train import train
-from maskstatus.engine.tta import average_view_probs
+from maskstatus.infer.export import export
+from maskstatus.infer.onnx_model import OnnxModel, onnx_path
+from maskstatus.infer.predict import load_run, predict
+from maskstatus.train.trainer import train
+from maskstatus.infer.tta import average_view_probs
 from maskstatus.labels import PROB_COLUMNS, split_class_probs
 from maskstatus.losses import AgeDistributionLoss, AgeOrdinalLoss, build_loss, class_weights
 from maskstatus.models.heads import CumulativeLogitLinear, MultiTaskHead, outputs_to_task_probs

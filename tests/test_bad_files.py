@@ -17,7 +17,7 @@ from maskstatus.data.cache import ImageCache
 from maskstatus.data.synthetic import make_demo_data
 from maskstatus.data.tables import folder_table, train_table
 from maskstatus.data.validate import validate_eval, validate_train
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 from maskstatus.errors import ConfigError, DataError, UsageError
 
 from data_builders import make_train

@@ -10,9 +10,9 @@ from maskstatus.config import ConfigError, load_config
 from maskstatus.data.cache import ImageCache
 from maskstatus.data.dataset import FaceDataset
 from maskstatus.data.transforms import BatchNormalize, batch_normalizer, build_transforms
-from maskstatus.engine.evaluate import normalize_on_device
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer.evaluate import normalize_on_device
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

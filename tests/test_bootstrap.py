@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from maskstatus.bootstrap import METRICS, model_bootstrap, person_bootstrap, person_weights
+from maskstatus.scoring.bootstrap import METRICS, model_bootstrap, person_bootstrap, person_weights
 from maskstatus.labels import NUM_CLASSES, encode
-from maskstatus.metrics import compute_metrics, model_metrics
+from maskstatus.scoring.metrics import compute_metrics, model_metrics
 
 
 def _onehot(classes) -> np.ndarray:
@@ -147,7 +147,7 @@ def test_bad_input_is_refused():
 
 
 def test_class_count_replicates_sum_the_drawn_people():
-    from maskstatus.bootstrap import class_count_replicates
+    from maskstatus.scoring.bootstrap import class_count_replicates
 
     # Two people: one always right about class 0, one always wrong (true 1, predicted 2).
     true = np.array([0, 0, 1, 1])

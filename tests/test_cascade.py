@@ -5,12 +5,13 @@ import pandas as pd
 import pytest
 
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.ensemble import combine_probs, ensemble_oof
-from maskstatus.engine.oof import read_oof
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import load_train_table, train
+from maskstatus.infer.ensemble import combine_probs, ensemble_oof
+from maskstatus.scoring.oof import read_oof
+from maskstatus.infer.predict import predict
+from maskstatus.data.tables import load_train_table
+from maskstatus.train.trainer import train
 from maskstatus.labels import MASK_NAMES, PROB_COLUMNS, TASKS, combine_task_probs, split_class_probs
-from maskstatus.metrics import model_metrics
+from maskstatus.scoring.metrics import model_metrics
 from maskstatus.runs import RunDir
 
 MASKED = ["wear", "incorrect"]

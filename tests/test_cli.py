@@ -83,7 +83,7 @@ def test_demo_command_runs_end_to_end_twice(tmp_path, capsys, tiny_overrides):
 
 @pytest.mark.parametrize("flag, expected", [([], None), (["--group-people"], True), (["--no-group-people"], False)])
 def test_predict_group_people_flag_reaches_predict(monkeypatch, tmp_path, flag, expected, capsys):
-    import maskstatus.engine.predict as predict_module
+    import maskstatus.infer.predict as predict_module
 
     seen = {}
 

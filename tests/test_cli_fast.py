@@ -145,8 +145,8 @@ def test_serve_on_a_missing_gpu_is_one_line(no_gpu, tmp_path, capsys):
 
 
 def test_train_and_cv_on_a_missing_gpu_name_the_key_and_leave_nothing(no_gpu, tmp_path):
-    from maskstatus.engine.cv import run_cv
-    from maskstatus.engine.train import train
+    from maskstatus.train.cv import run_cv
+    from maskstatus.train.trainer import train
 
     cfg = load_config(DEMO_YAML, ["train.accelerator=cuda", f"output_dir={tmp_path / 'runs'}",
                                   f"data.root={tmp_path / 'data'}"])
@@ -171,7 +171,7 @@ def test_static_lists_match_their_sources():
     from lightning_fabric.accelerators import ACCELERATOR_REGISTRY
     from lightning_fabric.plugins.precision.precision import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 
-    from maskstatus.engine.tta import TTA
+    from maskstatus.infer.tta import TTA
 
     assert set(ACCELERATORS) == {"auto", "gpu", *ACCELERATOR_REGISTRY}
     assert set(PRECISIONS) == {*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)}

@@ -7,12 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import maskstatus.engine.cv as cv_engine
+import maskstatus.train.cv as cv_engine
 from maskstatus.cli import main
 from maskstatus.config import load_config
-from maskstatus.engine.cv import run_cv
-from maskstatus.engine.train import load_train_table
-from maskstatus.metrics import compute_metrics
+from maskstatus.train.cv import run_cv
+from maskstatus.data.tables import load_train_table
+from maskstatus.scoring.metrics import compute_metrics
 from maskstatus.runs import RunDir
 
 DEMO_YAML = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
@@ -86,7 +86,7 @@ def test_cv_metrics_are_the_oof_scores(full_cv):
 
 
 def test_cv_metrics_hold_the_pooled_person_bootstrap_interval(full_cv):
-    from maskstatus.bootstrap import person_bootstrap
+    from maskstatus.scoring.bootstrap import person_bootstrap
 
     cfg, result = full_cv
     saved = json.loads((result.cv_dir / "cv_metrics.json").read_text())["oof_ci"]

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from maskstatus.age import AGE_MEAN, AGE_SIGMA, AGE_YEARS
 from maskstatus.config import ConfigError, LossConfig, load_config
 from maskstatus.data.folds import split_rows
-from maskstatus.engine.teacher import teacher_targets
-from maskstatus.engine.train import load_train_table, train
+from maskstatus.train.teacher import teacher_targets
+from maskstatus.data.tables import load_train_table
+from maskstatus.train.trainer import train
 from maskstatus.errors import DataError
 from maskstatus.labels import NUM_CLASSES, PROB_COLUMNS, split_class_probs
 from maskstatus.losses import TEACHER_PROBS, TEACHER_YEARS, DistillLoss, TaskLoss, build_loss
@@ -109,7 +110,7 @@ def test_teacher_rows_are_matched_on_person_and_photo_not_on_paths_or_order(fold
 
     # A teacher that also predicts the validation people is allowed, with a warning.
     _teacher_frame(table, np.arange(len(table))).to_csv(tmp_path / "all.csv", index=False)
-    with caplog.at_level(logging.WARNING, logger="maskstatus.engine.teacher"):
+    with caplog.at_level(logging.WARNING, logger="maskstatus.train.teacher"):
         teacher_targets(tmp_path / "all.csv", table, train_rows, val_rows)
     assert f"predicts {len(val_rows)} validation images" in caplog.text
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from maskstatus.cli import main
-from maskstatus.engine.ensemble import combine_probs, ensemble_oof, expand_runs
-from maskstatus.engine.predict import predict
+from maskstatus.infer.ensemble import combine_probs, ensemble_oof, expand_runs
+from maskstatus.infer.predict import predict
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.labels import NUM_CLASSES
-from maskstatus.metrics import compute_metrics
+from maskstatus.scoring.metrics import compute_metrics
 
 N = 40
 

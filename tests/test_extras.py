@@ -92,7 +92,7 @@ def test_face_detection_without_dlib_names_the_serve_extra(monkeypatch):
 
 
 def test_onnx_runtime_backend_without_onnxruntime_names_the_onnx_extra(monkeypatch, tmp_path):
-    from maskstatus.engine.onnx_model import open_session
+    from maskstatus.infer.onnx_model import open_session
 
     _block(monkeypatch, "onnxruntime")
     with pytest.raises(MissingExtraError, match=r"--backend onnx\) needs the onnx extra .*'maskstatus\[onnx\]'$"):
@@ -100,7 +100,7 @@ def test_onnx_runtime_backend_without_onnxruntime_names_the_onnx_extra(monkeypat
 
 
 def test_export_without_onnx_names_the_onnx_extra(monkeypatch, tmp_path):
-    from maskstatus.engine.export import export_run
+    from maskstatus.infer.export import export_run
 
     _block(monkeypatch, "onnx")
     with pytest.raises(MissingExtraError, match=r"^ONNX export needs the onnx extra \(no module named onnx\)"):

@@ -53,6 +53,10 @@ def test_gpu_benchmark_runs_a_tiny_fold_on_the_cpu(tmp_path):
         assert report[key], key
     assert report["settings"]["pretrained"] is False and report["settings"]["batch_size"] == 16
     assert report["people"] == 8 and report["epochs"] == 1
+    # The settings it ran with, after the overrides, not only the config's path.
+    resolved = report["resolved_config"]
+    assert resolved["model"]["backbone"] == "test_efficientnet" and resolved["train"]["epochs"] == 1
+    assert resolved["model"]["pretrained"] is False and resolved["cache"]["size"] == [48, 36]
     # Without a GPU nothing is sampled, and the report says why instead of claiming an idle GPU.
     assert report["gpu_busy_fraction"] is None and report["gpu_sampler"].startswith("none")
     assert len(list((tmp_path / "w" / "data" / "eval" / "images").iterdir())) == 6 * 7

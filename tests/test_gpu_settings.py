@@ -5,8 +5,8 @@ from lightning_fabric import Fabric
 
 from maskstatus.cli import build_parser
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine import evaluate
-from maskstatus.engine.evaluate import loader_workers
+from maskstatus.infer import evaluate
+from maskstatus.infer.evaluate import loader_workers
 
 
 def test_auto_gives_each_process_of_the_machine_its_share_of_the_cores(monkeypatch):
@@ -35,8 +35,8 @@ def test_a_compiled_model_trains_and_its_checkpoint_predicts(demo_data, tmp_path
 
     import torch
 
-    from maskstatus.engine.predict import predict
-    from maskstatus.engine.train import train
+    from maskstatus.infer.predict import predict
+    from maskstatus.train.trainer import train
 
     compiled = []
     real = torch.compile

@@ -9,7 +9,7 @@ import torch
 
 from maskstatus.age import group_probs_np
 from maskstatus.config import ConfigError, load_config
-from maskstatus.grouping import FeatureCapture, cluster_people, consistent_probs, group_people, region_embedding
+from maskstatus.infer.grouping import FeatureCapture, cluster_people, consistent_probs, group_people, region_embedding
 from maskstatus.labels import PROB_COLUMNS, combine_task_probs, split_class_probs
 
 
@@ -109,7 +109,7 @@ def _demo_photos(demo_data, tiny_overrides):
     from maskstatus.data.cache import ImageCache
     from maskstatus.data.dataset import FaceDataset
     from maskstatus.data.transforms import build_transforms
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
     from maskstatus.models import create_model, model_data_config
 
     cfg = load_config(None, [f"data.root={demo_data.root}", *tiny_overrides, "data.check_images=false"])
@@ -174,8 +174,8 @@ def _anonymous_copy(src_eval, dst, salt: str, order, add_metadata: bool):
 
 @pytest.mark.slow
 def test_grouped_predictions_ignore_names_row_order_and_metadata(demo_data, tiny_config, tmp_path):
-    from maskstatus.engine.predict import predict
-    from maskstatus.engine.train import train
+    from maskstatus.infer.predict import predict
+    from maskstatus.train.trainer import train
 
     # Trained with grouping on: validation groups too, so the OOF measures it.
     run = train(tiny_config("train.epochs=1", "train.limit_train_batches=2", "predict.group_people=true",

@@ -10,10 +10,10 @@ from maskstatus.analysis.headroom import age_error_by_band, given_years, oof_hea
 from maskstatus.analysis.report import analyse_run, render
 from maskstatus.config import load_config
 from maskstatus.data.tables import train_table
-from maskstatus.engine.oof import read_oof
-from maskstatus.engine.train import train
+from maskstatus.scoring.oof import read_oof
+from maskstatus.train.trainer import train
 from maskstatus.labels import NUM_CLASSES, PROB_COLUMNS, encode
-from maskstatus.metrics import macro_f1
+from maskstatus.scoring.metrics import macro_f1
 
 
 def _one_hot(classes: np.ndarray) -> np.ndarray:

@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstatus.engine.label_error_recall import inject_label_errors, injected_found, simulate_recall
-from maskstatus.engine.label_errors import find_label_errors
+from maskstatus.scoring.label_error_recall import inject_label_errors, injected_found, simulate_recall
+from maskstatus.scoring.label_errors import find_label_errors
 from maskstatus.errors import UsageError
 from maskstatus.labels import IMAGE_STEMS, PROB_COLUMNS, STEM_TO_MASK, TASKS, combine_task_probs, decode, encode
 

@@ -9,7 +9,7 @@ from maskstatus.cli import main
 from maskstatus.data.relabel import SWAP_VALUE, read_relabel
 from maskstatus.data.synthetic import make_demo_data
 from maskstatus.data.tables import train_table
-from maskstatus.engine.label_errors import (
+from maskstatus.scoring.label_errors import (
     PROB_COLUMNS,
     REVIEW_COLUMNS,
     REVIEW_ROW_HEIGHT,

@@ -8,10 +8,10 @@ import pytest
 
 from maskstatus.config import load_config
 from maskstatus.data.synthetic import score_submission
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.labels import NUM_CLASSES
-from maskstatus.metrics import compute_metrics
+from maskstatus.scoring.metrics import compute_metrics
 from maskstatus.runs import RunDir
 
 DEMO_YAML = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"

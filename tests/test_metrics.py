@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from maskstatus.labels import NUM_CLASSES, TASKS, class_names, combine_task_probs, encode
-from maskstatus.metrics import compute_metrics, confusion, plot_confusion, plot_curves
+from maskstatus.scoring.metrics import compute_metrics, confusion, plot_confusion, plot_curves
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

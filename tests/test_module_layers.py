@@ -51,7 +51,7 @@ def import_graph() -> dict[str, set[str]]:
             else:
                 continue
             for target in targets:
-                # ``import maskstatus.engine.predict as m`` and friends: the deepest known module.
+                # ``import maskstatus.infer.predict as m`` and friends: the deepest known module.
                 while target and target not in modules:
                     target = target.rpartition(".")[0]
                 if target.startswith(PACKAGE) and target != name:
@@ -109,9 +109,9 @@ def _offenders(graph: dict[str, set[str]], under: str, forbidden: tuple[str, ...
 def test_the_graph_sees_relative_and_function_level_imports():
     graph = import_graph()
     assert "maskstatus.errors" in graph["maskstatus.data.validate"]
-    assert "maskstatus.engine.train" in graph["maskstatus.engine.cv"]
+    assert "maskstatus.train.trainer" in graph["maskstatus.train.cv"]
     # cli imports its commands inside functions, so that ``--help`` stays fast.
-    assert "maskstatus.engine.predict" in graph["maskstatus.cli"]
+    assert "maskstatus.infer.predict" in graph["maskstatus.cli"]
 
 
 def test_no_import_cycles():
@@ -120,12 +120,20 @@ def test_no_import_cycles():
 
 
 def test_data_imports_no_layer_above_it():
-    above = ("maskstatus.engine", "maskstatus.serve", "maskstatus.analysis", "maskstatus.cli")
+    above = ("maskstatus.train", "maskstatus.infer", "maskstatus.serve", "maskstatus.analysis", "maskstatus.cli")
     assert _offenders(import_graph(), "maskstatus.data", above) == {}
 
 
-def test_engine_imports_neither_cli_nor_serve():
-    assert _offenders(import_graph(), "maskstatus.engine", ("maskstatus.cli", "maskstatus.serve")) == {}
+def test_training_prediction_and_scoring_import_neither_cli_nor_serve():
+    graph = import_graph()
+    for package in ("maskstatus.train", "maskstatus.infer", "maskstatus.scoring"):
+        assert _offenders(graph, package, ("maskstatus.cli", "maskstatus.serve")) == {}
+
+
+def test_prediction_and_scoring_never_import_training():
+    graph = import_graph()
+    for package in ("maskstatus.infer", "maskstatus.scoring", "maskstatus.analysis"):
+        assert _offenders(graph, package, ("maskstatus.train",)) == {}
 
 
 def test_reading_validating_and_building_tables_run_one_way():
@@ -138,8 +146,9 @@ def test_reading_validating_and_building_tables_run_one_way():
 
 def test_training_and_scoring_do_not_depend_on_prediction():
     graph = import_graph()
-    engine = "maskstatus.engine."
-    prediction = {engine + "predict", engine + "ensemble"}
-    for name in ("evaluate", "oof", "train", "cv", "score", "age_cuts", "label_errors"):
-        assert engine + name in graph, f"no module {engine + name}"
-        assert graph[engine + name].isdisjoint(prediction), f"{name} imports {graph[engine + name] & prediction}"
+    prediction = {"maskstatus.infer.predict", "maskstatus.infer.ensemble"}
+    for name in ("infer.evaluate", "scoring.oof", "train.trainer", "train.cv", "scoring.score", "scoring.age_cuts",
+                 "scoring.label_errors"):
+        module = "maskstatus." + name
+        assert module in graph, f"no module {module}"
+        assert graph[module].isdisjoint(prediction), f"{name} imports {graph[module] & prediction}"

@@ -12,11 +12,11 @@ from maskstatus.age import write_cuts
 from maskstatus.cli import main
 from maskstatus.config import load_config
 from maskstatus.errors import RunError
-from maskstatus.engine import export as export_module
-from maskstatus.engine.export import export, export_run
-from maskstatus.engine.onnx_model import OnnxModel, onnx_path, sidecar_path
-from maskstatus.engine.predict import load_run, predict
-from maskstatus.engine.train import train
+from maskstatus.infer import export as export_module
+from maskstatus.infer.export import export, export_run
+from maskstatus.infer.onnx_model import OnnxModel, onnx_path, sidecar_path
+from maskstatus.infer.predict import load_run, predict
+from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.models import model_data_config
 

@@ -11,10 +11,10 @@ import torch
 
 from maskstatus.cli import main
 from maskstatus.config import load_config
-from maskstatus.engine.export import export
-from maskstatus.engine.onnx_model import SIDECAR_DIGEST, onnx_path, sidecar_path
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer.export import export
+from maskstatus.infer.onnx_model import SIDECAR_DIGEST, onnx_path, sidecar_path
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.errors import RunError
 from maskstatus.labels import PROB_COLUMNS
 

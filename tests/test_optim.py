@@ -287,7 +287,7 @@ def test_backbone_lr_scale_needs_a_backbone_and_no_shared_warmup():
 
 
 def test_training_with_a_backbone_lr_scale_saves_both_lrs(tiny_config):
-    from maskstatus.engine.train import train
+    from maskstatus.train.trainer import train
     from maskstatus.runs import RunDir, load_checkpoint
 
     result = train(tiny_config("train.epochs=1", "train.limit_train_batches=2", "optimizer.lr=0.004",

@@ -45,7 +45,7 @@ def layout(tmp_path):
 
 
 def _no_model_loading(monkeypatch):
-    import maskstatus.engine.predict as predict_module
+    import maskstatus.infer.predict as predict_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the output should have been refused before any run was loaded")
@@ -106,8 +106,8 @@ def test_a_symlink_or_hard_link_to_an_input_is_refused(layout, tmp_path):
 
 def test_an_existing_file_is_replaced_only_if_it_is_an_earlier_output_or_with_overwrite(layout, tmp_path, monkeypatch,
                                                                                           capsys):
-    from maskstatus.engine.predict import check_output as check_submission
-    from maskstatus.engine.predict import write_predictions
+    from maskstatus.infer.predict import check_output as check_submission
+    from maskstatus.infer.predict import write_predictions
 
     notes = tmp_path / "notes.csv"
     notes.write_text("my,own,table\n")
@@ -158,7 +158,7 @@ def test_ensemble_checks_both_outputs_before_scoring(layout, tmp_path, capsys):
 
 
 def test_find_label_errors_keeps_a_foreign_review_folder(layout, tmp_path, capsys):
-    from maskstatus.engine.label_errors import check_review_output
+    from maskstatus.scoring.label_errors import check_review_output
 
     out = tmp_path / "review"
     out.mkdir()
@@ -175,8 +175,8 @@ def test_find_label_errors_keeps_a_foreign_review_folder(layout, tmp_path, capsy
 
 
 def test_export_under_out_replaces_only_an_earlier_export(layout, tmp_path):
-    from maskstatus.engine.export import check_export_outputs
-    from maskstatus.engine.onnx_model import SIDECAR_FORMAT
+    from maskstatus.infer.export import check_export_outputs
+    from maskstatus.infer.onnx_model import SIDECAR_FORMAT
 
     run, out = layout["run"], tmp_path / "onnx-out"
     check_export_outputs([run], None, "best")  # RUN/onnx/ is export's own folder
@@ -248,7 +248,7 @@ def test_a_full_disk_during_a_checkpoint_save_names_disk_space_and_keeps_the_las
 
 def test_a_read_only_disk_fails_before_the_work(read_only_disk, layout, monkeypatch, capsys):
     from maskstatus.config import load_config
-    from maskstatus.engine.train import train
+    from maskstatus.train.trainer import train
 
     _no_model_loading(monkeypatch)
     out = read_only_disk / "out" / "sub.csv"
@@ -309,7 +309,7 @@ def test_other_write_errors_are_left_alone(tmp_path):
 
 
 def test_predict_knows_the_space_its_files_need_before_predicting(tmp_path, monkeypatch):
-    from maskstatus.engine.predict import output_bytes, write_predictions
+    from maskstatus.infer.predict import output_bytes, write_predictions
 
     table = pd.DataFrame({"image_id": [f"{i:040x}.jpg" for i in range(500)]})
     sub, probs = write_predictions(table, torch.rand(500, len(PROB_COLUMNS)).double().numpy(), tmp_path / "s.csv",

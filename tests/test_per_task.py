@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.ensemble import ensemble_oof
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer.ensemble import ensemble_oof
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS, TASKS, combine_task_probs, split_class_probs
 from maskstatus.models.heads import MultiTaskHead, outputs_to_probs, outputs_to_task_probs
 from maskstatus.runs import RunDir

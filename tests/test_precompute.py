@@ -9,9 +9,9 @@ from maskstatus.config import ConfigError, load_config
 from maskstatus.data.cache import ImageCache, cache_key
 from maskstatus.data.dataset import FaceDataset
 from maskstatus.data.transforms import Prepare, build_transforms, shared_prefix, split_prepare
-from maskstatus.engine import predict as predict_module
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer import predict as predict_module
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS
 
 CROP = {"name": "CenterCrop", "height": 56, "width": 44}

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from maskstatus.engine.predict import predict
+from maskstatus.infer.predict import predict
 from maskstatus.labels import PROB_COLUMNS
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 
 
 @pytest.fixture(scope="module")

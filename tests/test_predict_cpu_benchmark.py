@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -40,4 +40,7 @@ def test_benchmark_reports_every_variant(demo_data, tmp_path, tiny_config):
     for key in ("machine", "commit", "command", "load_average_1m"):
         assert report[key]
     assert "cpu" in report["machine"] and report["machine"]["cores_available"] >= 1
+    # The settings the predicted run was trained with, from its config.yaml.
+    assert list(report["run_configs"]) == [run.name]
+    assert report["run_configs"][run.name]["model"]["age_output"] == "years"
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # the run folder is only read

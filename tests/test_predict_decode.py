@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from maskstatus.config import load_config
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.errors import DataError
 
 

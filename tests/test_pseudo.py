@@ -4,8 +4,8 @@ import pytest
 
 from maskstatus.data.pseudo import read_probs, select_pseudo
 from maskstatus.labels import PROB_COLUMNS
-from maskstatus.engine.predict import predict
-from maskstatus.engine.train import train
+from maskstatus.infer.predict import predict
+from maskstatus.train.trainer import train
 from maskstatus.labels import combine_task_probs, encode
 from maskstatus.runs import RunDir
 

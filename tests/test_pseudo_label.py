@@ -8,9 +8,9 @@ import pytest
 
 from maskstatus.cli import main
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.cv import fold_run, run_cv
-from maskstatus.engine.predict import predict
-from maskstatus.engine.pseudo_label import fold_teacher_probs
+from maskstatus.train.cv import fold_run, run_cv
+from maskstatus.infer.predict import predict
+from maskstatus.train.pseudo_label import fold_teacher_probs
 from maskstatus.errors import DataError
 from maskstatus.runs import RunDir
 

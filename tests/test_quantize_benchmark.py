@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -34,6 +34,7 @@ def test_quantization_report_and_the_run_folder_untouched(tmp_path, tiny_config)
     assert set(report["model_only_images_per_s"]) == {"float32", "int8-minmax", "int8-minmax-float-depthwise+ends"}
     assert all(len(v) == 2 for v in report["model_only_images_per_s_each"].values())
     assert report["goal_met"] == (model["answer_agreement"] >= 0.995)
+    assert report["run_configs"][run.name]["train"]["epochs"] == 1
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # the run folder is only read
 
 

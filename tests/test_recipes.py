@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from maskstatus.config import load_config
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 from maskstatus.runs import RunDir
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

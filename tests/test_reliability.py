@@ -6,7 +6,7 @@ import torch
 
 from maskstatus.cli import main
 from maskstatus.config import ConfigError
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 from maskstatus.errors import DataError, MaskstatusError, RunError
 from maskstatus.runs import RunDir, atomic_save_torch, load_checkpoint
 
@@ -133,7 +133,7 @@ def one_run(demo_data, tmp_path_factory, tiny_overrides):
 
 
 def _no_model_loading(monkeypatch):
-    import maskstatus.engine.predict as predict_module
+    import maskstatus.infer.predict as predict_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the output should have been checked before any run was loaded")
@@ -143,7 +143,7 @@ def _no_model_loading(monkeypatch):
 
 # 4. predict --out onto a folder fails before the work and writes nothing.
 def test_predict_out_onto_a_folder_fails_first(one_run, demo_data, tmp_path, monkeypatch):
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
     from maskstatus.errors import UsageError
 
     outdir = tmp_path / "outdir"
@@ -163,7 +163,7 @@ def test_predict_refuses_a_config_edited_after_training(one_run, demo_data, tmp_
 
     import yaml
 
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
 
     run = tmp_path / "run"
     shutil.copytree(one_run, run)
@@ -183,7 +183,7 @@ def test_predict_accepts_a_checkpoint_older_than_a_config_key(one_run, demo_data
 
     import torch
 
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
 
     run = tmp_path / "run"
     shutil.copytree(one_run, run)
@@ -198,7 +198,7 @@ def test_predict_accepts_a_checkpoint_older_than_a_config_key(one_run, demo_data
 def test_predict_says_which_format_and_hints_at_the_eval_folder(one_run, demo_data, tmp_path, caplog):
     import logging
 
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
 
     with caplog.at_level(logging.INFO, logger="maskstatus"):
         predict([one_run], demo_data.eval_dir / "images", tmp_path / "sub.csv", progress=False)
@@ -219,7 +219,7 @@ def test_mixed_image_sizes_name_the_odd_file(tmp_path):
     from maskstatus.data.cache import ImageCache
     from maskstatus.data.dataset import FaceDataset
     from maskstatus.data.transforms import build_transforms
-    from maskstatus.engine.evaluate import eval_loader
+    from maskstatus.infer.evaluate import eval_loader
 
     paths = []
     for i, (h, w) in enumerate([(40, 30), (40, 30), (50, 30), (40, 30)]):
@@ -308,7 +308,7 @@ def test_the_one_macro_f1_is_sklearns(tmp_path):
     import numpy as np
     from sklearn.metrics import f1_score
 
-    from maskstatus.metrics import macro_f1
+    from maskstatus.scoring.metrics import macro_f1
 
     rng = np.random.default_rng(0)
     for k in (2, 3, 18):
@@ -340,7 +340,7 @@ def test_training_decodes_each_image_once_and_a_corrupt_one_names_its_file(demo_
     import maskstatus.data.validate as validate_module
     from maskstatus.config import load_config
     from maskstatus.data import cache as cache_module
-    from maskstatus.engine.train import load_train_table
+    from maskstatus.data.tables import load_train_table
 
     root = tmp_path / "data"
     shutil.copytree(demo_data.root, root)

@@ -20,11 +20,11 @@ from maskstatus.config import load_config
 from maskstatus.data.images import load_rgb
 from maskstatus.data.tables import train_table
 from maskstatus.data.validate import summarize, validate_eval, validate_train
-from maskstatus.engine.cv import run_cv
-from maskstatus.engine.oof import read_oof
-from maskstatus.engine.train import train
+from maskstatus.train.cv import run_cv
+from maskstatus.scoring.oof import read_oof
+from maskstatus.train.trainer import train
 from maskstatus.labels import GENDER_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, combine_task_probs, decode
-from maskstatus.metrics import compute_metrics
+from maskstatus.scoring.metrics import compute_metrics
 
 EDA_SECTIONS = ("summary", "classes", "tasks", "gender-age", "age", "race", "images", "samples", "duplicates",
                 "problems")

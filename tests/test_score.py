@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 
 from maskstatus.age import AGE_MEAN, AGE_SIGMA, group_probs_np, write_cuts
-from maskstatus.bootstrap import person_bootstrap
+from maskstatus.scoring.bootstrap import person_bootstrap
 from maskstatus.cli import main
 from maskstatus.config import load_config, save_config
-from maskstatus.engine.oof import read_oof
-from maskstatus.engine.score import score_oof
+from maskstatus.scoring.oof import read_oof
+from maskstatus.scoring.score import score_oof
 from maskstatus.labels import PROB_COLUMNS, combine_task_probs, encode
-from maskstatus.metrics import compute_metrics
+from maskstatus.scoring.metrics import compute_metrics
 
 
 def _oof(people: int = 60, seed: int = 0) -> pd.DataFrame:

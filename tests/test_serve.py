@@ -11,8 +11,8 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
-from maskstatus.engine.ensemble import expand_runs  # noqa: E402
-from maskstatus.engine.predict import load_run, predict_outputs  # noqa: E402
+from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+from maskstatus.infer.predict import load_run, predict_outputs  # noqa: E402
 from maskstatus.labels import TASKS, decode, split_class_probs  # noqa: E402
 from data_builders import png_header_only  # noqa: E402
 from maskstatus.serve.app import create_app  # noqa: E402
@@ -23,7 +23,7 @@ from maskstatus.serve.predictor import Predictor  # noqa: E402
 def cv_dir(demo_data, tmp_path_factory, tiny_overrides):
     """A folder of two fold runs (as a CV folder holds them), one with hflip TTA: the server serves their mean."""
     from maskstatus.config import load_config
-    from maskstatus.engine.train import train
+    from maskstatus.train.trainer import train
 
     out = tmp_path_factory.mktemp("cv")
     for seed, extra in ((1, []), (2, ["predict.tta=[hflip]"])):
@@ -273,7 +273,8 @@ def test_load_benchmark_script(cv_dir, demo_data, tmp_path):
     assert report["images_per_s"] == pytest.approx(2 * report["requests_per_s"])
     assert report["server"]["models"] == 2 and report["server"]["backend"] == "torch"
     assert "cpu" in report["machine"] and "serve_load.py" in report["command"]
-    from maskstatus.engine.export import export
+    assert len(report["run_configs"]) == 2  # the CV folder's two fold runs, each with the config it trained with
+    from maskstatus.infer.export import export
 
     export(cv_dir, out_dir=tmp_path / "onnx")
     assert serve_load.main([*args[:-2], "--requests", "4", "--backend", "onnx", "--onnx-dir", str(tmp_path / "onnx"),
@@ -289,7 +290,7 @@ def test_run_trained_on_face_crops_is_served_like_predict(tmp_path, tiny_overrid
     skimage_data = pytest.importorskip("skimage.data")
     from maskstatus.config import load_config
     from maskstatus.data.synthetic import make_demo_data
-    from maskstatus.engine.train import train
+    from maskstatus.train.trainer import train
 
     # Few people: every training image goes through the face detector (tens of ms each).
     data = make_demo_data(tmp_path / "data", people=12, eval_people=2, seed=5)
@@ -333,8 +334,8 @@ def test_heatmaps_for_every_head(head):
 
 
 def test_onnx_backend_answers_as_pytorch_and_still_explains(cv_dir, demo_data, tmp_path):
-    from maskstatus.engine.export import export
-    from maskstatus.engine.onnx_model import OnnxModel
+    from maskstatus.infer.export import export
+    from maskstatus.infer.onnx_model import OnnxModel
 
     onnx_dir = tmp_path / "onnx"
     with pytest.raises(FileNotFoundError, match="ONNX model not found"):  # at start-up, not on the first request

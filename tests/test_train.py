@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from maskstatus.config import load_config
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 from maskstatus.runs import RunDir, load_checkpoint
 
 STABLE = ["train_loss", "val_loss", "val_f1", "val_acc", "val_mask_f1", "val_gender_f1", "val_age_f1", "lr"]
@@ -50,7 +50,7 @@ def test_workers_do_not_change_results(tiny_config):
 
 
 def test_resume_continues_the_same_run(tiny_config, monkeypatch):
-    import maskstatus.engine.train as engine
+    import maskstatus.train.trainer as engine
 
     cfg = tiny_config("train.epochs=3", "train.limit_train_batches=2", "scheduler.name=cosine", "model.dropout=0.3")
     straight = train(cfg)
@@ -92,8 +92,8 @@ def test_early_stopping_and_folds_file_reuse(tiny_config):
 
 def test_without_holdout_every_person_is_trained_on_and_the_last_epoch_kept(tiny_config, demo_data, tmp_path, capsys):
     from maskstatus.cli import main
-    from maskstatus.engine.predict import predict
-    from maskstatus.engine.train import _prepare_data
+    from maskstatus.infer.predict import predict
+    from maskstatus.train.trainer import _prepare_data
 
     cfg = tiny_config("split.holdout=false", "train.epochs=2", "train.limit_train_batches=2", "train.ema_decay=0.9")
     data = _prepare_data(cfg, None)
@@ -126,7 +126,7 @@ def test_without_holdout_nothing_may_need_validation(tiny_config, needs):
 
 def test_cv_refuses_a_config_without_holdout(tiny_config):
     from maskstatus.config import ConfigError
-    from maskstatus.engine.cv import run_cv
+    from maskstatus.train.cv import run_cv
 
     with pytest.raises(ConfigError, match="use maskstatus train"):
         run_cv(tiny_config("split.holdout=false"))

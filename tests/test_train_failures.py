@@ -13,11 +13,11 @@ import torch
 import yaml
 from PIL import Image
 
-import maskstatus.engine.train as engine
+import maskstatus.train.trainer as engine
 from maskstatus.cli import main
 from maskstatus.config import ConfigError, load_config
-from maskstatus.engine.cv import run_cv
-from maskstatus.engine.train import train
+from maskstatus.train.cv import run_cv
+from maskstatus.train.trainer import train
 from maskstatus.errors import DataError, RunError
 from maskstatus.runs import RunDir, atomic_save_torch, load_checkpoint, new_run_dir, remove_stale_temp_files
 
@@ -103,7 +103,7 @@ def test_a_step_that_leaves_non_finite_weights_is_caught_before_they_are_saved(t
 
 
 def test_predict_refuses_the_nan_weights_of_a_diverged_run(tiny_config, demo_data, tmp_path):
-    from maskstatus.engine.predict import predict
+    from maskstatus.infer.predict import predict
 
     run = RunDir(train(tiny_config(*FAST)).run_dir)
     state = load_checkpoint(run.best)

@@ -9,7 +9,7 @@ from maskstatus.config import LossConfig, LossTerm, MixConfig
 from maskstatus.data.dataset import table_targets
 from maskstatus.data.mix import mix_batch, mixed_loss
 from maskstatus.data.sampling import WeightedEpochSampler, inverse_density_weights, inverse_frequency_weights
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 from maskstatus.labels import AgeThresholds
 from maskstatus.losses import build_loss, class_weights, with_class_weights
 from maskstatus.models.freeze import freeze_stages, stage_parameters
@@ -58,7 +58,7 @@ def test_inverse_density_weights_refuse_bad_input(years, kw, message):
 
 
 def test_training_draws_by_the_density_of_years(tiny_config, monkeypatch):
-    import maskstatus.engine.train as engine_train
+    import maskstatus.train.trainer as engine_train
 
     seen = []
 

@@ -5,12 +5,12 @@ import torch
 from lightning_fabric import Fabric
 from torch import nn
 
-from maskstatus.engine.evaluate import infer
-from maskstatus.engine.predict import predict
+from maskstatus.infer.evaluate import infer
+from maskstatus.infer.predict import predict
 from maskstatus.labels import PROB_COLUMNS
-from maskstatus.engine.train import train
+from maskstatus.train.trainer import train
 from maskstatus.errors import UsageError
-from maskstatus.engine.tta import TTA, average_view_probs, hflip, identity, shift, translate, tta_probs, tta_views
+from maskstatus.infer.tta import TTA, average_view_probs, hflip, identity, shift, translate, tta_probs, tta_views
 from maskstatus.labels import NUM_CLASSES, TASKS, combine_task_probs
 
 C, H, W = 3, 8, 6

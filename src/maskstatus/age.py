@@ -23,7 +23,7 @@ import torch
 
 from .errors import RunError
 from .labels import PROB_COLUMNS, TASKS, AgeThresholds, combine_task_probs, decode, encode, split_class_probs
-from .metrics import macro_f1
+from .scoring.metrics import macro_f1
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The names of accelerators, precisions, backends and test-time augmentations, checked before torch is imported.
 
 Importing torch costs seconds, so a misspelt name is refused from these static lists first. The device
-and precision lists are Lightning Fabric's, the augmentations those engine.tta registers (its registry
+and precision lists are Lightning Fabric's, the augmentations those infer.tta registers (its registry
 refuses any other; tests/test_cli_fast.py compares every list with its source). Whether a named GPU is
 actually there can only be asked of torch: :func:`check_accelerator_available` does that once torch is
 imported anyway, before any model is loaded.
@@ -24,7 +24,10 @@ PRECISIONS: tuple[str, ...] = (
 # The precisions prediction offers, and its backends (the PyTorch model, or its ONNX export).
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
-# The test-time augmentations of engine.tta (predict.tta, --tta).
+# A run's checkpoints (best.pt, last.pt), and how an ensemble combines its members (infer.ensemble.Vote).
+CHECKPOINTS: tuple[str, ...] = ("best", "last")
+VOTES: tuple[str, ...] = ("soft", "hard")
+# The test-time augmentations of infer.tta (predict.tta, --tta).
 TTA_NAMES: tuple[str, ...] = ("hflip", "shift")
 
 

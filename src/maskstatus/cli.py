@@ -1,4 +1,8 @@
-"""Thin command line over the library: parse arguments, call one function, print its result."""
+"""Thin command line over the library: parse arguments, call one function, print its result.
+
+Each command is two functions side by side: ``_add_<command>`` declares its options (defaults and choices are the
+library's, from ``defaults`` and ``choices``) and ``_cmd_<command>`` runs it. ``build_parser`` lists the commands.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +11,35 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-# Only torch-free modules at the top: each command checks its config and arguments, then imports the engine
-# (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py).
-from .choices import ACCELERATORS, TTA_NAMES
+# Only torch-free modules at the top: each command checks its config and arguments, then imports the library's heavy
+# modules (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py). Option
+# defaults and choices are the library's constants, from ``defaults`` and ``choices``, which import nothing heavy.
+from . import defaults
+from .choices import ACCELERATORS, BACKENDS, CHECKPOINTS, PREDICT_PRECISIONS, TTA_NAMES, VOTES
+
+if TYPE_CHECKING:
+    Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 logger = logging.getLogger("maskstatus")
+
+
+def _add_demo_data(sub: Subparsers) -> None:
+    s = sub.add_parser("demo-data", help="draw a small synthetic data set in the competition layout")
+    s.add_argument("out_dir", metavar="OUT_DIR", help="writes OUT_DIR/train, OUT_DIR/eval and OUT_DIR/eval_truth.csv")
+    s.add_argument("--people", type=int, default=defaults.DEMO_PEOPLE,
+                   help="training people, 7 images each (default %(default)s)")
+    s.add_argument("--eval-people", type=int, default=None, help="eval people (default: half of --people)")
+    s.add_argument("--seed", type=int, default=defaults.DEFAULT_SEED,
+                   help="random seed; the same seed draws the same data")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace OUT_DIR's train/, eval/ and eval_truth.csv if they exist (default: refuse)")
+    s.add_argument("--workers", type=int, default=defaults.DEMO_WORKERS,
+                   help="processes drawing the photos (default %(default)s); any number draws the same bytes")
+    s.set_defaults(fn=_cmd_demo_data)
 
 
 def _cmd_demo_data(args: argparse.Namespace) -> int:
@@ -32,6 +56,25 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     print(f"eval:  {data.eval_dir}")
     print(f"eval ground truth: {data.truth_csv}")
     return 0
+
+
+def _add_validate_data(sub: Subparsers) -> None:
+    s = sub.add_parser("validate-data", help="check a data folder; print a summary; exit 1 on any problem")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="folder holding train/ and optionally eval/")
+    s.add_argument("--relabel", default=None, help="relabel CSV to apply, or 'competition' for the shipped fixes")
+    _add_age_groups(s)
+    s.add_argument("--no-check-images", action="store_true", help="skip decoding every image (faster)")
+    s.add_argument("--skip-bad", action="store_true",
+                   help="report problems as warnings and summarise what is left (exit 0 unless nothing is left)")
+    s.set_defaults(fn=_cmd_validate_data)
+
+
+def _add_age_groups(s: argparse.ArgumentParser) -> None:
+    """--young-below and --old-from: shared by validate-data and eda."""
+    s.add_argument("--young-below", type=int, default=defaults.YOUNG_BELOW,
+                   help="age group 0 is age < this (default %(default)s)")
+    s.add_argument("--old-from", type=int, default=defaults.OLD_FROM,
+                   help="age group 2 is age >= this (default %(default)s)")
 
 
 def _cmd_validate_data(args: argparse.Namespace) -> int:
@@ -75,6 +118,23 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _add_train(sub: Subparsers) -> None:
+    s = sub.add_parser("train", help="train one fold; prints the run folder")
+    s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
+    s.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
+                   help="continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)")
+    _add_skip_bad(s)
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18")
+    s.set_defaults(fn=_cmd_train)
+
+
+def _add_skip_bad(s: argparse.ArgumentParser) -> None:
+    """--skip-bad of train and cv: the data.skip_bad override."""
+    s.add_argument("--skip-bad", action="store_true",
+                   help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)")
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runs import open_run_dir
@@ -86,7 +146,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _check_resume_overrides(overrides, f"{args.resume}/config.yaml")
     # A resumed run starts from its own saved config; overrides then change its train section (e.g. epochs).
     cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
-    from .engine.train import train  # after the config is checked (see the top of this file)
+    from .train.trainer import train  # after the config is checked (see the top of this file)
 
     result = train(cfg, resume=args.resume)
     if result is not None and result.is_global_zero:
@@ -140,6 +200,25 @@ def _workers_arg(text: str) -> int | str:
     return value
 
 
+def _add_cv(sub: Subparsers) -> None:
+    s = sub.add_parser(
+        "cv", help="train every fold on one shared split; prints per-fold and out-of-fold F1 and the CV folder",
+        description="Make the person -> fold split once, train one run per fold on it, pool the held-out "
+                    "predictions into CV_DIR/oof.csv and score them (CV_DIR/cv_metrics.json). The CV folder works as "
+                    "predict --run CV_DIR (its fold runs are soft-voted).",
+    )
+    s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); split.folds sets K")
+    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...",
+                   help="train only these folds (default: all of split.folds); the OOF pools every finished fold")
+    s.add_argument("--resume", type=Path, default=None, metavar="CV_DIR",
+                   help="continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
+                        "fold continues from its last checkpoint (train.epochs=N extends every fold)")
+    _add_skip_bad(s)
+    s.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides, e.g. data.root=DIR split.folds=5 train.epochs=3")
+    s.set_defaults(fn=_cmd_cv)
+
+
 def _cmd_cv(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runs import CV_CONFIG
@@ -151,7 +230,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         _check_resume_overrides(overrides, f"{args.resume}/{CV_CONFIG}")
     # Like train --resume: a resumed CV keeps its saved config; overrides then change its train section.
     cfg = load_config(args.config if args.resume is None else args.resume / CV_CONFIG, overrides)
-    from .engine.cv import run_cv  # after the config is checked (see the top of this file)
+    from .train.cv import run_cv  # after the config is checked (see the top of this file)
 
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
     for f in result.per_fold:
@@ -173,13 +252,26 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: Subparsers) -> None:
+    s = sub.add_parser("predict", help="predict eval images (or any image folder) with one or more runs")
+    s.add_argument("--run", action="append", required=True, metavar="RUN_DIR",
+                   help="run folder, or CV folder (the mean of its fold runs); repeat to soft-vote several")
+    s.add_argument("--data", required=True, metavar="EVAL_DIR",
+                   help="competition eval folder (info.csv + images/) or any folder of images")
+    s.add_argument("--out", required=True, metavar="FILE.csv",
+                   help="submission file; the 18 class probabilities go to FILE.probs.csv beside it")
+    _add_overwrite(s, "FILE.csv and FILE.probs.csv")
+    _add_prediction_options(s)
+    s.set_defaults(fn=_cmd_predict)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .outputs import check_prediction_output
 
     options = _prediction_options(args)
     # Here too, not only in predict(): a refused --out is answered before torch is imported.
     check_prediction_output(args.out, [*args.run, args.data], args.overwrite)
-    from .engine.predict import predict  # after the arguments are checked (see the top of this file)
+    from .infer.predict import predict  # after the arguments are checked (see the top of this file)
 
     sub, probs = predict(
         args.run,
@@ -193,11 +285,34 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: Subparsers) -> None:
+    s = sub.add_parser(
+        "export", help="export a run (or every fold run of a CV folder) to ONNX, checked against PyTorch",
+        description="Write <checkpoint>.onnx (dynamic batch axis) and a <checkpoint>.json sidecar (input size, "
+                    "normalisation, outputs and their meaning, age cut points, the run's TTA, the check) into "
+                    "RUN/onnx/ of each run. Each export is compared with PyTorch on images of the run's data "
+                    "(the paths in its predictions/oof.csv), else on --images, and refused if they differ beyond "
+                    "--tolerance. predict --backend onnx then uses these files.",
+    )
+    s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder, or CV folder (every fold run is exported)")
+    s.add_argument("--out", default=None, metavar="DIR",
+                   help="write to DIR/<run name>/ instead of each run's onnx/ folder "
+                        "(then predict --backend onnx --onnx-dir DIR)")
+    _add_checkpoint(s)
+    s.add_argument("--images", default=None, metavar="DIR",
+                   help="images to check the export on when the run's predictions/oof.csv lists none found here")
+    s.add_argument("--tolerance", type=float, default=defaults.EXPORT_TOLERANCE,
+                   help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
+                        f"(default {defaults.EXPORT_TOLERANCE:g})")
+    _add_overwrite(s, "the files under --out DIR")
+    s.set_defaults(fn=_cmd_export)
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .extras import require
 
     require("onnx", "maskstatus export")  # before torch is imported (see the top of this file)
-    from .engine.export import export
+    from .infer.export import export
 
     for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
                          tolerance=args.tolerance, overwrite=args.overwrite):
@@ -246,14 +361,35 @@ def _weights_arg(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,2,1, got {text!r}") from None
 
 
+def _add_ensemble(sub: Subparsers) -> None:
+    s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
+    s.add_argument("--run", action="append", required=True, metavar="DIR",
+                   help="run folder or CV folder (its oof.csv out of fold, the mean of its fold runs on eval); "
+                        "repeat for each member")
+    s.add_argument("--weights", type=_weights_arg, default=None, metavar="W1,W2,...",
+                   help="one weight >= 0 per --run, in order (default: equal)")
+    s.add_argument("--vote", choices=VOTES, default=defaults.DEFAULT_VOTE,
+                   help="soft: weighted mean of probabilities; hard: weighted majority of argmax classes, "
+                        "ties to the larger summed probability (default %(default)s)")
+    s.add_argument("--out-oof", default=None, metavar="FILE.csv",
+                   help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)")
+    s.add_argument("--data", default=None, metavar="EVAL_DIR",
+                   help="also predict this eval folder (or any folder of images), as predict does; needs --out")
+    s.add_argument("--out", default=None, metavar="FILE.csv",
+                   help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
+    _add_overwrite(s, "the --out and --out-oof files")
+    _add_prediction_options(s, only_with="--data")
+    s.set_defaults(fn=_cmd_ensemble)
+
+
 def _cmd_ensemble(args: argparse.Namespace) -> int:
     if (args.data is None) != (args.out is None):
         raise SystemExit("ensemble: give --data and --out together")
     options = _prediction_options(args)
     # After the arguments are checked (see the top of this file).
-    from .engine.ensemble import ensemble_oof
-    from .engine.oof import is_oof_csv, oof_path
-    from .engine.predict import predict
+    from .infer.ensemble import ensemble_oof
+    from .scoring.oof import is_oof_csv, oof_path
+    from .infer.predict import predict
     from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
     from .runs import atomic_write_csv
 
@@ -300,9 +436,24 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_pseudo_label(sub: Subparsers) -> None:
+    s = sub.add_parser("pseudo-label",
+                       help="eval predictions per fold from teacher CV folders, for a CV with pseudo labels "
+                            "(data.pseudo.probs=DIR/fold{fold}.probs.csv) that never leaks held-out people")
+    s.add_argument("--teacher", action="append", required=True, metavar="CV_DIR",
+                   help="a CV folder; repeat to soft-vote several (they must share one fold assignment)")
+    s.add_argument("--data", required=True, metavar="EVAL_DIR", help="the eval folder to predict")
+    s.add_argument("--out", required=True, metavar="DIR",
+                   help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
+    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
+    _add_overwrite(s, "the files in DIR")
+    _add_prediction_options(s)
+    s.set_defaults(fn=_cmd_pseudo_label)
+
+
 def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
-    from .engine.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
+    from .train.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
 
     files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
                                overwrite=args.overwrite, **options)
@@ -314,8 +465,19 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: Subparsers) -> None:
+    s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")
+    s.add_argument("--out", default=defaults.DEMO_DIR,
+                   help="folder for the demo data, run and submission (default ./%(default)s)")
+    s.add_argument("--people", type=int, default=defaults.DEMO_PEOPLE,
+                   help="training people in the demo data (default %(default)s)")
+    s.add_argument("--seed", type=int, default=defaults.DEFAULT_SEED, help="demo data seed")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for the demo run")
+    s.set_defaults(fn=_cmd_demo)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from .engine.demo import run_demo
+    from .train.demo import run_demo
 
     result = run_demo(Path(args.out), people=args.people, seed=args.seed, overrides=args.overrides)
     print(f"validation macro F1: {result.val_f1:.4f}")
@@ -326,8 +488,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_find_label_errors(sub: Subparsers) -> None:
+    s = sub.add_parser("find-label-errors",
+                       help="rank training people whose labels disagree with out-of-fold predictions")
+    s.add_argument("run", metavar="RUN", help="CV folder (oof.csv), run folder (predictions/oof.csv) or an oof CSV")
+    s.add_argument("--out", default=None, metavar="DIR", help="review folder (default RUN/label_review)")
+    s.add_argument("--top", type=int, default=defaults.LABEL_ERRORS_TOP,
+                   help="most suspects kept per task (default %(default)s)")
+    s.add_argument("--min-score", type=float, default=defaults.LABEL_ERRORS_MIN_SCORE,
+                   help="keep suspects whose label is at least this likely wrong, 0..1 (default %(default)s)")
+    _add_overwrite(s, "the review files in DIR")
+    s.set_defaults(fn=_cmd_find_label_errors)
+
+
 def _cmd_find_label_errors(args: argparse.Namespace) -> int:
-    from .engine.label_errors import TASK_NAMES, check_review_output, find_label_errors, load_oof, write_review
+    from .scoring.label_errors import TASK_NAMES, check_review_output, find_label_errors, load_oof, write_review
 
     source = Path(args.run)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "label_review"
@@ -341,8 +516,19 @@ def _cmd_find_label_errors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tune_age(sub: Subparsers) -> None:
+    s = sub.add_parser("tune-age", help="tune an age-regression run's age cut points on its out-of-fold predictions",
+                       description="Grid-search the two cut points on predicted years that maximise the OOF macro F1 "
+                                   "and write RUN/age_cuts.json, which predict, ensemble and find-label-errors then "
+                                   "use for RUN. For runs trained with model.age_output=years.")
+    s.add_argument("run", metavar="RUN", help="run folder or CV folder (tune a CV folder: its OOF covers every fold)")
+    s.add_argument("--step", type=float, default=defaults.AGE_CUT_STEP, help="grid step in years (default %(default)s)")
+    s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
+    s.set_defaults(fn=_cmd_tune_age)
+
+
 def _cmd_tune_age(args: argparse.Namespace) -> int:
-    from .engine.age_cuts import tune_age_cuts
+    from .scoring.age_cuts import tune_age_cuts
 
     result = tune_age_cuts(args.run, write=not args.dry_run, step=args.step)
     print(f"age cut points {result['default_cuts']} -> {result['cuts']} on {result['images']} OOF images")
@@ -362,10 +548,26 @@ def _format_interval(point, ci) -> str:
     return f"{point:.4f}" + (f"  [{ci[0]:.4f}, {ci[1]:.4f}]" if ci is not None else "")
 
 
+def _add_score(sub: Subparsers) -> None:
+    s = sub.add_parser("score", help="OOF macro F1 and per-task F1 with person-bootstrap intervals",
+                       description="Score out-of-fold predictions with their uncertainty: the "
+                                   f"{defaults.DEFAULT_LEVEL:.0%} interval of each metric over people resampled with "
+                                   "replacement (each with all their photos). A folder's tuned age cut points "
+                                   "(age_cuts.json) apply, as in predict.")
+    s.add_argument("path", metavar="PATH", help="run folder (predictions/oof.csv), CV folder (oof.csv) or an OOF CSV")
+    s.add_argument("--boot", type=int, default=defaults.DEFAULT_BOOT, help="bootstrap replicates (default %(default)s)")
+    s.add_argument("--level", type=float, default=defaults.DEFAULT_LEVEL,
+                   help="interval level, between 0 and 1 (default %(default)s)")
+    s.add_argument("--seed", type=int, default=defaults.DEFAULT_SEED,
+                   help="seed of the resampling (default %(default)s)")
+    s.add_argument("--json", action="store_true", help="print the result as JSON")
+    s.set_defaults(fn=_cmd_score)
+
+
 def _cmd_score(args: argparse.Namespace) -> int:
     import json
 
-    from .engine.score import score_oof
+    from .scoring.score import score_oof
 
     result = score_oof(args.path, n_boot=args.boot, level=args.level, seed=args.seed)
     if args.json:
@@ -380,6 +582,51 @@ def _cmd_score(args: argparse.Namespace) -> int:
                       ("age_f1", "age F1")):
         print(f"{name:<11}{_format_interval(point[key], ci[key])}")
     return 0
+
+
+def _add_serve(sub: Subparsers) -> None:
+    s = sub.add_parser("serve", help="serve a run or CV folder over HTTP: JSON API and a web page",
+                       description="Load the model(s) once and answer POST /predict (multipart field 'file', "
+                                   "repeatable), POST /explain (one image, with Grad-CAM heatmaps), GET /health "
+                                   "and GET / (web page). Answers equal `maskstatus predict` on face crops.")
+    s.add_argument("run", nargs="+", metavar="RUN_OR_CV_DIR", help="run folder or CV folder; several: soft vote")
+    s.add_argument("--host", default=defaults.DEFAULT_HOST,
+                   help="address to listen on (default %(default)s: this machine only)")
+    s.add_argument("--port", type=_serve_number(int, 1, 65535, "a port"), default=defaults.DEFAULT_PORT,
+                   help="port (default %(default)s)")
+    _add_checkpoint(s)
+    s.add_argument("--accelerator", choices=ACCELERATORS, default=defaults.DEFAULT_ACCELERATOR,
+                   help="device (default %(default)s: a GPU if there is one)")
+    s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
+                   help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
+    _add_backend_options(s, note=" (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
+    s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
+    _add_serve_limits(s)
+    s.set_defaults(fn=_cmd_serve)
+
+
+def _add_serve_limits(s: argparse.ArgumentParser) -> None:
+    """What one request may cost the server: bytes, files, pixels and waiting."""
+    s.add_argument("--max-upload-mb", type=_serve_number(float, 0.001, None, "a size in MB"),
+                   default=defaults.DEFAULT_MAX_UPLOAD_MB,
+                   help=f"largest request body in MB (default {defaults.DEFAULT_MAX_UPLOAD_MB:g})")
+    s.add_argument("--max-pixels", type=_serve_pixels, default=defaults.DEFAULT_MAX_PIXELS,
+                   help=f"most pixels one image may decode to, up to {_mega(defaults.MAX_IMAGE_PIXELS)} (default "
+                        f"{_mega(defaults.DEFAULT_MAX_PIXELS)}; JPEGs larger than {2 * defaults.DECODE_MIN_SIDE} px "
+                        "decode at 1/2, 1/4 or 1/8 size, so a 48 MP phone photo counts as 3 MP); a request may hold "
+                        f"{defaults.REQUEST_PIXELS_IMAGES} such images, the server {defaults.SERVER_PIXELS_IMAGES} "
+                        "at once (413, or 503 to retry when busy)")
+    s.add_argument("--max-files", type=_serve_number(int, 1, None, "a number of files"),
+                   default=defaults.DEFAULT_MAX_FILES, help="most images per request (default %(default)s)")
+    s.add_argument("--read-timeout", type=_serve_number(float, 0.1, 3600, "seconds"),
+                   default=defaults.DEFAULT_READ_TIMEOUT_S,
+                   help="seconds a client may send nothing while its upload is awaited before it gets 408 "
+                        f"(default {defaults.DEFAULT_READ_TIMEOUT_S:g})")
+
+
+def _mega(pixels: int) -> str:
+    """16000000 -> '16e6', as the help has always written pixel counts."""
+    return f"{pixels / 1e6:g}e6"
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -428,6 +675,21 @@ def _serve_pixels(text: str) -> int:
 
 
 # ---- reports (eda, report): one self-contained HTML page each
+def _add_eda(sub: Subparsers) -> None:
+    s = sub.add_parser("eda", help="write a self-contained HTML page exploring a data folder",
+                       description="Counts per class and task, age and race, image files, sample photos per class, "
+                                   "duplicates across people, every validation problem and, with --run, suspected "
+                                   "label errors: one HTML file that opens offline.")
+    s.add_argument("data_dir", metavar="DATA_DIR", help="folder holding train/ and/or eval/")
+    s.add_argument("--out", default=defaults.EDA_PAGE, metavar="FILE.html", help="page to write (default %(default)s)")
+    s.add_argument("--run", default=None, metavar="CV_DIR",
+                   help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected "
+                        "label errors")
+    _add_age_groups(s)
+    _add_overwrite(s, "the --out file")
+    s.set_defaults(fn=_cmd_eda)
+
+
 def _cmd_eda(args: argparse.Namespace) -> int:
     from .analysis.eda import write_eda
     from .labels import AgeThresholds
@@ -443,6 +705,17 @@ def _cmd_eda(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_report(sub: Subparsers) -> None:
+    s = sub.add_parser("report", help="write a self-contained HTML page about a run or CV folder",
+                       description="Config, learning curves, confusion matrices, per-class precision/recall/F1 with "
+                                   "person-bootstrap intervals, calibration, the most confident wrong out-of-fold "
+                                   "predictions and, for a CV folder, the fold-to-fold spread.")
+    s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder or CV folder")
+    s.add_argument("--out", default=None, metavar="FILE.html", help="page to write (default RUN_OR_CV_DIR/report.html)")
+    _add_overwrite(s, "the --out file")
+    s.set_defaults(fn=_cmd_report)
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from .analysis.report import write_report
 
@@ -454,40 +727,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_report_commands(sub) -> None:
-    s = sub.add_parser("eda", help="write a self-contained HTML page exploring a data folder",
-                       description="Counts per class and task, age and race, image files, sample photos per class, "
-                                   "duplicates across people, every validation problem and, with --run, suspected "
-                                   "label errors: one HTML file that opens offline.")
-    s.add_argument("data_dir", metavar="DATA_DIR", help="folder holding train/ and/or eval/")
-    s.add_argument("--out", default="eda.html", metavar="FILE.html", help="page to write (default eda.html)")
-    s.add_argument("--run", default=None, metavar="CV_DIR",
-                   help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected label errors")
-    s.add_argument("--young-below", type=int, default=30, help="age group 0 is age < this (default 30)")
-    s.add_argument("--old-from", type=int, default=60, help="age group 2 is age >= this (default 60)")
-    _add_overwrite(s, "the --out file")
-    s.set_defaults(fn=_cmd_eda)
-
-    s = sub.add_parser("report", help="write a self-contained HTML page about a run or CV folder",
-                       description="Config, learning curves, confusion matrices, per-class precision/recall/F1 with "
-                                   "person-bootstrap intervals, calibration, the most confident wrong out-of-fold "
-                                   "predictions and, for a CV folder, the fold-to-fold spread.")
-    s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder or CV folder")
-    s.add_argument("--out", default=None, metavar="FILE.html", help="page to write (default RUN_OR_CV_DIR/report.html)")
-    _add_overwrite(s, "the --out file")
-    s.set_defaults(fn=_cmd_report)
-# ---- end reports
-
-
 def _add_overwrite(s: argparse.ArgumentParser, what: str) -> None:
     s.add_argument("--overwrite", action="store_true",
                    help=f"replace {what} even when it exists and is not an earlier output of this command (an input, "
                         "or a file in a run, CV or data folder, is never replaced)")
 
 
+def _add_checkpoint(s: argparse.ArgumentParser, pre: str = "") -> None:
+    s.add_argument("--checkpoint", choices=CHECKPOINTS, default=defaults.DEFAULT_CHECKPOINT,
+                   help=f"{pre}which checkpoint (default %(default)s)")
+
+
 def _add_backend_options(s: argparse.ArgumentParser, pre: str = "", note: str = "") -> None:
     """--backend and --onnx-dir: shared by the prediction options and serve."""
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+    s.add_argument("--backend", choices=BACKENDS, default=defaults.DEFAULT_BACKEND,
                    help=f"{pre}torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
                         f"wrote; export every run first, a run without its export is an error{note}")
     s.add_argument("--onnx-dir", default=None, metavar="DIR",
@@ -497,19 +750,18 @@ def _add_backend_options(s: argparse.ArgumentParser, pre: str = "", note: str = 
 def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str] = None) -> None:
     """How images are predicted: shared by predict and ensemble (where they apply to ``only_with``)."""
     pre = f"for {only_with}: " if only_with else ""
-    s.add_argument("--checkpoint", choices=("best", "last"), default="best",
-                   help=f"{pre}which checkpoint (default best)")
+    _add_checkpoint(s, pre)
     s.add_argument("--batch-size", type=_positive_int_arg, default=None,
                    help=f"{pre}images per batch, 1 or more (default: each run's train.eval_batch_size)")
-    s.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
-                   help=f"{pre}device to predict on (default auto: a GPU if there is one)")
-    s.add_argument("--num-workers", type=_workers_arg, default=0,
-                   help=f"{pre}DataLoader workers, or auto: one per core less one (default 0)")
+    s.add_argument("--accelerator", choices=ACCELERATORS, default=defaults.DEFAULT_ACCELERATOR,
+                   help=f"{pre}device to predict on (default %(default)s: a GPU if there is one)")
+    s.add_argument("--num-workers", type=_workers_arg, default=defaults.DEFAULT_NUM_WORKERS,
+                   help=f"{pre}DataLoader workers, or auto: one per core less one (default %(default)s)")
     s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
                    help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
                         "repeat to add more, 'none' for none (default: each run's predict.tta)")
     _add_backend_options(s, pre)
-    s.add_argument("--precision", choices=("32-true", "bf16-mixed", "16-mixed"), default=None,
+    s.add_argument("--precision", choices=PREDICT_PRECISIONS, default=None,
                    help=f"{pre}torch backend: bf16-mixed is faster on GPUs and on CPUs with bf16 instructions, with "
                         "answers that differ from float32 on about 1%% of images (default: the run's train.precision)")
     s.add_argument("--group-people", action=argparse.BooleanOptionalAction, default=None,
@@ -525,184 +777,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    s = sub.add_parser("demo-data", help="draw a small synthetic data set in the competition layout")
-    s.add_argument("out_dir", metavar="OUT_DIR", help="writes OUT_DIR/train, OUT_DIR/eval and OUT_DIR/eval_truth.csv")
-    s.add_argument("--people", type=int, default=120, help="training people, 7 images each (default 120)")
-    s.add_argument("--eval-people", type=int, default=None, help="eval people (default: half of --people)")
-    s.add_argument("--seed", type=int, default=0, help="random seed; the same seed draws the same data")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace OUT_DIR's train/, eval/ and eval_truth.csv if they exist (default: refuse)")
-    s.add_argument("--workers", type=int, default=1,
-                   help="processes drawing the photos (default 1); any number draws the same bytes")
-    s.set_defaults(fn=_cmd_demo_data)
-
-    s = sub.add_parser("validate-data", help="check a data folder; print a summary; exit 1 on any problem")
-    s.add_argument("data_dir", metavar="DATA_DIR", help="folder holding train/ and optionally eval/")
-    s.add_argument("--relabel", default=None, help="relabel CSV to apply, or 'competition' for the shipped fixes")
-    s.add_argument("--young-below", type=int, default=30, help="age group 0 is age < this (default 30)")
-    s.add_argument("--old-from", type=int, default=60, help="age group 2 is age >= this (default 60)")
-    s.add_argument("--no-check-images", action="store_true", help="skip decoding every image (faster)")
-    s.add_argument("--skip-bad", action="store_true",
-                   help="report problems as warnings and summarise what is left (exit 0 unless nothing is left)")
-    s.set_defaults(fn=_cmd_validate_data)
-
-    s = sub.add_parser("train", help="train one fold; prints the run folder")
-    s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
-    s.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)")
-    s.add_argument("--skip-bad", action="store_true",
-                   help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)")
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18")
-    s.set_defaults(fn=_cmd_train)
-
-    s = sub.add_parser(
-        "cv", help="train every fold on one shared split; prints per-fold and out-of-fold F1 and the CV folder",
-        description="Make the person -> fold split once, train one run per fold on it, pool the held-out "
-                    "predictions into CV_DIR/oof.csv and score them (CV_DIR/cv_metrics.json). The CV folder works as "
-                    "predict --run CV_DIR (its fold runs are soft-voted).",
-    )
-    s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); split.folds sets K")
-    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...",
-                   help="train only these folds (default: all of split.folds); the OOF pools every finished fold")
-    s.add_argument("--resume", type=Path, default=None, metavar="CV_DIR",
-                   help="continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
-                        "fold continues from its last checkpoint (train.epochs=N extends every fold)")
-    s.add_argument("--skip-bad", action="store_true",
-                   help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)")
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. data.root=DIR split.folds=5 train.epochs=3")
-    s.set_defaults(fn=_cmd_cv)
-
-    s = sub.add_parser("predict", help="predict eval images (or any image folder) with one or more runs")
-    s.add_argument("--run", action="append", required=True, metavar="RUN_DIR",
-                   help="run folder, or CV folder (the mean of its fold runs); repeat to soft-vote several")
-    s.add_argument("--data", required=True, metavar="EVAL_DIR",
-                   help="competition eval folder (info.csv + images/) or any folder of images")
-    s.add_argument("--out", required=True, metavar="FILE.csv",
-                   help="submission file; the 18 class probabilities go to FILE.probs.csv beside it")
-    _add_overwrite(s, "FILE.csv and FILE.probs.csv")
-    _add_prediction_options(s)
-    s.set_defaults(fn=_cmd_predict)
-
-    s = sub.add_parser(
-        "export", help="export a run (or every fold run of a CV folder) to ONNX, checked against PyTorch",
-        description="Write <checkpoint>.onnx (dynamic batch axis) and a <checkpoint>.json sidecar (input size, "
-                    "normalisation, outputs and their meaning, age cut points, the run's TTA, the check) into "
-                    "RUN/onnx/ of each run. Each export is compared with PyTorch on images of the run's data "
-                    "(the paths in its predictions/oof.csv), else on --images, and refused if they differ beyond "
-                    "--tolerance. predict --backend onnx then uses these files.",
-    )
-    s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder, or CV folder (every fold run is exported)")
-    s.add_argument("--out", default=None, metavar="DIR",
-                   help="write to DIR/<run name>/ instead of each run's onnx/ folder "
-                        "(then predict --backend onnx --onnx-dir DIR)")
-    s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
-    s.add_argument("--images", default=None, metavar="DIR",
-                   help="images to check the export on when the run's predictions/oof.csv lists none found here")
-    s.add_argument("--tolerance", type=float, default=1e-3,
-                   help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
-                        "(default 1e-3)")
-    _add_overwrite(s, "the files under --out DIR")
-    s.set_defaults(fn=_cmd_export)
-
-    s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
-    s.add_argument("--run", action="append", required=True, metavar="DIR",
-                   help="run folder or CV folder (its oof.csv out of fold, the mean of its fold runs on eval); "
-                        "repeat for each member")
-    s.add_argument("--weights", type=_weights_arg, default=None, metavar="W1,W2,...",
-                   help="one weight >= 0 per --run, in order (default: equal)")
-    s.add_argument("--vote", choices=("soft", "hard"), default="soft",
-                   help="soft: weighted mean of probabilities; hard: weighted majority of argmax classes, "
-                        "ties to the larger summed probability (default soft)")
-    s.add_argument("--out-oof", default=None, metavar="FILE.csv",
-                   help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)")
-    s.add_argument("--data", default=None, metavar="EVAL_DIR",
-                   help="also predict this eval folder (or any folder of images), as predict does; needs --out")
-    s.add_argument("--out", default=None, metavar="FILE.csv",
-                   help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
-    _add_overwrite(s, "the --out and --out-oof files")
-    _add_prediction_options(s, only_with="--data")
-    s.set_defaults(fn=_cmd_ensemble)
-
-    s = sub.add_parser("pseudo-label",
-                       help="eval predictions per fold from teacher CV folders, for a CV with pseudo labels "
-                            "(data.pseudo.probs=DIR/fold{fold}.probs.csv) that never leaks held-out people")
-    s.add_argument("--teacher", action="append", required=True, metavar="CV_DIR",
-                   help="a CV folder; repeat to soft-vote several (they must share one fold assignment)")
-    s.add_argument("--data", required=True, metavar="EVAL_DIR", help="the eval folder to predict")
-    s.add_argument("--out", required=True, metavar="DIR",
-                   help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
-    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
-    _add_overwrite(s, "the files in DIR")
-    _add_prediction_options(s)
-    s.set_defaults(fn=_cmd_pseudo_label)
-
-    s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")
-    s.add_argument("--out", default="demo", help="folder for the demo data, run and submission (default ./demo)")
-    s.add_argument("--people", type=int, default=120, help="training people in the demo data (default 120)")
-    s.add_argument("--seed", type=int, default=0, help="demo data seed")
-    s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for the demo run")
-    s.set_defaults(fn=_cmd_demo)
-
-    s = sub.add_parser("find-label-errors",
-                       help="rank training people whose labels disagree with out-of-fold predictions")
-    s.add_argument("run", metavar="RUN", help="CV folder (oof.csv), run folder (predictions/oof.csv) or an oof CSV")
-    s.add_argument("--out", default=None, metavar="DIR", help="review folder (default RUN/label_review)")
-    s.add_argument("--top", type=int, default=50, help="most suspects kept per task (default 50)")
-    s.add_argument("--min-score", type=float, default=0.5,
-                   help="keep suspects whose label is at least this likely wrong, 0..1 (default 0.5)")
-    _add_overwrite(s, "the review files in DIR")
-    s.set_defaults(fn=_cmd_find_label_errors)
-
-    s = sub.add_parser("tune-age", help="tune an age-regression run's age cut points on its out-of-fold predictions",
-                       description="Grid-search the two cut points on predicted years that maximise the OOF macro F1 "
-                                   "and write RUN/age_cuts.json, which predict, ensemble and find-label-errors then "
-                                   "use for RUN. For runs trained with model.age_output=years.")
-    s.add_argument("run", metavar="RUN", help="run folder or CV folder (tune a CV folder: its OOF covers every fold)")
-    s.add_argument("--step", type=float, default=0.5, help="grid step in years (default 0.5)")
-    s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
-    s.set_defaults(fn=_cmd_tune_age)
-
-    s = sub.add_parser("score", help="OOF macro F1 and per-task F1 with person-bootstrap intervals",
-                       description="Score out-of-fold predictions with their uncertainty: the 90% interval of each "
-                                   "metric over people resampled with replacement (each with all their photos). A "
-                                   "folder's tuned age cut points (age_cuts.json) apply, as in predict.")
-    s.add_argument("path", metavar="PATH", help="run folder (predictions/oof.csv), CV folder (oof.csv) or an OOF CSV")
-    s.add_argument("--boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    s.add_argument("--level", type=float, default=0.9, help="interval level, between 0 and 1 (default 0.9)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the resampling (default 0)")
-    s.add_argument("--json", action="store_true", help="print the result as JSON")
-    s.set_defaults(fn=_cmd_score)
-
-    s = sub.add_parser("serve", help="serve a run or CV folder over HTTP: JSON API and a web page",
-                       description="Load the model(s) once and answer POST /predict (multipart field 'file', "
-                                   "repeatable), POST /explain (one image, with Grad-CAM heatmaps), GET /health "
-                                   "and GET / (web page). Answers equal `maskstatus predict` on face crops.")
-    s.add_argument("run", nargs="+", metavar="RUN_OR_CV_DIR", help="run folder or CV folder; several: soft vote")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    s.add_argument("--port", type=_serve_number(int, 1, 65535, "a port"), default=8000, help="port (default 8000)")
-    s.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
-    s.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
-                   help="device (default auto: a GPU if there is one)")
-    s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
-                   help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
-    _add_backend_options(s, note=" (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
-    s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
-    s.add_argument("--max-upload-mb", type=_serve_number(float, 0.001, None, "a size in MB"), default=20.0,
-                   help="largest request body in MB (default 20)")
-    s.add_argument("--max-pixels", type=_serve_pixels, default=16_000_000,
-                   help="most pixels one image may decode to, up to 50e6 (default 16e6; JPEGs larger than 3200 px "
-                        "decode at 1/2, 1/4 or 1/8 size, so a 48 MP phone photo counts as 3 MP); a request may hold "
-                        "3 such images, the server 6 at once (413, or 503 to retry when busy)")
-    s.add_argument("--max-files", type=_serve_number(int, 1, None, "a number of files"), default=16,
-                   help="most images per request (default 16)")
-    s.add_argument("--read-timeout", type=_serve_number(float, 0.1, 3600, "seconds"), default=10.0,
-                   help="seconds a client may send nothing while its upload is awaited before it gets 408 (default 10)")
-    s.set_defaults(fn=_cmd_serve)
-
-    _add_report_commands(sub)
+    # In the order `maskstatus --help` lists them: data, training, prediction, scoring, serving, reports.
+    for add_command in (_add_demo_data, _add_validate_data, _add_train, _add_cv, _add_predict, _add_export,
+                        _add_ensemble, _add_pseudo_label, _add_demo, _add_find_label_errors, _add_tune_age,
+                        _add_score, _add_serve, _add_eda, _add_report):
+        add_command(sub)
     return p
 
 

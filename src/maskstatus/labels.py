@@ -11,6 +11,8 @@ from typing import Mapping
 
 import numpy as np
 
+from .defaults import OLD_FROM, YOUNG_BELOW
+
 MASK_NAMES: tuple[str, ...] = ("wear", "incorrect", "not_wear")
 GENDER_NAMES: tuple[str, ...] = ("male", "female")
 AGE_NAMES: tuple[str, ...] = ("young", "middle", "old")
@@ -40,8 +42,8 @@ GENDER_TO_CODE: dict[str, int] = {name: i for i, name in enumerate(GENDER_NAMES)
 class AgeThresholds:
     """Age group boundaries: group 0 is ``age < young_below``, 2 is ``age >= old_from``."""
 
-    young_below: int = 30
-    old_from: int = 60
+    young_below: int = YOUNG_BELOW
+    old_from: int = OLD_FROM
 
     def __post_init__(self) -> None:
         if not 0 < self.young_below < self.old_from:

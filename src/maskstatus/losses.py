@@ -297,7 +297,7 @@ class TaskLoss(nn.Module):
         return f"head_weights={self.head_weights}"
 
 
-# Target keys of a teacher's soft targets (filled by engine/teacher.py): its 18-class probabilities
+# Target keys of a teacher's soft targets (filled by train/teacher.py): its 18-class probabilities
 # (N, 18) and mean years (N,), NaN on rows it does not cover.
 TEACHER_PROBS, TEACHER_YEARS = "teacher_probs", "teacher_years"
 

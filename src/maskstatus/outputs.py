@@ -215,7 +215,7 @@ def check_output(
     return out
 
 
-# ---- prediction files (predict, ensemble, pseudo-label): here, not in engine.predict, so that checking an
+# ---- prediction files (predict, ensemble, pseudo-label): here, not in infer.predict, so that checking an
 # --out costs no torch import.
 SUBMISSION_HEADERS: tuple[str, ...] = ("ImageID,ans", "image,ans,mask,gender,age")  # competition, plain folder
 
@@ -227,12 +227,12 @@ def probs_path_for(out: Path | str) -> Path:
 
 
 def is_previous_submission(path: Path) -> bool:
-    """A submission engine.predict wrote (by its header), which a new prediction may replace."""
+    """A submission infer.predict wrote (by its header), which a new prediction may replace."""
     return first_line(path) in SUBMISSION_HEADERS
 
 
 def is_previous_probs(path: Path) -> bool:
-    """A probabilities file engine.predict wrote: the image id column, then the 18 class columns."""
+    """A probabilities file infer.predict wrote: the image id column, then the 18 class columns."""
     columns = first_line(path).split(",")
     return columns[0] in ("ImageID", "image") and columns[1:1 + len(PROB_COLUMNS)] == PROB_COLUMNS
 

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from .errors import RunError, RunNotFoundError
 from .outputs import disk_error
 
-# A CV folder's saved config (engine.cv), named here so the command line reads it before importing the trainer.
+# A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
 
 

@@ -250,7 +250,7 @@ def analyse(data_dir: str | Path, run: Optional[str | Path] = None,
         raise FileNotFoundError(f"{data_dir} holds neither train/ nor eval/: give the folder of the competition layout")
     suspects = None
     if run is not None:
-        from ..engine.label_errors import find_label_errors, load_oof
+        from ..scoring.label_errors import find_label_errors, load_oof
 
         # Read before the long image pass, so a wrong folder fails at once.
         suspects = find_label_errors(load_oof(run))

@@ -29,7 +29,7 @@ import pandas as pd
 from ..age import AGE_MEAN
 from ..config import Config
 from ..labels import NUM_CLASSES, PROB_COLUMNS, TASKS, decode, encode
-from ..metrics import macro_f1
+from ..scoring.metrics import macro_f1
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def given_years(cfg: Config, oof: pd.DataFrame) -> Optional[np.ndarray]:
     None, with the reason logged, when the data folder cannot be read (moved, or another
     machine) or lacks some OOF person: the headroom does not need it, only the age bands do.
     """
-    from ..engine.train import load_train_table  # heavy (torch); only when the bands are asked for
+    from ..data.tables import load_train_table  # reads and checks the whole train folder: only when the bands are asked for
 
     train_dir = Path(cfg.data.root or "") / "train"
     try:

@@ -2,7 +2,7 @@
 
 Everything is computed from files the run already wrote: its config, each
 fold's ``metrics.csv`` (learning curves), the out-of-fold predictions
-(``engine.oof.read_oof``, so tuned age cut points apply), for a CV
+(``scoring.oof.read_oof``, so tuned age cut points apply), for a CV
 folder ``cv_metrics.json``, and the train table again for the given ages.
 Sections: headline scores, config, curves, the 18-class and per-task
 confusion matrices, per-class precision / recall / F1 with intervals from
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN
-from ..bootstrap import class_count_replicates
-from ..engine.ensemble import expand_runs
-from ..engine.oof import member_config, read_oof
+from ..scoring.bootstrap import class_count_replicates
+from ..infer.ensemble import expand_runs
+from ..scoring.oof import member_config, read_oof
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,
@@ -39,7 +39,7 @@ from ..labels import (
     decode,
     split_class_probs,
 )
-from ..metrics import compute_metrics, confusion
+from ..scoring.metrics import compute_metrics, confusion
 from ..outputs import check_output
 from ..runs import CV_CONFIG
 from . import html as H

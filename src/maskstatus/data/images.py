@@ -10,6 +10,7 @@ from typing import IO, Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..defaults import MAX_IMAGE_PIXELS
 from ..errors import MaskstatusError
 
 # The one list of accepted image formats: PIL's format name -> its file extensions. A folder given to predict
@@ -28,10 +29,8 @@ IMAGE_FORMATS: dict[str, tuple[str, ...]] = {
 }
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for exts in IMAGE_FORMATS.values() for ext in exts)
 
-# Bounds on an image's size, checked from the file header before decoding. 50 million pixels (150 MB
-# decoded) is above any camera photo; PIL would decode 12000x12000 (2.7 GB with its copies) on every
-# decoding thread at once. A side under 8 px is a placeholder or an icon, never a face photo.
-MAX_IMAGE_PIXELS = 50_000_000
+# Bounds on an image's size, checked from the file header before decoding (the largest: defaults.MAX_IMAGE_PIXELS).
+# A side under 8 px is a placeholder or an icon, never a face photo.
 MIN_IMAGE_SIDE = 8
 
 

@@ -27,8 +27,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from ..defaults import DEFAULT_SEED, DEMO_PEOPLE, DEMO_WORKERS
 from ..errors import UsageError
-from ..metrics import macro_f1
+from ..scoring.metrics import macro_f1
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,
@@ -451,13 +452,13 @@ def _write_eval(eval_dir: Path, truth_csv: Path, seed: int, people: int, size: t
 
 def make_demo_data(
     out_dir: Path,
-    people: int = 120,
+    people: int = DEMO_PEOPLE,
     eval_people: int | None = None,
-    seed: int = 0,
+    seed: int = DEFAULT_SEED,
     size: tuple[int, int] = (128, 96),
     *,
     overwrite: bool = False,
-    workers: int = 1,
+    workers: int = DEMO_WORKERS,
 ) -> DemoData:
     """Draw a synthetic data set in the competition layout under ``out_dir``.
 

@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import pandas as pd
 
-from ..errors import DataError, Problem, format_problems
+from ..errors import ConfigError, DataError, Problem, format_problems
 from ..labels import DEFAULT_AGE_THRESHOLDS, GENDER_TO_CODE, IMAGE_STEMS, STEM_TO_MASK, AgeThresholds, age_group, encode
 from .images import IMAGE_EXTENSIONS, is_image_file
 from .layout import EVAL_TABLE_COLUMNS, TABLE_COLUMNS, is_ignored_file
 from .relabel import apply_relabel, read_relabel, resolve_relabel
 from .validate import check_train_rows, validate_eval, validate_train
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +151,35 @@ def _image_id(rel: Path) -> str:
         logger.warning("image %s: its name is not valid UTF-8, so the outputs list it with \\xNN for the odd bytes",
                        shown)
         return shown
+
+
+def cache_decodes_every_image(cfg: Config) -> bool:
+    """Whether filling the training cache decodes (or reuses a decoding of) every image of the table.
+
+    Then it finds every undecodable file too, naming them all in one error before the run folder is
+    made, and a decoding pass of its own during validation would only decode every image twice.
+    With ``data.skip_bad`` validation must decode first, to drop the bad files before folds are made.
+    """
+    return cfg.cache.mode != "none" and not cfg.data.skip_bad
+
+
+def load_train_table(cfg: Config, check_images: Optional[bool] = None) -> pd.DataFrame:
+    """The training image table as the config describes it (layout, validation, relabel, age thresholds).
+
+    ``check_images`` (default: ``data.check_images``, unless the cache will decode every image anyway)
+    decodes every image during validation.
+    """
+    if check_images is None:
+        check_images = cfg.data.check_images and not cache_decodes_every_image(cfg)
+    if cfg.data.root is None:
+        raise ConfigError("data.root is not set: pass data.root=DIR (the folder holding train/)")
+    train_dir = Path(cfg.data.root) / "train"
+    relabel_path = resolve_relabel(cfg.data.relabel)
+    relabel = read_relabel(relabel_path) if relabel_path is not None else None
+    return train_table(
+        train_dir,
+        thresholds=cfg.data.age.thresholds(),
+        relabel=relabel,
+        skip_bad=cfg.data.skip_bad,
+        check_images=check_images,
+    )

@@ -46,15 +46,15 @@ from typing import Awaitable, Callable, Iterator, Optional
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from ..defaults import (DEFAULT_HOST, DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_READ_TIMEOUT_S,
+                        REQUEST_PIXELS_IMAGES, SERVER_PIXELS_IMAGES)
 from .predictor import DECODE_MIN_SIDE, BadImage, Predictor, decode_upload, probe_upload
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_UPLOAD_MB = 20.0
-DEFAULT_MAX_FILES = 16
 # Seconds a client may leave the server waiting for the next part of its request body (uvicorn has no such
-# timeout), for the whole body, and for its request headers or its next request on a kept-alive connection.
-DEFAULT_READ_TIMEOUT_S = 10.0
+# timeout; defaults.DEFAULT_READ_TIMEOUT_S), for the whole body, and for its request headers or its next request on
+# a kept-alive connection.
 BODY_TIMEOUT_S = 120.0  # 20 MB at ~1.3 Mbit/s
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
@@ -70,8 +70,7 @@ LIMIT_CONCURRENCY = 512
 # decoding thread, the default 16 MP images bound the decoded memory at ~0.2 GB held + ~0.2 GB transient, on top of
 # the loaded models (see benchmarks/serve_abuse.py). The model answers one batch at a time, so more would only queue.
 DECODE_WORKERS = 1
-REQUEST_PIXELS_IMAGES = 3
-SERVER_PIXELS_IMAGES = 4
+# REQUEST_PIXELS_IMAGES (3) and SERVER_PIXELS_IMAGES (4) are in defaults: serve's --help names them.
 BUSY_WAIT_S = 2.0
 RETRY_AFTER_S = 2
 
@@ -381,7 +380,7 @@ def _h11_with_header_timeout(timeout: float) -> type:
     return H11WithHeaderTimeout
 
 
-def server_config(app, host: str = "127.0.0.1", port: int = 8000, log_level: Optional[str] = "info",
+def server_config(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: Optional[str] = "info",
                   header_timeout: float = HEADER_TIMEOUT_S):
     """The uvicorn config every server here runs with: the timeouts and the connection limit above."""
     import uvicorn
@@ -409,7 +408,7 @@ def return_freed_memory() -> bool:
         return False
 
 
-def serve(app, host: str = "127.0.0.1", port: int = 8000, log_level: Optional[str] = "info") -> None:
+def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: Optional[str] = "info") -> None:
     """Run ``app`` with uvicorn until interrupted."""
     import uvicorn
 

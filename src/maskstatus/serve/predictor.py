@@ -32,13 +32,14 @@ from lightning_fabric import Fabric
 from ..age import read_cuts
 from ..data.cache import ImageCache, resize_to
 from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, shared_detector
+from ..defaults import DECODE_MIN_SIDE, DEFAULT_MAX_PIXELS
 from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
                            probe_image)
 from ..data.transforms import build_transforms
-from ..engine.ensemble import expand_runs
+from ..infer.ensemble import expand_runs
 from ..choices import check_accelerator_available
-from ..engine.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
-from ..engine.tta import TTA, tta_views
+from ..infer.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
+from ..infer.tta import TTA, tta_views
 from ..errors import UsageError
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from ..models import model_data_config
@@ -46,18 +47,10 @@ from .gradcam import heatmaps, png_data_uri
 
 logger = logging.getLogger(__name__)
 
-# Decoded pixels allowed per image. A face photo needs little: the competition's are 384x512 (0.2 MP) and the
-# models see 128 px or less. 16 MP holds a 12 MP phone portrait (4032x3024) decoded in full, as a PNG, WebP or TIFF
-# is; a JPEG is decoded at reduced size (DECODE_MIN_SIDE) so even a 50 MP one counts as about 3 MP. Decoding
-# holds about 15 bytes a pixel at its peak (RGBA, the composite onto white, RGB), so 16 MP is ~240 MB at most.
-DEFAULT_MAX_PIXELS = 16_000_000
 # Faces are looked for in a copy of the photo at most this long: dlib's detector costs time and memory with the
 # pixels (7 s and 600 MB for a 16 MP photo, 0.8 s for 1600x1200), and a face in a portrait is far above its
 # smallest (about 40 px at this size). Photos up to this size are searched as they are, as predict searches them.
 DETECT_MAX_SIDE = 1600
-# JPEGs are decoded at 1/2, 1/4 or 1/8 scale keeping their longest side at least this: the face detector finds
-# faces down to a few percent of such a photo, and a face crop is still far larger than any model's input.
-DECODE_MIN_SIDE = 1600
 
 
 class BadImage(ValueError):

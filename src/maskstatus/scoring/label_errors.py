@@ -1,0 +1,371 @@
+"""Find training people whose labels disagree with confident out-of-fold predictions.
+
+Input is an out-of-fold table (``oof.csv``: person_id, stem, image_path, label,
+fold, p0..p17), where every probability comes from a model that never saw that
+person. Labels are judged per PERSON, because gender and age are given once per
+person and a mask swap concerns two photos of one person:
+
+- ``gender``: geometric mean of the gender marginals over the person's photos,
+  renormalised to sum to 1 (the mean log-probability, i.e. each photo as
+  independent evidence tempered by the photo count); score = its probability
+  of the other gender. Against the arithmetic mean it ranks planted gender
+  flips higher when few places are left (benchmarks/label_errors.py on the
+  fold-0 proxy OOF, top 10 of 540 people, see README): it is the mean
+  log-odds, so a photo at 0.999 counts for more than one at 0.9, where the
+  arithmetic mean saturates. A real flip shows the other gender, which a
+  model sees with near certainty on the clear photos even when the masked
+  ones are unsure; a face the model merely finds hard tends to be lukewarm on
+  all of them. For age the same change measured slightly worse, so age
+  keeps the arithmetic mean.
+- ``age``: mean of the age-group marginals; score = 1 - mean probability of the
+  given group; ``predicted`` is the group with the highest mean.
+- ``mask_swap``: for the incorrect_mask photo (given mask A) and the normal
+  photo (given mask B), score = sqrt(P(incorrect_mask photo looks B) *
+  P(normal photo looks A)), the geometric mean of the two swap probabilities.
+  The geometric mean is high only when both photos point to a swap, and it
+  stays on the 0..1 probability scale of the other tasks (two photos at 0.9
+  score 0.9), so one ``min_score`` means the same for every task. ``given`` and
+  ``predicted`` are the masks of the incorrect_mask / normal photos, in that order.
+
+Every score is "how likely the model thinks the label is wrong", 0..1. The
+labels judged are those in ``oof.csv``, i.e. after any relabel file the run used.
+
+``write_review`` turns a ranking into a review folder: ``review.csv``,
+``review.png`` (each suspect person's photos with a caption) and
+``relabel_draft.csv`` in the relabel format, to check by eye before use.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL.PngImagePlugin import PngInfo
+
+from ..data.relabel import SWAP_STEMS, SWAP_VALUE
+from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_TOP
+from ..errors import UsageError
+from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
+from ..outputs import check_output, first_line
+from ..runs import atomic_write, atomic_write_csv, atomic_write_text
+from .oof import OOF_COLUMNS, check_oof_frame, read_oof
+
+__all__ = [
+    "DRAFT_MIN_SCORE",
+    "OOF_COLUMNS",
+    "REVIEW_COLUMNS",
+    "REVIEW_ROW_HEIGHT",
+    "REVIEW_THUMB",
+    "TASK_NAMES",
+    "check_review_output",
+    "find_label_errors",
+    "load_oof",
+    "rank_suspects",
+    "score_people",
+    "write_review",
+]
+
+REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images")
+# The task names double as relabel field names where a fix is a relabel row.
+TASK_NAMES: tuple[str, ...] = ("gender", "age", "mask_swap")
+
+REVIEW_FILES: dict[str, str] = {"review_csv": "review.csv", "review_png": "review.png",
+                                "relabel_draft": "relabel_draft.csv"}
+DRAFT_HEADER = "# DRAFT written by find-label-errors"
+PNG_SOFTWARE = "maskstatus find-label-errors"  # the review grid's PNG "Software" text: a later review may replace it
+
+# A relabel draft row is written only where the model thinks the label is more likely wrong than right.
+DRAFT_MIN_SCORE = 0.5
+
+# Review grid geometry: a caption band (one line per task) above one thumbnail per photo.
+REVIEW_THUMB: tuple[int, int] = (96, 128)  # width, height
+_PAD = 4
+_LINE_HEIGHT = 13
+_CAPTION_HEIGHT = _PAD + _LINE_HEIGHT * len(TASK_NAMES) + _PAD
+REVIEW_ROW_HEIGHT: int = _CAPTION_HEIGHT + REVIEW_THUMB[1] + _PAD
+_GRID_WIDTH = len(IMAGE_STEMS) * (REVIEW_THUMB[0] + _PAD) + _PAD
+
+
+def load_oof(path: Path | str) -> pd.DataFrame:
+    """Out-of-fold predictions from a CV folder, a run folder or a CSV file (see ``oof.read_oof``)."""
+    return read_oof(path)
+
+
+def _mode(frame: pd.DataFrame, keys: list[str], column: str) -> pd.Series:
+    """Most common ``column`` value per ``keys`` group (ties: the smallest value), in first-appearance order.
+
+    A person's gender/age label is the same on all photos; the mode keeps one stray row from deciding it.
+    """
+    counts = frame.groupby([*keys, column], sort=True).size().rename("n").reset_index()
+    counts = counts.sort_values("n", ascending=False, kind="stable").drop_duplicates(keys)
+    order = frame[keys].drop_duplicates()
+    return order.merge(counts, on=keys, how="left").set_index(keys)[column]
+
+
+def _person_images(frame: pd.DataFrame) -> pd.Series:
+    """person_id -> the person's image paths in IMAGE_STEMS order, ';'-joined."""
+    order = frame["stem"].map({stem: i for i, stem in enumerate(IMAGE_STEMS)}).fillna(len(IMAGE_STEMS))
+    ordered = frame.assign(_order=order).sort_values(["person_id", "_order", "image_path"], kind="stable")
+    return ordered.groupby("person_id", sort=False)["image_path"].agg(lambda s: ";".join(dict.fromkeys(s)))
+
+
+def score_people(oof: pd.DataFrame) -> pd.DataFrame:
+    """Every (person, task) suspicion score, unfiltered and unsorted; columns REVIEW_COLUMNS.
+
+    The scoring rules are in the module docstring. A person without both an
+    incorrect_mask and a normal photo, or whose two photos carry the same given
+    mask, gets no mask_swap row.
+    """
+    check_oof_frame(oof)
+    probs = oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
+    # oof.csv rounds to 6 decimals; renormalise so the marginals sum to 1 exactly.
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    marginals = split_class_probs(probs)
+    given_mask, given_gender, given_age = decode(oof["label"].to_numpy(dtype=np.int64))
+
+    frame = pd.DataFrame(
+        {
+            "person_id": oof["person_id"].astype(str).to_numpy(),
+            "stem": oof["stem"].astype(str).str.lower().to_numpy(),
+            "image_path": oof["image_path"].astype(str).to_numpy(),
+            "given_mask": given_mask,
+            "given_gender": given_gender,
+            "given_age": given_age,
+        }
+    )
+    for task in TASKS:
+        for k in range(TASKS[task]):
+            frame[f"{task}{k}"] = marginals[task][:, k]
+    images = _person_images(frame)
+    people = frame.groupby("person_id", sort=False)
+
+    rows: list[pd.DataFrame] = []
+    for task, names in (("gender", GENDER_NAMES), ("age", AGE_NAMES)):
+        cols = [f"{task}{k}" for k in range(TASKS[task])]
+        given = _mode(frame, ["person_id"], f"given_{task}")
+        if task == "gender":
+            mean = _geometric_mean(frame, cols).loc[given.index].to_numpy()
+        else:
+            mean = people[cols].mean().loc[given.index].to_numpy()
+        given_codes = given.to_numpy(dtype=np.int64)
+        p_given = mean[np.arange(len(mean)), given_codes]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "person_id": given.index,
+                    "task": task,
+                    "given": [names[c] for c in given_codes],
+                    "predicted": [names[c] for c in mean.argmax(axis=1)],
+                    "score": 1.0 - p_given,
+                }
+            )
+        )
+    swaps = _mask_swap_scores(frame)
+    if len(swaps):
+        rows.append(swaps)
+
+    scores = pd.concat(rows, ignore_index=True)
+    scores["score"] = scores["score"].clip(0.0, 1.0)
+    scores["images"] = scores["person_id"].map(images)
+    return scores[list(REVIEW_COLUMNS)]
+
+
+# oof.csv rounds probabilities to 6 decimals, so a written 0 means "below 1e-6"; flooring there keeps one
+# photo from vetoing a person with log(0).
+_LOG_FLOOR = 1e-6
+
+
+def _geometric_mean(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Per person: the geometric mean of ``cols`` over their photos, renormalised to sum to 1."""
+    logs = np.log(np.clip(frame[cols].to_numpy(dtype=np.float64), _LOG_FLOOR, 1.0))
+    mean_log = pd.DataFrame(logs, columns=cols).groupby(frame["person_id"].to_numpy(), sort=False).mean()
+    # Subtracting the row maximum before exp keeps tiny probabilities from underflowing to 0/0.
+    q = np.exp(mean_log.to_numpy() - mean_log.to_numpy().max(axis=1, keepdims=True))
+    return pd.DataFrame(q / q.sum(axis=1, keepdims=True), index=mean_log.index, columns=cols)
+
+
+def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    first, second = SWAP_STEMS
+    mask_cols = [f"mask{k}" for k in range(TASKS["mask"])]
+    pair = frame[frame["stem"].isin(SWAP_STEMS)]
+    # Average duplicates (an image predicted twice) so each person has one row per stem.
+    probs = pair.groupby(["person_id", "stem"], sort=False)[mask_cols].mean().unstack("stem")
+    given = _mode(pair, ["person_id", "stem"], "given_mask").unstack("stem")
+    columns = ["person_id", "task", "given", "predicted", "score"]
+    if first not in given.columns or second not in given.columns:
+        return pd.DataFrame(columns=columns)
+    given = given.dropna(subset=[first, second]).astype(np.int64)
+    given = given[given[first] != given[second]]
+    if given.empty:
+        return pd.DataFrame(columns=columns)
+    p_first = np.stack([probs.loc[given.index, (c, first)].to_numpy() for c in mask_cols], axis=1)
+    p_second = np.stack([probs.loc[given.index, (c, second)].to_numpy() for c in mask_cols], axis=1)
+    g_first, g_second = given[first].to_numpy(), given[second].to_numpy()
+    idx = np.arange(len(given))
+    # Swapped means each photo looks like the mask the other one is labelled with.
+    score = np.sqrt(p_first[idx, g_second] * p_second[idx, g_first])
+    pred_first, pred_second = p_first.argmax(axis=1), p_second.argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "person_id": given.index,
+            "task": "mask_swap",
+            "given": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(g_first, g_second)],
+            "predicted": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(pred_first, pred_second)],
+            "score": score,
+        }
+    )
+
+
+def find_label_errors(oof: pd.DataFrame, top: int = LABEL_ERRORS_TOP,
+                      min_score: float = LABEL_ERRORS_MIN_SCORE) -> pd.DataFrame:
+    """Rank people whose labels disagree with confident out-of-fold predictions.
+
+    Returns one row per (person, task) with columns person_id, task (gender,
+    age or mask_swap), given, predicted, score (0..1, how likely the label is
+    wrong; rules in the module docstring) and images (the person's image paths
+    in stem order, ';'-joined). A row is kept when its score is at least
+    ``min_score`` (default 0.5: the model finds the label more likely wrong
+    than right) and it is among the ``top`` highest of its task. Sorted by
+    score, highest first.
+    """
+    return rank_suspects(score_people(oof), top, min_score)
+
+
+def rank_suspects(scores: pd.DataFrame, top: int = 50, min_score: float = 0.5) -> pd.DataFrame:
+    """The filter and order of :func:`find_label_errors` applied to a ``score_people`` table."""
+    if top < 1:
+        raise UsageError(f"top must be >= 1, got {top}")
+    kept = scores[scores["score"] >= min_score]
+    kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
+    kept = kept.groupby("task", sort=False).head(top)
+    return kept.reset_index(drop=True)
+
+
+def write_review(suspects: pd.DataFrame, out_dir: Path, grid_people: int = 20) -> dict[str, Path]:
+    """Write review.csv, review.png and relabel_draft.csv for a find_label_errors table.
+
+    review.png has one row per suspect person (the first ``grid_people`` in
+    ranking order; a person suspect for several tasks gets one row with one
+    caption line per task) showing the person's photos, each tagged with its stem.
+    relabel_draft.csv holds gender and mask_swap fixes scoring above
+    DRAFT_MIN_SCORE; age suspects are listed as '#' comments because a relabel
+    needs the age in whole years. Returns {"review_csv", "review_png",
+    "relabel_draft"} -> path. Every file is written atomically.
+    """
+    missing = [c for c in REVIEW_COLUMNS if c not in suspects.columns]
+    if missing:
+        raise ValueError(f"suspects table lacks column(s) {missing}; expected {list(REVIEW_COLUMNS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {key: out_dir / name for key, name in REVIEW_FILES.items()}
+    atomic_write_csv(suspects[list(REVIEW_COLUMNS)], paths["review_csv"], float_format="%.4f")
+    _write_png(_review_grid(suspects, grid_people), paths["review_png"])
+    atomic_write_text(paths["relabel_draft"], _relabel_draft(suspects))
+    return paths
+
+
+def _relabel_draft(suspects: pd.DataFrame) -> str:
+    buf = io.StringIO()
+    buf.write(
+        f"{DRAFT_HEADER} from out-of-fold predictions: check every row against "
+        "review.png and delete the wrong ones before using it as a relabel file.\n"
+        "# The fixes are relative to the labels the run trained on (after its relabel file, if any).\n"
+    )
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["id", "field", "value"])
+    sure = suspects[suspects["score"] > DRAFT_MIN_SCORE]
+    for row in sure.itertuples(index=False):
+        if row.task == "gender":
+            writer.writerow([row.person_id, "gender", row.predicted])
+        elif row.task == "mask_swap":
+            writer.writerow([row.person_id, "mask_swap", SWAP_VALUE])
+    ages = suspects[suspects["task"] == "age"]
+    if len(ages):
+        buf.write("# Age suspects: a relabel needs whole years, so look at the photos and add rows like ID,age,YEARS\n")
+        for row in ages.itertuples(index=False):
+            buf.write(f"#   {row.person_id}: given {row.given}, predicted {row.predicted}, score {row.score:.2f}\n")
+    return buf.getvalue()
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _thumbnail(path: str, font) -> Image.Image:
+    w, h = REVIEW_THUMB
+    tile = Image.new("RGB", (w, h), (200, 200, 200))
+    draw = ImageDraw.Draw(tile)
+    try:
+        with Image.open(path) as img:
+            img = ImageOps.contain(ImageOps.exif_transpose(img).convert("RGB"), (w, h))
+        tile.paste(img, ((w - img.width) // 2, (h - img.height) // 2))
+    except (OSError, ValueError):
+        # A moved or broken file should not stop the review; the tile says what is missing.
+        draw.text((4, h // 2 - 6), "unreadable", fill=(120, 0, 0), font=font)
+    stem = Path(path).stem
+    draw.rectangle([0, h - 14, w, h], fill=(0, 0, 0))
+    draw.text((3, h - 13), stem, fill=(255, 255, 255), font=font)
+    return tile
+
+
+def _review_grid(suspects: pd.DataFrame, grid_people: int) -> Image.Image:
+    font = _font(11)
+    people = list(dict.fromkeys(suspects["person_id"].astype(str)))[: max(0, grid_people)]
+    grid = Image.new("RGB", (_GRID_WIDTH, REVIEW_ROW_HEIGHT * max(1, len(people))), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    if not people:
+        draw.text((_PAD, _PAD), "no suspects", fill=(0, 0, 0), font=font)
+        return grid
+    ids = suspects["person_id"].astype(str)
+    for r, pid in enumerate(people):
+        top = r * REVIEW_ROW_HEIGHT
+        rows = suspects[ids == pid]
+        for k, row in enumerate(rows.head(len(TASK_NAMES)).itertuples(index=False)):
+            text = f"{pid}  {row.task}: given {row.given}, predicted {row.predicted}, score {row.score:.2f}"
+            draw.text((_PAD, top + _PAD + k * _LINE_HEIGHT), text, fill=(0, 0, 0), font=font)
+        images = [p for p in str(rows["images"].iloc[0]).split(";") if p][: len(IMAGE_STEMS)]
+        for c, path in enumerate(images):
+            grid.paste(_thumbnail(path, font), (_PAD + c * (REVIEW_THUMB[0] + _PAD), top + _CAPTION_HEIGHT))
+        draw.line([(0, top + REVIEW_ROW_HEIGHT - 1), (grid.width, top + REVIEW_ROW_HEIGHT - 1)], fill=(180, 180, 180))
+    return grid
+
+
+def _write_png(img: Image.Image, path: Path) -> None:
+    info = PngInfo()
+    info.add_text("Software", PNG_SOFTWARE)
+    atomic_write(path, lambda p: img.save(p, format="PNG", pnginfo=info))
+
+
+def _is_previous_review(path: Path) -> bool:
+    """A file write_review wrote (by its header, its first line or its PNG text), which a new review may replace.
+
+    A grid without the text (written by an older version) counts when the review.csv beside it is a review.
+    """
+    if path.name == REVIEW_FILES["review_png"]:
+        try:
+            with Image.open(path) as img:
+                if img.info.get("Software") == PNG_SOFTWARE:
+                    return True
+        except (OSError, ValueError):
+            return False
+        return _is_previous_review(path.with_name(REVIEW_FILES["review_csv"]))
+    line = first_line(path)
+    return line == ",".join(REVIEW_COLUMNS) or line.startswith(DRAFT_HEADER)
+
+
+def check_review_output(out_dir: Path | str, source: Path | str, overwrite: bool = False) -> None:
+    """Refuse a review folder before any work (see ``maskstatus.outputs``): never the OOF ``source`` or inside a
+    run, CV or data folder other than the default ``<source>/label_review``, and its files are replaced only if
+    they are an earlier review, or with ``overwrite``."""
+    source = Path(source)
+    default = (source if source.is_dir() else source.parent) / "label_review"
+    for name in REVIEW_FILES.values():
+        check_output(Path(out_dir) / name, command="find-label-errors", inputs=[] if source.is_dir() else [source],
+                     own=[default / name], previous=_is_previous_review, overwrite=overwrite)

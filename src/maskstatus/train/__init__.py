@@ -1,0 +1,1 @@
+"""Training: one run (trainer), person-grouped cross-validation, distillation teachers, pseudo labels, the demo job."""
