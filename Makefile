@@ -13,7 +13,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: these exact builds are the ones torchvision works with here.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# every extra: the tests cover serve and ONNX too
+	$(PY) -m pip install --quiet -e '.[all,dev,docs]'
 	# The web page test drives the system chromium (Playwright cannot download browsers here); as root with apt-get,
 	# install it when missing; elsewhere that test skips and says why.
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
@@ -63,3 +64,9 @@ lint-fix: $(STAMP)
 
 clean:
 	rm -rf demo runs .cache .pytest_cache site
+
+# Install the wheel into a fresh virtual environment and run --help and a tiny demo there (minutes: torch is
+# installed anew); .ci/run runs it after the tests.
+.PHONY: wheel-check
+wheel-check: $(STAMP)
+	PYTHON=$(PY) .ci/wheel-check

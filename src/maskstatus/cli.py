@@ -309,6 +309,9 @@ def _add_export(sub: Subparsers) -> None:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
+    from .extras import require
+
+    require("onnx", "maskstatus export")  # before torch is imported (see the top of this file)
     from .infer.export import export
 
     for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
@@ -325,9 +328,19 @@ def _prediction_options(args: argparse.Namespace) -> dict:
     from .choices import check_backend
 
     check_backend(args.backend, args.accelerator, args.precision)
+    if args.data is not None:  # ensemble predicts (and uses the backend) only with --data
+        _require_backend(args)
     return {"checkpoint": args.checkpoint, "batch_size": args.batch_size, "accelerator": args.accelerator,
             "num_workers": args.num_workers, "tta": _tta_arg(args.tta), "backend": args.backend,
             "onnx_dir": args.onnx_dir, "group_people": args.group_people, "precision": args.precision}
+
+
+def _require_backend(args: argparse.Namespace) -> None:
+    """--backend onnx needs ONNX Runtime, from the onnx extra: say so before torch is imported."""
+    from .extras import require
+
+    if args.backend == "onnx":
+        require("onnx", f"maskstatus {args.command} --backend onnx", ["onnxruntime"])
 
 
 def _tta_arg(values: Optional[list[str]]) -> Optional[list[str]]:
@@ -617,6 +630,10 @@ def _mega(pixels: int) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .extras import require
+
+    require("serve", "maskstatus serve")  # the whole extra: a user who installed it has every part
+    _require_backend(args)
     from .serve.app import create_app, serve
     from .serve.predictor import Predictor
 

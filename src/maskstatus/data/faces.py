@@ -87,10 +87,11 @@ class FaceDetector:
     """dlib's frontal face detector; one instance may be shared by threads (calls are serialised)."""
 
     def __init__(self, upsample: int = 1) -> None:
-        try:
-            import dlib
-        except ImportError as err:  # a clear message beats a bare ModuleNotFoundError deep in a request
-            raise ImportError("face detection needs dlib: pip install dlib-bin") from err
+        from ..extras import require
+
+        # A clear message beats a bare ModuleNotFoundError deep in a request or a cache fill.
+        require("serve", "face detection (serve, data.face_crop)", ["dlib"])
+        import dlib
         self._detector = dlib.get_frontal_face_detector()
         self.upsample = upsample
         self._lock = threading.Lock()

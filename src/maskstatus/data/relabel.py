@@ -34,8 +34,8 @@ SWAP_STEMS: tuple[str, str] = ("incorrect_mask", "normal")
 SWAP_VALUE = f"{SWAP_STEMS[0]}<->{SWAP_STEMS[1]}"
 _SWAP_SPELLINGS = frozenset({SWAP_VALUE, f"{SWAP_STEMS[1]}<->{SWAP_STEMS[0]}", "1", "true", "yes"})
 
-# The package is installed editable from src/, so the repo's configs/ sits three levels above this package.
-COMPETITION_RELABEL: Path = Path(__file__).resolve().parents[3] / "configs" / "relabel" / "competition.csv"
+# The package's configs/: a link to the repository's configs/ in a checkout, a copy of it in the wheel.
+COMPETITION_RELABEL: Path = Path(__file__).resolve().parents[1] / "configs" / "relabel" / "competition.csv"
 
 
 class RelabelError(MaskstatusError, ValueError):

@@ -32,6 +32,7 @@ from ..age import AGE_YEARS, Cuts, read_cuts
 from ..config import Config
 from ..defaults import EXPORT_TOLERANCE
 from ..errors import RunError
+from ..extras import require
 from ..data.cache import ImageCache
 from ..data.dataset import FaceDataset
 from ..data.tables import folder_table
@@ -226,6 +227,7 @@ def export_run(
     failed export leaves no file a later predict could pick up. ``age_cuts``
     default to the run's tuned cuts (age_cuts.json), else the scoring thresholds.
     """
+    require("onnx", "ONNX export")
     run_dir = Path(run_dir)
     if age_cuts is None:
         age_cuts = read_cuts(run_dir)

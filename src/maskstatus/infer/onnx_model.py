@@ -112,9 +112,19 @@ def check_export_files(path: Path, meta: dict[str, Any], checkpoint: Optional[Pa
                        f"the export); {again}")
 
 
+def _onnxruntime():
+    """onnxruntime, imported only by the ONNX backend (the torch path never needs it); absent: which extra."""
+    from ..extras import require
+
+    require("onnx", "the ONNX Runtime backend (--backend onnx)", ["onnxruntime"])
+    import onnxruntime
+
+    return onnxruntime
+
+
 def session_options(threads: Optional[int] = None):
     """ONNX Runtime options for batch inference on CPU: every core on one graph, all graph optimisations."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -128,7 +138,7 @@ def session_options(threads: Optional[int] = None):
 
 def open_session(path: Path | str, threads: Optional[int] = None):
     """An ONNX Runtime CPU session for ``path``; a missing or unreadable file is an error naming it."""
-    import onnxruntime as ort
+    ort = _onnxruntime()
 
     path = Path(path)
     if not path.is_file():

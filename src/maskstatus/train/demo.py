@@ -9,7 +9,8 @@ from typing import Sequence
 from ..config import load_config
 from ..defaults import DEFAULT_SEED, DEMO_DIR, DEMO_PEOPLE
 
-DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "demo.yaml"
+# The package's configs/: a link to the repository's configs/ in a checkout, a copy of it in the wheel.
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 @dataclass
