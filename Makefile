@@ -2,7 +2,6 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-DOCS_STAMP := $(VENV)/.docs-stamp
 PYTEST_ARGS ?=
 export NO_ALBUMENTATIONS_UPDATE := 1
 
@@ -39,15 +38,11 @@ test-fast: $(STAMP)
 
 # The documentation site (mkdocs-material, the `docs` extra). The reference and benchmark pages are generated on
 # every build (docs/generate.py); --strict fails on broken links and missing pages.
-$(DOCS_STAMP): pyproject.toml $(STAMP)
-	$(PY) -m pip install --quiet -e '.[docs]'
-	touch $(DOCS_STAMP)
-
-docs: $(DOCS_STAMP)
+docs: $(STAMP)
 	$(VENV)/bin/mkdocs build --strict --site-dir site
 
 # Port 8001: serve-demo takes 8000.
-docs-serve: $(DOCS_STAMP)
+docs-serve: $(STAMP)
 	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8001
 
 # ruff (lint rules and formatting) and mypy; the settings are in pyproject.toml
