@@ -89,6 +89,14 @@ def person_weights(people: int, n_boot: int, rng: np.random.Generator) -> np.nda
     return np.bincount((draws + offsets).ravel(), minlength=n_boot * people).reshape(n_boot, people).astype(np.float64)
 
 
+def _sum_per_person(person_ids: Sequence | np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(people, columns) each person's summed rows of ``columns``, and each image's person index."""
+    _, person = np.unique(np.asarray(person_ids).astype(str), return_inverse=True)
+    per_person = np.zeros((int(person.max()) + 1, columns.shape[1]))
+    np.add.at(per_person, person, columns)
+    return per_person, person
+
+
 def class_count_replicates(
     true: np.ndarray,
     pred: np.ndarray,
@@ -102,11 +110,8 @@ def class_count_replicates(
     The counts :func:`person_bootstrap` scores, for intervals of per-class precision, recall and F1.
     """
     true, pred = np.asarray(true, dtype=np.int64), np.asarray(pred, dtype=np.int64)
-    _, person = np.unique(np.asarray(person_ids).astype(str), return_inverse=True)
-    people = int(person.max()) + 1
-    per_person = np.zeros((people, 3 * k + 1))
-    np.add.at(per_person, person, _count_columns(true, pred, k))
-    counts = person_weights(people, int(n_boot), np.random.default_rng(seed)) @ per_person
+    per_person, _ = _sum_per_person(person_ids, _count_columns(true, pred, k))
+    counts = person_weights(len(per_person), int(n_boot), np.random.default_rng(seed)) @ per_person
     return counts[:, :k], counts[:, k : 2 * k], counts[:, 2 * k : 3 * k]
 
 
@@ -133,16 +138,13 @@ def person_bootstrap(
         raise ValueError(f"n_boot must be at least 1, got {n_boot}")
     if not 0.0 < float(level) < 1.0:
         raise ValueError(f"level must lie strictly between 0 and 1, got {level}")
-    _, person = np.unique(ids.astype(str), return_inverse=True)
-    people = int(person.max()) + 1
-
     marginals = split_class_probs(probs)
     parts = [(NUM_CLASSES, labels, probs.argmax(axis=1))]
     parts += [(TASKS[t], true, marginals[t].argmax(axis=1)) for t, true in zip(TASKS, decode(labels), strict=True)]
     columns = np.concatenate([_count_columns(true, pred, k) for k, true, pred in parts], axis=1)
     # (people, columns): each person's counts; a replicate's counts are its weights times these.
-    per_person = np.zeros((people, columns.shape[1]))
-    np.add.at(per_person, person, columns)
+    per_person, person = _sum_per_person(ids, columns)
+    people = len(per_person)
     images_per_person = np.bincount(person, minlength=people).astype(np.float64)
 
     weights = person_weights(people, int(n_boot), np.random.default_rng(seed))
