@@ -6,22 +6,44 @@
     <run>/checkpoints/last.pt    last epoch, with optimiser/scheduler/RNG state for resume
     <run>/metrics.csv            one row per epoch
     <run>/tensorboard/           TensorBoard event files
-    <run>/predictions/           out-of-fold probabilities, eval probabilities
+    <run>/predictions/oof.csv    out-of-fold probabilities (the run's held-out fold)
     <run>/plots/                 curves, confusion matrix
+    <run>/age_cuts.json          age cut points tuned out of fold (``maskstatus tune-age``), if tuned
+
+A CV folder holds one run folder per fold, and at its top:
+
+    <cv>/cv_config.yaml          the config the folds were trained from
+    <cv>/folds.csv               person -> fold assignment shared by every fold run
+    <cv>/oof.csv                 every fold run's oof.csv stacked
+    <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
+
+Every file name of the layout is named here, and only here; this module imports no torch (the command line
+reads run folders before it imports torch).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import RunError, RunNotFoundError
 from .outputs import disk_error
 
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.yaml"
+FOLDS = "folds.csv"  # a run's and a CV folder's person -> fold table
+CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
+LAST = "last.pt"
+METRICS = "metrics.csv"
+PREDICTIONS = "predictions"
+OOF = "oof.csv"  # <run>/predictions/oof.csv, <cv>/oof.csv
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
 
@@ -32,27 +54,27 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / RUN_CONFIG
 
     @property
     def folds(self) -> Path:
-        return self.root / "folds.csv"
+        return self.root / FOLDS
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / CHECKPOINTS
 
     @property
     def best(self) -> Path:
-        return self.checkpoints / "best.pt"
+        return self.checkpoints / BEST
 
     @property
     def last(self) -> Path:
-        return self.checkpoints / "last.pt"
+        return self.checkpoints / LAST
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.csv"
+        return self.root / METRICS
 
     @property
     def tensorboard(self) -> Path:
@@ -60,7 +82,11 @@ class RunDir:
 
     @property
     def predictions(self) -> Path:
-        return self.root / "predictions"
+        return self.root / PREDICTIONS
+
+    @property
+    def oof(self) -> Path:
+        return self.predictions / OOF
 
     @property
     def plots(self) -> Path:
@@ -111,7 +137,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 def open_run_dir(path: Path | str) -> RunDir:
     run = RunDir(Path(path))
     if not run.config.is_file():
-        raise RunNotFoundError(f"not a run folder (no config.yaml): {run.root}")
+        raise RunNotFoundError(f"not a run folder (no {RUN_CONFIG}): {run.root}")
     return run
 
 
@@ -199,3 +225,53 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise RunError(f"{path} is not a maskstatus checkpoint (no 'model' entry)")
     return state
+
+
+def oof_candidates(path: Path) -> tuple[Path, Path]:
+    """Where a folder's out-of-fold predictions are: a CV folder's at its top, else a run's in predictions/."""
+    path = Path(path)
+    return path / OOF, RunDir(path).oof
+
+
+def is_run(path: Path) -> bool:
+    return RunDir(Path(path)).config.is_file()
+
+
+def _fold_runs(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    runs = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        if not is_run(sub):
+            continue
+        if RunDir(sub).best.is_file():
+            runs.append(sub)
+        else:
+            logger.warning("%s has a config.yaml but no checkpoints/best.pt; left out of %s", sub, path)
+    return runs
+
+
+def expand_runs(paths: Sequence[Path | str]) -> list[Path]:
+    """Run folders and CV folders -> run folders.
+
+    A folder with config.yaml is one run (unless it has no checkpoints/ but holds
+    fold runs: a CV folder that saved its config at the top). A folder without
+    one, whose subfolders are runs (config.yaml + checkpoints/best.pt), stands
+    for those runs, sorted by name.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if is_run(p) and RunDir(p).checkpoints.is_dir():
+            out.append(p)
+            continue
+        folds = _fold_runs(p)
+        if folds:
+            out.extend(folds)
+        elif is_run(p):
+            out.append(p)  # a run without checkpoints: loading it names the missing file
+        else:
+            raise FileNotFoundError(
+                f"not a run folder (no config.yaml) nor a folder of runs (no subfolder with config.yaml and "
+                f"checkpoints/best.pt): {p}"
+            )
+    return out
