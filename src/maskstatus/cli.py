@@ -431,8 +431,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     out, result = write_report(Path(args.run), out, overwrite=args.overwrite)
-    m = result.metrics
-    print(f"OOF images {result.images}: macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
+    scores = result.interval.to_dict()  # as score prints them: the same numbers, the same default level
+    print(f"OOF images {result.images}, {scores['people']} people ({scores['level']:.0%} person-bootstrap intervals, "
+          f"{scores['n_boot']} replicates)")
+    for key, name in (("f1", "macro F1"), ("acc", "accuracy")):
+        print(f"{name:<11}{_format_interval(scores['point'][key], scores['ci'][key])}")
     print(f"report page: {out}")
     return 0
 

@@ -46,7 +46,7 @@ from ..choices import check_accelerator_available
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..labels import PROB_COLUMNS
 from ..scoring.metrics import model_metrics
-from ..scoring.score import oof_interval
+from ..scoring.score import oof_interval, scored_scope
 from ..runs import CV_CONFIG, RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
 from ..data.tables import load_train_table
 from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, train
@@ -248,7 +248,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     # Scored as the fold runs were: a per-task model on its tasks, a cascade expert on its mask states.
     metrics = model_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks,
                             cfg.data.mask_codes())
-    interval = oof_interval(oof, cfg.model.tasks, cfg.data.mask_codes()).to_dict()
+    interval = oof_interval(oof, *scored_scope(cfg)).to_dict()
     ci = {k: interval[k] for k in ("level", "n_boot", "seed", "people")} | interval["ci"]
     complete = len(per_fold) == cfg.split.folds
     atomic_write_csv(oof, cv_dir / CV_OOF, float_format="%.6f")
