@@ -242,7 +242,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     from .scoring.oof import is_oof_csv, oof_path
     from .infer.predict import predict
     from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
-    from .runs import atomic_write_csv
+    from .runs import OOF, PREDICTIONS, atomic_write_csv
 
     # Every output is checked before the OOF is scored or an image predicted.
     inputs = [*args.run, *([args.data] if args.data is not None else [])]
@@ -261,7 +261,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             missing.append(run)
     if missing and (args.out_oof or args.data is None):
-        raise FileNotFoundError(f"no out-of-fold predictions (oof.csv or predictions/oof.csv) in: {', '.join(missing)}")
+        raise FileNotFoundError(f"no out-of-fold predictions ({OOF} or {PREDICTIONS}/{OOF}) in: {', '.join(missing)}")
     if missing:
         print(f"no OOF score: no out-of-fold predictions in {', '.join(missing)}")
     else:

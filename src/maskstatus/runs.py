@@ -9,12 +9,14 @@
     <run>/predictions/oof.csv    out-of-fold probabilities (the run's held-out fold)
     <run>/plots/                 curves, confusion matrix
     <run>/age_cuts.json          age cut points tuned out of fold (``maskstatus tune-age``), if tuned
+    <run>/onnx/                  the ONNX export (``maskstatus export``) and its sidecar
 
 A CV folder holds one run folder per fold, and at its top:
 
     <cv>/cv_config.yaml          the config the folds were trained from
     <cv>/folds.csv               person -> fold assignment shared by every fold run
     <cv>/oof.csv                 every fold run's oof.csv stacked
+    <cv>/cv_metrics.json         its scores with person-bootstrap intervals, and each fold's best epoch
     <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
 
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
@@ -44,8 +46,11 @@ LAST = "last.pt"
 METRICS = "metrics.csv"
 PREDICTIONS = "predictions"
 OOF = "oof.csv"  # <run>/predictions/oof.csv, <cv>/oof.csv
+AGE_CUTS = "age_cuts.json"
+ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskstatus export
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
+CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,12 @@ class RunDir:
     def plots(self) -> Path:
         return self.root / "plots"
 
+    def folders(self) -> tuple[Path, ...]:
+        """The folders ``make`` creates: the run folder and those its files go in."""
+        return self.root, self.checkpoints, self.predictions, self.plots
+
     def make(self) -> "RunDir":
-        for p in (self.root, self.checkpoints, self.predictions, self.plots):
+        for p in self.folders():
             p.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -227,10 +236,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def oof_candidates(path: Path) -> tuple[Path, Path]:
-    """Where a folder's out-of-fold predictions are: a CV folder's at its top, else a run's in predictions/."""
+def oof_path(path: Path | str) -> Path:
+    """A folder's out-of-fold predictions: ``DIR/oof.csv`` (a CV folder) if present, else ``DIR/predictions/oof.csv``
+    (a run folder); FileNotFoundError when neither is there."""
     path = Path(path)
-    return path / OOF, RunDir(path).oof
+    for candidate in (path / OOF, RunDir(path).oof):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no out-of-fold predictions in {path} (looked for {OOF} and {PREDICTIONS}/{OOF})")
 
 
 def is_run(path: Path) -> bool:
@@ -247,7 +260,7 @@ def _fold_runs(path: Path) -> list[Path]:
         if RunDir(sub).best.is_file():
             runs.append(sub)
         else:
-            logger.warning("%s has a config.yaml but no checkpoints/best.pt; left out of %s", sub, path)
+            logger.warning("%s has a %s but no %s/%s; left out of %s", sub, RUN_CONFIG, CHECKPOINTS, BEST, path)
     return runs
 
 

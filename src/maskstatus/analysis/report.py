@@ -42,13 +42,12 @@ from ..labels import (
 )
 from ..scoring.metrics import compute_metrics, confusion
 from ..outputs import check_output
-from ..runs import CV_CONFIG, METRICS, RUN_CONFIG, expand_runs
+from ..runs import CV_CONFIG, CV_METRICS, METRICS, RUN_CONFIG, expand_runs
 from . import html as H
 from .headroom import BAND_YEARS, given_years, oof_headroom
 
 logger = logging.getLogger(__name__)
 
-CV_METRICS = "cv_metrics.json"
 CALIBRATION_BINS = 10
 MISTAKES_SHOWN = 24
 GENERATOR = "maskstatus report"  # in each page's <meta name="generator">: a later report may replace it

@@ -34,7 +34,7 @@ from ..data.tables import folder_table
 from ..labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, NUM_CLASSES
 from ..models.heads import SINGLE_KEY, outputs_to_probs
 from ..outputs import check_output
-from ..runs import RunDir, atomic_write_text, expand_runs
+from ..runs import AGE_CUTS, RunDir, atomic_write_text, expand_runs
 from .onnx_model import INPUT_NAME, SIDECAR_FORMAT, OnnxModel, file_sha256, onnx_path, seal_sidecar, sidecar_path
 from .pipeline import LoadedRun, fixed_input_size, load_run, model_inputs
 
@@ -216,7 +216,7 @@ def export_run(
     run_dir = Path(run_dir)
     if age_cuts is None:
         age_cuts = read_cuts(run_dir)
-    cuts_source = "age_cuts.json" if age_cuts is not None else "scoring thresholds"
+    cuts_source = AGE_CUTS if age_cuts is not None else "scoring thresholds"
     run = load_run(run_dir, checkpoint, age_cuts)
     cfg, model = run.cfg, run.model.float()
     norm = run.norm
