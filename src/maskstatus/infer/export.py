@@ -218,7 +218,7 @@ def export_run(
         age_cuts = read_cuts(run_dir)
     cuts_source = AGE_CUTS if age_cuts is not None else "scoring thresholds"
     run = load_run(run_dir, checkpoint, age_cuts)
-    cfg, model = run.cfg, run.model.float()
+    cfg, model = run.cfg, run.module.float()
     norm = run.norm
     keys = model.prediction_keys  # an age head's own logits stay inside: prediction reads the years
     target = onnx_path(run_dir, checkpoint, out_dir)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union, cast
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ from ..models import create_model, model_data_config
 from ..runs import expand_runs, load_checkpoint, open_run_dir
 from .ensemble import Vote, combine_probs
 from .evaluate import Model, eval_loader, infer, normalize_on_device
+
+if TYPE_CHECKING:
+    from ..models.heads import MaskStatusModel
+    from .onnx_model import OnnxModel
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +62,18 @@ class LoadedRun:
         return isinstance(self.model, torch.nn.Module)
 
     @property
+    def module(self) -> "MaskStatusModel":
+        """The PyTorch model (gradients, export); a run loaded for the ONNX backend has none."""
+        if not isinstance(self.model, torch.nn.Module):
+            raise TypeError(f"{self.checkpoint}: loaded as its ONNX export, which is not a PyTorch model")
+        return cast("MaskStatusModel", self.model)
+
+    @property
     def norm(self) -> dict[str, tuple[float, ...]]:
         """``{"mean", "std"}`` the model's inputs are normalised with (an ONNX export records its own)."""
-        return model_data_config(self.model) if self.is_torch else self.model.data_config  # type: ignore[union-attr]
+        if self.is_torch:
+            return model_data_config(self.module)
+        return cast("OnnxModel", self.model).data_config
 
     @property
     def name(self) -> str:
@@ -206,16 +219,17 @@ def make_fabric(backend: Backend, accelerator: str, precision: Optional[str], cf
     """
     if backend == "onnx" and not keep_torch:
         return Fabric(accelerator="cpu", devices=1, precision="32-true")
-    return Fabric(accelerator=accelerator, devices=1, precision=precision or cfg.train.precision)
+    # Any: the choices were checked (choices.check_backend, the config's Literal) against Fabric's own.
+    return Fabric(accelerator=accelerator, devices=1, precision=cast(Any, precision or cfg.train.precision))
 
 
 def setup_model(run: LoadedRun, fabric: Fabric) -> Model:
     """A PyTorch model moved to the Fabric's device (in place), in ``train.channels_last`` layout; ONNX as it is."""
     if not run.is_torch:
         return run.model
-    model = run.model
+    model: torch.nn.Module = run.module
     if run.cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[union-attr]
+        model = model.to(memory_format=torch.channels_last)
     return fabric.setup_module(model)
 
 

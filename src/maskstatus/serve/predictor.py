@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence
+from typing import BinaryIO, Optional, Sequence, cast
 
 import cv2
 import numpy as np
@@ -31,7 +31,7 @@ from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, s
 from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
                            probe_image)
 from ..choices import check_accelerator_available, check_backend
-from ..infer.pipeline import Pipeline, model_inputs
+from ..infer.pipeline import Backend, Pipeline, model_inputs
 from ..infer.tta import TTA, tta_views
 from ..errors import UsageError
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
@@ -213,7 +213,8 @@ class Predictor:
         self.max_pixels = max_pixels
         self.batch_size = batch_size
         # Grad-CAM needs gradients, so with ONNX answering the PyTorch models are kept for ``explain``.
-        self.pipeline = Pipeline.load(self.sources, checkpoint, backend, onnx_dir, accelerator, keep_torch=True)
+        self.pipeline = Pipeline.load(self.sources, checkpoint, cast(Backend, backend), onnx_dir, accelerator,
+                                      keep_torch=True)
         self.pipeline.prepare_all()  # at start-up, not on the first request
         self.members = self.pipeline.members
         self.fabric = self.pipeline.fabric
@@ -289,7 +290,7 @@ class Predictor:
                 run = member.torch_runs[0]
                 x = model_inputs(run, [crop.image])[0].to(self.fabric.device)
                 norm = run.norm
-                for task, rgb in heatmaps(run.model, x, chosen, norm["mean"], norm["std"]).items():
+                for task, rgb in heatmaps(run.module, x, chosen, norm["mean"], norm["std"]).items():
                     maps.setdefault(task, png_data_uri(rgb))
         answer["heatmaps"] = maps
         return answer
