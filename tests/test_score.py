@@ -145,3 +145,15 @@ def test_report_and_score_give_the_same_f1_interval_and_level(run_folder, tmp_pa
 
     report_line = macro_f1_line(["report", str(run_folder), "--out", str(tmp_path / "report.html")])
     assert report_line == macro_f1_line(["score", str(run_folder)])
+
+
+def test_ensemble_of_one_member_scores_as_score_does(run_folder, capsys):
+    import re
+
+    assert main(["score", str(run_folder), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert main(["ensemble", "--run", str(run_folder)]) == 0
+    out = capsys.readouterr().out
+    lo, hi = scored["ci"]["f1"]
+    assert re.search(rf"OOF macro F1 {scored['point']['f1']:.4f} \[{lo:.4f}, {hi:.4f}\]", out), out
+    assert f"{scored['level']:.0%} intervals over {scored['people']} people" in out

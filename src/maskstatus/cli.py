@@ -240,6 +240,7 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     # After the arguments are checked (see the top of this file).
     from .infer.ensemble import ensemble_oof
     from .scoring.oof import is_oof_csv, oof_path
+    from .scoring.score import oof_interval
     from .infer.predict import predict
     from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
     from .runs import OOF, PREDICTIONS, atomic_write_csv
@@ -265,10 +266,18 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     if missing:
         print(f"no OOF score: no out-of-fold predictions in {', '.join(missing)}")
     else:
-        oof, m = ensemble_oof(args.run, args.weights, args.vote)
+        oof, _ = ensemble_oof(args.run, args.weights, args.vote)
+        scores = oof_interval(oof)  # scored as score, cv and report score: the same F1 and default level
+        m, ci = scores.point, scores.ci
+
+        def with_ci(key: str) -> str:
+            return f"{m[key]:.4f} [{ci[key][0]:.4f}, {ci[key][1]:.4f}]"
+
         print(f"OOF images scored: {len(oof)}")
-        print(f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
-        print(f"OOF per task F1: mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}")
+        print(f"OOF macro F1 {with_ci('f1')}  accuracy {with_ci('acc')}")
+        print(f"OOF per task F1: mask {with_ci('mask_f1')}  gender {with_ci('gender_f1')}  age {with_ci('age_f1')}")
+        print(f"(in brackets: {scores.level:.0%} intervals over {scores.people} people resampled, "
+              f"{scores.n_boot} replicates)")
         if args.out_oof:
             atomic_write_csv(oof, Path(args.out_oof), float_format="%.6f")
             print(f"OOF probabilities: {args.out_oof}")
