@@ -83,8 +83,8 @@ class LoadedRun:
 
 # What predictions depend on: editing these in config.yaml after training would predict differently from
 # how the weights were trained (the weights files are set aside by load_run and may be edited).
-_PREDICT_KEYS = ("model", "cache.size", "transforms.eval", "data.face_crop", "data.age.young_below", "data.age.old_from",
-                 "data.mask_states")
+_PREDICT_KEYS = ("model", "cache.size", "transforms.eval", "data.face_crop", "data.age.young_below",
+                 "data.age.old_from", "data.mask_states")
 _FREE_KEYS = ("model.pretrained", "model.pretrained_path")
 
 
