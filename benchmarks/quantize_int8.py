@@ -46,12 +46,12 @@ import torch  # noqa: E402
 from common import commit, provenance, run_configs, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
-from maskstatus.infer.export import eval_inputs, export_run  # noqa: E402
+from maskstatus.infer.export import export_run  # noqa: E402
 from maskstatus.infer.onnx_model import open_session  # noqa: E402
-from maskstatus.infer.predict import load_run  # noqa: E402
+from maskstatus.infer.pipeline import load_run, model_inputs  # noqa: E402
 from maskstatus.labels import NUM_CLASSES  # noqa: E402
 from maskstatus.scoring.metrics import macro_f1  # noqa: E402
-from maskstatus.models import model_data_config, outputs_to_probs  # noqa: E402
+from maskstatus.models import outputs_to_probs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL = 0.995  # the ONNX backend's bar: the same 18-class answer on at least this share of images
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     calib_rows, held_rows = split_by_person(oof)
     calib_rows, held_rows = calib_rows[: args.calibration], held_rows[: args.held_out]
     rows = np.concatenate([calib_rows, held_rows])
-    images = torch.stack(eval_inputs(run.cfg, model_data_config(run.model), oof["image_path"].iloc[rows].tolist()))
+    images = torch.stack(model_inputs(run, oof["image_path"].iloc[rows].tolist()))
     images = images.numpy()
     calibration, held = images[: len(calib_rows)], images[len(calib_rows):]
     labels = oof["label"].to_numpy()[held_rows]

@@ -152,3 +152,19 @@ def test_training_and_scoring_do_not_depend_on_prediction():
         module = "maskstatus." + name
         assert module in graph, f"no module {module}"
         assert graph[module].isdisjoint(prediction), f"{name} imports {graph[module] & prediction}"
+
+
+def test_serve_and_export_reach_a_run_only_through_the_prediction_pipeline():
+    """Loading a run's models, its eval transforms, the image cache and Fabric set-up live in infer.pipeline only:
+    serve and export import none of the modules that do that work, nor the predict command's module."""
+    graph = import_graph()
+    pipeline_work = {"maskstatus.models", "maskstatus.models.backbones", "maskstatus.data.transforms",
+                     "maskstatus.data.cache", "maskstatus.data.dataset", "maskstatus.infer.evaluate",
+                     "maskstatus.infer.predict", "maskstatus.infer.ensemble"}
+    users = [m for m in graph if m.startswith("maskstatus.serve.") or m == "maskstatus.infer.export"]
+    assert "maskstatus.serve.predictor" in users and "maskstatus.infer.export" in users
+    for module in users:
+        assert graph[module].isdisjoint(pipeline_work), f"{module} imports {sorted(graph[module] & pipeline_work)}"
+    assert "maskstatus.infer.pipeline" in graph["maskstatus.serve.predictor"]
+    assert "maskstatus.infer.pipeline" in graph["maskstatus.infer.export"]
+    assert "maskstatus.infer.pipeline" in graph["maskstatus.infer.predict"]

@@ -45,12 +45,12 @@ def layout(tmp_path):
 
 
 def _no_model_loading(monkeypatch):
-    import maskstatus.infer.predict as predict_module
+    import maskstatus.infer.pipeline as pipeline_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the output should have been refused before any run was loaded")
 
-    monkeypatch.setattr(predict_module, "load_run", fail)
+    monkeypatch.setattr(pipeline_module, "load_run", fail)
 
 
 def _snapshot(folder):

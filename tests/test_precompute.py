@@ -9,7 +9,7 @@ from maskstatus.config import ConfigError, load_config
 from maskstatus.data.cache import ImageCache, cache_key
 from maskstatus.data.dataset import FaceDataset
 from maskstatus.data.transforms import Prepare, build_transforms, shared_prefix, split_prepare
-from maskstatus.infer import predict as predict_module
+from maskstatus.infer import pipeline as pipeline_module
 from maskstatus.infer.predict import predict
 from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS
@@ -90,7 +90,7 @@ def test_training_and_prediction_are_the_same_with_and_without_precompute(demo_d
     np.testing.assert_array_equal(oofs[True][1][PROB_COLUMNS].to_numpy(), oofs[False][1][PROB_COLUMNS].to_numpy())
     run = oofs[True][0]
     _, fast = predict([run], demo_data.eval_dir, tmp_path / "fast.csv", progress=False)
-    monkeypatch.setattr(predict_module, "split_prepare", lambda train_, eval_, enabled: (None, train_, eval_))
+    monkeypatch.setattr(pipeline_module, "split_prepare", lambda train_, eval_, enabled: (None, train_, eval_))
     _, slow = predict([run], demo_data.eval_dir, tmp_path / "slow.csv", progress=False)
     np.testing.assert_array_equal(pd.read_csv(fast)[PROB_COLUMNS].to_numpy(),
                                   pd.read_csv(slow)[PROB_COLUMNS].to_numpy())

@@ -133,12 +133,12 @@ def one_run(demo_data, tmp_path_factory, tiny_overrides):
 
 
 def _no_model_loading(monkeypatch):
-    import maskstatus.infer.predict as predict_module
+    import maskstatus.infer.pipeline as pipeline_module
 
     def fail(*args, **kwargs):
         raise AssertionError("the output should have been checked before any run was loaded")
 
-    monkeypatch.setattr(predict_module, "load_run", fail)
+    monkeypatch.setattr(pipeline_module, "load_run", fail)
 
 
 # 4. predict --out onto a folder fails before the work and writes nothing.

@@ -122,3 +122,38 @@ def test_cli_score_errors_name_the_path(tmp_path, run_folder, capsys):
     assert "lacks column" in capsys.readouterr().err
     assert main(["score", str(run_folder), "--level", "90"]) == 2
     assert "level must lie strictly between 0 and 1" in capsys.readouterr().err
+
+
+def test_report_and_score_give_the_same_f1_interval_and_level(run_folder, tmp_path, capsys):
+    """One scoring policy: the report page and ``maskstatus score`` show the same point F1, interval and level."""
+    from maskstatus.analysis.report import analyse_run, render
+    from maskstatus.scoring.bootstrap import DEFAULT_LEVEL
+
+    scored = score_oof(run_folder, seed=5)
+    result = analyse_run(run_folder, seed=5)
+    assert result.interval.level == scored["level"] == DEFAULT_LEVEL
+    assert result.metrics["f1"] == scored["point"]["f1"]
+    assert list(result.interval.ci["f1"]) == scored["ci"]["f1"]
+    lo, hi = scored["ci"]["f1"]
+    assert f"Macro F1 {scored['point']['f1']:.4f}, {DEFAULT_LEVEL:.0%} interval {lo:.4f}-{hi:.4f}" in render(result)
+
+    def macro_f1_line(argv):
+        assert main(argv) == 0
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("macro F1")]
+        assert len(lines) == 1
+        return lines[0]
+
+    report_line = macro_f1_line(["report", str(run_folder), "--out", str(tmp_path / "report.html")])
+    assert report_line == macro_f1_line(["score", str(run_folder)])
+
+
+def test_ensemble_of_one_member_scores_as_score_does(run_folder, capsys):
+    import re
+
+    assert main(["score", str(run_folder), "--json"]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    assert main(["ensemble", "--run", str(run_folder)]) == 0
+    out = capsys.readouterr().out
+    lo, hi = scored["ci"]["f1"]
+    assert re.search(rf"OOF macro F1 {scored['point']['f1']:.4f} \[{lo:.4f}, {hi:.4f}\]", out), out
+    assert f"{scored['level']:.0%} intervals over {scored['people']} people" in out

@@ -342,7 +342,8 @@ def test_onnx_backend_answers_as_pytorch_and_still_explains(cv_dir, demo_data, t
         Predictor([cv_dir], accelerator="cpu", backend="onnx", onnx_dir=onnx_dir)
     export(cv_dir, out_dir=onnx_dir)
     predictor = Predictor([cv_dir], accelerator="cpu", backend="onnx", onnx_dir=onnx_dir)
-    assert len(predictor.prepared) == 2 and all(isinstance(m, OnnxModel) for m, _ in predictor.prepared.values())
+    answering = predictor.pipeline.runs
+    assert len(answering) == 2 and all(isinstance(r.model, OnnxModel) for r in answering)
     paths = eval_images(demo_data, 5)
     with TestClient(create_app(predictor)) as c:
         assert c.get("/health").json()["backend"] == "onnx"

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from .errors import RunError
+from .runs import AGE_CUTS
 from .labels import PROB_COLUMNS, TASKS, AgeThresholds, combine_task_probs, decode, encode, split_class_probs
 from .scoring.metrics import macro_f1
 
@@ -44,7 +45,7 @@ AGE_YEAR_HEADS = tuple(AGE_HEAD_SIZES)
 # Columns of an out-of-fold table holding a regression head's predicted years.
 AGE_MEAN, AGE_SIGMA = "age_mean", "age_sigma"
 # The tuned cut points, beside config.yaml (a run) or cv_config.yaml (a CV folder).
-CUTS_FILE = "age_cuts.json"
+CUTS_FILE = AGE_CUTS  # in a run or CV folder (runs names the layout)
 
 Cuts = tuple[float, float]
 

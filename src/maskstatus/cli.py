@@ -389,9 +389,10 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     # After the arguments are checked (see the top of this file).
     from .infer.ensemble import ensemble_oof
     from .scoring.oof import is_oof_csv, oof_path
+    from .scoring.score import oof_interval
     from .infer.predict import predict
     from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
-    from .runs import atomic_write_csv
+    from .runs import OOF, PREDICTIONS, atomic_write_csv
 
     # Every output is checked before the OOF is scored or an image predicted.
     inputs = [*args.run, *([args.data] if args.data is not None else [])]
@@ -410,14 +411,22 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         except FileNotFoundError:
             missing.append(run)
     if missing and (args.out_oof or args.data is None):
-        raise FileNotFoundError(f"no out-of-fold predictions (oof.csv or predictions/oof.csv) in: {', '.join(missing)}")
+        raise FileNotFoundError(f"no out-of-fold predictions ({OOF} or {PREDICTIONS}/{OOF}) in: {', '.join(missing)}")
     if missing:
         print(f"no OOF score: no out-of-fold predictions in {', '.join(missing)}")
     else:
-        oof, m = ensemble_oof(args.run, args.weights, args.vote)
+        oof, _ = ensemble_oof(args.run, args.weights, args.vote)
+        scores = oof_interval(oof)  # scored as score, cv and report score: the same F1 and default level
+        m, ci = scores.point, scores.ci
+
+        def with_ci(key: str) -> str:
+            return f"{m[key]:.4f} [{ci[key][0]:.4f}, {ci[key][1]:.4f}]"
+
         print(f"OOF images scored: {len(oof)}")
-        print(f"OOF macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
-        print(f"OOF per task F1: mask {m['mask_f1']:.4f}  gender {m['gender_f1']:.4f}  age {m['age_f1']:.4f}")
+        print(f"OOF macro F1 {with_ci('f1')}  accuracy {with_ci('acc')}")
+        print(f"OOF per task F1: mask {with_ci('mask_f1')}  gender {with_ci('gender_f1')}  age {with_ci('age_f1')}")
+        print(f"(in brackets: {scores.level:.0%} intervals over {scores.people} people resampled, "
+              f"{scores.n_boot} replicates)")
         if args.out_oof:
             atomic_write_csv(oof, Path(args.out_oof), float_format="%.6f")
             print(f"OOF probabilities: {args.out_oof}")
@@ -721,8 +730,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     out, result = write_report(Path(args.run), out, overwrite=args.overwrite)
-    m = result.metrics
-    print(f"OOF images {result.images}: macro F1 {m['f1']:.4f}  accuracy {m['acc']:.4f}")
+    scores = result.interval.to_dict()  # as score prints them: the same numbers, the same default level
+    print(f"OOF images {result.images}, {scores['people']} people ({scores['level']:.0%} person-bootstrap intervals, "
+          f"{scores['n_boot']} replicates)")
+    for key, name in (("f1", "macro F1"), ("acc", "accuracy")):
+        print(f"{name:<11}{_format_interval(scores['point'][key], scores['ci'][key])}")
     print(f"report page: {out}")
     return 0
 

@@ -6,24 +6,51 @@
     <run>/checkpoints/last.pt    last epoch, with optimiser/scheduler/RNG state for resume
     <run>/metrics.csv            one row per epoch
     <run>/tensorboard/           TensorBoard event files
-    <run>/predictions/           out-of-fold probabilities, eval probabilities
+    <run>/predictions/oof.csv    out-of-fold probabilities (the run's held-out fold)
     <run>/plots/                 curves, confusion matrix
+    <run>/age_cuts.json          age cut points tuned out of fold (``maskstatus tune-age``), if tuned
+    <run>/onnx/                  the ONNX export (``maskstatus export``) and its sidecar
+
+A CV folder holds one run folder per fold, and at its top:
+
+    <cv>/cv_config.yaml          the config the folds were trained from
+    <cv>/folds.csv               person -> fold assignment shared by every fold run
+    <cv>/oof.csv                 every fold run's oof.csv stacked
+    <cv>/cv_metrics.json         its scores with person-bootstrap intervals, and each fold's best epoch
+    <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
+
+Every file name of the layout is named here, and only here; this module imports no torch (the command line
+reads run folders before it imports torch).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import RunError, RunNotFoundError
 from .outputs import disk_error
 
+logger = logging.getLogger(__name__)
+
+RUN_CONFIG = "config.yaml"
+FOLDS = "folds.csv"  # a run's and a CV folder's person -> fold table
+CHECKPOINTS = "checkpoints"
+BEST = "best.pt"
+LAST = "last.pt"
+METRICS = "metrics.csv"
+PREDICTIONS = "predictions"
+OOF = "oof.csv"  # <run>/predictions/oof.csv, <cv>/oof.csv
+AGE_CUTS = "age_cuts.json"
+ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskstatus export
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
+CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
 
 
 @dataclass(frozen=True)
@@ -32,27 +59,27 @@ class RunDir:
 
     @property
     def config(self) -> Path:
-        return self.root / "config.yaml"
+        return self.root / RUN_CONFIG
 
     @property
     def folds(self) -> Path:
-        return self.root / "folds.csv"
+        return self.root / FOLDS
 
     @property
     def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+        return self.root / CHECKPOINTS
 
     @property
     def best(self) -> Path:
-        return self.checkpoints / "best.pt"
+        return self.checkpoints / BEST
 
     @property
     def last(self) -> Path:
-        return self.checkpoints / "last.pt"
+        return self.checkpoints / LAST
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.csv"
+        return self.root / METRICS
 
     @property
     def tensorboard(self) -> Path:
@@ -60,14 +87,22 @@ class RunDir:
 
     @property
     def predictions(self) -> Path:
-        return self.root / "predictions"
+        return self.root / PREDICTIONS
+
+    @property
+    def oof(self) -> Path:
+        return self.predictions / OOF
 
     @property
     def plots(self) -> Path:
         return self.root / "plots"
 
+    def folders(self) -> tuple[Path, ...]:
+        """The folders ``make`` creates: the run folder and those its files go in."""
+        return self.root, self.checkpoints, self.predictions, self.plots
+
     def make(self) -> "RunDir":
-        for p in (self.root, self.checkpoints, self.predictions, self.plots):
+        for p in self.folders():
             p.mkdir(parents=True, exist_ok=True)
         return self
 
@@ -111,7 +146,7 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 def open_run_dir(path: Path | str) -> RunDir:
     run = RunDir(Path(path))
     if not run.config.is_file():
-        raise RunNotFoundError(f"not a run folder (no config.yaml): {run.root}")
+        raise RunNotFoundError(f"not a run folder (no {RUN_CONFIG}): {run.root}")
     return run
 
 
@@ -199,3 +234,57 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise RunError(f"{path} is not a maskstatus checkpoint (no 'model' entry)")
     return state
+
+
+def oof_path(path: Path | str) -> Path:
+    """A folder's out-of-fold predictions: ``DIR/oof.csv`` (a CV folder) if present, else ``DIR/predictions/oof.csv``
+    (a run folder); FileNotFoundError when neither is there."""
+    path = Path(path)
+    for candidate in (path / OOF, RunDir(path).oof):
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"no out-of-fold predictions in {path} (looked for {OOF} and {PREDICTIONS}/{OOF})")
+
+
+def is_run(path: Path) -> bool:
+    return RunDir(Path(path)).config.is_file()
+
+
+def _fold_runs(path: Path) -> list[Path]:
+    if not path.is_dir():
+        return []
+    runs = []
+    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
+        if not is_run(sub):
+            continue
+        if RunDir(sub).best.is_file():
+            runs.append(sub)
+        else:
+            logger.warning("%s has a %s but no %s/%s; left out of %s", sub, RUN_CONFIG, CHECKPOINTS, BEST, path)
+    return runs
+
+
+def expand_runs(paths: Sequence[Path | str]) -> list[Path]:
+    """Run folders and CV folders -> run folders.
+
+    A folder with config.yaml is one run (unless it has no checkpoints/ but holds
+    fold runs: a CV folder that saved its config at the top). A folder without
+    one, whose subfolders are runs (config.yaml + checkpoints/best.pt), stands
+    for those runs, sorted by name.
+    """
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if is_run(p) and RunDir(p).checkpoints.is_dir():
+            out.append(p)
+            continue
+        folds = _fold_runs(p)
+        if folds:
+            out.extend(folds)
+        elif is_run(p):
+            out.append(p)  # a run without checkpoints: loading it names the missing file
+        else:
+            raise FileNotFoundError(
+                f"not a run folder (no config.yaml) nor a folder of runs (no subfolder with config.yaml and "
+                f"checkpoints/best.pt): {p}"
+            )
+    return out

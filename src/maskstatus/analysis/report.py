@@ -6,7 +6,8 @@ fold's ``metrics.csv`` (learning curves), the out-of-fold predictions
 folder ``cv_metrics.json``, and the train table again for the given ages.
 Sections: headline scores, config, curves, the 18-class and per-task
 confusion matrices, per-class precision / recall / F1 with intervals from
-resampling people, a reliability plot, where the score goes (each task's
+resampling people (the scoring of ``maskstatus score``: the same point scores,
+intervals and default level), a reliability plot, where the score goes (each task's
 headroom, the age error by band), the most confident wrong predictions as
 thumbnails, and the fold-to-fold spread.
 """
@@ -24,9 +25,9 @@ import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN
-from ..scoring.bootstrap import class_count_replicates
-from ..infer.ensemble import expand_runs
+from ..scoring.bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, class_count_replicates
 from ..scoring.oof import member_config, read_oof
+from ..scoring.score import folder_interval
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,
@@ -41,16 +42,12 @@ from ..labels import (
 )
 from ..scoring.metrics import compute_metrics, confusion
 from ..outputs import check_output
-from ..runs import CV_CONFIG
+from ..runs import CV_CONFIG, CV_METRICS, METRICS, RUN_CONFIG, expand_runs
 from . import html as H
 from .headroom import BAND_YEARS, given_years, oof_headroom
 
 logger = logging.getLogger(__name__)
 
-CV_METRICS = "cv_metrics.json"
-RUN_CONFIG = "config.yaml"
-BOOTSTRAP_SAMPLES = 1000
-BOOTSTRAP_LEVEL = 0.95
 CALIBRATION_BINS = 10
 MISTAKES_SHOWN = 24
 GENERATOR = "maskstatus report"  # in each page's <meta name="generator">: a later report may replace it
@@ -66,7 +63,7 @@ class ReportResult:
     config_file: Path
     thresholds: AgeThresholds
     oof: pd.DataFrame
-    metrics: dict[str, float]
+    interval: Interval  # the scores and their person-bootstrap intervals, as ``maskstatus score`` gives them
     runs: list[Path] = field(default_factory=list)
     cv_summary: Optional[dict[str, Any]] = None
     years: Optional[np.ndarray] = None  # given age of each OOF row, where the train table could be read
@@ -75,27 +72,31 @@ class ReportResult:
     def images(self) -> int:
         return len(self.oof)
 
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The point scores (NaN where the model does not predict: a per-task model has no 18-class F1)."""
+        return self.interval.point
+
 
 # ----------------------------------------------------------------- numbers
 
 
 def _class_intervals(labels: np.ndarray, preds: np.ndarray, people: Sequence[str],
-                     samples: int = BOOTSTRAP_SAMPLES, level: float = BOOTSTRAP_LEVEL,
+                     samples: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
                      seed: int = 0) -> dict[str, np.ndarray]:
-    """Percentile intervals of per-class precision, recall and F1, and of macro F1, resampling people.
+    """Percentile intervals of per-class precision, recall and F1, resampling people.
 
     People, not images, are drawn with replacement, because a person's seven photos share
     one face and one gender/age label: their errors come together. Returns
     ``{"precision", "recall", "f1"}`` -> (2, 18) arrays (low, high; NaN where a class is
-    never true or never predicted in most resamples) and ``"macro_f1"`` -> (2,).
+    never true or never predicted in most resamples). The macro F1's interval is the
+    scoring's own (``scoring.bootstrap``).
     """
     TP, T, P = class_count_replicates(labels, preds, people, NUM_CLASSES, samples, seed)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(P > 0, TP / P, np.nan)
         recall = np.where(T > 0, TP / T, np.nan)
         f1 = np.where(T + P > 0, 2 * TP / (T + P), np.nan)
-    # Macro F1 as scored: a class neither true nor predicted counts 0 (sklearn's zero_division=0).
-    macro = np.nan_to_num(f1, nan=0.0).mean(axis=1)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     out = {}
     for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
@@ -105,12 +106,12 @@ def _class_intervals(labels: np.ndarray, preds: np.ndarray, people: Sequence[str
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns (a class never predicted) give NaN
             bounds = np.nanpercentile(values, q, axis=0)
         out[name] = np.where(enough, bounds, np.nan)
-    out["macro_f1"] = np.percentile(macro, q)
     return out
 
 
 def per_class_table(labels: np.ndarray, preds: np.ndarray, people: Sequence[str],
-                    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS) -> pd.DataFrame:
+                    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS, level: float = DEFAULT_LEVEL,
+                    samples: int = DEFAULT_BOOT, seed: int = 0) -> pd.DataFrame:
     """Per class: support (images, people), precision, recall, F1 and their person-bootstrap intervals."""
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     people = pd.Series(people).astype(str).to_numpy()
@@ -121,7 +122,7 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray, people: Sequence[str]
         precision = np.where(pred_n > 0, tp / pred_n, 0.0)
         recall = np.where(true_n > 0, tp / true_n, 0.0)
         f1 = np.where(true_n + pred_n > 0, 2 * tp / (true_n + pred_n), 0.0)
-    ci = _class_intervals(labels, preds, people)
+    ci = _class_intervals(labels, preds, people, samples, level, seed)
     table = pd.DataFrame({
         "class": np.arange(NUM_CLASSES), "name": class_names(thresholds),
         "images": true_n.astype(np.int64),
@@ -131,7 +132,6 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray, people: Sequence[str]
         "recall": recall, "recall_lo": ci["recall"][0], "recall_hi": ci["recall"][1],
         "f1": f1, "f1_lo": ci["f1"][0], "f1_hi": ci["f1"][1],
     })
-    table.attrs["macro_f1_ci"] = tuple(float(x) for x in ci["macro_f1"])
     return table
 
 
@@ -184,8 +184,13 @@ def fold_scores(oof: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------- reading
 
 
-def analyse_run(path: str | Path) -> ReportResult:
-    """Read a run or CV folder for the report; FileNotFoundError / ValueError name what is missing or bad."""
+def analyse_run(path: str | Path, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT,
+                seed: int = 0) -> ReportResult:
+    """Read a run or CV folder for the report; FileNotFoundError / ValueError name what is missing or bad.
+
+    The scores and their intervals are ``scoring.score``'s, as ``maskstatus score`` prints them for the same
+    ``level``, ``n_boot`` and ``seed``.
+    """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"run folder not found: {path}")
@@ -196,8 +201,7 @@ def analyse_run(path: str | Path) -> ReportResult:
     cfg = member_config(path)
     thresholds = cfg.data.age.thresholds() if cfg is not None else DEFAULT_AGE_THRESHOLDS
     oof = read_oof(path)
-    probs = oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
-    metrics = compute_metrics(probs, oof["label"].to_numpy())
+    interval = folder_interval(path, oof, n_boot, level, seed)
     try:
         runs = expand_runs([path])
     except FileNotFoundError:  # a CV folder whose fold runs lost their weights still has its curves
@@ -210,7 +214,7 @@ def analyse_run(path: str | Path) -> ReportResult:
             raise ValueError(f"cannot read {path / CV_METRICS}: {err}") from None
     # Only runs that predict years get age bands; the others need not read the train table again.
     years = given_years(cfg, oof) if cfg is not None and AGE_MEAN in oof.columns else None
-    return ReportResult(path, is_cv, config_file, thresholds, oof, metrics, runs, summary, years)
+    return ReportResult(path, is_cv, config_file, thresholds, oof, interval, runs, summary, years)
 
 
 # ----------------------------------------------------------------- render
@@ -220,7 +224,7 @@ def _curves_section(r: ReportResult) -> str:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    found = [(run, run / "metrics.csv") for run in r.runs if (run / "metrics.csv").is_file()]
+    found = [(run, run / METRICS) for run in r.runs if (run / METRICS).is_file()]
     if not found:
         return H.note("No metrics.csv in the run folder(s): no learning curves.")
     fig = Figure(figsize=(12, 3.4), layout="constrained")
@@ -285,17 +289,26 @@ def _interval(value: float, lo: float, hi: float) -> str:
     return f"{value:.3f} <small>({lo:.2f}-{hi:.2f})</small>"
 
 
+def _score_text(iv: Interval, key: str) -> str:
+    """A score with its interval and level, as ``maskstatus score`` reports them; NaN: a score the model lacks."""
+    point, (lo, hi) = iv.point[key], iv.ci[key]
+    if np.isnan(point):
+        return "not scored (the model does not predict every task)"
+    return f"{point:.4f}, {iv.level:.0%} interval {lo:.4f}-{hi:.4f}"
+
+
 def _per_class_section(r: ReportResult) -> str:
     probs = r.oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
-    table = per_class_table(r.oof["label"].to_numpy(), probs.argmax(axis=1), r.oof["person_id"], r.thresholds)
+    iv = r.interval
+    table = per_class_table(r.oof["label"].to_numpy(), probs.argmax(axis=1), r.oof["person_id"], r.thresholds,
+                            iv.level, iv.n_boot, iv.seed)
     rows = [[int(t.class_), t.name, int(t.images), int(t.people), int(t.predicted),
              _interval(t.precision, t.precision_lo, t.precision_hi), _interval(t.recall, t.recall_lo, t.recall_hi),
              _interval(t.f1, t.f1_lo, t.f1_hi)]
             for t in table.rename(columns={"class": "class_"}).itertuples(index=False)]
-    lo, hi = table.attrs["macro_f1_ci"]
-    text = (f"Intervals: {BOOTSTRAP_LEVEL:.0%} percentile intervals over {BOOTSTRAP_SAMPLES} resamples of the "
-            f"{r.oof['person_id'].nunique()} people (a person's photos share one face and label, so people are "
-            f"drawn, not images). Macro F1 {r.metrics['f1']:.4f}, interval {lo:.4f}-{hi:.4f}.")
+    text = (f"Intervals: {iv.level:.0%} percentile intervals over {iv.n_boot} resamples of the "
+            f"{iv.people} people (a person's photos share one face and label, so people are "
+            f"drawn, not images). Macro F1 {_score_text(iv, 'f1')}.")
     weakest = table.sort_values("f1", kind="stable").head(3)
     worst = H.note("Weakest classes: " + ", ".join(f"{n} (F1 {f:.2f})" for n, f in zip(weakest["name"], weakest["f1"])))
     return H.note(text) + worst + H.table(rows, ["class", "name", "images", "people", "predicted", "precision",
@@ -410,17 +423,25 @@ def _folds_section(r: ReportResult) -> str:
             + '<div class="row">' + table + H.figure(fig, "fold spread") + "</div>")
 
 
+def _kpi(value: float) -> str:
+    return "n/a" if np.isnan(value) else f"{value:.4f}"  # NaN: a score a per-task model does not have
+
+
 def render(r: ReportResult) -> str:
     """The report page of an ``analyse_run`` result, as one HTML string."""
     m = r.metrics
     kind = "CV folder" if r.is_cv else "run"
-    head = [("OOF macro F1", f"{m['f1']:.4f}"), ("accuracy", f"{m['acc']:.4f}"),
-            *[(f"{t} F1", f"{m[f'{t}_f1']:.4f}") for t in TASKS],
+    head = [("OOF macro F1", _kpi(m["f1"])), ("accuracy", _kpi(m["acc"])),
+            *[(f"{t} F1", _kpi(m[f"{t}_f1"])) for t in TASKS],
             ("OOF images", r.images), ("people", r.oof["person_id"].nunique())]
     if r.is_cv:
         head.append(("folds", r.oof["fold"].nunique()))
+    iv = r.interval
     summary = H.kpis(head) + H.note(f"Out-of-fold predictions of the {kind}: every image scored by a model that "
-                                    "never saw its person.")
+                                    "never saw its person.") + H.note(
+        f"Macro F1 {_score_text(iv, 'f1')}: a person-bootstrap percentile "
+        f"interval over {iv.n_boot} resamples of the {iv.people} people (seed {iv.seed}), as maskstatus score "
+        "gives it.")
     sections = [
         H.Section("summary", "Summary", summary),
         H.Section("curves", "Learning curves", _curves_section(r)),

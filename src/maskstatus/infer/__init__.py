@@ -1,1 +1,2 @@
-"""Prediction: evaluation loops, TTA, predicting with runs and ensembles, grouping eval photos into people, ONNX export and runtime."""
+"""Prediction: evaluation loops, TTA, a run's prediction pipeline (shared by predict, serve and export), ensembles,
+grouping eval photos into people, ONNX export and runtime."""

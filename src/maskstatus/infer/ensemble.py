@@ -19,6 +19,7 @@ import pandas as pd
 from ..age import AGE_MEAN, AGE_SIGMA
 from ..errors import UsageError
 from ..labels import MASK_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, split_class_probs
+from ..runs import expand_runs  # noqa: F401  (where importers of the ensemble code found it; it lives with the layout)
 from ..scoring.metrics import compute_metrics
 from ..scoring.oof import KEY_COLUMNS, member_config, read_oof
 
@@ -191,47 +192,3 @@ def ensemble_oof(
     if years:
         out[AGE_MEAN], out[AGE_SIGMA] = np.mean(years, axis=0).T
     return out, compute_metrics(probs, labels)
-
-
-def _is_run(path: Path) -> bool:
-    return (path / "config.yaml").is_file()
-
-
-def _fold_runs(path: Path) -> list[Path]:
-    if not path.is_dir():
-        return []
-    runs = []
-    for sub in sorted(p for p in path.iterdir() if p.is_dir()):
-        if not _is_run(sub):
-            continue
-        if (sub / "checkpoints" / "best.pt").is_file():
-            runs.append(sub)
-        else:
-            logger.warning("%s has a config.yaml but no checkpoints/best.pt; left out of %s", sub, path)
-    return runs
-
-
-def expand_runs(paths: Sequence[Path | str]) -> list[Path]:
-    """Run folders and CV folders -> run folders.
-
-    A folder with config.yaml is one run (unless it has no checkpoints/ but holds
-    fold runs: a CV folder that saved its config at the top). A folder without
-    one, whose subfolders are runs (config.yaml + checkpoints/best.pt), stands
-    for those runs, sorted by name.
-    """
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if _is_run(p) and (p / "checkpoints").is_dir():
-            out.append(p)
-            continue
-        folds = _fold_runs(p)
-        if folds:
-            out.extend(folds)
-        elif _is_run(p):
-            out.append(p)  # a run without checkpoints: loading it names the missing file
-        else:
-            raise FileNotFoundError(
-                f"not a run folder (no config.yaml) nor a folder of runs (no subfolder with config.yaml and "
-                f"checkpoints/best.pt): {p}"
-            )
-    return out

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -33,18 +32,13 @@ from ..config import Config
 from ..defaults import EXPORT_TOLERANCE
 from ..errors import RunError
 from ..extras import require
-from ..data.cache import ImageCache
-from ..data.dataset import FaceDataset
 from ..data.tables import folder_table
-from ..data.transforms import build_transforms, output_shape
 from ..labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, NUM_CLASSES
-from ..models import model_data_config, outputs_to_probs
-from ..models.heads import SINGLE_KEY
+from ..models.heads import SINGLE_KEY, outputs_to_probs
 from ..outputs import check_output
-from ..runs import atomic_write_text
-from .ensemble import expand_runs
+from ..runs import AGE_CUTS, RunDir, atomic_write_text, expand_runs
 from .onnx_model import INPUT_NAME, SIDECAR_FORMAT, OnnxModel, file_sha256, onnx_path, seal_sidecar, sidecar_path
-from .predict import LoadedRun, load_run
+from .pipeline import LoadedRun, fixed_input_size, load_run, model_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +89,7 @@ def check_image_paths(run_dir: Path, images: Optional[Path | str | Sequence[str]
     The run's own data first (the paths in its predictions/oof.csv that still exist
     here), else ``images`` (a folder, or a list of files).
     """
-    oof = run_dir / "predictions" / "oof.csv"
+    oof = RunDir(run_dir).oof
     paths: list[str] = []
     source = ""
     if oof.is_file():
@@ -121,15 +115,6 @@ def check_image_paths(run_dir: Path, images: Optional[Path | str | Sequence[str]
             "image found here; give some with --images DIR"
         )
     return paths, source
-
-
-def eval_inputs(cfg: Config, norm: dict, paths: Sequence[str]) -> list[torch.Tensor]:
-    """The images as the model sees them at prediction: decoded, resized, eval transforms, normalised."""
-    cache = ImageCache(paths, size=tuple(cfg.cache.size) if cfg.cache.size else None, mode="memory",
-                       threads=cfg.cache.decode_threads, progress=False).fill()
-    transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
-    dataset = FaceDataset(cache, np.arange(len(paths)), transform)
-    return [dataset[i]["image"] for i in range(len(dataset))]
 
 
 def _batches(inputs: list[torch.Tensor], size: int) -> list[torch.Tensor]:
@@ -231,10 +216,10 @@ def export_run(
     run_dir = Path(run_dir)
     if age_cuts is None:
         age_cuts = read_cuts(run_dir)
-    cuts_source = "age_cuts.json" if age_cuts is not None else "scoring thresholds"
+    cuts_source = AGE_CUTS if age_cuts is not None else "scoring thresholds"
     run = load_run(run_dir, checkpoint, age_cuts)
-    cfg, model = run.cfg, run.model.float()
-    norm = model_data_config(model)
+    cfg, model = run.cfg, run.module.float()
+    norm = run.norm
     keys = model.prediction_keys  # an age head's own logits stay inside: prediction reads the years
     target = onnx_path(run_dir, checkpoint, out_dir)
     try:
@@ -244,10 +229,8 @@ def export_run(
 
     started = time.perf_counter()
     paths, source = check_image_paths(run_dir, images, check_count)
-    inputs = eval_inputs(cfg, norm, paths)
-    transform = build_transforms(cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
-    # Fixed when the cache resizes every image, or the eval transforms map any input to one size.
-    fixed_size = cfg.cache.size is not None or output_shape(transform, (97, 83)) == output_shape(transform, (131, 149))
+    inputs = model_inputs(run, paths)
+    fixed_size = fixed_input_size(cfg)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".onnx.tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -19,10 +19,11 @@ import torch
 
 from ..data.cache import available_cores
 from ..errors import RunError, RunNotFoundError
+from ..runs import ONNX
 
 logger = logging.getLogger(__name__)
 
-ONNX_DIR = "onnx"
+ONNX_DIR = ONNX  # in a run folder (runs names the layout)
 INPUT_NAME = "image"
 # Bumped when the sidecar's meaning changes, so an old file is refused instead of misread.
 # 2: the sidecar carries the digests of the ONNX file, of the checkpoint and of itself.

@@ -19,6 +19,7 @@ from ..config import Config, load_config
 from ..errors import DataError
 from ..labels import PROB_COLUMNS
 from ..outputs import first_line
+from ..runs import CV_CONFIG, RUN_CONFIG, oof_path
 
 KEY_COLUMNS = ["person_id", "stem"]
 OOF_COLUMNS = ["person_id", "stem", "image_path", "label", "fold"]
@@ -33,19 +34,10 @@ def is_oof_csv(path: Path | str) -> bool:
 def member_config(path: Path | str) -> Optional[Config]:
     """The config of a run folder (config.yaml) or CV folder (cv_config.yaml); None for anything else."""
     path = Path(path)
-    for name in ("config.yaml", "cv_config.yaml"):
+    for name in (RUN_CONFIG, CV_CONFIG):
         if (path / name).is_file():
             return load_config(path / name)
     return None
-
-
-def oof_path(path: Path | str) -> Path:
-    """``DIR/oof.csv`` (a CV folder) if present, else ``DIR/predictions/oof.csv`` (a run folder)."""
-    path = Path(path)
-    for candidate in (path / "oof.csv", path / "predictions" / "oof.csv"):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"no out-of-fold predictions in {path} (looked for oof.csv and predictions/oof.csv)")
 
 
 def check_oof_frame(df: pd.DataFrame, required: Sequence[str] = (*OOF_COLUMNS, *PROB_COLUMNS)) -> None:

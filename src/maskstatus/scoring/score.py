@@ -6,12 +6,34 @@ from pathlib import Path
 
 import pandas as pd
 
+from typing import Optional
+
 from ..age import read_cuts
+from ..config import Config
 from ..defaults import DEFAULT_SEED
 from .bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
 from ..errors import UsageError
 from ..labels import PROB_COLUMNS, TASKS
 from .oof import member_config, oof_path, read_oof
+
+
+def scored_scope(cfg: Optional[Config]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """What a folder's model is scored on: its tasks and mask codes (everything for a bare CSV, which says nothing).
+
+    A per-task model has no 18-class metrics; a cascade expert is scored on its mask states only.
+    """
+    if cfg is None:
+        return tuple(TASKS), (0, 1, 2)
+    return tuple(cfg.model.tasks), tuple(cfg.data.mask_codes())
+
+
+def folder_interval(path: Path | str, oof: pd.DataFrame, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
+                    seed: int = 0) -> Interval:
+    """The scores of ``oof`` (read from ``path``) with their person-bootstrap intervals, as its folder's config
+    says its model is scored: the one scoring ``score``, ``cv``, ``ensemble`` and ``report`` show."""
+    path = Path(path)
+    tasks, states = scored_scope(member_config(path) if path.is_dir() else None)
+    return oof_interval(oof, tasks, states, n_boot, level, seed)
 
 
 def oof_interval(
@@ -43,15 +65,12 @@ def score_oof(path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAU
         raise UsageError(f"--level: the interval level must lie strictly between 0 and 1, got {level}")
     path = Path(path)
     oof = read_oof(path)
-    cfg = member_config(path) if path.is_dir() else None
-    tasks = tuple(cfg.model.tasks) if cfg is not None else tuple(TASKS)
-    states = tuple(cfg.data.mask_codes()) if cfg is not None else (0, 1, 2)
-    interval = oof_interval(oof, tasks, states, n_boot, level, seed)
+    interval = folder_interval(path, oof, n_boot, level, seed)
     cuts = read_cuts(path) if path.is_dir() else None
     return {
         "source": str(oof_path(path) if path.is_dir() else path),
         "folds": sorted(int(f) for f in pd.unique(oof["fold"])),
         "age_cuts": list(cuts) if cuts is not None else None,
-        "tasks": list(tasks),
+        "tasks": list(scored_scope(member_config(path) if path.is_dir() else None)[0]),
         **interval.to_dict(),
     }

@@ -1,11 +1,11 @@
 """A model loaded once that answers for images in memory exactly what ``maskstatus predict`` answers for files.
 
 Everything between the decoded image and the 18 probabilities is the
-prediction code's own: ``load_run`` and ``expand_runs`` load the runs,
-``ImageCache`` resizes to the run's ``cache.size``, ``FaceDataset`` applies the
-run's eval transforms, ``infer`` runs the TTA views and ``vote_members`` joins
-the ensemble members. Only the source of the pixels differs: arrays already
-decoded (with ``load_rgb``'s rules) instead of file paths. Two bounds on
+run's prediction pipeline (``infer.pipeline``), the one ``predict`` and
+``export`` use: it loads the runs, sizes the images, applies each run's eval
+transforms, runs the TTA views and joins the ensemble members. Only the source
+of the pixels differs: arrays already decoded (with ``load_rgb``'s rules)
+instead of file paths. Two bounds on
 the cost of large photos apply only here: a JPEG over 2 x ``DECODE_MIN_SIDE``
 is decoded at reduced size, and faces are looked for in a copy at most
 ``DETECT_MAX_SIDE`` long; a face-crop-sized photo is unaffected by either. With
@@ -22,27 +22,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence
+from typing import BinaryIO, Optional, Sequence, cast
 
 import cv2
 import numpy as np
-import torch
-from lightning_fabric import Fabric
 
-from ..age import read_cuts
-from ..data.cache import ImageCache, resize_to
 from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, shared_detector
 from ..defaults import DECODE_MIN_SIDE, DEFAULT_MAX_PIXELS
 from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
                            probe_image)
-from ..data.transforms import build_transforms
-from ..infer.ensemble import expand_runs
-from ..choices import check_accelerator_available
-from ..infer.predict import LoadedRun, cache_probs, check_backend, load_run, vote_members
+from ..choices import check_accelerator_available, check_backend
+from ..infer.pipeline import Backend, Pipeline, model_inputs
 from ..infer.tta import TTA, tta_views
 from ..errors import UsageError
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
-from ..models import model_data_config
 from .gradcam import heatmaps, png_data_uri
 
 logger = logging.getLogger(__name__)
@@ -148,16 +141,6 @@ class BoundedDetector:
 
 
 @dataclass
-class _Member:
-    """One ensemble member: a run, or the fold runs of a CV folder (their probabilities averaged)."""
-
-    source: Path
-    runs: list[LoadedRun]
-    tasks: tuple[str, ...]
-    states: tuple[str, ...]
-
-
-@dataclass
 class Prediction:
     probs: np.ndarray  # (18,) float32, the ensemble's class probabilities
     crop: FaceCrop  # what the model saw, and where the face was
@@ -222,28 +205,13 @@ class Predictor:
         self.tta = None if tta is None else list(tta)
         self.max_pixels = max_pixels
         self.batch_size = batch_size
-        self.members: list[_Member] = []
-        onnx_models = {}  # id(torch run) -> the same run's ONNX export, which answers in its place
-        for source in self.sources:
-            paths = expand_runs([source])
-            runs = [load_run(r, checkpoint, read_cuts(source)) for r in paths]
-            if backend == "onnx":  # a missing or stale export fails here, at start-up, naming the file
-                for run, path in zip(runs, paths):
-                    onnx_models[id(run)] = load_run(path, checkpoint, read_cuts(source), "onnx", onnx_dir).model
-            cfg = runs[0].cfg
-            self.members.append(_Member(source, runs, tuple(cfg.model.tasks), tuple(cfg.data.mask_states)))
-        first = self.members[0].runs[0].cfg
-        self.fabric = Fabric(accelerator=accelerator, devices=1, precision=first.train.precision)
-        self.prepared: dict[int, tuple[object, object]] = {}  # id(run) -> the model that answers and its transform
-        for member in self.members:
-            for run in member.runs:
-                norm = model_data_config(run.model)
-                transform = build_transforms(run.cfg.transforms.eval, norm["mean"], norm["std"], "transforms.eval")
-                model = run.model
-                if run.cfg.train.channels_last:
-                    model = model.to(memory_format=torch.channels_last)
-                model = self.fabric.setup_module(model)
-                self.prepared[id(run)] = (onnx_models.get(id(run), model), transform)
+        # Grad-CAM needs gradients, so with ONNX answering the PyTorch models are kept for ``explain``.
+        self.pipeline = Pipeline.load(self.sources, checkpoint, cast(Backend, backend), onnx_dir, accelerator,
+                                      keep_torch=True)
+        self.pipeline.prepare_all()  # at start-up, not on the first request
+        self.members = self.pipeline.members
+        self.fabric = self.pipeline.fabric
+        first = self.pipeline.first
         # Frame faces with the shape the first model was trained on (cache.size is height, width).
         self.aspect = cache_aspect(first.cache.size)
         # A run trained with data.face_crop saw only crops (predict crops for it too), so it gets them here
@@ -284,15 +252,7 @@ class Predictor:
             raise ValueError("probs needs at least one image")
         images = list(images)
         with self.lock:
-            return vote_members([m.runs for m in self.members], lambda run: self._run_probs(run, images))[0]
-
-    def _run_probs(self, run: LoadedRun, images: list[np.ndarray]) -> tuple[np.ndarray, Optional[np.ndarray]]:
-        model, transform = self.prepared[id(run)]
-        size = tuple(run.cfg.cache.size) if run.cfg.cache.size else None
-        # The cache's keys are indices into ``images``: it resizes exactly as it does for files.
-        cache = ImageCache([str(i) for i in range(len(images))], size=size, mode="memory", threads=1,
-                           progress=False, loader=lambda key: images[int(key)]).fill()
-        return cache_probs(run, model, transform, cache, self.fabric, self.batch_size, tta=self.tta)
+            return self.pipeline.predict_arrays(images, self.batch_size, self.tta)[0]
 
     def predict(self, images: Sequence[np.ndarray]) -> list[Prediction]:
         """Find the faces, then predict all images in one batch."""
@@ -320,12 +280,10 @@ class Predictor:
             for member in self.members:
                 if all(t in maps for t in member.tasks):
                     continue
-                run = member.runs[0]
-                transform = self.prepared[id(run)][1]
-                size = tuple(run.cfg.cache.size) if run.cfg.cache.size else None
-                x = transform(image=resize_to(crop.image, size))["image"].to(self.fabric.device)
-                norm = model_data_config(run.model)
-                for task, rgb in heatmaps(run.model, x, chosen, norm["mean"], norm["std"]).items():
+                run = member.torch_runs[0]
+                x = model_inputs(run, [crop.image])[0].to(self.fabric.device)
+                norm = run.norm
+                for task, rgb in heatmaps(run.module, x, chosen, norm["mean"], norm["std"]).items():
                     maps.setdefault(task, png_data_uri(rgb))
         answer["heatmaps"] = maps
         return answer

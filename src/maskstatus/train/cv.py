@@ -46,16 +46,17 @@ from ..choices import check_accelerator_available
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..labels import PROB_COLUMNS
 from ..scoring.metrics import model_metrics
-from ..scoring.score import oof_interval
-from ..runs import CV_CONFIG, RunDir, atomic_write_csv, atomic_write_text, load_checkpoint, new_run_dir
+from ..scoring.score import oof_interval, scored_scope
+from ..runs import (CV_CONFIG, CV_METRICS, FOLDS, OOF, RunDir, atomic_write_csv, atomic_write_text,
+                    load_checkpoint, new_run_dir)
 from ..data.tables import load_train_table
 from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
 
-CV_FOLDS = "folds.csv"
-CV_OOF = "oof.csv"
-CV_METRICS = "cv_metrics.json"
+# The CV folder's files (runs names the layout); these names are what the training code has always used.
+CV_FOLDS = FOLDS
+CV_OOF = OOF
 
 
 @dataclass
@@ -161,11 +162,11 @@ def fold_list(cfg: Config, folds: Optional[Sequence[int]]) -> list[int]:
 
 
 def _new_cv_dir(cfg: Config) -> Path:
-    root = new_run_dir(cfg.output_dir, f"{cfg.name}-cv").root
+    run = new_run_dir(cfg.output_dir, f"{cfg.name}-cv")
     # new_run_dir lays out a single run; the CV folder holds runs instead, so drop the (empty) extras.
-    for sub in ("checkpoints", "predictions", "plots"):
-        (root / sub).rmdir()
-    return root
+    for sub in run.folders()[1:]:
+        sub.rmdir()
+    return run.root
 
 
 def _make_cv_folds(cfg: Config) -> pd.DataFrame:
@@ -225,7 +226,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
             continue
         if not sorted_folds(RunDir(run).folds).equals(shared):
             raise RunError(f"{run} was trained on other folds than {cv_dir / CV_FOLDS}")
-        oof_path = RunDir(run).predictions / "oof.csv"
+        oof_path = RunDir(run).oof
         if not oof_path.is_file():
             raise FileNotFoundError(f"fold {k} run has no out-of-fold predictions: {oof_path}")
         oof = pd.read_csv(oof_path, dtype={"person_id": str, "stem": str})
@@ -249,7 +250,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     # Scored as the fold runs were: a per-task model on its tasks, a cascade expert on its mask states.
     metrics = model_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks,
                             cfg.data.mask_codes())
-    interval = oof_interval(oof, cfg.model.tasks, cfg.data.mask_codes()).to_dict()
+    interval = oof_interval(oof, *scored_scope(cfg)).to_dict()
     ci = {k: interval[k] for k in ("level", "n_boot", "seed", "people")} | interval["ci"]
     complete = len(per_fold) == cfg.split.folds
     atomic_write_csv(oof, cv_dir / CV_OOF, float_format="%.6f")

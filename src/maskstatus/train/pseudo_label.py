@@ -24,13 +24,13 @@ import pandas as pd
 from ..data.folds import FOLD_COLUMNS, IMAGE_FOLD_COLUMNS
 from ..errors import DataError, UsageError
 from ..outputs import check_output, check_prediction_output, first_line
-from ..runs import atomic_write_csv
+from ..runs import FOLDS, atomic_write_csv
 from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
 from ..infer.predict import predict
 
 logger = logging.getLogger(__name__)
 
-FOLDS_COPY = "folds.csv"
+FOLDS_COPY = FOLDS  # named as a CV folder's, whose table it copies
 
 
 def _shared_folds(teachers: Sequence[Path]) -> pd.DataFrame:

@@ -149,7 +149,7 @@ def _write_oof(run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.nda
     oof = pd.concat([oof, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
     if age_years is not None:  # a regression head's years, so its age cut points can be tuned out of fold
         oof[AGE_MEAN], oof[AGE_SIGMA] = age_years[:, 0], age_years[:, 1]
-    atomic_write_csv(oof, run.predictions / "oof.csv", float_format="%.6f")
+    atomic_write_csv(oof, run.oof, float_format="%.6f")
 
 
 def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
@@ -195,7 +195,7 @@ def check_resume_epochs(run_root: Path, state: dict[str, Any], epochs: int) -> N
         raise ConfigError(
             f"train.epochs={epochs} is fewer than the {trained} epochs {run_root} has already trained "
             f"(checkpoints/last.pt holds epoch {trained - 1}); --resume only extends a run: give "
-            f"train.epochs={trained + 1} or more, or train a new run with --config {Path(run_root) / 'config.yaml'} "
+            f"train.epochs={trained + 1} or more, or train a new run with --config {RunDir(Path(run_root)).config} "
             f"train.epochs={epochs}"
         )
 
