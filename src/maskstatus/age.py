@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .errors import RunError
-from .runs import AGE_CUTS
 from .labels import PROB_COLUMNS, TASKS, AgeThresholds, combine_task_probs, decode, encode, split_class_probs
+from .runs import AGE_CUTS
 from .scoring.metrics import macro_f1
 
 logger = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def age_distribution_targets(years: torch.Tensor, bins: int, sigma: float) -> to
     return logp.softmax(dim=-1)
 
 
-def mean_years(view_outputs: Sequence[Mapping[str, torch.Tensor]]) -> Optional[torch.Tensor]:
+def mean_years(view_outputs: Sequence[Mapping[str, torch.Tensor]]) -> torch.Tensor | None:
     """The regression output averaged over TTA views (N, 2), or None for a head without one.
 
     Means and spreads are averaged before the group probabilities are taken, so the
@@ -229,7 +229,7 @@ def write_cuts(folder: Path | str, result: dict) -> Path:
     return path
 
 
-def read_cuts(folder: Path | str) -> Optional[Cuts]:
+def read_cuts(folder: Path | str) -> Cuts | None:
     """The tuned cut points stored in a run or CV folder, or None if it has none."""
     path = Path(folder) / CUTS_FILE
     if not path.is_file():

@@ -10,7 +10,6 @@ imported anyway, before any model is loaded.
 from __future__ import annotations
 
 import importlib.util
-from typing import Optional
 
 from .errors import MaskstatusError, UsageError
 
@@ -18,8 +17,18 @@ from .errors import MaskstatusError, UsageError
 ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
 # What Fabric(precision=...) takes as a string (train.precision); the aliases 32, 16, bf16, 64 included.
 PRECISIONS: tuple[str, ...] = (
-    "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
-    "transformer-engine", "transformer-engine-float16", "32", "16", "bf16", "64",
+    "32-true",
+    "16-mixed",
+    "bf16-mixed",
+    "16-true",
+    "bf16-true",
+    "64-true",
+    "transformer-engine",
+    "transformer-engine-float16",
+    "32",
+    "16",
+    "bf16",
+    "64",
 )
 # The precisions prediction offers, and its backends (the PyTorch model, or its ONNX export).
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
@@ -31,7 +40,7 @@ VOTES: tuple[str, ...] = ("soft", "hard")
 TTA_NAMES: tuple[str, ...] = ("hflip", "shift")
 
 
-def check_backend(backend: str, accelerator: str, precision: Optional[str] = None) -> None:
+def check_backend(backend: str, accelerator: str, precision: str | None = None) -> None:
     """Refuse a backend, device and precision that cannot go together (predict and serve share these rules)."""
     if backend not in BACKENDS:
         raise UsageError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -45,8 +54,9 @@ def check_backend(backend: str, accelerator: str, precision: Optional[str] = Non
         raise UsageError(f"the onnx backend runs on the CPU; got accelerator={accelerator!r} (use --backend torch)")
 
 
-def check_accelerator_available(accelerator: str, where: str = "--accelerator",
-                                error: type[MaskstatusError] = UsageError) -> None:
+def check_accelerator_available(
+    accelerator: str, where: str = "--accelerator", error: type[MaskstatusError] = UsageError
+) -> None:
     """Refuse an accelerator this machine does not have, naming ``where`` it was asked for (an option, a key).
 
     Imports torch: call it where torch is imported anyway, before the work starts.
@@ -63,9 +73,14 @@ def check_accelerator_available(accelerator: str, where: str = "--accelerator",
 
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if not {"cuda": cuda, "mps": mps, "gpu": cuda or mps}[accelerator]:
-        why = ("this torch is built without CUDA" if torch.version.cuda is None
-               else "no NVIDIA driver or device found, or CUDA_VISIBLE_DEVICES hides them")
+        why = (
+            "this torch is built without CUDA"
+            if torch.version.cuda is None
+            else "no NVIDIA driver or device found, or CUDA_VISIBLE_DEVICES hides them"
+        )
         if accelerator == "mps":
             why = "Apple's Metal (MPS) is not available"
-        raise error(f"{where}={accelerator} but no GPU is visible to torch {torch.__version__} ({why}); "
-                    "use cpu, or auto to take a GPU when there is one")
+        raise error(
+            f"{where}={accelerator} but no GPU is visible to torch {torch.__version__} ({why}); "
+            "use cpu, or auto to take a GPU when there is one"
+        )

@@ -10,8 +10,9 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 # Only torch-free modules at the top: each command checks its config and arguments, then imports the library's heavy
 # modules (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py). Option
@@ -30,15 +31,24 @@ logger = logging.getLogger("maskstatus")
 def _add_demo_data(sub: Subparsers) -> None:
     s = sub.add_parser("demo-data", help="draw a small synthetic data set in the competition layout")
     s.add_argument("out_dir", metavar="OUT_DIR", help="writes OUT_DIR/train, OUT_DIR/eval and OUT_DIR/eval_truth.csv")
-    s.add_argument("--people", type=int, default=defaults.DEMO_PEOPLE,
-                   help="training people, 7 images each (default %(default)s)")
+    s.add_argument(
+        "--people", type=int, default=defaults.DEMO_PEOPLE, help="training people, 7 images each (default %(default)s)"
+    )
     s.add_argument("--eval-people", type=int, default=None, help="eval people (default: half of --people)")
-    s.add_argument("--seed", type=int, default=defaults.DEFAULT_SEED,
-                   help="random seed; the same seed draws the same data")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace OUT_DIR's train/, eval/ and eval_truth.csv if they exist (default: refuse)")
-    s.add_argument("--workers", type=int, default=defaults.DEMO_WORKERS,
-                   help="processes drawing the photos (default %(default)s); any number draws the same bytes")
+    s.add_argument(
+        "--seed", type=int, default=defaults.DEFAULT_SEED, help="random seed; the same seed draws the same data"
+    )
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace OUT_DIR's train/, eval/ and eval_truth.csv if they exist (default: refuse)",
+    )
+    s.add_argument(
+        "--workers",
+        type=int,
+        default=defaults.DEMO_WORKERS,
+        help="processes drawing the photos (default %(default)s); any number draws the same bytes",
+    )
     s.set_defaults(fn=_cmd_demo_data)
 
 
@@ -47,11 +57,19 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
     from .errors import UsageError
 
     try:
-        data = make_demo_data(Path(args.out_dir), people=args.people, eval_people=args.eval_people, seed=args.seed,
-                              overwrite=args.overwrite, workers=args.workers)
+        data = make_demo_data(
+            Path(args.out_dir),
+            people=args.people,
+            eval_people=args.eval_people,
+            seed=args.seed,
+            overwrite=args.overwrite,
+            workers=args.workers,
+        )
     except FileExistsError:
-        raise UsageError(f"{args.out_dir} already holds a data set (train/, eval/ or eval_truth.csv); "
-                         "add --overwrite to replace them, or give another OUT_DIR") from None
+        raise UsageError(
+            f"{args.out_dir} already holds a data set (train/, eval/ or eval_truth.csv); "
+            "add --overwrite to replace them, or give another OUT_DIR"
+        ) from None
     print(f"train: {data.train_dir}")
     print(f"eval:  {data.eval_dir}")
     print(f"eval ground truth: {data.truth_csv}")
@@ -64,17 +82,22 @@ def _add_validate_data(sub: Subparsers) -> None:
     s.add_argument("--relabel", default=None, help="relabel CSV to apply, or 'competition' for the shipped fixes")
     _add_age_groups(s)
     s.add_argument("--no-check-images", action="store_true", help="skip decoding every image (faster)")
-    s.add_argument("--skip-bad", action="store_true",
-                   help="report problems as warnings and summarise what is left (exit 0 unless nothing is left)")
+    s.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="report problems as warnings and summarise what is left (exit 0 unless nothing is left)",
+    )
     s.set_defaults(fn=_cmd_validate_data)
 
 
 def _add_age_groups(s: argparse.ArgumentParser) -> None:
     """--young-below and --old-from: shared by validate-data and eda."""
-    s.add_argument("--young-below", type=int, default=defaults.YOUNG_BELOW,
-                   help="age group 0 is age < this (default %(default)s)")
-    s.add_argument("--old-from", type=int, default=defaults.OLD_FROM,
-                   help="age group 2 is age >= this (default %(default)s)")
+    s.add_argument(
+        "--young-below", type=int, default=defaults.YOUNG_BELOW, help="age group 0 is age < this (default %(default)s)"
+    )
+    s.add_argument(
+        "--old-from", type=int, default=defaults.OLD_FROM, help="age group 2 is age >= this (default %(default)s)"
+    )
 
 
 def _cmd_validate_data(args: argparse.Namespace) -> int:
@@ -121,18 +144,30 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 def _add_train(sub: Subparsers) -> None:
     s = sub.add_parser("train", help="train one fold; prints the run folder")
     s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
-    s.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
-                   help="continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)")
+    s.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="RUN_DIR",
+        help="continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)",
+    )
     _add_skip_bad(s)
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18")
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18",
+    )
     s.set_defaults(fn=_cmd_train)
 
 
 def _add_skip_bad(s: argparse.ArgumentParser) -> None:
     """--skip-bad of train and cv: the data.skip_bad override."""
-    s.add_argument("--skip-bad", action="store_true",
-                   help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)")
+    s.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -202,20 +237,35 @@ def _workers_arg(text: str) -> int | str:
 
 def _add_cv(sub: Subparsers) -> None:
     s = sub.add_parser(
-        "cv", help="train every fold on one shared split; prints per-fold and out-of-fold F1 and the CV folder",
+        "cv",
+        help="train every fold on one shared split; prints per-fold and out-of-fold F1 and the CV folder",
         description="Make the person -> fold split once, train one run per fold on it, pool the held-out "
-                    "predictions into CV_DIR/oof.csv and score them (CV_DIR/cv_metrics.json). The CV folder works as "
-                    "predict --run CV_DIR (its fold runs are soft-voted).",
+        "predictions into CV_DIR/oof.csv and score them (CV_DIR/cv_metrics.json). The CV folder works as "
+        "predict --run CV_DIR (its fold runs are soft-voted).",
     )
     s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); split.folds sets K")
-    s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...",
-                   help="train only these folds (default: all of split.folds); the OOF pools every finished fold")
-    s.add_argument("--resume", type=Path, default=None, metavar="CV_DIR",
-                   help="continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
-                        "fold continues from its last checkpoint (train.epochs=N extends every fold)")
+    s.add_argument(
+        "--folds",
+        type=_fold_list_arg,
+        default=None,
+        metavar="0,1,...",
+        help="train only these folds (default: all of split.folds); the OOF pools every finished fold",
+    )
+    s.add_argument(
+        "--resume",
+        type=Path,
+        default=None,
+        metavar="CV_DIR",
+        help="continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
+        "fold continues from its last checkpoint (train.epochs=N extends every fold)",
+    )
     _add_skip_bad(s)
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides, e.g. data.root=DIR split.folds=5 train.epochs=3")
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides, e.g. data.root=DIR split.folds=5 train.epochs=3",
+    )
     s.set_defaults(fn=_cmd_cv)
 
 
@@ -245,7 +295,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     print(f"OOF macro F1 {with_ci('f1')}  accuracy {with_ci('acc')}{done}")
     print(f"OOF per task F1: mask {with_ci('mask_f1')}  gender {with_ci('gender_f1')}  age {with_ci('age_f1')}")
     if ci:
-        print(f"(in brackets: {ci['level']:.0%} intervals over {ci['people']} people resampled, {ci['n_boot']} replicates)")
+        print(
+            f"(in brackets: {ci['level']:.0%} intervals over {ci['people']} people resampled, {ci['n_boot']} replicates)"
+        )
     if m["score"] != m["f1"]:
         print(f"OOF score (mean F1 of the tasks this model predicts, on its mask states): {m['score']:.4f}")
     print(f"cv folder: {result.cv_dir}")
@@ -254,12 +306,25 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
 def _add_predict(sub: Subparsers) -> None:
     s = sub.add_parser("predict", help="predict eval images (or any image folder) with one or more runs")
-    s.add_argument("--run", action="append", required=True, metavar="RUN_DIR",
-                   help="run folder, or CV folder (the mean of its fold runs); repeat to soft-vote several")
-    s.add_argument("--data", required=True, metavar="EVAL_DIR",
-                   help="competition eval folder (info.csv + images/) or any folder of images")
-    s.add_argument("--out", required=True, metavar="FILE.csv",
-                   help="submission file; the 18 class probabilities go to FILE.probs.csv beside it")
+    s.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="RUN_DIR",
+        help="run folder, or CV folder (the mean of its fold runs); repeat to soft-vote several",
+    )
+    s.add_argument(
+        "--data",
+        required=True,
+        metavar="EVAL_DIR",
+        help="competition eval folder (info.csv + images/) or any folder of images",
+    )
+    s.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.csv",
+        help="submission file; the 18 class probabilities go to FILE.probs.csv beside it",
+    )
     _add_overwrite(s, "FILE.csv and FILE.probs.csv")
     _add_prediction_options(s)
     s.set_defaults(fn=_cmd_predict)
@@ -287,23 +352,35 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 def _add_export(sub: Subparsers) -> None:
     s = sub.add_parser(
-        "export", help="export a run (or every fold run of a CV folder) to ONNX, checked against PyTorch",
+        "export",
+        help="export a run (or every fold run of a CV folder) to ONNX, checked against PyTorch",
         description="Write <checkpoint>.onnx (dynamic batch axis) and a <checkpoint>.json sidecar (input size, "
-                    "normalisation, outputs and their meaning, age cut points, the run's TTA, the check) into "
-                    "RUN/onnx/ of each run. Each export is compared with PyTorch on images of the run's data "
-                    "(the paths in its predictions/oof.csv), else on --images, and refused if they differ beyond "
-                    "--tolerance. predict --backend onnx then uses these files.",
+        "normalisation, outputs and their meaning, age cut points, the run's TTA, the check) into "
+        "RUN/onnx/ of each run. Each export is compared with PyTorch on images of the run's data "
+        "(the paths in its predictions/oof.csv), else on --images, and refused if they differ beyond "
+        "--tolerance. predict --backend onnx then uses these files.",
     )
     s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder, or CV folder (every fold run is exported)")
-    s.add_argument("--out", default=None, metavar="DIR",
-                   help="write to DIR/<run name>/ instead of each run's onnx/ folder "
-                        "(then predict --backend onnx --onnx-dir DIR)")
+    s.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write to DIR/<run name>/ instead of each run's onnx/ folder (then predict --backend onnx --onnx-dir DIR)",
+    )
     _add_checkpoint(s)
-    s.add_argument("--images", default=None, metavar="DIR",
-                   help="images to check the export on when the run's predictions/oof.csv lists none found here")
-    s.add_argument("--tolerance", type=float, default=defaults.EXPORT_TOLERANCE,
-                   help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
-                        f"(default {defaults.EXPORT_TOLERANCE:g})")
+    s.add_argument(
+        "--images",
+        default=None,
+        metavar="DIR",
+        help="images to check the export on when the run's predictions/oof.csv lists none found here",
+    )
+    s.add_argument(
+        "--tolerance",
+        type=float,
+        default=defaults.EXPORT_TOLERANCE,
+        help="largest allowed difference to PyTorch in probabilities and (relative) outputs "
+        f"(default {defaults.EXPORT_TOLERANCE:g})",
+    )
     _add_overwrite(s, "the files under --out DIR")
     s.set_defaults(fn=_cmd_export)
 
@@ -314,11 +391,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     require("onnx", "maskstatus export")  # before torch is imported (see the top of this file)
     from .infer.export import export
 
-    for result in export(args.run, args.out, checkpoint=args.checkpoint, images=args.images,
-                         tolerance=args.tolerance, overwrite=args.overwrite):
+    for result in export(
+        args.run,
+        args.out,
+        checkpoint=args.checkpoint,
+        images=args.images,
+        tolerance=args.tolerance,
+        overwrite=args.overwrite,
+    ):
         c = result.check
-        print(f"{result.onnx} ({result.seconds:.1f} s): {c['images']} check images, largest difference to PyTorch "
-              f"{c['max_prob_diff']:.2g} in probabilities, same class on {c['class_agreement']:.1%}")
+        print(
+            f"{result.onnx} ({result.seconds:.1f} s): {c['images']} check images, largest difference to PyTorch "
+            f"{c['max_prob_diff']:.2g} in probabilities, same class on {c['class_agreement']:.1%}"
+        )
         print(f"  sidecar: {result.sidecar}")
     return 0
 
@@ -330,9 +415,17 @@ def _prediction_options(args: argparse.Namespace) -> dict:
     check_backend(args.backend, args.accelerator, args.precision)
     if args.data is not None:  # ensemble predicts (and uses the backend) only with --data
         _require_backend(args)
-    return {"checkpoint": args.checkpoint, "batch_size": args.batch_size, "accelerator": args.accelerator,
-            "num_workers": args.num_workers, "tta": _tta_arg(args.tta), "backend": args.backend,
-            "onnx_dir": args.onnx_dir, "group_people": args.group_people, "precision": args.precision}
+    return {
+        "checkpoint": args.checkpoint,
+        "batch_size": args.batch_size,
+        "accelerator": args.accelerator,
+        "num_workers": args.num_workers,
+        "tta": _tta_arg(args.tta),
+        "backend": args.backend,
+        "onnx_dir": args.onnx_dir,
+        "group_people": args.group_people,
+        "precision": args.precision,
+    }
 
 
 def _require_backend(args: argparse.Namespace) -> None:
@@ -343,7 +436,7 @@ def _require_backend(args: argparse.Namespace) -> None:
         require("onnx", f"maskstatus {args.command} --backend onnx", ["onnxruntime"])
 
 
-def _tta_arg(values: Optional[list[str]]) -> Optional[list[str]]:
+def _tta_arg(values: list[str] | None) -> list[str] | None:
     """--tta given repeatedly -> list; not given -> None (each run's predict.tta); 'none' -> no TTA."""
     if values is None:
         return None
@@ -363,20 +456,46 @@ def _weights_arg(text: str) -> list[float]:
 
 def _add_ensemble(sub: Subparsers) -> None:
     s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
-    s.add_argument("--run", action="append", required=True, metavar="DIR",
-                   help="run folder or CV folder (its oof.csv out of fold, the mean of its fold runs on eval); "
-                        "repeat for each member")
-    s.add_argument("--weights", type=_weights_arg, default=None, metavar="W1,W2,...",
-                   help="one weight >= 0 per --run, in order (default: equal)")
-    s.add_argument("--vote", choices=VOTES, default=defaults.DEFAULT_VOTE,
-                   help="soft: weighted mean of probabilities; hard: weighted majority of argmax classes, "
-                        "ties to the larger summed probability (default %(default)s)")
-    s.add_argument("--out-oof", default=None, metavar="FILE.csv",
-                   help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)")
-    s.add_argument("--data", default=None, metavar="EVAL_DIR",
-                   help="also predict this eval folder (or any folder of images), as predict does; needs --out")
-    s.add_argument("--out", default=None, metavar="FILE.csv",
-                   help="submission file for --data; the probabilities go to FILE.probs.csv beside it")
+    s.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        metavar="DIR",
+        help="run folder or CV folder (its oof.csv out of fold, the mean of its fold runs on eval); "
+        "repeat for each member",
+    )
+    s.add_argument(
+        "--weights",
+        type=_weights_arg,
+        default=None,
+        metavar="W1,W2,...",
+        help="one weight >= 0 per --run, in order (default: equal)",
+    )
+    s.add_argument(
+        "--vote",
+        choices=VOTES,
+        default=defaults.DEFAULT_VOTE,
+        help="soft: weighted mean of probabilities; hard: weighted majority of argmax classes, "
+        "ties to the larger summed probability (default %(default)s)",
+    )
+    s.add_argument(
+        "--out-oof",
+        default=None,
+        metavar="FILE.csv",
+        help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)",
+    )
+    s.add_argument(
+        "--data",
+        default=None,
+        metavar="EVAL_DIR",
+        help="also predict this eval folder (or any folder of images), as predict does; needs --out",
+    )
+    s.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.csv",
+        help="submission file for --data; the probabilities go to FILE.probs.csv beside it",
+    )
     _add_overwrite(s, "the --out and --out-oof files")
     _add_prediction_options(s, only_with="--data")
     s.set_defaults(fn=_cmd_ensemble)
@@ -388,22 +507,33 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
     # After the arguments are checked (see the top of this file).
     from .infer.ensemble import ensemble_oof
-    from .scoring.oof import is_oof_csv, oof_path
-    from .scoring.score import oof_interval
     from .infer.predict import predict
     from .outputs import check_distinct, check_output, check_prediction_output, probs_path_for
     from .runs import OOF, PREDICTIONS, atomic_write_csv
+    from .scoring.oof import is_oof_csv, oof_path
+    from .scoring.score import oof_interval
 
     # Every output is checked before the OOF is scored or an image predicted.
     inputs = [*args.run, *([args.data] if args.data is not None else [])]
     if args.out_oof:
-        check_output(args.out_oof, command="ensemble", option="--out-oof", inputs=inputs, previous=is_oof_csv,
-                     overwrite=args.overwrite)
+        check_output(
+            args.out_oof,
+            command="ensemble",
+            option="--out-oof",
+            inputs=inputs,
+            previous=is_oof_csv,
+            overwrite=args.overwrite,
+        )
     if args.out is not None:
         check_prediction_output(args.out, inputs, args.overwrite, command="ensemble")
         if args.out_oof:
-            check_distinct([("--out-oof", args.out_oof), ("--out", args.out),
-                            (f"--out {args.out}: its probabilities file", probs_path_for(args.out))])
+            check_distinct(
+                [
+                    ("--out-oof", args.out_oof),
+                    ("--out", args.out),
+                    (f"--out {args.out}: its probabilities file", probs_path_for(args.out)),
+                ]
+            )
     missing = []
     for run in args.run:
         try:
@@ -425,8 +555,10 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
         print(f"OOF images scored: {len(oof)}")
         print(f"OOF macro F1 {with_ci('f1')}  accuracy {with_ci('acc')}")
         print(f"OOF per task F1: mask {with_ci('mask_f1')}  gender {with_ci('gender_f1')}  age {with_ci('age_f1')}")
-        print(f"(in brackets: {scores.level:.0%} intervals over {scores.people} people resampled, "
-              f"{scores.n_boot} replicates)")
+        print(
+            f"(in brackets: {scores.level:.0%} intervals over {scores.people} people resampled, "
+            f"{scores.n_boot} replicates)"
+        )
         if args.out_oof:
             atomic_write_csv(oof, Path(args.out_oof), float_format="%.6f")
             print(f"OOF probabilities: {args.out_oof}")
@@ -446,14 +578,25 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def _add_pseudo_label(sub: Subparsers) -> None:
-    s = sub.add_parser("pseudo-label",
-                       help="eval predictions per fold from teacher CV folders, for a CV with pseudo labels "
-                            "(data.pseudo.probs=DIR/fold{fold}.probs.csv) that never leaks held-out people")
-    s.add_argument("--teacher", action="append", required=True, metavar="CV_DIR",
-                   help="a CV folder; repeat to soft-vote several (they must share one fold assignment)")
+    s = sub.add_parser(
+        "pseudo-label",
+        help="eval predictions per fold from teacher CV folders, for a CV with pseudo labels "
+        "(data.pseudo.probs=DIR/fold{fold}.probs.csv) that never leaks held-out people",
+    )
+    s.add_argument(
+        "--teacher",
+        action="append",
+        required=True,
+        metavar="CV_DIR",
+        help="a CV folder; repeat to soft-vote several (they must share one fold assignment)",
+    )
     s.add_argument("--data", required=True, metavar="EVAL_DIR", help="the eval folder to predict")
-    s.add_argument("--out", required=True, metavar="DIR",
-                   help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)")
+    s.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="writes DIR/fold<k>.csv, DIR/fold<k>.probs.csv and DIR/folds.csv (the teachers' folds)",
+    )
     s.add_argument("--folds", type=_fold_list_arg, default=None, metavar="0,1,...", help="default: every fold")
     _add_overwrite(s, "the files in DIR")
     _add_prediction_options(s)
@@ -464,8 +607,9 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
     options = _prediction_options(args)
     from .train.pseudo_label import FOLDS_COPY, fold_teacher_probs  # after the arguments are checked
 
-    files = fold_teacher_probs(args.teacher, Path(args.data), Path(args.out), folds=args.folds,
-                               overwrite=args.overwrite, **options)
+    files = fold_teacher_probs(
+        args.teacher, Path(args.data), Path(args.out), folds=args.folds, overwrite=args.overwrite, **options
+    )
     for f in files:
         print(f"teacher probabilities: {f}")
     out = Path(args.out)
@@ -476,10 +620,15 @@ def _cmd_pseudo_label(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: Subparsers) -> None:
     s = sub.add_parser("demo", help="demo data -> train -> predict -> score, on CPU in a few minutes")
-    s.add_argument("--out", default=defaults.DEMO_DIR,
-                   help="folder for the demo data, run and submission (default ./%(default)s)")
-    s.add_argument("--people", type=int, default=defaults.DEMO_PEOPLE,
-                   help="training people in the demo data (default %(default)s)")
+    s.add_argument(
+        "--out", default=defaults.DEMO_DIR, help="folder for the demo data, run and submission (default ./%(default)s)"
+    )
+    s.add_argument(
+        "--people",
+        type=int,
+        default=defaults.DEMO_PEOPLE,
+        help="training people in the demo data (default %(default)s)",
+    )
     s.add_argument("--seed", type=int, default=defaults.DEFAULT_SEED, help="demo data seed")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides for the demo run")
     s.set_defaults(fn=_cmd_demo)
@@ -498,14 +647,20 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _add_find_label_errors(sub: Subparsers) -> None:
-    s = sub.add_parser("find-label-errors",
-                       help="rank training people whose labels disagree with out-of-fold predictions")
+    s = sub.add_parser(
+        "find-label-errors", help="rank training people whose labels disagree with out-of-fold predictions"
+    )
     s.add_argument("run", metavar="RUN", help="CV folder (oof.csv), run folder (predictions/oof.csv) or an oof CSV")
     s.add_argument("--out", default=None, metavar="DIR", help="review folder (default RUN/label_review)")
-    s.add_argument("--top", type=int, default=defaults.LABEL_ERRORS_TOP,
-                   help="most suspects kept per task (default %(default)s)")
-    s.add_argument("--min-score", type=float, default=defaults.LABEL_ERRORS_MIN_SCORE,
-                   help="keep suspects whose label is at least this likely wrong, 0..1 (default %(default)s)")
+    s.add_argument(
+        "--top", type=int, default=defaults.LABEL_ERRORS_TOP, help="most suspects kept per task (default %(default)s)"
+    )
+    s.add_argument(
+        "--min-score",
+        type=float,
+        default=defaults.LABEL_ERRORS_MIN_SCORE,
+        help="keep suspects whose label is at least this likely wrong, 0..1 (default %(default)s)",
+    )
     _add_overwrite(s, "the review files in DIR")
     s.set_defaults(fn=_cmd_find_label_errors)
 
@@ -526,10 +681,13 @@ def _cmd_find_label_errors(args: argparse.Namespace) -> int:
 
 
 def _add_tune_age(sub: Subparsers) -> None:
-    s = sub.add_parser("tune-age", help="tune an age-regression run's age cut points on its out-of-fold predictions",
-                       description="Grid-search the two cut points on predicted years that maximise the OOF macro F1 "
-                                   "and write RUN/age_cuts.json, which predict, ensemble and find-label-errors then "
-                                   "use for RUN. For runs trained with model.age_output=years.")
+    s = sub.add_parser(
+        "tune-age",
+        help="tune an age-regression run's age cut points on its out-of-fold predictions",
+        description="Grid-search the two cut points on predicted years that maximise the OOF macro F1 "
+        "and write RUN/age_cuts.json, which predict, ensemble and find-label-errors then "
+        "use for RUN. For runs trained with model.age_output=years.",
+    )
     s.add_argument("run", metavar="RUN", help="run folder or CV folder (tune a CV folder: its OOF covers every fold)")
     s.add_argument("--step", type=float, default=defaults.AGE_CUT_STEP, help="grid step in years (default %(default)s)")
     s.add_argument("--dry-run", action="store_true", help="print the result, write nothing")
@@ -541,11 +699,15 @@ def _cmd_tune_age(args: argparse.Namespace) -> int:
 
     result = tune_age_cuts(args.run, write=not args.dry_run, step=args.step)
     print(f"age cut points {result['default_cuts']} -> {result['cuts']} on {result['images']} OOF images")
-    print(f"OOF macro F1 {result['oof_f1_default']:.4f} -> {result['oof_f1_tuned']:.4f} "
-          f"(age F1 {result['oof_age_f1_default']:.4f} -> {result['oof_age_f1_tuned']:.4f}; "
-          "tuned on these predictions, so optimistic)")
-    print(f"cross-fitted OOF macro F1 (cuts tuned on half of the people, scored on the other half): "
-          f"{result['oof_f1_cross_fitted']:.4f}")
+    print(
+        f"OOF macro F1 {result['oof_f1_default']:.4f} -> {result['oof_f1_tuned']:.4f} "
+        f"(age F1 {result['oof_age_f1_default']:.4f} -> {result['oof_age_f1_tuned']:.4f}; "
+        "tuned on these predictions, so optimistic)"
+    )
+    print(
+        f"cross-fitted OOF macro F1 (cuts tuned on half of the people, scored on the other half): "
+        f"{result['oof_f1_cross_fitted']:.4f}"
+    )
     if "file" in result:
         print(result["file"])
     return 0
@@ -558,17 +720,25 @@ def _format_interval(point, ci) -> str:
 
 
 def _add_score(sub: Subparsers) -> None:
-    s = sub.add_parser("score", help="OOF macro F1 and per-task F1 with person-bootstrap intervals",
-                       description="Score out-of-fold predictions with their uncertainty: the "
-                                   f"{defaults.DEFAULT_LEVEL:.0%} interval of each metric over people resampled with "
-                                   "replacement (each with all their photos). A folder's tuned age cut points "
-                                   "(age_cuts.json) apply, as in predict.")
+    s = sub.add_parser(
+        "score",
+        help="OOF macro F1 and per-task F1 with person-bootstrap intervals",
+        description="Score out-of-fold predictions with their uncertainty: the "
+        f"{defaults.DEFAULT_LEVEL:.0%} interval of each metric over people resampled with "
+        "replacement (each with all their photos). A folder's tuned age cut points "
+        "(age_cuts.json) apply, as in predict.",
+    )
     s.add_argument("path", metavar="PATH", help="run folder (predictions/oof.csv), CV folder (oof.csv) or an OOF CSV")
     s.add_argument("--boot", type=int, default=defaults.DEFAULT_BOOT, help="bootstrap replicates (default %(default)s)")
-    s.add_argument("--level", type=float, default=defaults.DEFAULT_LEVEL,
-                   help="interval level, between 0 and 1 (default %(default)s)")
-    s.add_argument("--seed", type=int, default=defaults.DEFAULT_SEED,
-                   help="seed of the resampling (default %(default)s)")
+    s.add_argument(
+        "--level",
+        type=float,
+        default=defaults.DEFAULT_LEVEL,
+        help="interval level, between 0 and 1 (default %(default)s)",
+    )
+    s.add_argument(
+        "--seed", type=int, default=defaults.DEFAULT_SEED, help="seed of the resampling (default %(default)s)"
+    )
     s.add_argument("--json", action="store_true", help="print the result as JSON")
     s.set_defaults(fn=_cmd_score)
 
@@ -583,31 +753,56 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
         return 0
     cuts = f"; age cut points {result['age_cuts']} (age_cuts.json)" if result["age_cuts"] else ""
-    print(f"{result['source']}: {result['images']} images, {result['people']} people, "
-          f"fold(s) {', '.join(map(str, result['folds']))}{cuts}")
+    print(
+        f"{result['source']}: {result['images']} images, {result['people']} people, "
+        f"fold(s) {', '.join(map(str, result['folds']))}{cuts}"
+    )
     print(f"{'':<11}value   {result['level']:.0%} person-bootstrap interval ({result['n_boot']} replicates)")
     point, ci = result["point"], result["ci"]
-    for key, name in (("f1", "macro F1"), ("acc", "accuracy"), ("mask_f1", "mask F1"), ("gender_f1", "gender F1"),
-                      ("age_f1", "age F1")):
+    for key, name in (
+        ("f1", "macro F1"),
+        ("acc", "accuracy"),
+        ("mask_f1", "mask F1"),
+        ("gender_f1", "gender F1"),
+        ("age_f1", "age F1"),
+    ):
         print(f"{name:<11}{_format_interval(point[key], ci[key])}")
     return 0
 
 
 def _add_serve(sub: Subparsers) -> None:
-    s = sub.add_parser("serve", help="serve a run or CV folder over HTTP: JSON API and a web page",
-                       description="Load the model(s) once and answer POST /predict (multipart field 'file', "
-                                   "repeatable), POST /explain (one image, with Grad-CAM heatmaps), GET /health "
-                                   "and GET / (web page). Answers equal `maskstatus predict` on face crops.")
+    s = sub.add_parser(
+        "serve",
+        help="serve a run or CV folder over HTTP: JSON API and a web page",
+        description="Load the model(s) once and answer POST /predict (multipart field 'file', "
+        "repeatable), POST /explain (one image, with Grad-CAM heatmaps), GET /health "
+        "and GET / (web page). Answers equal `maskstatus predict` on face crops.",
+    )
     s.add_argument("run", nargs="+", metavar="RUN_OR_CV_DIR", help="run folder or CV folder; several: soft vote")
-    s.add_argument("--host", default=defaults.DEFAULT_HOST,
-                   help="address to listen on (default %(default)s: this machine only)")
-    s.add_argument("--port", type=_serve_number(int, 1, 65535, "a port"), default=defaults.DEFAULT_PORT,
-                   help="port (default %(default)s)")
+    s.add_argument(
+        "--host", default=defaults.DEFAULT_HOST, help="address to listen on (default %(default)s: this machine only)"
+    )
+    s.add_argument(
+        "--port",
+        type=_serve_number(int, 1, 65535, "a port"),
+        default=defaults.DEFAULT_PORT,
+        help="port (default %(default)s)",
+    )
     _add_checkpoint(s)
-    s.add_argument("--accelerator", choices=ACCELERATORS, default=defaults.DEFAULT_ACCELERATOR,
-                   help="device (default %(default)s: a GPU if there is one)")
-    s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
-                   help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)")
+    s.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default=defaults.DEFAULT_ACCELERATOR,
+        help="device (default %(default)s: a GPU if there is one)",
+    )
+    s.add_argument(
+        "--tta",
+        action="append",
+        choices=(*TTA_NAMES, "none"),
+        default=None,
+        metavar="NAME",
+        help="test-time augmentation (repeatable; 'none' for none; default: each run's predict.tta)",
+    )
     _add_backend_options(s, note=" (several times faster on a CPU; /explain's heatmaps still use PyTorch)")
     s.add_argument("--no-face-crop", action="store_true", help="never look for a face; use every photo whole")
     _add_serve_limits(s)
@@ -616,21 +811,35 @@ def _add_serve(sub: Subparsers) -> None:
 
 def _add_serve_limits(s: argparse.ArgumentParser) -> None:
     """What one request may cost the server: bytes, files, pixels and waiting."""
-    s.add_argument("--max-upload-mb", type=_serve_number(float, 0.001, None, "a size in MB"),
-                   default=defaults.DEFAULT_MAX_UPLOAD_MB,
-                   help=f"largest request body in MB (default {defaults.DEFAULT_MAX_UPLOAD_MB:g})")
-    s.add_argument("--max-pixels", type=_serve_pixels, default=defaults.DEFAULT_MAX_PIXELS,
-                   help=f"most pixels one image may decode to, up to {_mega(defaults.MAX_IMAGE_PIXELS)} (default "
-                        f"{_mega(defaults.DEFAULT_MAX_PIXELS)}; JPEGs larger than {2 * defaults.DECODE_MIN_SIDE} px "
-                        "decode at 1/2, 1/4 or 1/8 size, so a 48 MP phone photo counts as 3 MP); a request may hold "
-                        f"{defaults.REQUEST_PIXELS_IMAGES} such images, the server {defaults.SERVER_PIXELS_IMAGES} "
-                        "at once (413, or 503 to retry when busy)")
-    s.add_argument("--max-files", type=_serve_number(int, 1, None, "a number of files"),
-                   default=defaults.DEFAULT_MAX_FILES, help="most images per request (default %(default)s)")
-    s.add_argument("--read-timeout", type=_serve_number(float, 0.1, 3600, "seconds"),
-                   default=defaults.DEFAULT_READ_TIMEOUT_S,
-                   help="seconds a client may send nothing while its upload is awaited before it gets 408 "
-                        f"(default {defaults.DEFAULT_READ_TIMEOUT_S:g})")
+    s.add_argument(
+        "--max-upload-mb",
+        type=_serve_number(float, 0.001, None, "a size in MB"),
+        default=defaults.DEFAULT_MAX_UPLOAD_MB,
+        help=f"largest request body in MB (default {defaults.DEFAULT_MAX_UPLOAD_MB:g})",
+    )
+    s.add_argument(
+        "--max-pixels",
+        type=_serve_pixels,
+        default=defaults.DEFAULT_MAX_PIXELS,
+        help=f"most pixels one image may decode to, up to {_mega(defaults.MAX_IMAGE_PIXELS)} (default "
+        f"{_mega(defaults.DEFAULT_MAX_PIXELS)}; JPEGs larger than {2 * defaults.DECODE_MIN_SIDE} px "
+        "decode at 1/2, 1/4 or 1/8 size, so a 48 MP phone photo counts as 3 MP); a request may hold "
+        f"{defaults.REQUEST_PIXELS_IMAGES} such images, the server {defaults.SERVER_PIXELS_IMAGES} "
+        "at once (413, or 503 to retry when busy)",
+    )
+    s.add_argument(
+        "--max-files",
+        type=_serve_number(int, 1, None, "a number of files"),
+        default=defaults.DEFAULT_MAX_FILES,
+        help="most images per request (default %(default)s)",
+    )
+    s.add_argument(
+        "--read-timeout",
+        type=_serve_number(float, 0.1, 3600, "seconds"),
+        default=defaults.DEFAULT_READ_TIMEOUT_S,
+        help="seconds a client may send nothing while its upload is awaited before it gets 408 "
+        f"(default {defaults.DEFAULT_READ_TIMEOUT_S:g})",
+    )
 
 
 def _mega(pixels: int) -> str:
@@ -646,17 +855,28 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from .serve.app import create_app, serve
     from .serve.predictor import Predictor
 
-    predictor = Predictor(args.run, checkpoint=args.checkpoint, accelerator=args.accelerator, tta=_tta_arg(args.tta),
-                          face_crop=not args.no_face_crop, max_pixels=args.max_pixels, backend=args.backend,
-                          onnx_dir=args.onnx_dir)
-    app = create_app(predictor, max_upload_bytes=int(args.max_upload_mb * 2**20), max_files=args.max_files,
-                     read_timeout=args.read_timeout)
+    predictor = Predictor(
+        args.run,
+        checkpoint=args.checkpoint,
+        accelerator=args.accelerator,
+        tta=_tta_arg(args.tta),
+        face_crop=not args.no_face_crop,
+        max_pixels=args.max_pixels,
+        backend=args.backend,
+        onnx_dir=args.onnx_dir,
+    )
+    app = create_app(
+        predictor,
+        max_upload_bytes=int(args.max_upload_mb * 2**20),
+        max_files=args.max_files,
+        read_timeout=args.read_timeout,
+    )
     print(f"serving {predictor.model_count} model(s) on http://{args.host}:{args.port}/ (Ctrl+C stops)")
     serve(app, host=args.host, port=args.port)
     return 0
 
 
-def _serve_number(kind: type, low: float, high: Optional[float] = None, what: str = "a number") -> Callable:
+def _serve_number(kind: type, low: float, high: float | None = None, what: str = "a number") -> Callable:
     """An argparse type for serve's limits: a ``kind`` in [low, high], else one line naming the range (exit 2)."""
     import math
 
@@ -685,15 +905,21 @@ def _serve_pixels(text: str) -> int:
 
 # ---- reports (eda, report): one self-contained HTML page each
 def _add_eda(sub: Subparsers) -> None:
-    s = sub.add_parser("eda", help="write a self-contained HTML page exploring a data folder",
-                       description="Counts per class and task, age and race, image files, sample photos per class, "
-                                   "duplicates across people, every validation problem and, with --run, suspected "
-                                   "label errors: one HTML file that opens offline.")
+    s = sub.add_parser(
+        "eda",
+        help="write a self-contained HTML page exploring a data folder",
+        description="Counts per class and task, age and race, image files, sample photos per class, "
+        "duplicates across people, every validation problem and, with --run, suspected "
+        "label errors: one HTML file that opens offline.",
+    )
     s.add_argument("data_dir", metavar="DATA_DIR", help="folder holding train/ and/or eval/")
     s.add_argument("--out", default=defaults.EDA_PAGE, metavar="FILE.html", help="page to write (default %(default)s)")
-    s.add_argument("--run", default=None, metavar="CV_DIR",
-                   help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected "
-                        "label errors")
+    s.add_argument(
+        "--run",
+        default=None,
+        metavar="CV_DIR",
+        help="CV folder (or run folder, or oof CSV) whose out-of-fold predictions find suspected label errors",
+    )
     _add_age_groups(s)
     _add_overwrite(s, "the --out file")
     s.set_defaults(fn=_cmd_eda)
@@ -703,10 +929,17 @@ def _cmd_eda(args: argparse.Namespace) -> int:
     from .analysis.eda import write_eda
     from .labels import AgeThresholds
 
-    out, result = write_eda(Path(args.data_dir), Path(args.out), run=args.run,
-                            thresholds=AgeThresholds(args.young_below, args.old_from), overwrite=args.overwrite)
-    print(f"train: {result.train['person_id'].nunique()} people, {len(result.train)} images; "
-          f"eval: {len(result.eval)} images")
+    out, result = write_eda(
+        Path(args.data_dir),
+        Path(args.out),
+        run=args.run,
+        thresholds=AgeThresholds(args.young_below, args.old_from),
+        overwrite=args.overwrite,
+    )
+    print(
+        f"train: {result.train['person_id'].nunique()} people, {len(result.train)} images; "
+        f"eval: {len(result.eval)} images"
+    )
     print(f"problems: {len(result.problems)}; cross-person duplicate pairs: {len(result.duplicates)}")
     if result.suspects is not None:
         print(f"suspected label errors: {len(result.suspects)}")
@@ -715,10 +948,13 @@ def _cmd_eda(args: argparse.Namespace) -> int:
 
 
 def _add_report(sub: Subparsers) -> None:
-    s = sub.add_parser("report", help="write a self-contained HTML page about a run or CV folder",
-                       description="Config, learning curves, confusion matrices, per-class precision/recall/F1 with "
-                                   "person-bootstrap intervals, calibration, the most confident wrong out-of-fold "
-                                   "predictions and, for a CV folder, the fold-to-fold spread.")
+    s = sub.add_parser(
+        "report",
+        help="write a self-contained HTML page about a run or CV folder",
+        description="Config, learning curves, confusion matrices, per-class precision/recall/F1 with "
+        "person-bootstrap intervals, calibration, the most confident wrong out-of-fold "
+        "predictions and, for a CV folder, the fold-to-fold spread.",
+    )
     s.add_argument("run", metavar="RUN_OR_CV_DIR", help="run folder or CV folder")
     s.add_argument("--out", default=None, metavar="FILE.html", help="page to write (default RUN_OR_CV_DIR/report.html)")
     _add_overwrite(s, "the --out file")
@@ -731,8 +967,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.run) / "report.html"
     out, result = write_report(Path(args.run), out, overwrite=args.overwrite)
     scores = result.interval.to_dict()  # as score prints them: the same numbers, the same default level
-    print(f"OOF images {result.images}, {scores['people']} people ({scores['level']:.0%} person-bootstrap intervals, "
-          f"{scores['n_boot']} replicates)")
+    print(
+        f"OOF images {result.images}, {scores['people']} people ({scores['level']:.0%} person-bootstrap intervals, "
+        f"{scores['n_boot']} replicates)"
+    )
     for key, name in (("f1", "macro F1"), ("acc", "accuracy")):
         print(f"{name:<11}{_format_interval(scores['point'][key], scores['ci'][key])}")
     print(f"report page: {out}")
@@ -740,45 +978,86 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _add_overwrite(s: argparse.ArgumentParser, what: str) -> None:
-    s.add_argument("--overwrite", action="store_true",
-                   help=f"replace {what} even when it exists and is not an earlier output of this command (an input, "
-                        "or a file in a run, CV or data folder, is never replaced)")
+    s.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace {what} even when it exists and is not an earlier output of this command (an input, "
+        "or a file in a run, CV or data folder, is never replaced)",
+    )
 
 
 def _add_checkpoint(s: argparse.ArgumentParser, pre: str = "") -> None:
-    s.add_argument("--checkpoint", choices=CHECKPOINTS, default=defaults.DEFAULT_CHECKPOINT,
-                   help=f"{pre}which checkpoint (default %(default)s)")
+    s.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default=defaults.DEFAULT_CHECKPOINT,
+        help=f"{pre}which checkpoint (default %(default)s)",
+    )
 
 
 def _add_backend_options(s: argparse.ArgumentParser, pre: str = "", note: str = "") -> None:
     """--backend and --onnx-dir: shared by the prediction options and serve."""
-    s.add_argument("--backend", choices=BACKENDS, default=defaults.DEFAULT_BACKEND,
-                   help=f"{pre}torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
-                        f"wrote; export every run first, a run without its export is an error{note}")
-    s.add_argument("--onnx-dir", default=None, metavar="DIR",
-                   help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)")
+    s.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=defaults.DEFAULT_BACKEND,
+        help=f"{pre}torch (default), or onnx: ONNX Runtime on the CPU with the files `maskstatus export` "
+        f"wrote; export every run first, a run without its export is an error{note}",
+    )
+    s.add_argument(
+        "--onnx-dir",
+        default=None,
+        metavar="DIR",
+        help="with --backend onnx: the --out folder given to export (default: each run's onnx/ folder)",
+    )
 
 
-def _add_prediction_options(s: argparse.ArgumentParser, only_with: Optional[str] = None) -> None:
+def _add_prediction_options(s: argparse.ArgumentParser, only_with: str | None = None) -> None:
     """How images are predicted: shared by predict and ensemble (where they apply to ``only_with``)."""
     pre = f"for {only_with}: " if only_with else ""
     _add_checkpoint(s, pre)
-    s.add_argument("--batch-size", type=_positive_int_arg, default=None,
-                   help=f"{pre}images per batch, 1 or more (default: each run's train.eval_batch_size)")
-    s.add_argument("--accelerator", choices=ACCELERATORS, default=defaults.DEFAULT_ACCELERATOR,
-                   help=f"{pre}device to predict on (default %(default)s: a GPU if there is one)")
-    s.add_argument("--num-workers", type=_workers_arg, default=defaults.DEFAULT_NUM_WORKERS,
-                   help=f"{pre}DataLoader workers, or auto: one per core less one (default %(default)s)")
-    s.add_argument("--tta", action="append", choices=(*TTA_NAMES, "none"), default=None, metavar="NAME",
-                   help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
-                        "repeat to add more, 'none' for none (default: each run's predict.tta)")
+    s.add_argument(
+        "--batch-size",
+        type=_positive_int_arg,
+        default=None,
+        help=f"{pre}images per batch, 1 or more (default: each run's train.eval_batch_size)",
+    )
+    s.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default=defaults.DEFAULT_ACCELERATOR,
+        help=f"{pre}device to predict on (default %(default)s: a GPU if there is one)",
+    )
+    s.add_argument(
+        "--num-workers",
+        type=_workers_arg,
+        default=defaults.DEFAULT_NUM_WORKERS,
+        help=f"{pre}DataLoader workers, or auto: one per core less one (default %(default)s)",
+    )
+    s.add_argument(
+        "--tta",
+        action="append",
+        choices=(*TTA_NAMES, "none"),
+        default=None,
+        metavar="NAME",
+        help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
+        "repeat to add more, 'none' for none (default: each run's predict.tta)",
+    )
     _add_backend_options(s, pre)
-    s.add_argument("--precision", choices=PREDICT_PRECISIONS, default=None,
-                   help=f"{pre}torch backend: bf16-mixed is faster on GPUs and on CPUs with bf16 instructions, with "
-                        "answers that differ from float32 on about 1%% of images (default: the run's train.precision)")
-    s.add_argument("--group-people", action=argparse.BooleanOptionalAction, default=None,
-                   help=f"{pre}group the photos of one person by face similarity and make their gender and age "
-                        "consistent (never reads names or order), or not (default: each run's predict.group_people)")
+    s.add_argument(
+        "--precision",
+        choices=PREDICT_PRECISIONS,
+        default=None,
+        help=f"{pre}torch backend: bf16-mixed is faster on GPUs and on CPUs with bf16 instructions, with "
+        "answers that differ from float32 on about 1%% of images (default: the run's train.precision)",
+    )
+    s.add_argument(
+        "--group-people",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"{pre}group the photos of one person by face similarity and make their gender and age "
+        "consistent (never reads names or order), or not (default: each run's predict.group_people)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -790,14 +1069,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # In the order `maskstatus --help` lists them: data, training, prediction, scoring, serving, reports.
-    for add_command in (_add_demo_data, _add_validate_data, _add_train, _add_cv, _add_predict, _add_export,
-                        _add_ensemble, _add_pseudo_label, _add_demo, _add_find_label_errors, _add_tune_age,
-                        _add_score, _add_serve, _add_eda, _add_report):
+    for add_command in (
+        _add_demo_data,
+        _add_validate_data,
+        _add_train,
+        _add_cv,
+        _add_predict,
+        _add_export,
+        _add_ensemble,
+        _add_pseudo_label,
+        _add_demo,
+        _add_find_label_errors,
+        _add_tune_age,
+        _add_score,
+        _add_serve,
+        _add_eda,
+        _add_report,
+    ):
         add_command(sub)
     return p
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

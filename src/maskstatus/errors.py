@@ -6,9 +6,9 @@ traceback. This module imports nothing from the package, so every module can use
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
 
 class MaskstatusError(Exception):
@@ -42,7 +42,7 @@ class Problem:
         return f"{self.path}: {self.reason}"
 
 
-def format_problems(problems: Sequence[Problem], where: str | Path, note: Optional[str] = None) -> str:
+def format_problems(problems: Sequence[Problem], where: str | Path, note: str | None = None) -> str:
     """A header line, then one indented line per problem (all of them)."""
     header = f"{len(problems)} problem(s) in {where}"
     if note:
@@ -53,7 +53,7 @@ def format_problems(problems: Sequence[Problem], where: str | Path, note: Option
 class DataError(MaskstatusError, ValueError):
     """The data has problems; ``problems`` holds them and the message lists each one."""
 
-    def __init__(self, problems: Sequence[Problem] | str, where: str | Path = "", note: Optional[str] = None) -> None:
+    def __init__(self, problems: Sequence[Problem] | str, where: str | Path = "", note: str | None = None) -> None:
         if isinstance(problems, str):  # rebuilt from its message, as a DataLoader worker's error is re-raised
             self.problems, self.where = [], str(where)
             super().__init__(problems)
@@ -63,6 +63,6 @@ class DataError(MaskstatusError, ValueError):
         super().__init__(format_problems(self.problems, where, note))
 
     @classmethod
-    def one(cls, path: str | Path, reason: str) -> "DataError":
+    def one(cls, path: str | Path, reason: str) -> DataError:
         """A single problem with one file or folder."""
         return cls([Problem(str(path), reason)], path)

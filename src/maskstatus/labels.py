@@ -6,12 +6,14 @@ mask mapping, age groups and the 18-class formula ``class = mask*6 + gender*3 + 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Mapping, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from .defaults import OLD_FROM, YOUNG_BELOW
+
 if TYPE_CHECKING:
     import torch
 
@@ -123,7 +125,9 @@ def combine_task_probs(task_probs: Mapping[str, Probs]) -> Probs:
     if not task_probs:
         raise ValueError("combine_task_probs needs the probabilities of at least one task")
     given = next(iter(task_probs.values()))
-    pm, pg, pa = (task_probs[t] if t in task_probs else _uniform_like(given, TASKS[t]) for t in ("mask", "gender", "age"))
+    pm, pg, pa = (
+        task_probs[t] if t in task_probs else _uniform_like(given, TASKS[t]) for t in ("mask", "gender", "age")
+    )
     joint = pm[:, :, None, None] * pg[:, None, :, None] * pa[:, None, None, :]
     return joint.reshape(joint.shape[0], NUM_CLASSES)
 

@@ -9,7 +9,8 @@ head. ``build_loss`` turns a :class:`~maskstatus.config.LossConfig` into a
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Mapping, Optional, Sequence, Union, overload
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, overload
 
 import numpy as np
 import torch
@@ -41,13 +42,13 @@ WeightArg = Sequence[float] | None
 def _on(t: None, ref: torch.Tensor) -> None: ...
 @overload
 def _on(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor: ...
-def _on(t: Optional[torch.Tensor], ref: torch.Tensor) -> Optional[torch.Tensor]:
+def _on(t: torch.Tensor | None, ref: torch.Tensor) -> torch.Tensor | None:
     # The trainer may build the loss before the model moves to its device and
     # never move the loss, so buffers follow the logits here (no-op if already there).
     return None if t is None else t.to(ref.device)
 
 
-def _weight_tensor(weight: WeightArg) -> Optional[torch.Tensor]:
+def _weight_tensor(weight: WeightArg) -> torch.Tensor | None:
     if weight is None:
         return None
     w = torch.as_tensor(list(weight), dtype=torch.float32)
@@ -59,7 +60,7 @@ def _weight_tensor(weight: WeightArg) -> Optional[torch.Tensor]:
 class CrossEntropy(nn.Module):
     """Cross entropy with optional per-class weight and label smoothing."""
 
-    weight: Optional[torch.Tensor]  # a buffer
+    weight: torch.Tensor | None  # a buffer
 
     def __init__(self, weight: WeightArg = None, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -85,13 +86,13 @@ class FocalLoss(nn.Module):
     (sum(w_i * l_i) / sum(w_i)), so ``gamma=0`` reproduces cross entropy exactly.
     """
 
-    alpha: Optional[torch.Tensor]  # buffers
-    weight: Optional[torch.Tensor]
+    alpha: torch.Tensor | None  # buffers
+    weight: torch.Tensor | None
 
     def __init__(
         self,
         gamma: float = 2.0,
-        alpha: Union[float, Sequence[float], None] = None,
+        alpha: float | Sequence[float] | None = None,
         weight: WeightArg = None,
     ) -> None:
         super().__init__()
@@ -99,7 +100,7 @@ class FocalLoss(nn.Module):
             raise ValueError(f"focal gamma must be >= 0, got {gamma}")
         self.gamma = float(gamma)
         if alpha is None or isinstance(alpha, (int, float)):
-            self.alpha_scalar: Optional[float] = None if alpha is None else float(alpha)
+            self.alpha_scalar: float | None = None if alpha is None else float(alpha)
             self.register_buffer("alpha", None, persistent=False)
         else:
             self.alpha_scalar = None
@@ -248,7 +249,7 @@ def ce(weight: WeightArg = None, label_smoothing: float = 0.0) -> nn.Module:
 
 
 @LOSSES.register("focal")
-def focal(gamma: float = 2.0, alpha: Union[float, Sequence[float], None] = None, weight: WeightArg = None) -> nn.Module:
+def focal(gamma: float = 2.0, alpha: float | Sequence[float] | None = None, weight: WeightArg = None) -> nn.Module:
     return FocalLoss(gamma=gamma, alpha=alpha, weight=weight)
 
 
@@ -289,7 +290,7 @@ class TaskLoss(nn.Module):
         keys = [k for k in outputs if k in self.heads]
         if not keys:
             raise KeyError(f"no model output matches a loss head: outputs {sorted(outputs)}, heads {list(self.heads)}")
-        total: Optional[torch.Tensor] = None
+        total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
         for key in keys:
             target_key = self.TARGET_KEYS.get(key, key)
@@ -337,8 +338,9 @@ class DistillLoss(nn.Module):
         soft = self._teacher_loss(outputs, targets[TEACHER_PROBS].float(), targets[TEACHER_YEARS].float())
         return (1.0 - self.weight) * hard + self.weight * soft, parts
 
-    def _teacher_loss(self, outputs: Mapping[str, torch.Tensor], probs: torch.Tensor,
-                      years: torch.Tensor) -> torch.Tensor:
+    def _teacher_loss(
+        self, outputs: Mapping[str, torch.Tensor], probs: torch.Tensor, years: torch.Tensor
+    ) -> torch.Tensor:
         covered = torch.isfinite(probs).all(dim=1)
         marginals = split_class_probs(torch.nan_to_num(probs))
         total = next(iter(outputs.values())).sum() * 0.0  # keeps the graph when no row is covered
@@ -361,7 +363,7 @@ class DistillLoss(nn.Module):
         return f"weight={self.weight}"
 
 
-def _head_sizes(heads: Union[Sequence[str], Mapping[str, int]]) -> dict[str, int]:
+def _head_sizes(heads: Sequence[str] | Mapping[str, int]) -> dict[str, int]:
     known = {SINGLE_KEY: NUM_CLASSES, **TASKS, **AGE_HEAD_SIZES}
     if isinstance(heads, Mapping):
         sizes = {str(k): int(v) for k, v in heads.items()}
@@ -390,7 +392,7 @@ def _term_params(params: dict[str, Any], head: str, where: str) -> dict[str, Any
     return out
 
 
-def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) -> TaskLoss | DistillLoss:
+def build_loss(cfg: LossConfig, heads: Sequence[str] | Mapping[str, int]) -> TaskLoss | DistillLoss:
     """Build the :class:`TaskLoss` for a model with the given output heads.
 
     ``heads`` is a list of head names ("class" or task names, sizes from
@@ -432,8 +434,10 @@ def build_loss(cfg: LossConfig, heads: Union[Sequence[str], Mapping[str, int]]) 
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"{where}.params: {exc}") from None
         head_losses[head] = WeightedSum(terms, [t.weight for t in cfg.terms])
-    head_weights = {h: cfg.task_weights.get("age" if h in AGE_YEAR_HEADS else h, 1.0)
-                    if h in (*TASKS, *AGE_YEAR_HEADS) else 1.0 for h in sizes}
+    head_weights = {
+        h: cfg.task_weights.get("age" if h in AGE_YEAR_HEADS else h, 1.0) if h in (*TASKS, *AGE_YEAR_HEADS) else 1.0
+        for h in sizes
+    }
     _logger.debug("loss heads %s, head weights %s", sorted(sizes), head_weights)
     task_loss = TaskLoss(head_losses, head_weights)
     return DistillLoss(task_loss, cfg.distill.weight) if cfg.distill is not None else task_loss

@@ -9,7 +9,8 @@ the metric (the validation score, maximised) matters only to ``plateau``.
 from __future__ import annotations
 
 import logging
-from typing import Any, Iterable, Optional, Union
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -27,11 +28,22 @@ ParamsLike = nn.Module | Iterable[torch.nn.Parameter] | Iterable[dict[str, Any]]
 
 # create_optimizer_v2 arguments that would be silently ignored (they act on a model, and the
 # optimizer is given ready-made groups) or that the config sets elsewhere.
-_RESERVED_OPTIMIZER_KEYS = frozenset({
-    "params", "lr", "weight_decay", "opt", "model_or_params", "filter_bias_and_bn", "layer_decay",
-    "layer_decay_min_scale", "layer_decay_no_opt_scale", "param_group_fn", "fallback_list",
-    "fallback_no_weight_decay",
-})
+_RESERVED_OPTIMIZER_KEYS = frozenset(
+    {
+        "params",
+        "lr",
+        "weight_decay",
+        "opt",
+        "model_or_params",
+        "filter_bias_and_bn",
+        "layer_decay",
+        "layer_decay_min_scale",
+        "layer_decay_no_opt_scale",
+        "param_group_fn",
+        "fallback_list",
+        "fallback_no_weight_decay",
+    }
+)
 
 # config name -> (timm name, {config param: (timm argument, default)}). The config keeps torch's
 # parameter names rather than timm's: a resumed run re-reads the config saved in its folder, so
@@ -46,7 +58,7 @@ SCHEDULERS: tuple[str, ...] = tuple(sorted([*_FIXED_SCHEDULES, "plateau"]))
 
 
 def param_groups(
-    model_or_params: ParamsLike, weight_decay: float, lr: Optional[float] = None, backbone_lr_scale: float = 1.0
+    model_or_params: ParamsLike, weight_decay: float, lr: float | None = None, backbone_lr_scale: float = 1.0
 ) -> list[dict[str, Any]]:
     """Split parameters into a decayed group and a no-decay group (every 1-D parameter).
 
@@ -147,8 +159,8 @@ class EpochScheduler:
     def __init__(
         self,
         optimizer: Optimizer,
-        schedule: Optional[TimmScheduler] = None,
-        plateau: Optional[ReduceLROnPlateau] = None,
+        schedule: TimmScheduler | None = None,
+        plateau: ReduceLROnPlateau | None = None,
         warmup_epochs: int = 0,
     ) -> None:
         if (schedule is None) == (plateau is None):
@@ -168,7 +180,7 @@ class EpochScheduler:
         for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
             group["lr"] = lr
 
-    def step(self, metric: Optional[float] = None) -> None:
+    def step(self, metric: float | None = None) -> None:
         """Advance one epoch; ``metric`` is the maximised validation metric (used by plateau only)."""
         if self.schedule is not None:  # exactly one of schedule and plateau is set
             self.epoch += 1
@@ -265,8 +277,10 @@ def build_scheduler(optimizer: Optimizer, cfg: SchedulerConfig, epochs: int) -> 
         lrs = {float(g["lr"]) for g in optimizer.param_groups}
         if warmup and len(lrs) > 1:
             # timm warms every group up from one shared initial lr.
-            raise ConfigError(f"scheduler.warmup_epochs needs one lr for all param groups, got {sorted(lrs)} "
-                              "(optimizer.backbone_lr_scale below 1 gives the backbone its own lr)")
+            raise ConfigError(
+                f"scheduler.warmup_epochs needs one lr for all param groups, got {sorted(lrs)} "
+                "(optimizer.backbone_lr_scale below 1 gives the backbone its own lr)"
+            )
         schedule, _ = create_scheduler_v2(
             optimizer,
             sched=timm_name,

@@ -29,8 +29,8 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence
 
 from .errors import MaskstatusError, UsageError
 from .labels import PROB_COLUMNS
@@ -59,7 +59,7 @@ class DiskWriteError(MaskstatusError, OSError):
         self.errno = code
 
 
-def disk_error(exc: BaseException, path: Path | str, then: str = "") -> Optional[DiskWriteError]:
+def disk_error(exc: BaseException, path: Path | str, then: str = "") -> DiskWriteError | None:
     """``exc`` raised while writing ``path`` as a ``DiskWriteError``, or None when it is some other error.
 
     ``then`` says what to do once the cause is fixed (default: run the command again). The OSError is looked
@@ -75,7 +75,7 @@ def disk_error(exc: BaseException, path: Path | str, then: str = "") -> Optional
     return DiskWriteError(f"{cause} writing {path}; {advice}, then {then or 'run the command again'}", code)
 
 
-def error_code(exc: Optional[BaseException]) -> Optional[int]:
+def error_code(exc: BaseException | None) -> int | None:
     """The errno of the first OSError in ``exc``'s chain that the user can fix (a key of ``_CAUSES``), else None."""
     seen = set()
     while exc is not None and id(exc) not in seen:
@@ -102,7 +102,7 @@ def nearest_existing(path: Path) -> Path:
     return path
 
 
-def check_writable(folder: Path | str, option: str = "--out", name: Optional[Path | str] = None) -> None:
+def check_writable(folder: Path | str, option: str = "--out", name: Path | str | None = None) -> None:
     """Refuse a folder (or where it would be created) that cannot take a file: write one there and remove it.
 
     Errors start with ``option`` and ``name`` (default: the folder), e.g. "--out sub.csv: ...".
@@ -123,14 +123,15 @@ def check_writable(folder: Path | str, option: str = "--out", name: Optional[Pat
         if code is None:
             raise
         cause, advice = _CAUSES[code]
-        raise DiskWriteError(f"{where}: cannot write in {existing}: {cause}; {advice} "
-                             "(nothing was done)", code) from None
+        raise DiskWriteError(
+            f"{where}: cannot write in {existing}: {cause}; {advice} (nothing was done)", code
+        ) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
 
 
-def check_space(folder: Path | str, needed: int, option: str = "--out", name: Optional[Path | str] = None) -> None:
+def check_space(folder: Path | str, needed: int, option: str = "--out", name: Path | str | None = None) -> None:
     """Refuse a folder whose disk has less than ``needed`` bytes free: what the work will write, known before it."""
     folder = Path(folder)
     existing = nearest_existing(folder)
@@ -140,9 +141,11 @@ def check_space(folder: Path | str, needed: int, option: str = "--out", name: Op
         return  # unknown: the write itself will say
     if free < needed:
         cause, advice = _CAUSES[errno.ENOSPC]
-        raise DiskWriteError(f"{option} {folder if name is None else name}: {cause} in {existing} ({free:,} bytes "
-                             f"free, about {needed:,} needed); {advice} or give another path (nothing was done)",
-                             errno.ENOSPC)
+        raise DiskWriteError(
+            f"{option} {folder if name is None else name}: {cause} in {existing} ({free:,} bytes "
+            f"free, about {needed:,} needed); {advice} or give another path (nothing was done)",
+            errno.ENOSPC,
+        )
 
 
 def _resolved(path: Path | str) -> Path:
@@ -160,7 +163,7 @@ def _is_within(path: Path, folder: Path) -> bool:
     return path != folder and folder in path.parents
 
 
-def protected_folder(path: Path) -> Optional[tuple[Path, str]]:
+def protected_folder(path: Path) -> tuple[Path, str] | None:
     """The run, CV or data folder ``path`` (resolved) lies in, and what it is; None when it lies in none."""
     for folder in path.parents:
         if (folder / "cv_config.yaml").is_file():  # runs.CV_CONFIG, spelt out: runs imports this module
@@ -180,7 +183,7 @@ def check_output(
     option: str = "--out",
     inputs: Iterable[Path | str] = (),
     own: Iterable[Path | str] = (),
-    previous: Optional[Callable[[Path], bool]] = None,
+    previous: Callable[[Path], bool] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Refuse ``path`` as an output of ``command`` (rules in the module docstring); returns it.
@@ -203,15 +206,19 @@ def check_output(
     found = None if is_own else protected_folder(target)
     if found is not None:
         folder, kind = found
-        raise UsageError(f"{where} lies inside the {kind} {folder}, whose files {command} must not write "
-                         "(--overwrite does not change this); give a path outside it")
+        raise UsageError(
+            f"{where} lies inside the {kind} {folder}, whose files {command} must not write "
+            "(--overwrite does not change this); give a path outside it"
+        )
     for given in inputs:
         if _is_within(target, _resolved(given)):
             raise UsageError(f"{where} lies inside the input folder {given}; give a path outside it")
     check_writable(out.parent, option, out)
     if (out.exists() or out.is_symlink()) and not (overwrite or is_own or (previous is not None and previous(out))):
-        raise UsageError(f"{where}: the file exists and is not an earlier output of {command}; "
-                         "add --overwrite to replace it, or give another path")
+        raise UsageError(
+            f"{where}: the file exists and is not an earlier output of {command}; "
+            "add --overwrite to replace it, or give another path"
+        )
     return out
 
 
@@ -234,11 +241,12 @@ def is_previous_submission(path: Path) -> bool:
 def is_previous_probs(path: Path) -> bool:
     """A probabilities file infer.predict wrote: the image id column, then the 18 class columns."""
     columns = first_line(path).split(",")
-    return columns[0] in ("ImageID", "image") and columns[1:1 + len(PROB_COLUMNS)] == PROB_COLUMNS
+    return columns[0] in ("ImageID", "image") and columns[1 : 1 + len(PROB_COLUMNS)] == PROB_COLUMNS
 
 
-def check_prediction_output(out: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False,
-                            command: str = "predict") -> None:
+def check_prediction_output(
+    out: Path | str, inputs: Iterable[Path | str] = (), overwrite: bool = False, command: str = "predict"
+) -> None:
     """Refuse a submission path and the probabilities file beside it, before any work (``check_output``).
 
     ``inputs`` are the run folders and the data folder; an existing file is replaced only if it is an earlier
@@ -249,8 +257,14 @@ def check_prediction_output(out: Path | str, inputs: Iterable[Path | str] = (), 
         raise UsageError(f"--out {out}: {out} is a folder; give a file name, e.g. {out / 'submission.csv'}")
     inputs = list(inputs)
     check_output(out, command=command, inputs=inputs, previous=is_previous_submission, overwrite=overwrite)
-    check_output(probs_path_for(out), command=command, option=f"--out {out}: its probabilities file",
-                 inputs=inputs, previous=is_previous_probs, overwrite=overwrite)
+    check_output(
+        probs_path_for(out),
+        command=command,
+        option=f"--out {out}: its probabilities file",
+        inputs=inputs,
+        previous=is_previous_probs,
+        overwrite=overwrite,
+    )
 
 
 def check_distinct(outputs: Sequence[tuple[str, Path | str]]) -> None:
@@ -281,6 +295,20 @@ def head_contains(path: Path, text: str, limit: int = 4096) -> bool:
         return False
 
 
-__all__ = ["DiskWriteError", "check_distinct", "check_output", "check_prediction_output", "check_space",
-           "check_writable", "disk_error", "error_code", "first_line", "head_contains", "is_previous_probs",
-           "is_previous_submission", "nearest_existing", "probs_path_for", "protected_folder"]
+__all__ = [
+    "DiskWriteError",
+    "check_distinct",
+    "check_output",
+    "check_prediction_output",
+    "check_space",
+    "check_writable",
+    "disk_error",
+    "error_code",
+    "first_line",
+    "head_contains",
+    "is_previous_probs",
+    "is_previous_submission",
+    "nearest_existing",
+    "probs_path_for",
+    "protected_folder",
+]

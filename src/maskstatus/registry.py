@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -11,7 +12,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 class Registry(Generic[F]):
     """A named table of factories; unknown names fail with the list of known ones."""
 
-    def __init__(self, kind: str, declared: Optional[Sequence[str]] = None) -> None:
+    def __init__(self, kind: str, declared: Sequence[str] | None = None) -> None:
         """``declared``: the names a torch-free module lists so they can be checked without importing this one;
         registering any other name fails, and tests check that each declared name is registered."""
         self.kind = kind
@@ -23,8 +24,9 @@ class Registry(Generic[F]):
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             if self.declared is not None and name not in self.declared:
-                raise ValueError(f"{self.kind} {name!r} is not among the declared names {list(self.declared)}: "
-                                 "add it there too")
+                raise ValueError(
+                    f"{self.kind} {name!r} is not among the declared names {list(self.declared)}: add it there too"
+                )
             self._items[name] = fn
             return fn
 
@@ -43,9 +45,7 @@ class Registry(Generic[F]):
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             unknown = sorted(set(kwargs) - set(params))
             if unknown:
-                raise ValueError(
-                    f"{self.kind} {name!r} got unknown option(s) {unknown}; it takes {sorted(params)}"
-                )
+                raise ValueError(f"{self.kind} {name!r} got unknown option(s) {unknown}; it takes {sorted(params)}")
         return fn(**kwargs)
 
     def names(self) -> list[str]:

@@ -28,10 +28,11 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .errors import RunError, RunNotFoundError
 from .outputs import disk_error
@@ -101,7 +102,7 @@ class RunDir:
         """The folders ``make`` creates: the run folder and those its files go in."""
         return self.root, self.checkpoints, self.predictions, self.plots
 
-    def make(self) -> "RunDir":
+    def make(self) -> RunDir:
         for p in self.folders():
             p.mkdir(parents=True, exist_ok=True)
         return self

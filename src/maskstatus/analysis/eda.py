@@ -20,10 +20,10 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -53,8 +53,14 @@ logger = logging.getLogger(__name__)
 GENERATOR = "maskstatus eda"  # in each page's <meta name="generator">: a later eda may replace it
 EXIF_ORIENTATION_TAG = 0x0112
 ORIENTATION_NAMES: dict[int, str] = {
-    1: "upright", 2: "mirrored", 3: "rotated 180", 4: "mirrored, rotated 180",
-    5: "mirrored, rotated 90 CW", 6: "rotated 90 CW", 7: "mirrored, rotated 90 CCW", 8: "rotated 90 CCW",
+    1: "upright",
+    2: "mirrored",
+    3: "rotated 180",
+    4: "mirrored, rotated 180",
+    5: "mirrored, rotated 90 CW",
+    6: "rotated 90 CW",
+    7: "mirrored, rotated 90 CCW",
+    8: "rotated 90 CCW",
 }
 # Years just below each boundary that teams dropped from training (competition.md: 28-29 and 57-59);
 # marked on the histogram so a reader sees how many people sit where the age labels are least certain.
@@ -86,8 +92,8 @@ class EdaResult:
     images: pd.DataFrame  # every image opened: IMAGE_COLUMNS + set ("train"/"eval") + owner
     duplicates: pd.DataFrame  # image pairs across owners: path_a, owner_a, path_b, owner_b, distance, identical
     problems: list[Problem] = field(default_factory=list)
-    suspects: Optional[pd.DataFrame] = None  # find_label_errors table, when a CV folder was given
-    run: Optional[Path] = None
+    suspects: pd.DataFrame | None = None  # find_label_errors table, when a CV folder was given
+    run: Path | None = None
 
 
 # -------------------------------------------------------------- per image
@@ -122,8 +128,16 @@ def phash(rgb: np.ndarray) -> bytes:
 
 def image_facts(path: str) -> dict:
     """Format, size (as stored), EXIF orientation, md5 of the bytes, pHash and decode problem of one file."""
-    facts: dict = {"path": path, "format": None, "width": 0, "height": 0, "orientation": 1, "md5": None,
-                   "phash": None, "problem": None}
+    facts: dict = {
+        "path": path,
+        "format": None,
+        "width": 0,
+        "height": 0,
+        "orientation": 1,
+        "md5": None,
+        "phash": None,
+        "problem": None,
+    }
     try:
         data = Path(path).read_bytes()
     except OSError as err:
@@ -151,21 +165,30 @@ def image_facts(path: str) -> dict:
     return facts
 
 
-def scan_images(paths: Sequence[str], workers: Optional[int] = None) -> pd.DataFrame:
+def scan_images(paths: Sequence[str], workers: int | None = None) -> pd.DataFrame:
     """``image_facts`` of every path (threads: PIL and hashlib release the GIL), columns IMAGE_COLUMNS."""
     if not paths:
         return pd.DataFrame({c: pd.Series(dtype=object) for c in IMAGE_COLUMNS})
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        rows = list(tqdm(pool.map(image_facts, paths), total=len(paths), desc="reading images", unit="img",
-                         disable=None, leave=False))
+        rows = list(
+            tqdm(
+                pool.map(image_facts, paths),
+                total=len(paths),
+                desc="reading images",
+                unit="img",
+                disable=None,
+                leave=False,
+            )
+        )
     return pd.DataFrame(rows, columns=list(IMAGE_COLUMNS))
 
 
 # ------------------------------------------------------------- duplicates
 
 
-def find_duplicates(hashes: np.ndarray, owners: np.ndarray, max_bits: int = NEAR_DUPLICATE_BITS,
-                    eval_owner: int = -1, chunk: int = 256) -> pd.DataFrame:
+def find_duplicates(
+    hashes: np.ndarray, owners: np.ndarray, max_bits: int = NEAR_DUPLICATE_BITS, eval_owner: int = -1, chunk: int = 256
+) -> pd.DataFrame:
     """Pairs (i, j), i < j, whose hashes differ in at most ``max_bits`` bits and whose owners differ.
 
     ``hashes`` is (N, W) uint64, each row a hash of 64*W bits; ``owners`` are integer person
@@ -198,8 +221,9 @@ def find_duplicates(hashes: np.ndarray, owners: np.ndarray, max_bits: int = NEAR
         found_d.append(dist[close])
     if not found_i:
         return pd.DataFrame({"i": [], "j": [], "distance": []}, dtype=np.int64)
-    return pd.DataFrame({"i": np.concatenate(found_i), "j": np.concatenate(found_j),
-                         "distance": np.concatenate(found_d)}).astype(np.int64)
+    return pd.DataFrame(
+        {"i": np.concatenate(found_i), "j": np.concatenate(found_j), "distance": np.concatenate(found_d)}
+    ).astype(np.int64)
 
 
 def _duplicate_pairs(images: pd.DataFrame) -> pd.DataFrame:
@@ -212,12 +236,16 @@ def _duplicate_pairs(images: pd.DataFrame) -> pd.DataFrame:
     words = np.frombuffer(b"".join(hashed["phash"]), dtype=np.uint64).reshape(len(hashed), -1)
     pairs = find_duplicates(words, codes, eval_owner=eval_code)
     a, b = hashed.iloc[pairs["i"].to_numpy()], hashed.iloc[pairs["j"].to_numpy()]
-    out = pd.DataFrame({
-        "path_a": a["path"].to_numpy(), "owner_a": a["owner"].to_numpy(),
-        "path_b": b["path"].to_numpy(), "owner_b": b["owner"].to_numpy(),
-        "distance": pairs["distance"].to_numpy(),
-        "identical": a["md5"].to_numpy() == b["md5"].to_numpy(),
-    })
+    out = pd.DataFrame(
+        {
+            "path_a": a["path"].to_numpy(),
+            "owner_a": a["owner"].to_numpy(),
+            "path_b": b["path"].to_numpy(),
+            "owner_b": b["owner"].to_numpy(),
+            "distance": pairs["distance"].to_numpy(),
+            "identical": a["md5"].to_numpy() == b["md5"].to_numpy(),
+        }
+    )
     return out.sort_values(["distance", "owner_a", "path_a"], kind="stable").reset_index(drop=True)
 
 
@@ -235,8 +263,12 @@ def _coded(checked: pd.DataFrame, thresholds: AgeThresholds) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def analyse(data_dir: str | Path, run: Optional[str | Path] = None,
-            thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS, workers: Optional[int] = None) -> EdaResult:
+def analyse(
+    data_dir: str | Path,
+    run: str | Path | None = None,
+    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS,
+    workers: int | None = None,
+) -> EdaResult:
     """Read a data folder (``train/`` and/or ``eval/``) for the EDA page; see the module docstring.
 
     Raises FileNotFoundError when ``data_dir`` is missing or holds neither train/ nor eval/, or when
@@ -275,8 +307,17 @@ def analyse(data_dir: str | Path, run: Optional[str | Path] = None,
 
     train = _coded(checked[~checked["image_path"].isin(bad_paths)], thresholds) if len(checked) else checked
     evals = evals[~evals["image_path"].isin(bad_paths)].reset_index(drop=True)
-    return EdaResult(data_dir, thresholds, train, evals, images, _duplicate_pairs(images), problems, suspects,
-                     Path(run) if run is not None else None)
+    return EdaResult(
+        data_dir,
+        thresholds,
+        train,
+        evals,
+        images,
+        _duplicate_pairs(images),
+        problems,
+        suspects,
+        Path(run) if run is not None else None,
+    )
 
 
 # ---------------------------------------------------------------- render
@@ -284,8 +325,12 @@ def analyse(data_dir: str | Path, run: Optional[str | Path] = None,
 
 def _classes_section(r: EdaResult) -> str:
     summary = summarize(r.train, r.thresholds)
-    rows = [[int(c), m, g, a, int(p), int(i)] for c, m, g, a, p, i in
-            summary[["class", "mask", "gender", "age", "people", "images"]].itertuples(index=False, name=None)]
+    rows = [
+        [int(c), m, g, a, int(p), int(i)]
+        for c, m, g, a, p, i in summary[["class", "mask", "gender", "age", "people", "images"]].itertuples(
+            index=False, name=None
+        )
+    ]
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9, 3.2), layout="constrained")
@@ -297,10 +342,14 @@ def _classes_section(r: EdaResult) -> str:
     ax.set_title("train images per class (blue: wear, orange: incorrect, purple: not wear)", fontsize=10)
     empty = [name for name, s in zip(class_names(r.thresholds), summary["images"], strict=True) if s == 0]
     warn = H.note(f"classes without any image: {', '.join(empty)}") if empty else ""
-    return (H.note("class = mask*6 + gender*3 + age; a person counts once in each class they have photos in.")
-            + warn + '<div class="row">' + H.table(rows, ["class", "mask", "gender", "age", "people", "images"],
-                                                  attrs='id="class-table"')
-            + H.figure(fig, "images per class") + "</div>")
+    return (
+        H.note("class = mask*6 + gender*3 + age; a person counts once in each class they have photos in.")
+        + warn
+        + '<div class="row">'
+        + H.table(rows, ["class", "mask", "gender", "age", "people", "images"], attrs='id="class-table"')
+        + H.figure(fig, "images per class")
+        + "</div>"
+    )
 
 
 def _tasks_section(r: EdaResult) -> str:
@@ -324,18 +373,24 @@ def _gender_age_section(r: EdaResult) -> str:
     people = _people(r.train)
     ages = r.thresholds.names()
     counts = pd.crosstab(people["gender"], people["age_group"]).reindex(
-        index=range(len(GENDER_NAMES)), columns=range(len(ages)), fill_value=0)
+        index=range(len(GENDER_NAMES)), columns=range(len(ages)), fill_value=0
+    )
     table = counts.to_numpy()  # reindexed above: row g, column a hold gender code g, age group a
-    rows = [[GENDER_NAMES[g], *[int(table[g, a]) for a in range(len(ages))], int(table[g].sum())]
-            for g in range(len(GENDER_NAMES))]
+    rows = [
+        [GENDER_NAMES[g], *[int(table[g, a]) for a in range(len(ages))], int(table[g].sum())]
+        for g in range(len(GENDER_NAMES))
+    ]
     rows.append(["all", *[int(table[:, a].sum()) for a in range(len(ages))], int(table.sum())])
-    return H.note("People (not images) per gender and age group.") + H.table(rows, ["gender", *ages, "all"],
-                                                                             attrs='id="gender-age-table"')
+    return H.note("People (not images) per gender and age group.") + H.table(
+        rows, ["gender", *ages, "all"], attrs='id="gender-age-table"'
+    )
 
 
 def near_boundary_bands(thresholds: AgeThresholds) -> list[tuple[int, int]]:
     """Inclusive year ranges just below each age boundary (e.g. 28-29 and 57-59 for 30 / 60)."""
-    return [(b - k, b - 1) for b, k in zip((thresholds.young_below, thresholds.old_from), NEAR_BOUNDARY_YEARS, strict=True)]
+    return [
+        (b - k, b - 1) for b, k in zip((thresholds.young_below, thresholds.old_from), NEAR_BOUNDARY_YEARS, strict=True)
+    ]
 
 
 def _age_section(r: EdaResult) -> str:
@@ -366,24 +421,29 @@ def _age_section(r: EdaResult) -> str:
     if (people["age"] >= r.thresholds.old_from).any():
         share = ages_at.get(r.thresholds.old_from, 0) / (people["age"] >= r.thresholds.old_from).sum()
         oldest_note = H.note(f"{share:.0%} of the oldest group is exactly {r.thresholds.old_from} years old.")
-    return (H.figure(fig, "age histogram") + H.note(f"ages {lo}-{hi}; median {people['age'].median():g}")
-            + oldest_note + H.table(rows, ["ages", "people"], attrs='id="age-band-table"'))
+    return (
+        H.figure(fig, "age histogram")
+        + H.note(f"ages {lo}-{hi}; median {people['age'].median():g}")
+        + oldest_note
+        + H.table(rows, ["ages", "people"], attrs='id="age-band-table"')
+    )
 
 
 def _race_section(r: EdaResult) -> str:
     people = _people(r.train)
     counts = pd.crosstab(people["race"], people["gender"]).reindex(columns=range(len(GENDER_NAMES)), fill_value=0)
     counts = counts.loc[counts.sum(axis=1).sort_values(ascending=False, kind="stable").index]
-    rows = [[race, *[int(v) for v in row], int(row.sum()), row.sum() / len(people)]
-            for race, row in counts.iterrows()]
+    rows = [[race, *[int(v) for v in row], int(row.sum()), row.sum() / len(people)] for race, row in counts.iterrows()]
     return H.table(rows, ["race", *GENDER_NAMES, "people", "share"])
 
 
 def _images_section(r: EdaResult) -> str:
     ok = r.images[r.images["problem"].isna()]
     parts = []
-    frame = ok.assign(size=ok["width"].astype(str) + " x " + ok["height"].astype(str),
-                      orientation=ok["orientation"].map(lambda o: f"{o} ({ORIENTATION_NAMES.get(o, 'unknown')})"))
+    frame = ok.assign(
+        size=ok["width"].astype(str) + " x " + ok["height"].astype(str),
+        orientation=ok["orientation"].map(lambda o: f"{o} ({ORIENTATION_NAMES.get(o, 'unknown')})"),
+    )
     for title, key in (("size (width x height)", "size"), ("format", "format"), ("EXIF orientation", "orientation")):
         counts = frame.groupby([key, "set"]).size().unstack("set", fill_value=0)
         counts = counts.reindex(columns=[c for c in ("train", "eval") if c in counts.columns])
@@ -398,8 +458,11 @@ def _images_section(r: EdaResult) -> str:
     rows = [[k, *[int(v) for v in row]] for k, row in counts.iterrows()]
     parts.append("<div><h3>file extension</h3>" + H.table(rows, ["extension", *counts.columns]) + "</div>")
     rotated = int((ok["orientation"] != 1).sum())
-    text = (f"{rotated} image(s) carry an EXIF rotation; the loader turns them upright." if rotated
-            else "No image carries an EXIF rotation.")
+    text = (
+        f"{rotated} image(s) carry an EXIF rotation; the loader turns them upright."
+        if rotated
+        else "No image carries an EXIF rotation."
+    )
     return H.note(text) + '<div class="row">' + "".join(parts) + "</div>"
 
 
@@ -410,13 +473,22 @@ def _samples_section(r: EdaResult) -> str:
     for c in range(NUM_CLASSES):
         # Shuffled before keeping one photo per person, so the five "wear" photos all get shown.
         sel = r.train[r.train["label"] == c].sample(frac=1.0, random_state=c).drop_duplicates("person_id")
-        pick = sel.iloc[np.sort(rng.choice(len(sel), size=min(SAMPLES_PER_CLASS, len(sel)), replace=False))] \
-            if len(sel) else sel
-        cards = "".join(H.card(H.thumbnail(row["image_path"]), [str(row["person_id"]), f"{row['stem']}, {row['age']}"])
-                        for row in pick.to_dict("records"))
+        pick = (
+            sel.iloc[np.sort(rng.choice(len(sel), size=min(SAMPLES_PER_CLASS, len(sel)), replace=False))]
+            if len(sel)
+            else sel
+        )
+        cards = "".join(
+            H.card(H.thumbnail(row["image_path"]), [str(row["person_id"]), f"{row['stem']}, {row['age']}"])
+            for row in pick.to_dict("records")
+        )
         blocks.append(f'<div><h3>{c}: {H.esc(names[c])}</h3><div class="grid">{cards or "no images"}</div></div>')
-    return H.note(f"Up to {SAMPLES_PER_CLASS} people per class, one photo each, drawn at random (seed 0).") + \
-        '<div class="row">' + "".join(blocks) + "</div>"
+    return (
+        H.note(f"Up to {SAMPLES_PER_CLASS} people per class, one photo each, drawn at random (seed 0).")
+        + '<div class="row">'
+        + "".join(blocks)
+        + "</div>"
+    )
 
 
 def _duplicates_section(r: EdaResult) -> str:
@@ -424,21 +496,42 @@ def _duplicates_section(r: EdaResult) -> str:
     intro = H.note(
         f"Pairs of images of different people (or a train and an eval image) whose {HASH_SIZE * HASH_SIZE}-bit "
         f"perceptual hashes differ in at most {NEAR_DUPLICATE_BITS} bits. Photos of one person are alike by nature "
-        "and left out; eval photos are not compared with each other (they carry no person).")
+        "and left out; eval photos are not compared with each other (they carry no person)."
+    )
     if d.empty:
         return intro + '<p class="ok">No duplicate or near-duplicate images across people.</p>'
     identical = int(d["identical"].sum())
     people = sorted(set(d["owner_a"]) | set(d["owner_b"]) - {EVAL_OWNER})
-    head = (f'<p class="warn">{len(d)} pair(s), {identical} of them byte-identical files, '
-            f"involving {len(people)} train people.</p>")
+    head = (
+        f'<p class="warn">{len(d)} pair(s), {identical} of them byte-identical files, '
+        f"involving {len(people)} train people.</p>"
+    )
     rows = []
     for p in d.head(MAX_DUPLICATES_SHOWN).to_dict("records"):
         pair = H.thumbnail(p["path_a"], (54, 72)) + " " + H.thumbnail(p["path_b"], (54, 72))
-        rows.append([pair, p["owner_a"], _short(p["path_a"], r.data_dir), p["owner_b"], _short(p["path_b"], r.data_dir),
-                     int(p["distance"]), "yes" if p["identical"] else "no"])
+        rows.append(
+            [
+                pair,
+                p["owner_a"],
+                _short(p["path_a"], r.data_dir),
+                p["owner_b"],
+                _short(p["path_b"], r.data_dir),
+                int(p["distance"]),
+                "yes" if p["identical"] else "no",
+            ]
+        )
     more = H.note(f"first {MAX_DUPLICATES_SHOWN} of {len(d)} shown") if len(d) > MAX_DUPLICATES_SHOWN else ""
-    return intro + head + H.table(rows, ["images", "person A", "file A", "person B", "file B", "bits apart",
-                                         "identical"], raw=(0,), attrs='id="duplicate-table"') + more
+    return (
+        intro
+        + head
+        + H.table(
+            rows,
+            ["images", "person A", "file A", "person B", "file B", "bits apart", "identical"],
+            raw=(0,),
+            attrs='id="duplicate-table"',
+        )
+        + more
+    )
 
 
 def _short(path: str, root: Path) -> str:
@@ -453,35 +546,69 @@ def _short(path: str, root: Path) -> str:
 def _problems_section(r: EdaResult) -> str:
     if not r.problems:
         return '<p class="ok">validate-data finds no problem.</p>'
-    rows = [[_short(p.path.split(":")[0], r.data_dir) + (":" + p.path.split(":", 1)[1] if ":" in p.path else ""),
-             p.reason] for p in r.problems]
-    return (f'<p class="warn">{len(r.problems)} problem(s); validate-data fails on these, and training leaves '
-            "the items out only with --skip-bad.</p>" + H.table(rows, ["file", "problem"], attrs='id="problem-table"'))
+    rows = [
+        [_short(p.path.split(":")[0], r.data_dir) + (":" + p.path.split(":", 1)[1] if ":" in p.path else ""), p.reason]
+        for p in r.problems
+    ]
+    return (
+        f'<p class="warn">{len(r.problems)} problem(s); validate-data fails on these, and training leaves '
+        "the items out only with --skip-bad.</p>" + H.table(rows, ["file", "problem"], attrs='id="problem-table"')
+    )
 
 
 def _suspects_section(r: EdaResult) -> str:
     s = r.suspects
-    intro = H.note(f"People whose labels disagree with confident out-of-fold predictions of {r.run} "
-                   "(score: how likely the model finds the label wrong, 0..1). See find-label-errors.")
+    intro = H.note(
+        f"People whose labels disagree with confident out-of-fold predictions of {r.run} "
+        "(score: how likely the model finds the label wrong, 0..1). See find-label-errors."
+    )
     if s is None or s.empty:
         return intro + '<p class="ok">No suspects.</p>'
     rows = []
     for row in s.head(MAX_SUSPECTS_SHOWN).to_dict("records"):
         strip = "".join(H.thumbnail(p, (36, 48)) for p in str(row["images"]).split(";") if p)
-        rows.append([row["person_id"], row["task"], row["given"], row["predicted"], float(row["score"]),
-                     f'<span class="strip">{strip}</span>'])
+        rows.append(
+            [
+                row["person_id"],
+                row["task"],
+                row["given"],
+                row["predicted"],
+                float(row["score"]),
+                f'<span class="strip">{strip}</span>',
+            ]
+        )
     more = H.note(f"first {MAX_SUSPECTS_SHOWN} of {len(s)} shown") if len(s) > MAX_SUSPECTS_SHOWN else ""
-    return intro + H.table(rows, ["person", "task", "given", "predicted", "score", f"photos ({', '.join(IMAGE_STEMS)})"],
-                           digits=2, raw=(5,), attrs='id="suspect-table"') + more
+    return (
+        intro
+        + H.table(
+            rows,
+            ["person", "task", "given", "predicted", "score", f"photos ({', '.join(IMAGE_STEMS)})"],
+            digits=2,
+            raw=(5,),
+            attrs='id="suspect-table"',
+        )
+        + more
+    )
 
 
 def render(r: EdaResult) -> str:
     """The EDA page of an ``analyse`` result, as one HTML string."""
     t = r.train
-    sections = [H.Section("summary", "Summary", H.kpis([
-        ("train people", int(t["person_id"].nunique())), ("train images", len(t)), ("eval images", len(r.eval)),
-        ("problems", len(r.problems)), ("cross-person duplicate pairs", len(r.duplicates)),
-    ]))]
+    sections = [
+        H.Section(
+            "summary",
+            "Summary",
+            H.kpis(
+                [
+                    ("train people", int(t["person_id"].nunique())),
+                    ("train images", len(t)),
+                    ("eval images", len(r.eval)),
+                    ("problems", len(r.problems)),
+                    ("cross-person duplicate pairs", len(r.duplicates)),
+                ]
+            ),
+        )
+    ]
     if len(t):
         sections += [
             H.Section("classes", "Per class", _classes_section(r)),
@@ -503,18 +630,37 @@ def render(r: EdaResult) -> str:
     return H.page(f"maskstatus EDA: {r.data_dir.name}", str(r.data_dir), sections, GENERATOR)
 
 
-def write_eda(data_dir: str | Path, out: str | Path, run: Optional[str | Path] = None,
-              thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS, overwrite: bool = False) -> tuple[Path, EdaResult]:
+def write_eda(
+    data_dir: str | Path,
+    out: str | Path,
+    run: str | Path | None = None,
+    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS,
+    overwrite: bool = False,
+) -> tuple[Path, EdaResult]:
     """Analyse ``data_dir`` and write the page to ``out``; returns (the file, the analysis).
 
     ``out`` is checked first: never inside ``data_dir``, ``run`` or any run or data folder, and an existing
     file is replaced only if it is an earlier eda page, or with ``overwrite`` (see ``maskstatus.outputs``).
     """
-    check_output(out, command="eda", inputs=[data_dir, *([run] if run is not None else [])],
-                 previous=lambda p: H.is_page_of(p, GENERATOR), overwrite=overwrite)
+    check_output(
+        out,
+        command="eda",
+        inputs=[data_dir, *([run] if run is not None else [])],
+        previous=lambda p: H.is_page_of(p, GENERATOR),
+        overwrite=overwrite,
+    )
     result = analyse(data_dir, run, thresholds)
     return H.write_page(render(result), out), result
 
 
-__all__ = ["EdaResult", "analyse", "find_duplicates", "image_facts", "near_boundary_bands", "phash", "render",
-           "scan_images", "write_eda"]
+__all__ = [
+    "EdaResult",
+    "analyse",
+    "find_duplicates",
+    "image_facts",
+    "near_boundary_bands",
+    "phash",
+    "render",
+    "scan_images",
+    "write_eda",
+]

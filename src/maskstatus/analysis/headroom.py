@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pandas as pd
@@ -56,8 +55,9 @@ def task_headroom(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return out
 
 
-def age_error_by_band(given: np.ndarray, predicted: np.ndarray, people: Optional[np.ndarray] = None,
-                      width: int = BAND_YEARS) -> pd.DataFrame:
+def age_error_by_band(
+    given: np.ndarray, predicted: np.ndarray, people: np.ndarray | None = None, width: int = BAND_YEARS
+) -> pd.DataFrame:
     """Per band of ``width`` given years: images, people, MAE and bias (mean predicted - given) in years.
 
     Bands start at multiples of ``width`` ("15-19", "20-24", ...); empty bands are left out.
@@ -66,8 +66,9 @@ def age_error_by_band(given: np.ndarray, predicted: np.ndarray, people: Optional
     given = np.asarray(given, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.float64)
     if given.shape != predicted.shape or given.ndim != 1:
-        raise ValueError(f"given and predicted years must be two 1-D arrays of one length, "
-                         f"got {given.shape} and {predicted.shape}")
+        raise ValueError(
+            f"given and predicted years must be two 1-D arrays of one length, got {given.shape} and {predicted.shape}"
+        )
     if width < 1:
         raise ValueError(f"band width must be at least 1 year, got {width}")
     if not (np.isfinite(given).all() and np.isfinite(predicted).all()):
@@ -85,13 +86,15 @@ def age_error_by_band(given: np.ndarray, predicted: np.ndarray, people: Optional
     return pd.DataFrame(rows)
 
 
-def given_years(cfg: Config, oof: pd.DataFrame) -> Optional[np.ndarray]:
+def given_years(cfg: Config, oof: pd.DataFrame) -> np.ndarray | None:
     """The given age in years of each OOF row, from the train table of ``cfg`` (its relabelling applied).
 
     None, with the reason logged, when the data folder cannot be read (moved, or another
     machine) or lacks some OOF person: the headroom does not need it, only the age bands do.
     """
-    from ..data.tables import load_train_table  # reads and checks the whole train folder: only when the bands are asked for
+    from ..data.tables import (
+        load_train_table,  # reads and checks the whole train folder: only when the bands are asked for
+    )
 
     train_dir = Path(cfg.data.root or "") / "train"
     try:
@@ -102,13 +105,17 @@ def given_years(cfg: Config, oof: pd.DataFrame) -> Optional[np.ndarray]:
     ages = table.drop_duplicates("person_id").set_index("person_id")["age"]
     missing = ~oof["person_id"].astype(str).isin(ages.index)
     if missing.any():
-        logger.info("no age bands: %d OOF people are not in %s, e.g. %s", oof.loc[missing, "person_id"].nunique(),
-                    train_dir, oof.loc[missing, "person_id"].iloc[0])
+        logger.info(
+            "no age bands: %d OOF people are not in %s, e.g. %s",
+            oof.loc[missing, "person_id"].nunique(),
+            train_dir,
+            oof.loc[missing, "person_id"].iloc[0],
+        )
         return None
     return ages.loc[oof["person_id"].astype(str)].to_numpy(dtype=np.float64)
 
 
-def oof_headroom(oof: pd.DataFrame, years: Optional[np.ndarray] = None) -> dict:
+def oof_headroom(oof: pd.DataFrame, years: np.ndarray | None = None) -> dict:
     """``task_headroom`` of an OOF table and, with given ``years`` and predicted ones, its age bands.
 
     Returns ``{"headroom": {...}, "age_mae": float, "age_bias": float, "age_by_band": [rows]}``
@@ -118,8 +125,13 @@ def oof_headroom(oof: pd.DataFrame, years: Optional[np.ndarray] = None) -> dict:
     if years is not None and AGE_MEAN in oof.columns:
         predicted = oof[AGE_MEAN].to_numpy(dtype=np.float64)
         bands = age_error_by_band(years, predicted, oof["person_id"].to_numpy())
-        out.update({"age_mae": float(np.abs(predicted - years).mean()), "age_bias": float((predicted - years).mean()),
-                    "age_by_band": bands.to_dict(orient="records")})
+        out.update(
+            {
+                "age_mae": float(np.abs(predicted - years).mean()),
+                "age_bias": float((predicted - years).mean()),
+                "age_by_band": bands.to_dict(orient="records"),
+            }
+        )
     return out
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -89,11 +90,11 @@ def page(title: str, subtitle: str, sections: Sequence[Section], generator: str 
 
     ``generator`` (e.g. "maskstatus report") goes into a ``<meta name="generator">`` tag (see ``is_page_of``).
     """
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     nav = "".join(f'<a href="#{esc(s.key)}">{esc(s.title)}</a>' for s in sections)
     body = "\n".join(f'<section id="{esc(s.key)}">\n<h2>{esc(s.title)}</h2>\n{s.body}\n</section>' for s in sections)
     return (
-        f"<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n{generator_meta(generator)}\n"
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n{generator_meta(generator)}\n'
         f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n"
         f"<header><h1>{esc(title)}</h1><p>{esc(subtitle)} &middot; written {stamp}</p></header>\n"
         f"<nav>{nav}</nav>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
@@ -121,8 +122,9 @@ def _cell(value: object, digits: int) -> str:
     return f"<td>{esc(value)}</td>"
 
 
-def table(rows: Sequence[Sequence[object]], header: Sequence[str], digits: int = 3, raw: Sequence[int] = (),
-          attrs: str = "") -> str:
+def table(
+    rows: Sequence[Sequence[object]], header: Sequence[str], digits: int = 3, raw: Sequence[int] = (), attrs: str = ""
+) -> str:
     """An HTML table; numbers right-aligned, floats to ``digits`` places. Columns listed in ``raw`` hold HTML."""
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     lines = []
@@ -138,7 +140,9 @@ def frame_table(df, digits: int = 3, index: bool = False) -> str:
     return table([list(r) for r in frame.itertuples(index=False)], [str(c) for c in frame.columns], digits)
 
 
-def heat_table(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str], corner: str = "true \\ pred") -> str:
+def heat_table(
+    matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence[str], corner: str = "true \\ pred"
+) -> str:
     """A count matrix as a table shaded by each row's share (so rare rows read as well as common ones).
 
     The diagonal is shaded green, the rest red: a confusion matrix reads at a glance.
@@ -156,23 +160,25 @@ def heat_table(matrix: np.ndarray, row_names: Sequence[str], col_names: Sequence
             style = f' style="background:rgba({colour},{alpha:.2f})"' if alpha else ""
             title = f' title="{share[i, j]:.1%} of {esc(name)}"'
             cells.append(f"<td{style}{title}>{int(matrix[i, j]) if matrix[i, j] else ''}</td>")
-        lines.append(f"<tr><th>{esc(name)}</th>{''.join(cells)}<td class=\"num\">{int(sums[i, 0])}</td></tr>")
-    return (f'<table class="heat"><thead><tr><th>{esc(corner)}</th>{head}<th>total</th></tr></thead>'
-            f"<tbody>{''.join(lines)}</tbody></table>")
+        lines.append(f'<tr><th>{esc(name)}</th>{"".join(cells)}<td class="num">{int(sums[i, 0])}</td></tr>')
+    return (
+        f'<table class="heat"><thead><tr><th>{esc(corner)}</th>{head}<th>total</th></tr></thead>'
+        f"<tbody>{''.join(lines)}</tbody></table>"
+    )
 
 
 def data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
 
 
-def figure(fig: "Figure", alt: str, dpi: int = 90) -> str:
+def figure(fig: Figure, alt: str, dpi: int = 90) -> str:
     """A matplotlib Figure as an embedded PNG."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
     return f'<img class="fig" alt="{esc(alt)}" src="{data_uri(buf.getvalue(), "image/png")}">'
 
 
-def thumbnail_uri(path: str | Path, box: tuple[int, int] = (72, 96)) -> Optional[str]:
+def thumbnail_uri(path: str | Path, box: tuple[int, int] = (72, 96)) -> str | None:
     """A JPEG data URI of the image shrunk to fit ``box`` (width, height), upright; None when unreadable."""
     try:
         with Image.open(path) as img:

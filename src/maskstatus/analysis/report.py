@@ -17,17 +17,15 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from ..age import AGE_MEAN
-from ..scoring.bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, class_count_replicates
-from ..scoring.oof import member_config, read_oof
-from ..scoring.score import folder_interval
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,
@@ -40,9 +38,12 @@ from ..labels import (
     decode,
     split_class_probs,
 )
-from ..scoring.metrics import compute_metrics, confusion
 from ..outputs import check_output
 from ..runs import CV_CONFIG, CV_METRICS, METRICS, RUN_CONFIG, expand_runs
+from ..scoring.bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, class_count_replicates
+from ..scoring.metrics import compute_metrics, confusion
+from ..scoring.oof import member_config, read_oof
+from ..scoring.score import folder_interval
 from . import html as H
 from .headroom import BAND_YEARS, given_years, oof_headroom
 
@@ -65,8 +66,8 @@ class ReportResult:
     oof: pd.DataFrame
     interval: Interval  # the scores and their person-bootstrap intervals, as ``maskstatus score`` gives them
     runs: list[Path] = field(default_factory=list)
-    cv_summary: Optional[dict[str, Any]] = None
-    years: Optional[np.ndarray] = None  # given age of each OOF row, where the train table could be read
+    cv_summary: dict[str, Any] | None = None
+    years: np.ndarray | None = None  # given age of each OOF row, where the train table could be read
 
     @property
     def images(self) -> int:
@@ -81,9 +82,14 @@ class ReportResult:
 # ----------------------------------------------------------------- numbers
 
 
-def _class_intervals(labels: np.ndarray, preds: np.ndarray, people: Sequence[str],
-                     samples: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
-                     seed: int = 0) -> dict[str, np.ndarray]:
+def _class_intervals(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    people: Sequence[str],
+    samples: int = DEFAULT_BOOT,
+    level: float = DEFAULT_LEVEL,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Percentile intervals of per-class precision, recall and F1, resampling people.
 
     People, not images, are drawn with replacement, because a person's seven photos share
@@ -109,9 +115,15 @@ def _class_intervals(labels: np.ndarray, preds: np.ndarray, people: Sequence[str
     return out
 
 
-def per_class_table(labels: np.ndarray, preds: np.ndarray, people: Sequence[str],
-                    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS, level: float = DEFAULT_LEVEL,
-                    samples: int = DEFAULT_BOOT, seed: int = 0) -> pd.DataFrame:
+def per_class_table(
+    labels: np.ndarray,
+    preds: np.ndarray,
+    people: Sequence[str],
+    thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS,
+    level: float = DEFAULT_LEVEL,
+    samples: int = DEFAULT_BOOT,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Per class: support (images, people), precision, recall, F1 and their person-bootstrap intervals."""
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
     people = pd.Series(people).astype(str).to_numpy()
@@ -123,15 +135,24 @@ def per_class_table(labels: np.ndarray, preds: np.ndarray, people: Sequence[str]
         recall = np.where(true_n > 0, tp / true_n, 0.0)
         f1 = np.where(true_n + pred_n > 0, 2 * tp / (true_n + pred_n), 0.0)
     ci = _class_intervals(labels, preds, people, samples, level, seed)
-    table = pd.DataFrame({
-        "class": np.arange(NUM_CLASSES), "name": class_names(thresholds),
-        "images": true_n.astype(np.int64),
-        "people": [len(set(people[labels == c])) for c in range(NUM_CLASSES)],
-        "predicted": pred_n.astype(np.int64),
-        "precision": precision, "precision_lo": ci["precision"][0], "precision_hi": ci["precision"][1],
-        "recall": recall, "recall_lo": ci["recall"][0], "recall_hi": ci["recall"][1],
-        "f1": f1, "f1_lo": ci["f1"][0], "f1_hi": ci["f1"][1],
-    })
+    table = pd.DataFrame(
+        {
+            "class": np.arange(NUM_CLASSES),
+            "name": class_names(thresholds),
+            "images": true_n.astype(np.int64),
+            "people": [len(set(people[labels == c])) for c in range(NUM_CLASSES)],
+            "predicted": pred_n.astype(np.int64),
+            "precision": precision,
+            "precision_lo": ci["precision"][0],
+            "precision_hi": ci["precision"][1],
+            "recall": recall,
+            "recall_lo": ci["recall"][0],
+            "recall_hi": ci["recall"][1],
+            "f1": f1,
+            "f1_lo": ci["f1"][0],
+            "f1_hi": ci["f1"][1],
+        }
+    )
     return table
 
 
@@ -149,13 +170,20 @@ def calibration(probs: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_B
     rows = []
     for b in range(bins):
         sel = which == b
-        rows.append({"low": edges[b], "high": edges[b + 1], "images": int(sel.sum()),
-                     "confidence": float(confidence[sel].mean()) if sel.any() else np.nan,
-                     "accuracy": float(correct[sel].mean()) if sel.any() else np.nan})
+        rows.append(
+            {
+                "low": edges[b],
+                "high": edges[b + 1],
+                "images": int(sel.sum()),
+                "confidence": float(confidence[sel].mean()) if sel.any() else np.nan,
+                "accuracy": float(correct[sel].mean()) if sel.any() else np.nan,
+            }
+        )
     table = pd.DataFrame(rows)
     filled = table[table["images"] > 0]
-    table.attrs["ece"] = float((filled["images"] * (filled["accuracy"] - filled["confidence"]).abs()).sum()
-                               / max(len(probs), 1))
+    table.attrs["ece"] = float(
+        (filled["images"] * (filled["accuracy"] - filled["confidence"]).abs()).sum() / max(len(probs), 1)
+    )
     return table
 
 
@@ -165,10 +193,14 @@ def confident_mistakes(oof: pd.DataFrame, top: int = MISTAKES_SHOWN) -> pd.DataF
     probs = probs / probs.sum(axis=1, keepdims=True)
     pred = probs.argmax(axis=1)
     frame = oof[["person_id", "stem", "image_path", "label", "fold"]].assign(
-        pred=pred, confidence=probs.max(axis=1), p_true=probs[np.arange(len(probs)), oof["label"].to_numpy()])
+        pred=pred, confidence=probs.max(axis=1), p_true=probs[np.arange(len(probs)), oof["label"].to_numpy()]
+    )
     wrong = frame[frame["pred"] != frame["label"]]
-    return wrong.sort_values(["confidence", "person_id", "stem"], ascending=[False, True, True],
-                             kind="stable").head(top).reset_index(drop=True)
+    return (
+        wrong.sort_values(["confidence", "person_id", "stem"], ascending=[False, True, True], kind="stable")
+        .head(top)
+        .reset_index(drop=True)
+    )
 
 
 def fold_scores(oof: pd.DataFrame) -> pd.DataFrame:
@@ -176,16 +208,24 @@ def fold_scores(oof: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for fold, part in oof.groupby("fold", sort=True):
         m = compute_metrics(part[PROB_COLUMNS].to_numpy(dtype=np.float64), part["label"].to_numpy())
-        rows.append({"fold": int(fold), "images": len(part), "f1": m["f1"], "acc": m["acc"],
-                     **{f"{t}_f1": m[f"{t}_f1"] for t in TASKS}})
+        rows.append(
+            {
+                "fold": int(fold),
+                "images": len(part),
+                "f1": m["f1"],
+                "acc": m["acc"],
+                **{f"{t}_f1": m[f"{t}_f1"] for t in TASKS},
+            }
+        )
     return pd.DataFrame(rows)
 
 
 # ----------------------------------------------------------------- reading
 
 
-def analyse_run(path: str | Path, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT,
-                seed: int = 0) -> ReportResult:
+def analyse_run(
+    path: str | Path, level: float = DEFAULT_LEVEL, n_boot: int = DEFAULT_BOOT, seed: int = 0
+) -> ReportResult:
     """Read a run or CV folder for the report; FileNotFoundError / ValueError name what is missing or bad.
 
     The scores and their intervals are ``scoring.score``'s, as ``maskstatus score`` prints them for the same
@@ -268,18 +308,26 @@ def _confusion_section(r: ReportResult) -> str:
     labels = r.oof["label"].to_numpy()
     names = class_names(r.thresholds)
     short = [str(c) for c in range(NUM_CLASSES)]
-    parts = [H.note("Rows: true class, columns: predicted; cells shaded by the share of the row (green: right). "
-                    "Hover a cell for the share. Column numbers are class codes."),
-             '<div id="confusion-18">' + H.heat_table(confusion(probs, labels), [f"{c} {n}" for c, n in
-                                                                                  enumerate(names)], short) + "</div>"]
+    parts = [
+        H.note(
+            "Rows: true class, columns: predicted; cells shaded by the share of the row (green: right). "
+            "Hover a cell for the share. Column numbers are class codes."
+        ),
+        '<div id="confusion-18">'
+        + H.heat_table(confusion(probs, labels), [f"{c} {n}" for c, n in enumerate(names)], short)
+        + "</div>",
+    ]
     marginals = split_class_probs(probs / probs.sum(axis=1, keepdims=True))
     tasks = []
     for task, codes, task_names in zip(TASKS, decode(labels), (MASK_NAMES, GENDER_NAMES, r.thresholds.names())):
         k = TASKS[task]
         matrix = np.zeros((k, k), dtype=np.int64)
         np.add.at(matrix, (codes, marginals[task].argmax(axis=1)), 1)
-        tasks.append(f'<div id="confusion-{task}"><h3>{task}</h3>'
-                     + H.heat_table(matrix, list(task_names), list(task_names)) + "</div>")
+        tasks.append(
+            f'<div id="confusion-{task}"><h3>{task}</h3>'
+            + H.heat_table(matrix, list(task_names), list(task_names))
+            + "</div>"
+        )
     return "".join(parts) + '<div class="row">' + "".join(tasks) + "</div>"
 
 
@@ -300,19 +348,39 @@ def _score_text(iv: Interval, key: str) -> str:
 def _per_class_section(r: ReportResult) -> str:
     probs = r.oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
     iv = r.interval
-    table = per_class_table(r.oof["label"].to_numpy(), probs.argmax(axis=1), r.oof["person_id"], r.thresholds,
-                            iv.level, iv.n_boot, iv.seed)
-    rows = [[int(t.class_), t.name, int(t.images), int(t.people), int(t.predicted),
-             _interval(t.precision, t.precision_lo, t.precision_hi), _interval(t.recall, t.recall_lo, t.recall_hi),
-             _interval(t.f1, t.f1_lo, t.f1_hi)]
-            for t in table.rename(columns={"class": "class_"}).itertuples(index=False)]
-    text = (f"Intervals: {iv.level:.0%} percentile intervals over {iv.n_boot} resamples of the "
-            f"{iv.people} people (a person's photos share one face and label, so people are "
-            f"drawn, not images). Macro F1 {_score_text(iv, 'f1')}.")
+    table = per_class_table(
+        r.oof["label"].to_numpy(), probs.argmax(axis=1), r.oof["person_id"], r.thresholds, iv.level, iv.n_boot, iv.seed
+    )
+    rows = [
+        [
+            int(t.class_),
+            t.name,
+            int(t.images),
+            int(t.people),
+            int(t.predicted),
+            _interval(t.precision, t.precision_lo, t.precision_hi),
+            _interval(t.recall, t.recall_lo, t.recall_hi),
+            _interval(t.f1, t.f1_lo, t.f1_hi),
+        ]
+        for t in table.rename(columns={"class": "class_"}).itertuples(index=False)
+    ]
+    text = (
+        f"Intervals: {iv.level:.0%} percentile intervals over {iv.n_boot} resamples of the "
+        f"{iv.people} people (a person's photos share one face and label, so people are "
+        f"drawn, not images). Macro F1 {_score_text(iv, 'f1')}."
+    )
     weakest = table.sort_values("f1", kind="stable").head(3)
     worst = H.note("Weakest classes: " + ", ".join(f"{n} (F1 {f:.2f})" for n, f in zip(weakest["name"], weakest["f1"])))
-    return H.note(text) + worst + H.table(rows, ["class", "name", "images", "people", "predicted", "precision",
-                                                 "recall", "F1"], raw=(5, 6, 7), attrs='id="per-class-table"')
+    return (
+        H.note(text)
+        + worst
+        + H.table(
+            rows,
+            ["class", "name", "images", "people", "predicted", "precision", "recall", "F1"],
+            raw=(5, 6, 7),
+            attrs='id="per-class-table"',
+        )
+    )
 
 
 def _calibration_section(r: ReportResult) -> str:
@@ -336,10 +404,13 @@ def _calibration_section(r: ReportResult) -> str:
     ax_n.set_ylabel("images")
     ax_n.set_title("images per bin", fontsize=10)
     rows = [[f"{t.low:.1f}-{t.high:.1f}", int(t.images), t.confidence, t.accuracy] for t in table.itertuples()]
-    return (H.note("Points below the diagonal: the model is more sure than right (over-confident).")
-            + '<div class="row">' + H.figure(fig, "reliability plot")
-            + H.table(rows, ["probability", "images", "mean prob.", "accuracy"], attrs='id="calibration-table"')
-            + "</div>")
+    return (
+        H.note("Points below the diagonal: the model is more sure than right (over-confident).")
+        + '<div class="row">'
+        + H.figure(fig, "reliability plot")
+        + H.table(rows, ["probability", "images", "mean prob.", "accuracy"], attrs='id="calibration-table"')
+        + "</div>"
+    )
 
 
 def _headroom_section(r: ReportResult) -> str:
@@ -347,36 +418,60 @@ def _headroom_section(r: ReportResult) -> str:
 
     found = oof_headroom(r.oof, r.years)
     room = found["headroom"]
-    kpis = H.kpis([("macro F1 as predicted", f"{room['f1']:.4f}"),
-                   *[(f"with the {t} always right", f"{room[f'f1_true_{t}']:.4f} "
-                      f"({room[f'f1_true_{t}'] - room['f1']:+.3f})") for t in TASKS]])
-    text = H.note("Each figure keeps the model's answers to the other two tasks: the gain is the most a "
-                  "better model of that one task could add.")
+    kpis = H.kpis(
+        [
+            ("macro F1 as predicted", f"{room['f1']:.4f}"),
+            *[
+                (f"with the {t} always right", f"{room[f'f1_true_{t}']:.4f} ({room[f'f1_true_{t}'] - room['f1']:+.3f})")
+                for t in TASKS
+            ],
+        ]
+    )
+    text = H.note(
+        "Each figure keeps the model's answers to the other two tasks: the gain is the most a "
+        "better model of that one task could add."
+    )
     if "age_by_band" not in found:
-        why = ("the model predicts no years" if AGE_MEAN not in r.oof.columns
-               else "the train table it was trained on could not be read again (see the log)")
+        why = (
+            "the model predicts no years"
+            if AGE_MEAN not in r.oof.columns
+            else "the train table it was trained on could not be read again (see the log)"
+        )
         return kpis + text + H.note(f"No age error by band: {why}.")
     bands = pd.DataFrame(found["age_by_band"])
     fig = Figure(figsize=(7.5, 3.2), layout="constrained")
     ax = fig.add_subplot()
     centre = bands["from"] + BAND_YEARS / 2
-    ax.bar(centre, bands["bias"], width=BAND_YEARS * 0.8, color=np.where(bands["bias"] > 0, "#ef9a9a", "#90caf9"),
-           label="bias (mean predicted - given)")
+    ax.bar(
+        centre,
+        bands["bias"],
+        width=BAND_YEARS * 0.8,
+        color=np.where(bands["bias"] > 0, "#ef9a9a", "#90caf9"),
+        label="bias (mean predicted - given)",
+    )
     ax.plot(centre, bands["mae"], color="C2", marker="o", label="mean absolute error")
     ax.axhline(0, color="grey", lw=0.8)
     for cut in (r.thresholds.young_below, r.thresholds.old_from):
         ax.axvline(cut, color="grey", ls=":", lw=1)
     ax.set_xlabel("given age (years); dotted: the group boundaries")
     ax.set_ylabel("years")
-    ax.set_title(f"age error by {BAND_YEARS}-year band (MAE {found['age_mae']:.2f}, bias {found['age_bias']:+.2f})",
-                 fontsize=10)
+    ax.set_title(
+        f"age error by {BAND_YEARS}-year band (MAE {found['age_mae']:.2f}, bias {found['age_bias']:+.2f})", fontsize=10
+    )
     ax.legend(fontsize=8, loc="lower left")  # the young bands' bars rise above 0, the old ones' fall below
     rows = [[b.band, int(b.people), int(b.images), b.mae, f"{b.bias:+.2f}"] for b in bands.itertuples()]
-    return (kpis + text + H.note("A regression pulls its answers towards the mean age: bars above 0 on the "
-                                 "left and below 0 on the right move people across the dotted boundaries.")
-            + '<div class="row">' + H.figure(fig, "age error by band")
-            + H.table(rows, ["given age", "people", "images", "MAE", "bias"], digits=2,
-                      attrs='id="age-band-table"') + "</div>")
+    return (
+        kpis
+        + text
+        + H.note(
+            "A regression pulls its answers towards the mean age: bars above 0 on the "
+            "left and below 0 on the right move people across the dotted boundaries."
+        )
+        + '<div class="row">'
+        + H.figure(fig, "age error by band")
+        + H.table(rows, ["given age", "people", "images", "MAE", "bias"], digits=2, attrs='id="age-band-table"')
+        + "</div>"
+    )
 
 
 def _mistakes_section(r: ReportResult) -> str:
@@ -385,13 +480,20 @@ def _mistakes_section(r: ReportResult) -> str:
         return '<p class="ok">No wrong out-of-fold prediction.</p>'
     names = class_names(r.thresholds)
     cards = "".join(
-        H.card(H.thumbnail(w.image_path, (96, 128)),
-               [f"{w.person_id} {w.stem}", f"true {names[w.label]}", f"pred {names[w.pred]} ({w.confidence:.2f})"])
-        for w in wrong.itertuples(index=False))
-    return (H.note(f"The {len(wrong)} wrong predictions the model was most sure of, out of "
-                   f"{int((r.oof[PROB_COLUMNS].to_numpy().argmax(axis=1) != r.oof['label'].to_numpy()).sum())} "
-                   "wrong. Very confident mistakes are often label errors (see find-label-errors).")
-            + f'<div class="grid" id="mistakes">{cards}</div>')
+        H.card(
+            H.thumbnail(w.image_path, (96, 128)),
+            [f"{w.person_id} {w.stem}", f"true {names[w.label]}", f"pred {names[w.pred]} ({w.confidence:.2f})"],
+        )
+        for w in wrong.itertuples(index=False)
+    )
+    return (
+        H.note(
+            f"The {len(wrong)} wrong predictions the model was most sure of, out of "
+            f"{int((r.oof[PROB_COLUMNS].to_numpy().argmax(axis=1) != r.oof['label'].to_numpy()).sum())} "
+            "wrong. Very confident mistakes are often label errors (see find-label-errors)."
+        )
+        + f'<div class="grid" id="mistakes">{cards}</div>'
+    )
 
 
 def _folds_section(r: ReportResult) -> str:
@@ -404,8 +506,20 @@ def _folds_section(r: ReportResult) -> str:
     rows = []
     for s in scores.itertuples(index=False):
         f = best.get(int(s.fold), {})
-        rows.append([int(s.fold), f.get("run", ""), int(s.images), float(f.get("best_f1", np.nan)),
-                     f.get("best_epoch", ""), f.get("epochs_run", ""), s.f1, s.mask_f1, s.gender_f1, s.age_f1])
+        rows.append(
+            [
+                int(s.fold),
+                f.get("run", ""),
+                int(s.images),
+                float(f.get("best_f1", np.nan)),
+                f.get("best_epoch", ""),
+                f.get("epochs_run", ""),
+                s.f1,
+                s.mask_f1,
+                s.gender_f1,
+                s.age_f1,
+            ]
+        )
     cols = ["f1", "mask_f1", "gender_f1", "age_f1"]
     mean, std = scores[cols].mean(), scores[cols].std(ddof=1) if len(scores) > 1 else scores[cols] * np.nan
     titles = {"f1": "macro F1", "mask_f1": "mask F1", "gender_f1": "gender F1", "age_f1": "age F1"}
@@ -417,10 +531,31 @@ def _folds_section(r: ReportResult) -> str:
         ax.hlines(mean[c], i - 0.25, i + 0.25, color="C3")
     ax.set_xticks(range(len(cols)), labels=[titles[c] for c in cols])
     ax.set_title("per-fold scores (dots) and their mean (line)", fontsize=10)
-    table = H.table(rows, ["fold", "run", "images", "best val F1 (cv_metrics.json)", "best epoch", "epochs",
-                           "macro F1", "mask F1", "gender F1", "age F1"], digits=4, attrs='id="fold-table"')
-    return (spread + H.note("Each fold scored on its own held-out people; the pooled OOF score is in the summary.")
-            + '<div class="row">' + table + H.figure(fig, "fold spread") + "</div>")
+    table = H.table(
+        rows,
+        [
+            "fold",
+            "run",
+            "images",
+            "best val F1 (cv_metrics.json)",
+            "best epoch",
+            "epochs",
+            "macro F1",
+            "mask F1",
+            "gender F1",
+            "age F1",
+        ],
+        digits=4,
+        attrs='id="fold-table"',
+    )
+    return (
+        spread
+        + H.note("Each fold scored on its own held-out people; the pooled OOF score is in the summary.")
+        + '<div class="row">'
+        + table
+        + H.figure(fig, "fold spread")
+        + "</div>"
+    )
 
 
 def _kpi(value: float) -> str:
@@ -431,17 +566,25 @@ def render(r: ReportResult) -> str:
     """The report page of an ``analyse_run`` result, as one HTML string."""
     m = r.metrics
     kind = "CV folder" if r.is_cv else "run"
-    head = [("OOF macro F1", _kpi(m["f1"])), ("accuracy", _kpi(m["acc"])),
-            *[(f"{t} F1", _kpi(m[f"{t}_f1"])) for t in TASKS],
-            ("OOF images", r.images), ("people", r.oof["person_id"].nunique())]
+    head = [
+        ("OOF macro F1", _kpi(m["f1"])),
+        ("accuracy", _kpi(m["acc"])),
+        *[(f"{t} F1", _kpi(m[f"{t}_f1"])) for t in TASKS],
+        ("OOF images", r.images),
+        ("people", r.oof["person_id"].nunique()),
+    ]
     if r.is_cv:
         head.append(("folds", r.oof["fold"].nunique()))
     iv = r.interval
-    summary = H.kpis(head) + H.note(f"Out-of-fold predictions of the {kind}: every image scored by a model that "
-                                    "never saw its person.") + H.note(
-        f"Macro F1 {_score_text(iv, 'f1')}: a person-bootstrap percentile "
-        f"interval over {iv.n_boot} resamples of the {iv.people} people (seed {iv.seed}), as maskstatus score "
-        "gives it.")
+    summary = (
+        H.kpis(head)
+        + H.note(f"Out-of-fold predictions of the {kind}: every image scored by a model that never saw its person.")
+        + H.note(
+            f"Macro F1 {_score_text(iv, 'f1')}: a person-bootstrap percentile "
+            f"interval over {iv.n_boot} resamples of the {iv.people} people (seed {iv.seed}), as maskstatus score "
+            "gives it."
+        )
+    )
     sections = [
         H.Section("summary", "Summary", summary),
         H.Section("curves", "Learning curves", _curves_section(r)),
@@ -454,8 +597,9 @@ def render(r: ReportResult) -> str:
     if r.is_cv:
         sections.append(H.Section("folds", "Fold-to-fold spread", _folds_section(r)))
     # Last and folded: long, and read only when a number above needs explaining.
-    config = (f"<details><summary>{H.esc(r.config_file)}</summary>"
-              f"<pre>{H.esc(r.config_file.read_text())}</pre></details>")
+    config = (
+        f"<details><summary>{H.esc(r.config_file)}</summary><pre>{H.esc(r.config_file.read_text())}</pre></details>"
+    )
     sections.append(H.Section("config", "Config", config))
     return H.page(f"maskstatus {kind} report: {r.path.name}", str(r.path), sections, GENERATOR)
 
@@ -464,8 +608,13 @@ def check_report_output(path: str | Path, out: str | Path, overwrite: bool = Fal
     """Refuse ``out`` before any work: inside a run, CV or data folder only ``<path>/report.html`` may be written,
     and an existing file only if it is an earlier report page, or with ``overwrite`` (see ``maskstatus.outputs``).
     """
-    return check_output(out, command="report", own=[Path(path) / REPORT_NAME],
-                        previous=lambda p: H.is_page_of(p, GENERATOR), overwrite=overwrite)
+    return check_output(
+        out,
+        command="report",
+        own=[Path(path) / REPORT_NAME],
+        previous=lambda p: H.is_page_of(p, GENERATOR),
+        overwrite=overwrite,
+    )
 
 
 def write_report(path: str | Path, out: str | Path, overwrite: bool = False) -> tuple[Path, ReportResult]:
@@ -478,5 +627,14 @@ def write_report(path: str | Path, out: str | Path, overwrite: bool = False) -> 
     return H.write_page(render(result), out), result
 
 
-__all__ = ["ReportResult", "analyse_run", "calibration", "check_report_output", "confident_mistakes", "fold_scores",
-           "per_class_table", "render", "write_report"]
+__all__ = [
+    "ReportResult",
+    "analyse_run",
+    "calibration",
+    "check_report_output",
+    "confident_mistakes",
+    "fold_scores",
+    "per_class_table",
+    "render",
+    "write_report",
+]

@@ -13,16 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
 from tqdm.auto import tqdm
+
 from ..errors import ConfigError, DataError, Problem
 from ..runs import atomic_write
-
 from .images import ImageError, load_rgb
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class ImageCache:
         progress: bool = True,
         loader: Callable[[str], np.ndarray] = load_rgb,
         variant: str = "",
-        prepare: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+        prepare: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         if mode not in ("memory", "disk", "none"):
             raise ConfigError(f"cache.mode must be memory, disk or none, got {mode!r}")
@@ -88,9 +88,9 @@ class ImageCache:
         self.prepare = prepare
         # Names a loader other than load_rgb, and the prepare steps, in the disk cache's key.
         self.variant = "|".join(v for v in (variant, getattr(prepare, "variant", "")) if v)
-        self.item_shape: Optional[tuple[int, ...]] = None if self.size is None else self._stored_shape(self.size)
-        self._store: Optional[np.ndarray | list[np.ndarray]] = None
-        self.file: Optional[Path] = None
+        self.item_shape: tuple[int, ...] | None = None if self.size is None else self._stored_shape(self.size)
+        self._store: np.ndarray | list[np.ndarray] | None = None
+        self.file: Path | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -127,7 +127,7 @@ class ImageCache:
         if bad:
             raise DataError(bad, f"{len(self.paths)} images", note="cannot decode")
 
-    def fill(self) -> "ImageCache":
+    def fill(self) -> ImageCache:
         """Decode everything now (no-op for mode=none or when already filled)."""
         if self.mode == "none" or self._store is not None:
             return self
@@ -165,7 +165,7 @@ class ImageCache:
             raise DataError.one(path, f"disk cache just written is unusable ({reason}); delete it and check the disk")
         return stored
 
-    def _read_disk(self, path: Path) -> tuple[Optional[np.ndarray], str]:
+    def _read_disk(self, path: Path) -> tuple[np.ndarray | None, str]:
         """The cached array memory-mapped, or None and why when the file is truncated or holds another shape."""
         expected = self._array_shape()
         try:

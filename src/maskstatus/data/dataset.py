@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -19,8 +20,7 @@ from .cache import ImageCache
 from .transforms import BatchNormalize
 
 
-
-def table_targets(table: pd.DataFrame, thresholds: Optional[AgeThresholds] = None) -> dict[str, np.ndarray]:
+def table_targets(table: pd.DataFrame, thresholds: AgeThresholds | None = None) -> dict[str, np.ndarray]:
     """The image table's labels as target arrays, one per head.
 
     With `thresholds`, age groups (and so classes) are recomputed from the ages
@@ -55,9 +55,9 @@ class FaceDataset(Dataset):
         cache: ImageCache,
         indices: np.ndarray,
         transform: A.Compose,
-        targets: Optional[dict[str, np.ndarray]] = None,
+        targets: dict[str, np.ndarray] | None = None,
         seed: int = 0,
-        normalize: Optional[BatchNormalize] = None,
+        normalize: BatchNormalize | None = None,
     ) -> None:
         self.cache = cache
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -83,9 +83,11 @@ class FaceDataset(Dataset):
         self.transform.set_random_seed(sample_seed)
         image = self.transform(image=np.asarray(self.cache[row]))["image"]
         if self.normalize is not None and image.dtype != torch.uint8:
-            raise ConfigError(f"a transform turned the images into {image.dtype} before normalisation, so it cannot "
-                              f"run on the batches: set train.normalize_on=workers, or end the pipeline with "
-                              f"an explicit Normalize")
+            raise ConfigError(
+                f"a transform turned the images into {image.dtype} before normalisation, so it cannot "
+                f"run on the batches: set train.normalize_on=workers, or end the pipeline with "
+                f"an explicit Normalize"
+            )
         item: dict[str, Any] = {"image": image, "row": row}
         if self.targets is not None:
             for key, values in self.targets.items():
@@ -107,10 +109,17 @@ class NamedCollate:
         shapes = [tuple(item["image"].shape) for item in batch]
         if len(set(shapes)) > 1:
             common = max(set(shapes), key=shapes.count)
-            odd = [Problem(self.paths[item["row"]], f"makes a {_hw(shape)} tensor, not {_hw(common)} like the others")
-                   for item, shape in zip(batch, shapes, strict=True) if shape != common]
-            raise DataError(odd, "one batch", note="images of different sizes: set cache.size=[height, width] or "
-                                                   "end transforms.train and transforms.eval with a Resize")
+            odd = [
+                Problem(self.paths[item["row"]], f"makes a {_hw(shape)} tensor, not {_hw(common)} like the others")
+                for item, shape in zip(batch, shapes, strict=True)
+                if shape != common
+            ]
+            raise DataError(
+                odd,
+                "one batch",
+                note="images of different sizes: set cache.size=[height, width] or "
+                "end transforms.train and transforms.eval with a Resize",
+            )
         return default_collate(batch)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -69,8 +69,8 @@ class Box:
 @dataclass(frozen=True)
 class FaceCrop:
     image: np.ndarray  # what the model gets: the frame around the face, or the whole photo
-    face: Optional[Box]  # the detected face in photo coordinates, None when none was found
-    frame: Optional[Box]  # the cut-out frame in photo coordinates, None when the photo was kept whole
+    face: Box | None  # the detected face in photo coordinates, None when none was found
+    frame: Box | None  # the cut-out frame in photo coordinates, None when the photo was kept whole
 
     @property
     def cropped(self) -> bool:
@@ -92,6 +92,7 @@ class FaceDetector:
         # A clear message beats a bare ModuleNotFoundError deep in a request or a cache fill.
         require("serve", "face detection (serve, data.face_crop)", ["dlib"])
         import dlib
+
         self._detector = dlib.get_frontal_face_detector()
         self.upsample = upsample
         self._lock = threading.Lock()
@@ -139,15 +140,15 @@ def crop_face(image: np.ndarray, detector: Detector, aspect: float = TRAINING_AS
     if frame.width * frame.height >= FRAMED_AREA_FRACTION * h * w:
         return FaceCrop(image, face, None)
     logger.debug("face %s in a %dx%d photo: cropping to %s", face.as_list(), w, h, frame.as_list())
-    return FaceCrop(np.ascontiguousarray(image[frame.top:frame.bottom, frame.left:frame.right]), face, frame)
+    return FaceCrop(np.ascontiguousarray(image[frame.top : frame.bottom, frame.left : frame.right]), face, frame)
 
 
-def cache_aspect(size: Optional[tuple[int, int] | list[int]]) -> float:
+def cache_aspect(size: tuple[int, int] | list[int] | None) -> float:
     """Frame shape for a run: its ``cache.size`` (height, width), else the training photos' 4:3."""
     return size[0] / size[1] if size else TRAINING_ASPECT
 
 
-_shared: Optional[FaceDetector] = None
+_shared: FaceDetector | None = None
 _shared_lock = threading.Lock()
 
 
@@ -175,7 +176,7 @@ class FaceCropLoader:
         return crop_face(load_rgb(path), self.detector, self.aspect).image
 
 
-def cache_loader(face_crop: bool, size: Optional[tuple[int, int] | list[int]]) -> dict:
+def cache_loader(face_crop: bool, size: tuple[int, int] | list[int] | None) -> dict:
     """``ImageCache`` keyword arguments (loader and variant) for a run's ``data.face_crop`` and ``cache.size``."""
     if not face_crop:
         return {}

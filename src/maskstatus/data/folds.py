@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,8 +24,9 @@ def make_image_folds(table: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFra
     Only to reproduce the starter code's split: the same face lands on both
     sides, so validation F1 comes out far above what the leaderboard gives.
     """
-    logger.warning("split.by=image: images of one person fall on both sides of the split; validation F1 will be "
-                   "optimistic")
+    logger.warning(
+        "split.by=image: images of one person fall on both sides of the split; validation F1 will be optimistic"
+    )
     splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
     fold = np.empty(len(table), dtype=np.int64)
     for k, (_, val_idx) in enumerate(splitter.split(table, y=table["label"])):
@@ -90,7 +91,7 @@ def split_rows(
     table: pd.DataFrame,
     fold: int,
     drop_bands: Sequence[tuple[int, int]] = (),
-    mask_codes: Optional[Sequence[int]] = None,
+    mask_codes: Sequence[int] | None = None,
     holdout: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Row numbers of `table` (with its `fold` column) to train on and to validate on for held-out `fold`.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -94,23 +94,28 @@ def _to_rgb(img: Image.Image) -> np.ndarray:
 
 def _check_size(path: str | Path, width: int, height: int) -> None:
     if width * height > MAX_IMAGE_PIXELS:
-        raise ImageTooLarge(path, f"{width}x{height} is {width * height / 1e6:.0f} million pixels, more than the "
-                               f"{MAX_IMAGE_PIXELS / 1e6:.0f} million allowed; downscale it")
+        raise ImageTooLarge(
+            path,
+            f"{width}x{height} is {width * height / 1e6:.0f} million pixels, more than the "
+            f"{MAX_IMAGE_PIXELS / 1e6:.0f} million allowed; downscale it",
+        )
     if min(width, height) < MIN_IMAGE_SIDE:
         raise ImageError(path, f"{width}x{height} pixels: a side under {MIN_IMAGE_SIDE} px is no face photo")
 
 
-def _draft(img: Image.Image, min_side: Optional[int]) -> None:
+def _draft(img: Image.Image, min_side: int | None) -> None:
     """Ask libjpeg to decode at 1/2, 1/4 or 1/8 scale (a fraction of the memory and time), keeping the
     longest side at least ``min_side``; other formats decode at full size. Changes ``img.size`` at once."""
     if not min_side or img.format not in ("JPEG", "MPO") or max(img.size) < 2 * min_side:
         return
     longest = max(img.size)
-    img.draft("RGB", (max(1, math.ceil(img.size[0] * min_side / longest)),
-                      max(1, math.ceil(img.size[1] * min_side / longest))))
+    img.draft(
+        "RGB",
+        (max(1, math.ceil(img.size[0] * min_side / longest)), max(1, math.ceil(img.size[1] * min_side / longest))),
+    )
 
 
-def probe_image(source: str | Path | IO[bytes], min_side: Optional[int] = None) -> tuple[str, tuple[int, int], int]:
+def probe_image(source: str | Path | IO[bytes], min_side: int | None = None) -> tuple[str, tuple[int, int], int]:
     """(format, (width, height) in the header, pixels ``load_rgb(source, min_side)`` decodes), decoding nothing.
 
     Raises ImageError as ``load_rgb`` does for what the header shows (format, size).
@@ -149,7 +154,7 @@ def _name(path: str | Path | IO[bytes]) -> str:
     return str(getattr(path, "name", "upload") if hasattr(path, "read") else path)
 
 
-def load_rgb(path: str | Path | IO[bytes], min_side: Optional[int] = None) -> np.ndarray:
+def load_rgb(path: str | Path | IO[bytes], min_side: int | None = None) -> np.ndarray:
     """Read an image as an (H, W, 3) uint8 RGB array, upright per its EXIF orientation.
 
     Grayscale, palette, RGBA (composited onto white), CMYK and 16-bit files are all

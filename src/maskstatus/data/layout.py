@@ -11,8 +11,8 @@ It imports none of them, so they can all build on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -28,7 +28,15 @@ EVAL_COLUMNS: tuple[str, ...] = ("ImageID", "ans")
 
 # The columns of the image tables ``tables`` builds, in order.
 TABLE_COLUMNS: tuple[str, ...] = (
-    "person_id", "image_path", "stem", "gender", "age", "race", "mask", "age_group", "label",
+    "person_id",
+    "image_path",
+    "stem",
+    "gender",
+    "age",
+    "race",
+    "mask",
+    "age_group",
+    "label",
 )
 EVAL_TABLE_COLUMNS: tuple[str, ...] = ("image_id", "image_path")
 

@@ -7,8 +7,8 @@ The mixed target is expressed as two hard targets and a ratio, so every loss
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -43,7 +43,7 @@ def cutmix(
     return out, 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
-def mix_batch(images: torch.Tensor, cfg: MixConfig, rng: np.random.Generator) -> Optional[Mixed]:
+def mix_batch(images: torch.Tensor, cfg: MixConfig, rng: np.random.Generator) -> Mixed | None:
     """With probability cfg.cutmix CutMix the batch, with cfg.mixup MixUp it, else None (leave it as is).
 
     Draws come from `rng` (seeded per epoch by the trainer), so mixing is reproducible and resumable.

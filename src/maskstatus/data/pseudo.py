@@ -7,8 +7,8 @@ validation fold: the held-out score stays a score on real labels only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -33,8 +33,11 @@ def read_probs(path: Path) -> pd.DataFrame:
     probs = pd.read_csv(path, dtype={"ImageID": str})
     missing = [c for c in ["ImageID", *PROB_COLUMNS] if c not in probs.columns]
     if missing:
-        raise DataError.one(path, f"not a probabilities file (missing columns {missing[:5]}); use the "
-                         f"*.probs.csv that predict or ensemble writes")
+        raise DataError.one(
+            path,
+            f"not a probabilities file (missing columns {missing[:5]}); use the "
+            f"*.probs.csv that predict or ensemble writes",
+        )
     return probs
 
 
@@ -42,7 +45,7 @@ def select_pseudo(
     probs: pd.DataFrame,
     images: pd.DataFrame,
     threshold: float,
-    task_thresholds: Optional[Mapping[str, float]] = None,
+    task_thresholds: Mapping[str, float] | None = None,
 ) -> pd.DataFrame:
     """Confident eval images as training rows (the image table's columns, plus `confidence`).
 
@@ -73,8 +76,9 @@ def select_pseudo(
             "stem": PSEUDO_STEM,
             "gender": codes["gender"],
             # Without predicted years, -1: training keeps the predicted age group as it is.
-            "age": (np.rint(merged[AGE_MEAN].to_numpy(np.float64)).clip(0).astype(np.int64)
-                    if AGE_MEAN in merged else -1),
+            "age": (
+                np.rint(merged[AGE_MEAN].to_numpy(np.float64)).clip(0).astype(np.int64) if AGE_MEAN in merged else -1
+            ),
             "race": "",
             "mask": codes["mask"],
             "age_group": codes["age"],
@@ -86,6 +90,7 @@ def select_pseudo(
     return rows[[*TABLE_COLUMNS, "confidence"]].reset_index(drop=True)
 
 
-def pseudo_rows(probs_csv: Path, eval_dir: Path, threshold: float,
-                task_thresholds: Optional[Mapping[str, float]] = None) -> pd.DataFrame:
+def pseudo_rows(
+    probs_csv: Path, eval_dir: Path, threshold: float, task_thresholds: Mapping[str, float] | None = None
+) -> pd.DataFrame:
     return select_pseudo(read_probs(probs_csv), eval_table(eval_dir, check_images=False), threshold, task_thresholds)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import csv
 import logging
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
@@ -79,7 +78,7 @@ def read_relabel(path: str | Path) -> pd.DataFrame:
     errors: list[str] = []
     rows: list[tuple[str, str, str, int]] = []
     seen: dict[tuple[str, str], int] = {}
-    header: Optional[list[str]] = None
+    header: list[str] | None = None
     with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         for cells in reader:
@@ -120,7 +119,7 @@ def read_relabel(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def resolve_relabel(value: Optional[str]) -> Optional[Path]:
+def resolve_relabel(value: str | None) -> Path | None:
     """Config value -> relabel file: None or '' -> None, 'competition' -> the shipped fixes, else an existing path."""
     if value is None or not str(value).strip():
         return None

@@ -7,7 +7,7 @@ unrelated sample and a resumed run would not replay the same draws.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch

@@ -18,10 +18,10 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,7 +29,6 @@ from PIL import Image, ImageDraw
 
 from ..defaults import DEFAULT_SEED, DEMO_PEOPLE, DEMO_WORKERS
 from ..errors import UsageError
-from ..scoring.metrics import macro_f1
 from ..labels import (
     DEFAULT_AGE_THRESHOLDS,
     GENDER_NAMES,
@@ -41,6 +40,7 @@ from ..labels import (
     age_group,
     encode,
 )
+from ..scoring.metrics import macro_f1
 
 __all__ = ["DemoData", "make_demo_data", "read_truth", "score_submission"]
 
@@ -346,7 +346,9 @@ def _render(
     cos, sin, S = math.cos(theta), math.sin(theta), SUPERSAMPLE
     ox, oy = (S - 1) / 2 - cx, (S - 1) / 2 - cy
     affine = (S * cos, -S * sin, cx + cos * ox - sin * oy, S * sin, S * cos, cy + sin * ox + cos * oy)
-    img = img.transform((width, height), Image.Transform.AFFINE, affine, resample=Image.Resampling.BILINEAR, fillcolor=_rgb(bg))
+    img = img.transform(
+        (width, height), Image.Transform.AFFINE, affine, resample=Image.Resampling.BILINEAR, fillcolor=_rgb(bg)
+    )
 
     # Global brightness (x0.9..1.1) and mild sensor noise, per photo; integer maths is 3x faster.
     arr = (np.asarray(img, dtype=np.int32) * int(rng.integers(230, 282))) >> 8
@@ -420,22 +422,30 @@ def _write_train(train_dir: Path, seed: int, people: int, size: tuple[int, int],
         rows.append((pid, GENDER_NAMES[person.gender], person.race, person.age, folder))
         (images / folder).mkdir(parents=True, exist_ok=True)
         exts = _person_extensions(rng, i)
-        jobs.append((person, [seed, 0, 3, i], size, [images / folder / f"{stem}{ext}"
-                                                      for stem, ext in zip(IMAGE_STEMS, exts, strict=True)]))
+        jobs.append(
+            (
+                person,
+                [seed, 0, 3, i],
+                size,
+                [images / folder / f"{stem}{ext}" for stem, ext in zip(IMAGE_STEMS, exts, strict=True)],
+            )
+        )
     _draw_all(jobs, workers)
     pd.DataFrame(rows, columns=["id", "gender", "race", "age", "path"]).to_csv(train_dir / "train.csv", index=False)
 
 
-def _write_eval(eval_dir: Path, truth_csv: Path, seed: int, people: int, size: tuple[int, int],
-                workers: int = 1) -> None:
+def _write_eval(
+    eval_dir: Path, truth_csv: Path, seed: int, people: int, size: tuple[int, int], workers: int = 1
+) -> None:
     persons = _people(seed, 1, people)
     images = eval_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows, jobs = [], []
     for i, person in enumerate(persons):
         # Opaque 40-hex names like the competition's, stable for a given seed.
-        names = [hashlib.sha1(f"maskstatus-demo:{seed}:{i}:{stem}".encode()).hexdigest() + ".jpg"
-                 for stem in IMAGE_STEMS]
+        names = [
+            hashlib.sha1(f"maskstatus-demo:{seed}:{i}:{stem}".encode()).hexdigest() + ".jpg" for stem in IMAGE_STEMS
+        ]
         jobs.append((person, [seed, 1, 3, i], size, [images / name for name in names]))
         for stem, name in zip(IMAGE_STEMS, names, strict=True):
             mask, gender, age = STEM_TO_MASK[stem], person.gender, age_group(person.age)

@@ -9,8 +9,9 @@ labels. ``train_table`` runs all three steps, ``eval_table`` the first two, and
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -50,7 +51,7 @@ def _raise_or_warn(problems: Sequence[Problem], where: Path, skip_bad: bool, row
 def train_table(
     train_dir: str | Path,
     thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS,
-    relabel: "pd.DataFrame | str | Path | None" = None,
+    relabel: pd.DataFrame | str | Path | None = None,
     skip_bad: bool = False,
     check_images: bool = True,
 ) -> pd.DataFrame:
@@ -102,8 +103,13 @@ def eval_table(eval_dir: str | Path, skip_bad: bool = False, check_images: bool 
 
 def _warn_skipped(folder: Path, skipped: list[str], shown: int = 20) -> None:
     names = ", ".join(skipped[:shown]) + (f" and {len(skipped) - shown} more" if len(skipped) > shown else "")
-    logger.warning("%s: %d file(s) left out, not images by their extension (accepted: %s): %s", folder, len(skipped),
-                   ", ".join(IMAGE_EXTENSIONS), names)
+    logger.warning(
+        "%s: %d file(s) left out, not images by their extension (accepted: %s): %s",
+        folder,
+        len(skipped),
+        ", ".join(IMAGE_EXTENSIONS),
+        names,
+    )
 
 
 def folder_table(folder: str | Path) -> pd.DataFrame:
@@ -130,8 +136,9 @@ def folder_table(folder: str | Path) -> pd.DataFrame:
     if skipped:
         _warn_skipped(folder, sorted(skipped))
     if not rows:
-        raise DataError([Problem(str(folder), f"no image files found (extensions {', '.join(IMAGE_EXTENSIONS)})")],
-                        folder)
+        raise DataError(
+            [Problem(str(folder), f"no image files found (extensions {', '.join(IMAGE_EXTENSIONS)})")], folder
+        )
     table = pd.DataFrame(sorted(rows), columns=list(EVAL_TABLE_COLUMNS))
     return table
 
@@ -149,8 +156,9 @@ def _image_id(rel: Path) -> str:
         return name
     except UnicodeEncodeError:
         shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-        logger.warning("image %s: its name is not valid UTF-8, so the outputs list it with \\xNN for the odd bytes",
-                       shown)
+        logger.warning(
+            "image %s: its name is not valid UTF-8, so the outputs list it with \\xNN for the odd bytes", shown
+        )
         return shown
 
 
@@ -164,7 +172,7 @@ def cache_decodes_every_image(cfg: Config) -> bool:
     return cfg.cache.mode != "none" and not cfg.data.skip_bad
 
 
-def load_train_table(cfg: Config, check_images: Optional[bool] = None) -> pd.DataFrame:
+def load_train_table(cfg: Config, check_images: bool | None = None) -> pd.DataFrame:
     """The training image table as the config describes it (layout, validation, relabel, age thresholds).
 
     ``check_images`` (default: ``data.check_images``, unless the cache will decode every image anyway)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import json
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -100,16 +101,18 @@ class BatchNormalize:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype != torch.uint8:
-            raise TypeError(f"BatchNormalize takes the uint8 batches of a pipeline built with defer_normalize, "
-                            f"got {images.dtype}")
+            raise TypeError(
+                f"BatchNormalize takes the uint8 batches of a pipeline built with defer_normalize, got {images.dtype}"
+            )
         if self.table.device != images.device:
             self.table = self.table.to(images.device)
         index = images.long()
         return torch.stack([self.table[c].take(index[:, c]) for c in range(images.shape[1])], dim=1)
 
 
-def batch_normalizer(specs: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float],
-                     defer_normalize: bool) -> Optional[BatchNormalize]:
+def batch_normalizer(
+    specs: Sequence[dict[str, Any]], mean: Sequence[float], std: Sequence[float], defer_normalize: bool
+) -> BatchNormalize | None:
     """What ``build_transforms(specs, ..., defer_normalize)`` leaves for the batches; None if it leaves nothing."""
     return BatchNormalize(mean, std) if defer_normalize and not _normalizes(specs) else None
 
@@ -154,13 +157,14 @@ class Prepare:
             return self.compose(image=image)["image"]
         except Exception as exc:  # albumentations' own errors name no config key
             names = ", ".join(s["name"] for s in self.specs)
-            raise ConfigError(f"{self.where} ({names}) cannot run on a {image.shape[0]}x{image.shape[1]} image: "
-                              f"{exc}") from None
+            raise ConfigError(
+                f"{self.where} ({names}) cannot run on a {image.shape[0]}x{image.shape[1]} image: {exc}"
+            ) from None
 
 
 def split_prepare(
     train_specs: Sequence[dict[str, Any]], eval_specs: Sequence[dict[str, Any]], enabled: bool = True
-) -> tuple[Optional[Prepare], list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[Prepare | None, list[dict[str, Any]], list[dict[str, Any]]]:
     """The shared deterministic prefix as a :class:`Prepare` (None if none or not ``enabled``), and what is left."""
     n = shared_prefix(train_specs, eval_specs) if enabled else 0
     prepare = Prepare(train_specs[:n], "transforms.train") if n else None

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,9 +45,12 @@ CHECKED_COLUMNS: tuple[str, ...] = ("person_id", "image_path", "stem", "gender",
 
 
 def _read_checked_csv(
-    csv_path: Path, expected: Sequence[str], required: Sequence[str], problems: list[Problem],
+    csv_path: Path,
+    expected: Sequence[str],
+    required: Sequence[str],
+    problems: list[Problem],
     keep_spaces: Sequence[str] = (),
-) -> Optional[pd.DataFrame]:
+) -> pd.DataFrame | None:
     """Read a CSV as strings and check its columns; None when it cannot be used at all.
 
     Adds a ``line`` column (the header is line 1) so row problems can point at the file line.
@@ -84,7 +87,7 @@ def _read_checked_csv(
     return df
 
 
-def _parse_age(text: str) -> Optional[int]:
+def _parse_age(text: str) -> int | None:
     """Whole years, tolerating '45.0' (a column once saved as float); None if not a whole number."""
     try:
         return int(text)
@@ -128,7 +131,7 @@ def check_train_rows(csv_path: Path) -> tuple[pd.DataFrame, list[Problem]]:
     df["gender"] = df["gender"].str.lower()
     dup_ids = _duplicates(df["id"], df["line"])
     dup_paths = _duplicates(df["path"], df["line"])
-    ages: list[Optional[int]] = []
+    ages: list[int | None] = []
     keep: list[bool] = []
     for pos, row in enumerate(df.itertuples(index=False)):
         where = f"{csv_path}:{row.line}"
@@ -167,7 +170,7 @@ def check_train_rows(csv_path: Path) -> tuple[pd.DataFrame, list[Problem]]:
 # ------------------------------------------------------------------- images
 
 
-def _decode_problem(path: str) -> Optional[str]:
+def _decode_problem(path: str) -> str | None:
     try:
         load_rgb(path)
     except ImageError as exc:
@@ -175,7 +178,7 @@ def _decode_problem(path: str) -> Optional[str]:
     return None
 
 
-def check_image_files(paths: Iterable[str], workers: Optional[int] = None) -> dict[str, str]:
+def check_image_files(paths: Iterable[str], workers: int | None = None) -> dict[str, str]:
     """Decode every image fully; {path: reason} for those that fail, in input order.
 
     Threads are enough: PIL releases the GIL while decoding, and tens of
@@ -189,14 +192,19 @@ def check_image_files(paths: Iterable[str], workers: Optional[int] = None) -> di
         results = pool.map(_decode_problem, paths)
         # disable=None: the bar shows on a terminal and stays quiet in logs and tests.
         for path, reason in tqdm(
-            zip(paths, results, strict=True), total=len(paths), desc="decoding images", unit="img", disable=None, leave=False
+            zip(paths, results, strict=True),
+            total=len(paths),
+            desc="decoding images",
+            unit="img",
+            disable=None,
+            leave=False,
         ):
             if reason is not None:
                 bad[path] = reason
     return bad
 
 
-def broken_link_reason(path: Path) -> Optional[str]:
+def broken_link_reason(path: Path) -> str | None:
     """Why ``path`` is a symbolic link that cannot be followed (a loop, a missing target), else None."""
     if not path.is_symlink():
         return None
@@ -285,7 +293,10 @@ def validate_train(train_dir: str | Path, check_images: bool = True) -> tuple[pd
         if strays:
             logger.warning(
                 "%d folder(s) in %s are not listed in %s and are ignored, e.g. %s",
-                len(strays), images_dir, TRAIN_CSV, ", ".join(strays[:5]),
+                len(strays),
+                images_dir,
+                TRAIN_CSV,
+                ", ".join(strays[:5]),
             )
 
     if check_images:

@@ -10,8 +10,9 @@ one member, just as its ``oof.csv`` is one member out of fold.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 Vote = Literal["soft", "hard"]
 
 
-def normalize_weights(weights: Optional[Sequence[float]], count: int) -> np.ndarray:
+def normalize_weights(weights: Sequence[float] | None, count: int) -> np.ndarray:
     """Weights (None = equal) -> float64 array summing to 1; clear errors for a bad list."""
     if weights is None:
         return np.full(count, 1.0 / count)
@@ -50,10 +51,10 @@ def check_vote(vote: str) -> Vote:
 
 def combine_probs(
     member_probs: Sequence[np.ndarray],
-    weights: Optional[Sequence[float]] = None,
+    weights: Sequence[float] | None = None,
     vote: Vote = "soft",
-    member_tasks: Optional[Sequence[Sequence[str]]] = None,
-    member_states: Optional[Sequence[Sequence[str]]] = None,
+    member_tasks: Sequence[Sequence[str]] | None = None,
+    member_states: Sequence[Sequence[str]] | None = None,
 ) -> np.ndarray:
     """Per-member probabilities, each (N, 18) in the same row order -> ensemble probabilities (N, 18), float32.
 
@@ -94,7 +95,10 @@ def _weighted_marginal(marginals: list[dict], w: np.ndarray, members: list[int],
 
 
 def _combine_per_task(
-    stack: np.ndarray, w: np.ndarray, member_tasks: Sequence[Sequence[str]], member_states: Sequence[Sequence[str]],
+    stack: np.ndarray,
+    w: np.ndarray,
+    member_tasks: Sequence[Sequence[str]],
+    member_states: Sequence[Sequence[str]],
     vote: Vote,
 ) -> np.ndarray:
     """Combine members task by task, and gender and age per mask state (the cascade).
@@ -108,8 +112,10 @@ def _combine_per_task(
     predicted mask. Without experts it is the product of the averaged marginals.
     """
     if vote != "soft":
-        raise UsageError("per-task models and cascade experts combine by soft voting only "
-                         "(each task from the members that predict it)")
+        raise UsageError(
+            "per-task models and cascade experts combine by soft voting only "
+            "(each task from the members that predict it)"
+        )
     n = stack.shape[1]
     marginals = [split_class_probs(p) for p in stack]
     missing: dict[str, list[str]] = {}
@@ -128,10 +134,16 @@ def _combine_per_task(
         joint[:, m] = mask[:, m, None, None] * gender[:, :, None] * age[:, None, :]
     for task, states in missing.items():
         # Still useful to look at one per-task model's probabilities, but the submission guesses these parts.
-        what = f"the {task!r} task" if task == "mask" or len(states) == len(MASK_NAMES) else \
-            f"the {task!r} task of {'/'.join(states)} faces"
-        logger.warning("no ensemble member predicts %s: it counts as uniform, so the submission guesses it; "
-                       "add a run trained for it", what)
+        what = (
+            f"the {task!r} task"
+            if task == "mask" or len(states) == len(MASK_NAMES)
+            else f"the {task!r} task of {'/'.join(states)} faces"
+        )
+        logger.warning(
+            "no ensemble member predicts %s: it counts as uniform, so the submission guesses it; "
+            "add a run trained for it",
+            what,
+        )
     return joint.reshape(n, NUM_CLASSES).astype(np.float32)
 
 
@@ -148,7 +160,7 @@ def member_states(path: Path | str) -> tuple[str, ...]:
 
 
 def ensemble_oof(
-    run_dirs: Sequence[Path | str], weights: Optional[Sequence[float]] = None, vote: Vote = "soft"
+    run_dirs: Sequence[Path | str], weights: Sequence[float] | None = None, vote: Vote = "soft"
 ) -> tuple[pd.DataFrame, dict[str, float]]:
     """Combine the members' out-of-fold probabilities and score them; writes nothing.
 
@@ -184,8 +196,13 @@ def ensemble_oof(
         if differ:  # e.g. runs trained with different relabel files
             logger.warning("%s: %d labels differ from %s; scoring with the latter's", d, differ, run_dirs[0])
 
-    probs = combine_probs([a[PROB_COLUMNS].to_numpy() for a in aligned], weights, vote,
-                          [member_tasks(d) for d in run_dirs], [member_states(d) for d in run_dirs])
+    probs = combine_probs(
+        [a[PROB_COLUMNS].to_numpy() for a in aligned],
+        weights,
+        vote,
+        [member_tasks(d) for d in run_dirs],
+        [member_states(d) for d in run_dirs],
+    )
     out = base[["image_path", "label", "fold"]].reset_index()
     out = pd.concat([out, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
     years = [a[[AGE_MEAN, AGE_SIGMA]].to_numpy(np.float64) for a in aligned if {AGE_MEAN, AGE_SIGMA} <= set(a.columns)]

@@ -7,7 +7,8 @@ training and scoring depend only on this, not on prediction.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Mapping, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ from ..age import Cuts, mean_years, thresholds_cuts
 from ..config import GroupingConfig
 from ..data.cache import available_cores
 from ..data.dataset import FaceDataset, NamedCollate, worker_init
-from .grouping import FeatureCapture, group_people
 from ..labels import DEFAULT_AGE_THRESHOLDS, NUM_CLASSES
+from .grouping import FeatureCapture, group_people
 from .tta import average_view_probs, tta_views
 
 # What predicts: the PyTorch model, or its ONNX export run by ONNX Runtime (infer.onnx_model.OnnxModel).
@@ -37,7 +38,7 @@ def normalize_on_device(setting: str, fabric: Fabric) -> bool:
     return setting == "device" or (setting == "auto" and fabric.device.type == "cuda")
 
 
-def loader_workers(setting: Union[int, str], fabric: Fabric) -> int:
+def loader_workers(setting: int | str, fabric: Fabric) -> int:
     """``train.num_workers`` resolved: "auto" gives each process of this machine one worker per core it has, less one."""
     if setting == "auto":
         local_processes = getattr(fabric.strategy, "num_processes", 1)  # DDP: processes per machine
@@ -45,7 +46,7 @@ def loader_workers(setting: Union[int, str], fabric: Fabric) -> int:
     return int(setting)
 
 
-def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: Union[int, str], fabric: Fabric) -> DataLoader:
+def eval_loader(dataset: FaceDataset, batch_size: int, num_workers: int | str, fabric: Fabric) -> DataLoader:
     """Ordered loader; under DDP each rank takes a strided share (padded; rows are de-duplicated after gathering).
 
     ``num_workers`` may be "auto" (see :func:`loader_workers`).
@@ -85,7 +86,7 @@ class Inference(NamedTuple):
     rows: np.ndarray  # table rows, sorted and unique
     probs: np.ndarray  # (N, 18) float32
     loss: float  # mean loss of the plain view, nan without a loss function
-    age_years: Optional[np.ndarray]  # (N, 2) predicted mean and spread in years (regression head), else None
+    age_years: np.ndarray | None  # (N, 2) predicted mean and spread in years (regression head), else None
 
 
 @torch.no_grad()
@@ -93,13 +94,13 @@ def infer(
     fabric: Fabric,
     model: Model,
     loader: DataLoader,
-    loss_fn: Optional[torch.nn.Module] = None,
-    limit_batches: Optional[int] = None,
+    loss_fn: torch.nn.Module | None = None,
+    limit_batches: int | None = None,
     progress: bool = False,
     desc: str = "predict",
     tta: Sequence[str] = (),
-    age_cuts: Optional[Cuts] = None,
-    grouping: Optional[GroupingConfig] = None,
+    age_cuts: Cuts | None = None,
+    grouping: GroupingConfig | None = None,
 ) -> Inference:
     """Probabilities of every row of ``loader``, gathered from every rank, sorted by row, rows unique.
 
@@ -113,8 +114,11 @@ def infer(
         model.eval()
     views = tta_views(tta)
     rows, probs, years, losses, embeds = [], [], [], [], []
-    capture = (FeatureCapture(model, grouping.layer, grouping.upper_fraction, grouping.columns)
-               if grouping is not None else None)
+    capture = (
+        FeatureCapture(model, grouping.layer, grouping.upper_fraction, grouping.columns)
+        if grouping is not None
+        else None
+    )
     # A FaceDataset may leave normalisation to the batches (BatchNormalize); other datasets give model input.
     model_input = getattr(loader.dataset, "model_input", lambda images: images)
     bar = tqdm(loader, desc=desc, disable=not (progress and fabric.is_global_zero), leave=False)
@@ -164,8 +168,14 @@ def infer(
     prob_np = prob_np[first]
     if embed_t is not None and grouping is not None:
         # After gathering, so every rank groups all the photos the same way.
-        grouped = group_people(prob_np, embed_t.float().cpu().numpy()[first], grouping.max_size,
-                               grouping.min_similarity, grouping.neighbors, year_np,
-                               age_cuts or thresholds_cuts(DEFAULT_AGE_THRESHOLDS))
+        grouped = group_people(
+            prob_np,
+            embed_t.float().cpu().numpy()[first],
+            grouping.max_size,
+            grouping.min_similarity,
+            grouping.neighbors,
+            year_np,
+            age_cuts or thresholds_cuts(DEFAULT_AGE_THRESHOLDS),
+        )
         prob_np, year_np = grouped.probs, grouped.age_years
     return Inference(row_np, prob_np, mean_loss, year_np)

@@ -19,9 +19,10 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -29,10 +30,10 @@ from torch import nn
 
 from ..age import AGE_YEARS, Cuts, read_cuts
 from ..config import Config
+from ..data.tables import folder_table
 from ..defaults import EXPORT_TOLERANCE
 from ..errors import RunError
 from ..extras import require
-from ..data.tables import folder_table
 from ..labels import AGE_NAMES, GENDER_NAMES, MASK_NAMES, NUM_CLASSES
 from ..models.heads import SINGLE_KEY, outputs_to_probs
 from ..outputs import check_output
@@ -72,18 +73,23 @@ def output_meanings(cfg: Config, keys: Sequence[str]) -> dict[str, dict[str, Any
     """What each output of the exported graph holds, for the sidecar."""
     ages = cfg.data.age.thresholds().names()
     meaning = {
-        SINGLE_KEY: (NUM_CLASSES, "logits over the 18 classes, class = mask*6 + gender*3 + age; softmax for "
-                                  "probabilities"),
+        SINGLE_KEY: (
+            NUM_CLASSES,
+            "logits over the 18 classes, class = mask*6 + gender*3 + age; softmax for probabilities",
+        ),
         "mask": (len(MASK_NAMES), f"logits over mask states {list(MASK_NAMES)} (codes 0..2)"),
         "gender": (len(GENDER_NAMES), f"logits over genders {list(GENDER_NAMES)} (codes 0..1)"),
         "age": (len(AGE_NAMES), f"logits over age groups {list(ages)} (codes 0..2)"),
-        AGE_YEARS: (2, "predicted age in years as a normal distribution: column 0 the mean, column 1 the spread "
-                       "(standard deviation); the age-group probabilities are its mass between the age cut points"),
+        AGE_YEARS: (
+            2,
+            "predicted age in years as a normal distribution: column 0 the mean, column 1 the spread "
+            "(standard deviation); the age-group probabilities are its mass between the age cut points",
+        ),
     }
     return {k: {"shape": ["batch", meaning[k][0]], "meaning": meaning[k][1]} for k in keys}
 
 
-def check_image_paths(run_dir: Path, images: Optional[Path | str | Sequence[str]], count: int) -> tuple[list[str], str]:
+def check_image_paths(run_dir: Path, images: Path | str | Sequence[str] | None, count: int) -> tuple[list[str], str]:
     """Up to ``count`` images to compare the backends on, and where they came from.
 
     The run's own data first (the paths in its predictions/oof.csv that still exist
@@ -151,8 +157,12 @@ def compare_backends(
         prob_diff = max(prob_diff, float((p_ref - p_got).abs().max()))
         agree += int((p_ref.argmax(1) == p_got.argmax(1)).sum())
         total += len(x)
-    return {"max_abs_diff": worst, "max_relative_diff": worst_relative, "max_prob_diff": prob_diff,
-            "class_agreement": agree / total}
+    return {
+        "max_abs_diff": worst,
+        "max_relative_diff": worst_relative,
+        "max_prob_diff": prob_diff,
+        "class_agreement": agree / total,
+    }
 
 
 def _export_graph(model: nn.Module, example: torch.Tensor, file: Path, keys: Sequence[str], fixed_size: bool) -> bool:
@@ -164,8 +174,13 @@ def _export_graph(model: nn.Module, example: torch.Tensor, file: Path, keys: Seq
         # Chosen on purpose (above); its deprecation notices would only worry users.
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            _OutputTuple(model, keys).eval(), (example,), str(file), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=list(keys),
+            _OutputTuple(model, keys).eval(),
+            (example,),
+            str(file),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[INPUT_NAME],
+            output_names=list(keys),
             dynamic_axes={INPUT_NAME: axes, **{k: {0: "batch"} for k in keys}},
         )
     return _simplify(file)
@@ -198,10 +213,10 @@ def _simplify(file: Path) -> bool:
 
 def export_run(
     run_dir: Path | str,
-    out_dir: Optional[Path | str] = None,
+    out_dir: Path | str | None = None,
     checkpoint: str = "best",
-    images: Optional[Path | str | Sequence[str]] = None,
-    age_cuts: Optional[Cuts] = None,
+    images: Path | str | Sequence[str] | None = None,
+    age_cuts: Cuts | None = None,
     tolerance: float = TOLERANCE,
     check_count: int = CHECK_IMAGES,
 ) -> ExportResult:
@@ -238,8 +253,9 @@ def export_run(
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the model from other users of a shared run
     try:
-        simplified = _export_graph(model, torch.stack(inputs[:2]) if fixed_size else inputs[0][None], tmp, keys,
-                                   fixed_size)
+        simplified = _export_graph(
+            model, torch.stack(inputs[:2]) if fixed_size else inputs[0][None], tmp, keys, fixed_size
+        )
         meta = _sidecar(cfg, run, norm, keys, inputs[0].shape, fixed_size, cuts_source, checkpoint)
         meta["export"]["simplified"] = simplified
         meta["onnx"] = {"file": target.name, "sha256": file_sha256(tmp)}  # the rename below keeps the bytes
@@ -264,13 +280,26 @@ def export_run(
         tmp.unlink(missing_ok=True)
         raise
     atomic_write_text(sidecar_path(target), json.dumps(seal_sidecar(meta), indent=2) + "\n")
-    logger.info("exported %s -> %s (max probability difference %.2g on %d images)",
-                run_dir, target, check["max_prob_diff"], len(inputs))
+    logger.info(
+        "exported %s -> %s (max probability difference %.2g on %d images)",
+        run_dir,
+        target,
+        check["max_prob_diff"],
+        len(inputs),
+    )
     return ExportResult(run_dir, target, sidecar_path(target), check, seconds)
 
 
-def _sidecar(cfg: Config, run: LoadedRun, norm: dict, keys: Sequence[str], input_shape: torch.Size, fixed_size: bool,
-             cuts_source: str, checkpoint: str) -> dict[str, Any]:
+def _sidecar(
+    cfg: Config,
+    run: LoadedRun,
+    norm: dict,
+    keys: Sequence[str],
+    input_shape: torch.Size,
+    fixed_size: bool,
+    cuts_source: str,
+    checkpoint: str,
+) -> dict[str, Any]:
     import onnx
     import onnxruntime
 
@@ -278,25 +307,39 @@ def _sidecar(cfg: Config, run: LoadedRun, norm: dict, keys: Sequence[str], input
     meta: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
         "run": str(run.checkpoint.parent.parent.resolve()),
-        "checkpoint": {"which": checkpoint, "path": str(run.checkpoint.resolve()), "sha256": file_sha256(run.checkpoint)},
-        "model": {"backbone": cfg.model.backbone, "head": cfg.model.head, "tasks": list(cfg.model.tasks),
-                  "age_output": cfg.model.age_output, "mask_states": list(cfg.data.mask_states)},
+        "checkpoint": {
+            "which": checkpoint,
+            "path": str(run.checkpoint.resolve()),
+            "sha256": file_sha256(run.checkpoint),
+        },
+        "model": {
+            "backbone": cfg.model.backbone,
+            "head": cfg.model.head,
+            "tasks": list(cfg.model.tasks),
+            "age_output": cfg.model.age_output,
+            "mask_states": list(cfg.data.mask_states),
+        },
         "input": {
-            "name": INPUT_NAME, "dtype": "float32",
+            "name": INPUT_NAME,
+            "dtype": "float32",
             "shape": ["batch", 3, h, w] if fixed_size else ["batch", 3, "height", "width"],
             "layout": "NCHW, RGB channels",
             "preprocessing": "decode to RGB (EXIF-upright), resize to resize_to [height, width] (cv2 INTER_AREA "
-                             "when shrinking), apply transforms_eval, then (pixel / 255 - mean) / std per channel",
+            "when shrinking), apply transforms_eval, then (pixel / 255 - mean) / std per channel",
             "resize_to": list(cfg.cache.size) if cfg.cache.size else None,
             "transforms_eval": cfg.transforms.eval,
         },
         "normalization": {"mean": list(norm["mean"]), "std": list(norm["std"]), "max_pixel_value": 255.0},
         "outputs": output_meanings(cfg, keys),
         "classes": "class = mask*6 + gender*3 + age (mask: wear, incorrect, not_wear; gender: male, female; "
-                   f"age: {', '.join(cfg.data.age.thresholds().names())})",
+        f"age: {', '.join(cfg.data.age.thresholds().names())})",
         "tta": list(cfg.predict.tta),
-        "export": {"opset": OPSET, "torch": torch.__version__, "onnx": onnx.__version__,
-                   "onnxruntime": onnxruntime.__version__},
+        "export": {
+            "opset": OPSET,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
     }
     if AGE_YEARS in keys:
         meta["age_cuts"] = {"cuts": list(run.age_cuts), "source": cuts_source}
@@ -305,9 +348,9 @@ def _sidecar(cfg: Config, run: LoadedRun, norm: dict, keys: Sequence[str], input
 
 def export(
     path: Path | str,
-    out_dir: Optional[Path | str] = None,
+    out_dir: Path | str | None = None,
     checkpoint: str = "best",
-    images: Optional[Path | str | Sequence[str]] = None,
+    images: Path | str | Sequence[str] | None = None,
     tolerance: float = TOLERANCE,
     check_count: int = CHECK_IMAGES,
     overwrite: bool = False,
@@ -332,8 +375,13 @@ def is_previous_export(path: Path) -> bool:
     return isinstance(meta, dict) and meta.get("format") == SIDECAR_FORMAT
 
 
-def check_export_outputs(runs: Sequence[Path | str], out_dir: Optional[Path | str], checkpoint: str,
-                         images: Optional[Path | str | Sequence[str]] = None, overwrite: bool = False) -> None:
+def check_export_outputs(
+    runs: Sequence[Path | str],
+    out_dir: Path | str | None,
+    checkpoint: str,
+    images: Path | str | Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> None:
     """Refuse export targets before any work (see ``maskstatus.outputs``): each run's own ``onnx/`` folder is
     its output; under ``--out DIR`` a file is replaced only if it is an earlier export, or with ``overwrite``."""
     inputs = [images] if isinstance(images, (str, Path)) else []
@@ -341,5 +389,6 @@ def check_export_outputs(runs: Sequence[Path | str], out_dir: Optional[Path | st
         target = onnx_path(run, checkpoint, out_dir)
         own = onnx_path(run, checkpoint)
         for path, default in ((target, own), (sidecar_path(target), sidecar_path(own))):
-            check_output(path, command="export", inputs=inputs, own=[default], previous=is_previous_export,
-                         overwrite=overwrite)
+            check_output(
+                path, command="export", inputs=inputs, own=[default], previous=is_previous_export, overwrite=overwrite
+            )

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,16 +58,18 @@ class FeatureCapture:
             self._target = backbone.get_submodule(layer)
         except AttributeError:
             known = [f["module"] for f in getattr(backbone, "feature_info", [])]
-            raise ValueError(f"predict.grouping.layer: the backbone has no module {layer!r}"
-                             + (f"; its feature stages are {known}" if known else "")) from None
+            raise ValueError(
+                f"predict.grouping.layer: the backbone has no module {layer!r}"
+                + (f"; its feature stages are {known}" if known else "")
+            ) from None
         self.upper_fraction, self.columns = upper_fraction, columns
-        self.embedding: Optional[torch.Tensor] = None
-        self._handle: Optional[RemovableHandle] = None
+        self.embedding: torch.Tensor | None = None
+        self._handle: RemovableHandle | None = None
 
     def _hook(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         self.embedding = region_embedding(output, self.upper_fraction, self.columns)
 
-    def __enter__(self) -> "FeatureCapture":
+    def __enter__(self) -> FeatureCapture:
         self._handle = self._target.register_forward_hook(self._hook)
         return self
 
@@ -91,8 +93,10 @@ def region_embedding(features: torch.Tensor, upper_fraction: float, columns: int
     left-to-right layout, which tells faces apart better than one average (measured).
     """
     if features.ndim != 4:
-        raise ValueError(f"the grouping layer must output an (N, C, H, W) feature map, got shape "
-                         f"{tuple(features.shape)}; set predict.grouping.layer to a convolutional stage")
+        raise ValueError(
+            f"the grouping layer must output an (N, C, H, W) feature map, got shape "
+            f"{tuple(features.shape)}; set predict.grouping.layer to a convolutional stage"
+        )
     rows = max(1, round(upper_fraction * features.shape[2]))
     top = features[:, :, :rows].float()
     return F.adaptive_avg_pool2d(top, (1, min(columns, top.shape[3]))).flatten(1)
@@ -106,8 +110,9 @@ def _normalise(embeddings: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def cluster_people(embeddings: np.ndarray, max_size: int = 7, min_similarity: float = 0.5,
-                   neighbors: int = 10) -> np.ndarray:
+def cluster_people(
+    embeddings: np.ndarray, max_size: int = 7, min_similarity: float = 0.5, neighbors: int = 10
+) -> np.ndarray:
     """(N, D) embeddings -> (N,) group number per row; groups hold at most ``max_size`` rows.
 
     Each row's ``neighbors`` nearest rows by cosine similarity (after centring) are
@@ -154,8 +159,8 @@ def cluster_people(embeddings: np.ndarray, max_size: int = 7, min_similarity: fl
 
 
 def consistent_probs(
-    probs: np.ndarray, groups: np.ndarray, age_years: Optional[np.ndarray] = None, age_cuts: Optional[Cuts] = None
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    probs: np.ndarray, groups: np.ndarray, age_years: np.ndarray | None = None, age_cuts: Cuts | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Average gender and age over each group; the mask stays per photo. Returns (probs, age_years).
 
     ``probs`` (N, 18), ``groups`` (N,) from :func:`cluster_people`. With a regression
@@ -196,7 +201,7 @@ def consistent_probs(
 @dataclass
 class Grouped:
     probs: np.ndarray  # (N, 18) with gender and age made consistent within groups
-    age_years: Optional[np.ndarray]  # (N, 2) averaged within groups (regression head), else None
+    age_years: np.ndarray | None  # (N, 2) averaged within groups (regression head), else None
     groups: np.ndarray  # (N,) group number per row
 
 
@@ -206,15 +211,20 @@ def group_people(
     max_size: int = 7,
     min_similarity: float = 0.5,
     neighbors: int = 10,
-    age_years: Optional[np.ndarray] = None,
-    age_cuts: Optional[Cuts] = None,
+    age_years: np.ndarray | None = None,
+    age_cuts: Cuts | None = None,
 ) -> Grouped:
     """:func:`cluster_people` on the embeddings, then :func:`consistent_probs`."""
     if len(probs) != len(embeddings):
         raise ValueError(f"{len(probs)} rows of probabilities but {len(embeddings)} embeddings")
     groups = cluster_people(embeddings, max_size, min_similarity, neighbors)
     sizes = np.bincount(groups)
-    logger.info("grouped %d photos into %d groups (%d of 2+ photos, mean size %.2f)", len(groups), len(sizes),
-                int((sizes > 1).sum()), len(groups) / max(len(sizes), 1))
+    logger.info(
+        "grouped %d photos into %d groups (%d of 2+ photos, mean size %.2f)",
+        len(groups),
+        len(sizes),
+        int((sizes > 1).sum()),
+        len(groups) / max(len(sizes), 1),
+    )
     new_probs, years = consistent_probs(probs, groups, age_years, age_cuts)
     return Grouped(new_probs.astype(np.float32), years, groups)

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -38,7 +38,7 @@ SIDECAR_FORMAT = 2
 SIDECAR_DIGEST = "sidecar_sha256"
 
 
-def onnx_path(run_dir: Path | str, checkpoint: str = "best", onnx_dir: Optional[Path | str] = None) -> Path:
+def onnx_path(run_dir: Path | str, checkpoint: str = "best", onnx_dir: Path | str | None = None) -> Path:
     """Where the export of ``run_dir``'s ``checkpoint`` lives: ``<run>/onnx/``, or ``<onnx_dir>/<run name>/``."""
     run_dir = Path(run_dir)
     folder = run_dir / ONNX_DIR if onnx_dir is None else Path(onnx_dir) / run_dir.name
@@ -68,7 +68,7 @@ def seal_sidecar(meta: dict[str, Any]) -> dict[str, Any]:
     return {**meta, SIDECAR_DIGEST: sidecar_digest(meta)}
 
 
-def read_sidecar(path: Path | str, run: Optional[Path | str] = None) -> dict[str, Any]:
+def read_sidecar(path: Path | str, run: Path | str | None = None) -> dict[str, Any]:
     """The export's JSON description, checked against its own digest; errors name the file (and ``run``)."""
     path = Path(path)
     if not path.is_file():
@@ -81,36 +81,49 @@ def read_sidecar(path: Path | str, run: Optional[Path | str] = None) -> dict[str
         raise RunError(f"{path}: not a valid ONNX sidecar (not a JSON object); run `maskstatus export` again")
     if meta.get("format") == 1:
         # Refused rather than trusted with a warning: nothing would show that its model is the one exported.
-        raise RunError(f"{path}: an export from an older version, without the digests that show its files are "
-                       "the ones exported; run `maskstatus export` on the run again")
-    missing = [k for k in ("format", "input", "outputs", "normalization", "checkpoint", "onnx", SIDECAR_DIGEST)
-               if k not in meta]
+        raise RunError(
+            f"{path}: an export from an older version, without the digests that show its files are "
+            "the ones exported; run `maskstatus export` on the run again"
+        )
+    missing = [
+        k
+        for k in ("format", "input", "outputs", "normalization", "checkpoint", "onnx", SIDECAR_DIGEST)
+        if k not in meta
+    ]
     if missing:
         raise RunError(f"{path}: ONNX sidecar lacks key(s) {missing}; run `maskstatus export` again")
     if meta["format"] != SIDECAR_FORMAT:
-        raise RunError(f"{path}: sidecar format {meta['format']!r}, this version reads {SIDECAR_FORMAT}; "
-                         "run `maskstatus export` again")
+        raise RunError(
+            f"{path}: sidecar format {meta['format']!r}, this version reads {SIDECAR_FORMAT}; "
+            "run `maskstatus export` again"
+        )
     if meta[SIDECAR_DIGEST] != sidecar_digest(meta):
-        raise RunError(f"{path} was edited after the export (its content no longer matches the digest written "
-                       f"with it); re-run `maskstatus export {run or meta.get('run', 'RUN')}`")
+        raise RunError(
+            f"{path} was edited after the export (its content no longer matches the digest written "
+            f"with it); re-run `maskstatus export {run or meta.get('run', 'RUN')}`"
+        )
     return meta
 
 
-def _run_of(checkpoint: Optional[Path | str]) -> Optional[Path]:
+def _run_of(checkpoint: Path | str | None) -> Path | None:
     """The run folder of ``<run>/checkpoints/<name>.pt``, for the command that repairs its export."""
     return Path(checkpoint).parent.parent if checkpoint is not None else None
 
 
-def check_export_files(path: Path, meta: dict[str, Any], checkpoint: Optional[Path | str]) -> None:
+def check_export_files(path: Path, meta: dict[str, Any], checkpoint: Path | str | None) -> None:
     """Refuse an ONNX file or a checkpoint that is not the one the (already checked) sidecar was written for."""
     run = _run_of(checkpoint) or meta.get("run", "RUN")
     again = f"re-run `maskstatus export {run}`"
     if meta["onnx"].get("sha256") != file_sha256(path):
-        raise RunError(f"{path} is not the model exported with {sidecar_path(path)} (replaced since, or another "
-                       f"run's export); {again}")
+        raise RunError(
+            f"{path} is not the model exported with {sidecar_path(path)} (replaced since, or another "
+            f"run's export); {again}"
+        )
     if checkpoint is not None and meta["checkpoint"].get("sha256") != file_sha256(checkpoint):
-        raise RunError(f"{path} was exported from another version of {checkpoint} (retrained or replaced since "
-                       f"the export); {again}")
+        raise RunError(
+            f"{path} was exported from another version of {checkpoint} (retrained or replaced since "
+            f"the export); {again}"
+        )
 
 
 def _onnxruntime():
@@ -123,7 +136,7 @@ def _onnxruntime():
     return onnxruntime
 
 
-def session_options(threads: Optional[int] = None):
+def session_options(threads: int | None = None):
     """ONNX Runtime options for batch inference on CPU: every core on one graph, all graph optimisations."""
     ort = _onnxruntime()
 
@@ -137,7 +150,7 @@ def session_options(threads: Optional[int] = None):
     return opts
 
 
-def open_session(path: Path | str, threads: Optional[int] = None):
+def open_session(path: Path | str, threads: int | None = None):
     """An ONNX Runtime CPU session for ``path``; a missing or unreadable file is an error naming it."""
     ort = _onnxruntime()
 
@@ -159,7 +172,7 @@ class OnnxModel:
     predict with stale weights.
     """
 
-    def __init__(self, path: Path | str, checkpoint: Optional[Path | str] = None, threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path | str, checkpoint: Path | str | None = None, threads: int | None = None) -> None:
         self.path = Path(path)
         self.session = open_session(self.path, threads)
         self.meta = read_sidecar(sidecar_path(self.path), _run_of(checkpoint))
@@ -168,8 +181,10 @@ class OnnxModel:
         self.output_keys = [o.name for o in self.session.get_outputs()]
         expected = list(self.meta["outputs"])
         if self.output_keys != expected:
-            raise RunError(f"{self.path} has outputs {self.output_keys} but its sidecar "
-                             f"{sidecar_path(self.path)} lists {expected}; run `maskstatus export` again")
+            raise RunError(
+                f"{self.path} has outputs {self.output_keys} but its sidecar "
+                f"{sidecar_path(self.path)} lists {expected}; run `maskstatus export` again"
+            )
 
     @property
     def data_config(self) -> dict[str, tuple[float, ...]]:

@@ -17,9 +17,10 @@ go through here, so they answer alike by construction:
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, Optional, Sequence, Union, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 # The PyTorch model, or its ONNX export run by ONNX Runtime (infer.onnx_model.OnnxModel); see evaluate.Model.
 Backend = Literal["torch", "onnx"]
 # One run's output: probabilities (N, 18) float64 and predicted years (N, 2: mean, spread) or None.
-RunOutput = tuple[np.ndarray, Optional[np.ndarray]]
+RunOutput = tuple[np.ndarray, np.ndarray | None]
 
 
 @dataclass
@@ -62,7 +63,7 @@ class LoadedRun:
         return isinstance(self.model, torch.nn.Module)
 
     @property
-    def module(self) -> "MaskStatusModel":
+    def module(self) -> MaskStatusModel:
         """The PyTorch model (gradients, export); a run loaded for the ONNX backend has none."""
         if not isinstance(self.model, torch.nn.Module):
             raise TypeError(f"{self.checkpoint}: loaded as its ONNX export, which is not a PyTorch model")
@@ -83,12 +84,19 @@ class LoadedRun:
 
 # What predictions depend on: editing these in config.yaml after training would predict differently from
 # how the weights were trained (the weights files are set aside by load_run and may be edited).
-_PREDICT_KEYS = ("model", "cache.size", "transforms.eval", "data.face_crop", "data.age.young_below",
-                 "data.age.old_from", "data.mask_states")
+_PREDICT_KEYS = (
+    "model",
+    "cache.size",
+    "transforms.eval",
+    "data.face_crop",
+    "data.age.young_below",
+    "data.age.old_from",
+    "data.mask_states",
+)
 _FREE_KEYS = ("model.pretrained", "model.pretrained_path")
 
 
-def _check_trained_config(cfg: Config, trained: Optional[dict], config_path: Path, ckpt_path: Path) -> None:
+def _check_trained_config(cfg: Config, trained: dict | None, config_path: Path, ckpt_path: Path) -> None:
     """Refuse a config.yaml that differs from the config stored in the checkpoint where predictions depend on it."""
     if trained is None:  # checkpoints from before the config was stored in them
         return
@@ -134,9 +142,9 @@ def _leaf_diff(a: Any, b: Any, prefix: str) -> dict[str, tuple]:
 def load_run(
     run_dir: Path | str,
     which: str = "best",
-    age_cuts: Optional[Cuts] = None,
+    age_cuts: Cuts | None = None,
     backend: Backend = "torch",
-    onnx_dir: Optional[Path | str] = None,
+    onnx_dir: Path | str | None = None,
 ) -> LoadedRun:
     """A run's config and model with its best (or last) weights.
 
@@ -170,7 +178,7 @@ def load_run(
 class Member:
     """One ensemble member: a run, or the fold runs of a CV folder (their probabilities averaged)."""
 
-    source: Optional[Path]  # the folder given; None for runs loaded by the caller
+    source: Path | None  # the folder given; None for runs loaded by the caller
     runs: list[LoadedRun]  # the models that answer: the PyTorch ones, or their ONNX exports
     # The same runs' PyTorch models: ``runs`` itself for the torch backend; for the ONNX backend only when asked
     # for (serve's Grad-CAM needs gradients, which an ONNX graph does not give).
@@ -189,7 +197,7 @@ def load_members(
     sources: Sequence[Path | str],
     checkpoint: str = "best",
     backend: Backend = "torch",
-    onnx_dir: Optional[Path | str] = None,
+    onnx_dir: Path | str | None = None,
     keep_torch: bool = False,
 ) -> list[Member]:
     """Each source (a run folder, or a CV folder for its fold runs) loaded as one ensemble member.
@@ -210,8 +218,9 @@ def load_members(
     return members
 
 
-def make_fabric(backend: Backend, accelerator: str, precision: Optional[str], cfg: Config,
-                keep_torch: bool = False) -> Fabric:
+def make_fabric(
+    backend: Backend, accelerator: str, precision: str | None, cfg: Config, keep_torch: bool = False
+) -> Fabric:
     """The Fabric a pipeline runs on: ``precision`` (default the first run's ``train.precision``) on ``accelerator``.
 
     ONNX Runtime computes in float32 on the CPU, so for the ONNX backend Fabric only moves the batches there,
@@ -233,11 +242,11 @@ def setup_model(run: LoadedRun, fabric: Fabric) -> Model:
     return fabric.setup_module(model)
 
 
-def _size(cfg: Config) -> Optional[tuple[int, int]]:
+def _size(cfg: Config) -> tuple[int, int] | None:
     return tuple(cfg.cache.size) if cfg.cache.size else None  # type: ignore[return-value]
 
 
-def _split_eval(cfg: Config) -> tuple[Optional[Prepare], list[dict[str, Any]]]:
+def _split_eval(cfg: Config) -> tuple[Prepare | None, list[dict[str, Any]]]:
     """``transforms.eval`` as prediction runs it: leading crops and resizes done once in the cache, then the rest."""
     prepare, _, rest = split_prepare(cfg.transforms.eval, cfg.transforms.eval, cfg.cache.precompute)
     return prepare, rest
@@ -251,8 +260,15 @@ def decode_images(cfg: Config, paths: Sequence[str], progress: bool = False) -> 
     """
     prepare, _ = _split_eval(cfg)
     threads = max(cfg.cache.decode_threads, available_cores())
-    return ImageCache(list(paths), size=_size(cfg), mode="memory", threads=threads, progress=progress,
-                      **cache_loader(cfg.data.face_crop, cfg.cache.size), prepare=prepare).fill()
+    return ImageCache(
+        list(paths),
+        size=_size(cfg),
+        mode="memory",
+        threads=threads,
+        progress=progress,
+        **cache_loader(cfg.data.face_crop, cfg.cache.size),
+        prepare=prepare,
+    ).fill()
 
 
 def array_cache(cfg: Config, images: Sequence[np.ndarray]) -> ImageCache:
@@ -261,8 +277,15 @@ def array_cache(cfg: Config, images: Sequence[np.ndarray]) -> ImageCache:
     prepare, _ = _split_eval(cfg)
     images = list(images)
     # The cache's keys are indices into ``images``: it resizes exactly as it does for files.
-    return ImageCache([str(i) for i in range(len(images))], size=_size(cfg), mode="memory", threads=1,
-                      progress=False, loader=lambda key: images[int(key)], prepare=prepare).fill()
+    return ImageCache(
+        [str(i) for i in range(len(images))],
+        size=_size(cfg),
+        mode="memory",
+        threads=1,
+        progress=False,
+        loader=lambda key: images[int(key)],
+        prepare=prepare,
+    ).fill()
 
 
 def _cache_key(cfg: Config) -> tuple:
@@ -274,8 +297,11 @@ def _cache_key(cfg: Config) -> tuple:
 def model_inputs(run: LoadedRun, images: Sequence[str] | Sequence[np.ndarray]) -> list[torch.Tensor]:
     """The images (files, or decoded RGB arrays) as ``run``'s model sees them at prediction: decoded, sized,
     through ``transforms.eval`` and normalised; one (3, H, W) tensor each."""
-    cache = decode_images(run.cfg, [str(p) for p in images]) if all(
-        isinstance(i, (str, Path)) for i in images) else array_cache(run.cfg, images)  # type: ignore[arg-type]
+    cache = (
+        decode_images(run.cfg, [str(p) for p in images])
+        if all(isinstance(i, (str, Path)) for i in images)
+        else array_cache(run.cfg, images)
+    )  # type: ignore[arg-type]
     _, rest = _split_eval(run.cfg)
     norm = run.norm
     transform = build_transforms(rest, norm["mean"], norm["std"], "transforms.eval")
@@ -301,26 +327,27 @@ class PreparedRun:
         norm = run.norm
         defer = normalize_on_device(run.cfg.train.normalize_on, fabric)
         self.transform = build_transforms(rest, norm["mean"], norm["std"], "transforms.eval", defer)
-        self.normalize: Optional[BatchNormalize] = batch_normalizer(rest, norm["mean"], norm["std"], defer)
+        self.normalize: BatchNormalize | None = batch_normalizer(rest, norm["mean"], norm["std"], defer)
         self.model = setup_model(run, fabric)
         self.cache_key = _cache_key(run.cfg)
 
     def outputs(
         self,
         cache: ImageCache,
-        batch_size: Optional[int] = None,
-        num_workers: Union[int, str] = 0,
+        batch_size: int | None = None,
+        num_workers: int | str = 0,
         progress: bool = False,
-        tta: Optional[Sequence[str]] = None,
-        group_people: Optional[bool] = None,
+        tta: Sequence[str] | None = None,
+        group_people: bool | None = None,
     ) -> RunOutput:
         """Every image of a filled ``cache`` through the model: probabilities (N, 18) float64 and years or None.
 
         ``tta`` None keeps the run's own ``predict.tta``, ``group_people`` None its ``predict.group_people``.
         """
         run, cfg = self.run, self.run.cfg
-        grouping: Optional[GroupingConfig] = (
-            cfg.predict.grouping if (cfg.predict.group_people if group_people is None else group_people) else None)
+        grouping: GroupingConfig | None = (
+            cfg.predict.grouping if (cfg.predict.group_people if group_people is None else group_people) else None
+        )
         if grouping is not None and not run.is_torch:
             # The embeddings come from a hook on a backbone layer, which an ONNX graph does not expose.
             raise UsageError(f"{run.checkpoint}: predict.group_people needs the torch backend (use --backend torch)")
@@ -346,14 +373,16 @@ def check_finite_probs(run: LoadedRun, probs: np.ndarray) -> None:
     """Refuse NaN or inf probabilities (weights of a diverged run): their argmax would be a submission of class 0."""
     bad = ~np.isfinite(probs).all(axis=1)
     if bad.any():
-        raise RunError(f"{run.checkpoint} gives non-finite probabilities for {int(bad.sum())} of {len(probs)} images: "
-                       "its weights are not finite (a diverged run); retrain it, e.g. with a lower optimizer.lr")
+        raise RunError(
+            f"{run.checkpoint} gives non-finite probabilities for {int(bad.sum())} of {len(probs)} images: "
+            "its weights are not finite (a diverged run); retrain it, e.g. with a lower optimizer.lr"
+        )
 
 
 def vote_members(
     members: Sequence[Sequence[LoadedRun]],
     run_outputs: Callable[[LoadedRun], RunOutput],
-    weights: Optional[Sequence[float]] = None,
+    weights: Sequence[float] | None = None,
     vote: Vote = "soft",
 ) -> RunOutput:
     """The ensemble rule: runs of a member averaged, members voted; years the plain mean over the runs giving them.
@@ -368,8 +397,13 @@ def vote_members(
         member_probs.append(np.mean([probs for probs, _ in outputs], axis=0))
         years += [y for _, y in outputs if y is not None]
     # The folds of one member share a config, so its first run tells which tasks it predicts.
-    probs = combine_probs(member_probs, weights, vote, [m[0].cfg.model.tasks for m in members],
-                          [m[0].cfg.data.mask_states for m in members])
+    probs = combine_probs(
+        member_probs,
+        weights,
+        vote,
+        [m[0].cfg.model.tasks for m in members],
+        [m[0].cfg.data.mask_states for m in members],
+    )
     return probs, (np.mean(years, axis=0) if years else None)
 
 
@@ -389,11 +423,11 @@ class Pipeline:
         sources: Sequence[Path | str],
         checkpoint: str = "best",
         backend: Backend = "torch",
-        onnx_dir: Optional[Path | str] = None,
+        onnx_dir: Path | str | None = None,
         accelerator: str = "auto",
-        precision: Optional[str] = None,
+        precision: str | None = None,
         keep_torch: bool = False,
-    ) -> "Pipeline":
+    ) -> Pipeline:
         """Load ``sources`` (see ``load_members``) onto a Fabric made by ``make_fabric``."""
         members = load_members(sources, checkpoint, backend, onnx_dir, keep_torch)
         return cls(members, make_fabric(backend, accelerator, precision, members[0].runs[0].cfg, keep_torch))
@@ -422,20 +456,21 @@ class Pipeline:
                 for run in member.torch_runs:
                     setup_model(run, self.fabric)
 
-    def _vote(self, run_outputs: Callable[[LoadedRun], RunOutput], weights: Optional[Sequence[float]] = None,
-              vote: Vote = "soft") -> RunOutput:
+    def _vote(
+        self, run_outputs: Callable[[LoadedRun], RunOutput], weights: Sequence[float] | None = None, vote: Vote = "soft"
+    ) -> RunOutput:
         return vote_members([m.runs for m in self.members], run_outputs, weights, vote)
 
     def predict_files(
         self,
         paths: Sequence[str],
-        batch_size: Optional[int] = None,
-        num_workers: Union[int, str] = 0,
+        batch_size: int | None = None,
+        num_workers: int | str = 0,
         progress: bool = True,
-        tta: Optional[Sequence[str]] = None,
-        weights: Optional[Sequence[float]] = None,
+        tta: Sequence[str] | None = None,
+        weights: Sequence[float] | None = None,
         vote: Vote = "soft",
-        group_people: Optional[bool] = None,
+        group_people: bool | None = None,
     ) -> RunOutput:
         """Ensemble probabilities (N, 18) of image files in order, and the predicted years (N, 2) or None.
 
@@ -451,23 +486,24 @@ class Pipeline:
 
         return self._vote(run_outputs, weights, vote)
 
-    def predict_arrays(self, images: Sequence[np.ndarray], batch_size: Optional[int] = None,
-                       tta: Optional[Sequence[str]] = None) -> RunOutput:
+    def predict_arrays(
+        self, images: Sequence[np.ndarray], batch_size: int | None = None, tta: Sequence[str] | None = None
+    ) -> RunOutput:
         """As ``predict_files`` for images already decoded (RGB arrays, faces already found)."""
         return self._vote(lambda run: self.prepared(run).outputs(array_cache(run.cfg, images), batch_size, tta=tta))
 
 
 def predict_outputs(
-    runs: Sequence[Union[LoadedRun, Sequence[LoadedRun]]],
+    runs: Sequence[LoadedRun | Sequence[LoadedRun]],
     table: Any,
     fabric: Fabric,
-    batch_size: Optional[int] = None,
-    num_workers: Union[int, str] = 0,
+    batch_size: int | None = None,
+    num_workers: int | str = 0,
     progress: bool = True,
-    tta: Optional[Sequence[str]] = None,
-    weights: Optional[Sequence[float]] = None,
+    tta: Sequence[str] | None = None,
+    weights: Sequence[float] | None = None,
     vote: Vote = "soft",
-    group_people: Optional[bool] = None,
+    group_people: bool | None = None,
 ) -> RunOutput:
     """Ensemble 18-class probabilities in the order of ``table``'s ``image_path`` column, and the years or None.
 
@@ -480,5 +516,6 @@ def predict_outputs(
     averaged); they let pseudo labels carry an age in years for a regression head.
     """
     members = [Member(None, [m] if isinstance(m, LoadedRun) else list(m)) for m in runs]
-    return Pipeline(members, fabric).predict_files(table["image_path"].tolist(), batch_size, num_workers, progress,
-                                                   tta, weights, vote, group_people)
+    return Pipeline(members, fabric).predict_files(
+        table["image_path"].tolist(), batch_size, num_workers, progress, tta, weights, vote, group_people
+    )

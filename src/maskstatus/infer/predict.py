@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from .. import outputs
 from ..age import AGE_MEAN, AGE_SIGMA
-from ..data.tables import eval_table, folder_table
+
 # The argument checks live where they need no torch (the command line runs them first); importers find them here too.
 from ..choices import BACKENDS, check_accelerator_available, check_backend  # noqa: F401
 from ..choices import PREDICT_PRECISIONS as PRECISIONS  # noqa: F401
+from ..data.tables import eval_table, folder_table
 from ..errors import DataError, UsageError
 from ..labels import PROB_COLUMNS, decode
 from ..outputs import check_prediction_output as check_output
 from ..outputs import probs_path_for
 from ..runs import atomic_write_csv
 from .ensemble import Vote, check_vote, normalize_weights
+
 # The run's pipeline lives in .pipeline (shared with serve and export); these names were found here first.
 from .pipeline import Backend, LoadedRun, Pipeline, decode_images, load_run, predict_outputs  # noqa: F401
 from .tta import tta_views
@@ -39,17 +41,27 @@ def read_images(data: Path) -> tuple[pd.DataFrame, bool]:
         raise FileNotFoundError(f"data folder not found: {data}")
     for candidate in (data, data / "eval"):
         if (candidate / "info.csv").is_file():
-            logger.info("%s: competition eval folder (%s found): the submission has ImageID,ans in info.csv order",
-                        data, candidate / "info.csv")
+            logger.info(
+                "%s: competition eval folder (%s found): the submission has ImageID,ans in info.csv order",
+                data,
+                candidate / "info.csv",
+            )
             return eval_table(candidate, check_images=False), True
     if (data.parent / "info.csv").is_file():
         # The images/ folder of an eval set: the plain format would not be a valid submission.
-        logger.warning("%s sits beside %s: predicting it as a plain image folder (image,ans,mask,gender,age); "
-                       "for a competition submission (ImageID,ans) pass --data %s", data, data.parent / "info.csv",
-                       data.parent)
+        logger.warning(
+            "%s sits beside %s: predicting it as a plain image folder (image,ans,mask,gender,age); "
+            "for a competition submission (ImageID,ans) pass --data %s",
+            data,
+            data.parent / "info.csv",
+            data.parent,
+        )
     else:
-        logger.info("%s: plain image folder (no info.csv in it or in %s/eval): the output has "
-                    "image,ans,mask,gender,age", data, data)
+        logger.info(
+            "%s: plain image folder (no info.csv in it or in %s/eval): the output has image,ans,mask,gender,age",
+            data,
+            data,
+        )
     return folder_table(data), False
 
 
@@ -59,8 +71,9 @@ def output_bytes(table: pd.DataFrame) -> int:
     return int(2 * len(table) * per_row) + 2 * outputs.PROBE_BYTES
 
 
-def write_predictions(table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool,
-                      years: Optional[np.ndarray] = None) -> tuple[Path, Path]:
+def write_predictions(
+    table: pd.DataFrame, probs: np.ndarray, out: Path, competition: bool, years: np.ndarray | None = None
+) -> tuple[Path, Path]:
     """submission (ImageID,ans in table order) and a probabilities file beside it; both written atomically.
 
     With ``years`` (N, 2) the probabilities file also holds the predicted age in years (age_mean, age_sigma).
@@ -89,17 +102,17 @@ def predict(
     data: Path | str,
     out: Path | str,
     checkpoint: str = "best",
-    batch_size: Optional[int] = None,
+    batch_size: int | None = None,
     accelerator: str = "auto",
-    num_workers: Union[int, str] = 0,
+    num_workers: int | str = 0,
     progress: bool = True,
-    tta: Optional[Sequence[str]] = None,
-    weights: Optional[Sequence[float]] = None,
+    tta: Sequence[str] | None = None,
+    weights: Sequence[float] | None = None,
     vote: Vote = "soft",
     backend: Backend = "torch",
-    onnx_dir: Optional[Path | str] = None,
-    group_people: Optional[bool] = None,
-    precision: Optional[str] = None,
+    onnx_dir: Path | str | None = None,
+    group_people: bool | None = None,
+    precision: str | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Predict with one or more runs and write the submission and probabilities.
@@ -132,6 +145,7 @@ def predict(
     if table.empty:
         raise DataError.one(data, "no images found")
     outputs.check_space(Path(out).parent, output_bytes(table), name=out)  # before the images are decoded
-    probs, years = pipeline.predict_files(table["image_path"].tolist(), batch_size, num_workers, progress, tta,
-                                          weights, vote, group_people)
+    probs, years = pipeline.predict_files(
+        table["image_path"].tolist(), batch_size, num_workers, progress, tta, weights, vote, group_people
+    )
     return write_predictions(table, probs, Path(out), competition, years)

@@ -15,8 +15,8 @@ age-group probabilities.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Callable, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -82,15 +82,18 @@ def tta_views(names: Sequence[str]) -> list[View]:
     """The identity first, then the views of each named augmentation (a repeated name counts once)."""
     unknown = [name for name in names if name not in TTA]
     if unknown:
-        raise UsageError(f"unknown test-time augmentation(s) {', '.join(map(repr, unknown))}; "
-                         f"known: {', '.join(TTA.names())}")
+        raise UsageError(
+            f"unknown test-time augmentation(s) {', '.join(map(repr, unknown))}; known: {', '.join(TTA.names())}"
+        )
     views: list[View] = [identity]
     for name in dict.fromkeys(names):
         views.extend(TTA.build(name))
     return views
 
 
-def average_view_probs(view_outputs: Sequence[Mapping[str, torch.Tensor]], age_cuts: Optional[Cuts] = None) -> torch.Tensor:
+def average_view_probs(
+    view_outputs: Sequence[Mapping[str, torch.Tensor]], age_cuts: Cuts | None = None
+) -> torch.Tensor:
     """Logits dicts of the same batch under several views -> averaged 18-class probabilities (N, 18)."""
     if not view_outputs:
         raise ValueError("average_view_probs needs the outputs of at least one view")
@@ -113,7 +116,7 @@ def tta_probs(
     forward: Callable[[torch.Tensor], Mapping[str, torch.Tensor]],
     images: torch.Tensor,
     names: Sequence[str],
-    age_cuts: Optional[Cuts] = None,
+    age_cuts: Cuts | None = None,
 ) -> torch.Tensor:
     """18-class probabilities of ``forward`` (a model, or a wrapper adding autocast) averaged over the views."""
     return average_view_probs([forward(view(images)) for view in tta_views(names)], age_cuts)

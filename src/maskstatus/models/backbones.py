@@ -14,8 +14,9 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Union, cast
+from typing import Any, Literal, cast
 
 import timm
 import torch

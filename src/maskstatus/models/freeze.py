@@ -11,8 +11,9 @@ eval mode freezes the same statistics and leaves the module tree as it is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, cast
+from typing import Any, cast
 
 import torch.nn as nn
 from timm.models import group_parameters
@@ -58,8 +59,11 @@ def freeze_stages(backbone: nn.Module, stages: int) -> FrozenStages:
     """Freeze the stem and the first `stages` stages: no gradients, and BatchNorm statistics held."""
     names = _stage_parameter_names(backbone, stages)
     params = [p for n, p in backbone.named_parameters() if n in names]
-    norms = [m for n, m in backbone.named_modules()
-             if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(f"{n}.{k}" in names for k in ("weight", "bias"))]
+    norms = [
+        m
+        for n, m in backbone.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and any(f"{n}.{k}" in names for k in ("weight", "bias"))
+    ]
     stages_ = FrozenStages(params, norms)
     if params:
         stages_.set_frozen(True)
@@ -74,5 +78,7 @@ def _stage_parameter_names(backbone: nn.Module, stages: int) -> set[str]:
     groups = group_parameters(backbone, group_matcher(coarse=True))
     ordered = [groups[k] for k in sorted(groups)]
     if stages >= len(ordered):
-        raise ConfigError(f"train.freeze_stages={stages}, but this backbone has only {len(ordered) - 1} stages after its stem")
+        raise ConfigError(
+            f"train.freeze_stages={stages}, but this backbone has only {len(ordered) - 1} stages after its stem"
+        )
     return {n for group in ordered[: stages + 1] for n in group}

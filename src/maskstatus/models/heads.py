@@ -11,7 +11,8 @@ P(age > k) for every whole year k, and ``"age_years"``.
 
 from __future__ import annotations
 
-from typing import ClassVar, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -153,13 +154,17 @@ class MultiTaskHead(nn.Module):
         if age_output != "groups" and "age" in self.output_sizes:
             key = AGE_OUTPUTS[age_output]
             size = AGE_HEAD_SIZES[key]
-            self.output_sizes = {(key if t == "age" else t): (size if t == "age" else k)
-                                 for t, k in self.output_sizes.items()}
-        self.tasks = nn.ModuleDict({
-            key: (CumulativeLogitLinear if key == AGE_RANKS else MultiSampleDropoutLinear)(
-                in_features, k, dropout, samples)
-            for key, k in self.output_sizes.items()
-        })
+            self.output_sizes = {
+                (key if t == "age" else t): (size if t == "age" else k) for t, k in self.output_sizes.items()
+            }
+        self.tasks = nn.ModuleDict(
+            {
+                key: (CumulativeLogitLinear if key == AGE_RANKS else MultiSampleDropoutLinear)(
+                    in_features, k, dropout, samples
+                )
+                for key, k in self.output_sizes.items()
+            }
+        )
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {key: layer(features) for key, layer in self.tasks.items()}
@@ -203,13 +208,11 @@ def _check_outputs(outputs: Mapping[str, torch.Tensor]) -> bool:
     if SINGLE_KEY in outputs:
         return True
     if not any(t in outputs for t in (*TASKS, AGE_YEARS)):
-        raise ValueError(
-            f"model outputs have keys {sorted(outputs)}; expected {SINGLE_KEY!r} or some of {list(TASKS)}"
-        )
+        raise ValueError(f"model outputs have keys {sorted(outputs)}; expected {SINGLE_KEY!r} or some of {list(TASKS)}")
     return False
 
 
-def outputs_to_probs(outputs: Mapping[str, torch.Tensor], age_cuts: Optional[Cuts] = None) -> torch.Tensor:
+def outputs_to_probs(outputs: Mapping[str, torch.Tensor], age_cuts: Cuts | None = None) -> torch.Tensor:
     """Logits dict -> 18-class probabilities (N, 18), float32 even under mixed precision.
 
     ``age_cuts`` split a regression head's predicted years into age groups (default: 29.5 and 59.5).
@@ -219,9 +222,7 @@ def outputs_to_probs(outputs: Mapping[str, torch.Tensor], age_cuts: Optional[Cut
     return combine_task_probs(outputs_to_task_probs(outputs, age_cuts))
 
 
-def outputs_to_task_probs(
-    outputs: Mapping[str, torch.Tensor], age_cuts: Optional[Cuts] = None
-) -> dict[str, torch.Tensor]:
+def outputs_to_task_probs(outputs: Mapping[str, torch.Tensor], age_cuts: Cuts | None = None) -> dict[str, torch.Tensor]:
     """Logits dict -> per-task probabilities ``{task: (N, k_task)}``."""
     if _check_outputs(outputs):
         return split_class_probs(outputs[SINGLE_KEY].float().softmax(dim=-1))

@@ -24,8 +24,14 @@ logger = logging.getLogger(__name__)
 
 
 def _tune(oof: pd.DataFrame, thresholds, step: float) -> dict:
-    return tune_cuts(oof[PROB_COLUMNS].to_numpy(), oof["label"].to_numpy(), oof[AGE_MEAN].to_numpy(),
-                     oof[AGE_SIGMA].to_numpy(), thresholds, step=step)
+    return tune_cuts(
+        oof[PROB_COLUMNS].to_numpy(),
+        oof["label"].to_numpy(),
+        oof[AGE_MEAN].to_numpy(),
+        oof[AGE_SIGMA].to_numpy(),
+        thresholds,
+        step=step,
+    )
 
 
 def cross_fitted_metrics(oof: pd.DataFrame, thresholds, step: float = 0.5, seed: int = 0) -> dict[str, float]:
@@ -65,17 +71,25 @@ def tune_age_cuts(folder: Path | str, write: bool = True, step: float = AGE_CUT_
     if cfg is None:
         raise RunNotFoundError(f"not a run or CV folder (no config.yaml or cv_config.yaml): {folder}")
     if cfg.model.age_output == "groups":
-        raise RunError(f"{folder}: its model predicts age groups (model.age_output={cfg.model.age_output}); "
-                       "only a model that predicts years (model.age_output=years or distribution) has cut "
-                       "points to tune")
+        raise RunError(
+            f"{folder}: its model predicts age groups (model.age_output={cfg.model.age_output}); "
+            "only a model that predicts years (model.age_output=years or distribution) has cut "
+            "points to tune"
+        )
     oof = read_oof(folder)
     require_years(oof, str(oof_path(folder)))
     result = _tune(oof, cfg.data.age.thresholds(), step)
     result["cross_fitted"] = cross_fitted_metrics(oof, cfg.data.age.thresholds(), step)
     result["oof_f1_cross_fitted"] = result["cross_fitted"]["f1"]
-    logger.info("age cuts %s -> %s: OOF macro F1 %.4f -> %.4f (cross-fitted %.4f) on %d images",
-                result["default_cuts"], result["cuts"], result["oof_f1_default"], result["oof_f1_tuned"],
-                result["oof_f1_cross_fitted"], result["images"])
+    logger.info(
+        "age cuts %s -> %s: OOF macro F1 %.4f -> %.4f (cross-fitted %.4f) on %d images",
+        result["default_cuts"],
+        result["cuts"],
+        result["oof_f1_default"],
+        result["oof_f1_tuned"],
+        result["oof_f1_cross_fitted"],
+        result["images"],
+    )
     if write:
         result["file"] = str(write_cuts(folder, result))
     return result

@@ -15,8 +15,8 @@ person's weight is how often the resampling drew them. A thousand replicates of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 
@@ -26,7 +26,6 @@ from .metrics import _check
 
 # The metrics of compute_metrics, in its key order.
 METRICS: tuple[str, ...] = ("f1", "acc", *(f"{t}_{m}" for t in TASKS for m in ("f1", "acc")))
-
 
 
 @dataclass
@@ -167,8 +166,9 @@ def person_bootstrap(
     for m in METRICS:
         lo, hi = np.quantile(values[m][1:], [alpha, 1.0 - alpha])
         ci[m] = (float(lo), float(hi))
-    return Interval(point, ci, float(level), int(n_boot), int(seed), people, len(labels),
-                    {m: values[m][1:] for m in METRICS})
+    return Interval(
+        point, ci, float(level), int(n_boot), int(seed), people, len(labels), {m: values[m][1:] for m in METRICS}
+    )
 
 
 def model_bootstrap(

@@ -23,7 +23,8 @@ within the top ``top`` of its task with score >= ``min_score``.
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Mapping
+from collections.abc import Callable, Mapping
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -117,7 +118,12 @@ def injected_found(suspects: pd.DataFrame, injected: pd.DataFrame) -> dict[str, 
     for task in TASK_NAMES:
         mine = {key for key in planted if key[1] == task}
         rows = {key for key in listed if key[1] == task}
-        out[task] = {"injected": len(mine), "found": len(mine & rows), "listed": len(rows), "listed_injected": len(rows & planted)}
+        out[task] = {
+            "injected": len(mine),
+            "found": len(mine & rows),
+            "listed": len(rows),
+            "listed_injected": len(rows & planted),
+        }
     return out
 
 

@@ -73,8 +73,11 @@ REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "s
 # The task names double as relabel field names where a fix is a relabel row.
 TASK_NAMES: tuple[str, ...] = ("gender", "age", "mask_swap")
 
-REVIEW_FILES: dict[str, str] = {"review_csv": "review.csv", "review_png": "review.png",
-                                "relabel_draft": "relabel_draft.csv"}
+REVIEW_FILES: dict[str, str] = {
+    "review_csv": "review.csv",
+    "review_png": "review.png",
+    "relabel_draft": "relabel_draft.csv",
+}
 DRAFT_HEADER = "# DRAFT written by find-label-errors"
 PNG_SOFTWARE = "maskstatus find-label-errors"  # the review grid's PNG "Software" text: a later review may replace it
 
@@ -220,8 +223,9 @@ def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def find_label_errors(oof: pd.DataFrame, top: int = LABEL_ERRORS_TOP,
-                      min_score: float = LABEL_ERRORS_MIN_SCORE) -> pd.DataFrame:
+def find_label_errors(
+    oof: pd.DataFrame, top: int = LABEL_ERRORS_TOP, min_score: float = LABEL_ERRORS_MIN_SCORE
+) -> pd.DataFrame:
     """Rank people whose labels disagree with confident out-of-fold predictions.
 
     Returns one row per (person, task) with columns person_id, task (gender,
@@ -367,5 +371,11 @@ def check_review_output(out_dir: Path | str, source: Path | str, overwrite: bool
     source = Path(source)
     default = (source if source.is_dir() else source.parent) / "label_review"
     for name in REVIEW_FILES.values():
-        check_output(Path(out_dir) / name, command="find-label-errors", inputs=[] if source.is_dir() else [source],
-                     own=[default / name], previous=_is_previous_review, overwrite=overwrite)
+        check_output(
+            Path(out_dir) / name,
+            command="find-label-errors",
+            inputs=[] if source.is_dir() else [source],
+            own=[default / name],
+            previous=_is_previous_review,
+            overwrite=overwrite,
+        )

@@ -7,8 +7,8 @@ need no display, never switch the global backend and hold no global state.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix

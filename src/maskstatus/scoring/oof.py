@@ -8,8 +8,8 @@ ensembles all read them here, so none of them needs the prediction code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,10 +28,10 @@ OOF_COLUMNS = ["person_id", "stem", "image_path", "label", "fold"]
 def is_oof_csv(path: Path | str) -> bool:
     """Whether ``path`` starts like an out-of-fold file (a run's, a CV's, an ensemble's): a new one may replace it."""
     columns = first_line(Path(path)).split(",")
-    return columns[:len(OOF_COLUMNS) + len(PROB_COLUMNS)] == OOF_COLUMNS + PROB_COLUMNS
+    return columns[: len(OOF_COLUMNS) + len(PROB_COLUMNS)] == OOF_COLUMNS + PROB_COLUMNS
 
 
-def member_config(path: Path | str) -> Optional[Config]:
+def member_config(path: Path | str) -> Config | None:
     """The config of a run folder (config.yaml) or CV folder (cv_config.yaml); None for anything else."""
     path = Path(path)
     for name in (RUN_CONFIG, CV_CONFIG):

@@ -6,18 +6,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from typing import Optional
-
 from ..age import read_cuts
 from ..config import Config
 from ..defaults import DEFAULT_SEED
-from .bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
 from ..errors import UsageError
 from ..labels import PROB_COLUMNS, TASKS
+from .bootstrap import DEFAULT_BOOT, DEFAULT_LEVEL, Interval, model_bootstrap
 from .oof import member_config, oof_path, read_oof
 
 
-def scored_scope(cfg: Optional[Config]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def scored_scope(cfg: Config | None) -> tuple[tuple[str, ...], tuple[int, ...]]:
     """What a folder's model is scored on: its tasks and mask codes (everything for a bare CSV, which says nothing).
 
     A per-task model has no 18-class metrics; a cascade expert is scored on its mask states only.
@@ -27,8 +25,9 @@ def scored_scope(cfg: Optional[Config]) -> tuple[tuple[str, ...], tuple[int, ...
     return tuple(cfg.model.tasks), tuple(cfg.data.mask_codes())
 
 
-def folder_interval(path: Path | str, oof: pd.DataFrame, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
-                    seed: int = 0) -> Interval:
+def folder_interval(
+    path: Path | str, oof: pd.DataFrame, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = 0
+) -> Interval:
     """The scores of ``oof`` (read from ``path``) with their person-bootstrap intervals, as its folder's config
     says its model is scored: the one scoring ``score``, ``cv``, ``ensemble`` and ``report`` show."""
     path = Path(path)
@@ -45,12 +44,21 @@ def oof_interval(
     seed: int = 0,
 ) -> Interval:
     """Person-bootstrap interval of an out-of-fold table (person_id, label, p0..p17), scored as its model is."""
-    return model_bootstrap(oof[PROB_COLUMNS].to_numpy(), oof["label"].to_numpy(), oof["person_id"].astype(str).to_numpy(),
-                           tasks, mask_states, n_boot, level, seed)
+    return model_bootstrap(
+        oof[PROB_COLUMNS].to_numpy(),
+        oof["label"].to_numpy(),
+        oof["person_id"].astype(str).to_numpy(),
+        tasks,
+        mask_states,
+        n_boot,
+        level,
+        seed,
+    )
 
 
-def score_oof(path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL,
-              seed: int = DEFAULT_SEED) -> dict:
+def score_oof(
+    path: Path | str, n_boot: int = DEFAULT_BOOT, level: float = DEFAULT_LEVEL, seed: int = DEFAULT_SEED
+) -> dict:
     """Metrics and person-bootstrap intervals of a run folder's, CV folder's or CSV's out-of-fold predictions.
 
     Read with ``oof.read_oof``, so a folder's tuned age cut points (age_cuts.json)

@@ -38,16 +38,23 @@ import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from importlib import resources
-from typing import Awaitable, Callable, Iterator, Optional
 
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from ..defaults import (DEFAULT_HOST, DEFAULT_MAX_FILES, DEFAULT_MAX_UPLOAD_MB, DEFAULT_PORT, DEFAULT_READ_TIMEOUT_S,
-                        REQUEST_PIXELS_IMAGES, SERVER_PIXELS_IMAGES)
+from ..defaults import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_FILES,
+    DEFAULT_MAX_UPLOAD_MB,
+    DEFAULT_PORT,
+    DEFAULT_READ_TIMEOUT_S,
+    REQUEST_PIXELS_IMAGES,
+    SERVER_PIXELS_IMAGES,
+)
 from .predictor import DECODE_MIN_SIDE, BadImage, Predictor, decode_upload, probe_upload
 
 logger = logging.getLogger(__name__)
@@ -116,8 +123,14 @@ class BodyLimit:
     Retry-After when ``max_uploads`` requests with a body are already in progress.
     """
 
-    def __init__(self, app: ASGIApp, limit: int, read_timeout: float = DEFAULT_READ_TIMEOUT_S,
-                 body_timeout: float = BODY_TIMEOUT_S, max_uploads: int = DEFAULT_MAX_UPLOADS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        limit: int,
+        read_timeout: float = DEFAULT_READ_TIMEOUT_S,
+        body_timeout: float = BODY_TIMEOUT_S,
+        max_uploads: int = DEFAULT_MAX_UPLOADS,
+    ) -> None:
         self.app = app
         self.limit = limit
         self.read_timeout = read_timeout
@@ -141,8 +154,12 @@ class BodyLimit:
             if too_big:
                 return await self._reject(send)
         if self.uploads >= self.max_uploads:
-            return await send_json(send, 503, {"detail": f"{self.max_uploads} uploads in progress; retry shortly"},
-                                   {"Retry-After": str(RETRY_AFTER_S)})
+            return await send_json(
+                send,
+                503,
+                {"detail": f"{self.max_uploads} uploads in progress; retry shortly"},
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
         self.uploads += 1
         try:
             await self._timed(scope, receive, send, length is None)
@@ -160,7 +177,7 @@ class BodyLimit:
             left = min(self.read_timeout, deadline - time.monotonic())
             try:
                 return await asyncio.wait_for(receive(), max(left, 0.001))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 timed_out = True
                 raise _ReadTimeout from None
 
@@ -178,11 +195,17 @@ class BodyLimit:
         except _ReadTimeout:
             pass
         if timed_out and not started:
-            await send_json(send, 408, {"detail": f"the request body did not arrive in time (nothing for "
-                                                  f"{self.read_timeout:g} s, or over {self.body_timeout:g} s in all)"},
-                            {"Connection": "close"})
+            await send_json(
+                send,
+                408,
+                {
+                    "detail": f"the request body did not arrive in time (nothing for "
+                    f"{self.read_timeout:g} s, or over {self.body_timeout:g} s in all)"
+                },
+                {"Connection": "close"},
+            )
 
-    async def _buffered(self, receive, send) -> Optional[Callable[[], Awaitable[dict]]]:
+    async def _buffered(self, receive, send) -> Callable[[], Awaitable[dict]] | None:
         """No length given (chunked): read the body up to the limit, then replay it to the app."""
         chunks, size = [], 0
         while True:
@@ -214,7 +237,7 @@ async def _no_request_body() -> dict:
     return {"type": "http.disconnect"}
 
 
-async def send_json(send, status: int, content: dict, headers: Optional[dict] = None) -> None:
+async def send_json(send, status: int, content: dict, headers: dict | None = None) -> None:
     await JSONResponse(content, status_code=status, headers=headers)({"type": "http"}, _no_request_body, send)
 
 
@@ -226,12 +249,12 @@ def create_app(
     predictor: Predictor,
     max_upload_bytes: int = int(DEFAULT_MAX_UPLOAD_MB * 2**20),
     max_files: int = DEFAULT_MAX_FILES,
-    max_request_pixels: Optional[int] = None,
-    max_server_pixels: Optional[int] = None,
+    max_request_pixels: int | None = None,
+    max_server_pixels: int | None = None,
     read_timeout: float = DEFAULT_READ_TIMEOUT_S,
     max_uploads: int = DEFAULT_MAX_UPLOADS,
     decode_workers: int = DECODE_WORKERS,
-    min_side: Optional[int] = DECODE_MIN_SIDE,
+    min_side: int | None = DECODE_MIN_SIDE,
 ) -> FastAPI:
     """The FastAPI app answering with ``predictor``; see the module doc for endpoints and limits.
 
@@ -244,15 +267,21 @@ def create_app(
     if min(max_upload_bytes, max_files, read_timeout, max_uploads, decode_workers) <= 0:
         raise ValueError("max_upload_bytes, max_files, read_timeout, max_uploads and decode_workers must be positive")
     if not max_pixels <= max_request_pixels <= max_server_pixels:
-        raise ValueError(f"pixel budgets must grow: image {max_pixels} <= request {max_request_pixels} "
-                         f"<= server {max_server_pixels}")
-    app = FastAPI(title="maskstatus", summary="mask, gender and age group from a face photo",
-                  docs_url=None, redoc_url=None)
+        raise ValueError(
+            f"pixel budgets must grow: image {max_pixels} <= request {max_request_pixels} <= server {max_server_pixels}"
+        )
+    app = FastAPI(
+        title="maskstatus", summary="mask, gender and age group from a face photo", docs_url=None, redoc_url=None
+    )
     page = page_html()
     budget = PixelBudget(max_server_pixels)
     pool = ThreadPoolExecutor(max_workers=decode_workers, thread_name_prefix="maskstatus-decode")
-    limits = {"max_files": max_files, "max_upload_mb": max_upload_bytes / 2**20,
-              "max_request_pixels": max_request_pixels, "max_server_pixels": max_server_pixels}
+    limits = {
+        "max_files": max_files,
+        "max_upload_mb": max_upload_bytes / 2**20,
+        "max_request_pixels": max_request_pixels,
+        "max_server_pixels": max_server_pixels,
+    }
 
     @app.exception_handler(BadImage)
     async def bad_image(_: Request, err: BadImage) -> JSONResponse:
@@ -279,8 +308,11 @@ def create_app(
                 err.filename = f.filename
                 raise
         if total > max_request_pixels:
-            raise BadImage(f"the {len(files)} images decode to {total} pixels in all, more than the limit of "
-                           f"{max_request_pixels} per request; send fewer or smaller images", 413)
+            raise BadImage(
+                f"the {len(files)} images decode to {total} pixels in all, more than the limit of "
+                f"{max_request_pixels} per request; send fewer or smaller images",
+                413,
+            )
         return total
 
     def decode_one(f: UploadFile):
@@ -328,8 +360,12 @@ def create_app(
     def explain(file: list[UploadFile] = File(..., description="one image")) -> dict:
         start = time.perf_counter()
         if len(file) > 1:
-            raise BadImage(f"/explain takes one image; {len(file)} were sent (the second is "
-                           f"{file[1].filename!r}): send the others to /predict", 422, file[1].filename)
+            raise BadImage(
+                f"/explain takes one image; {len(file)} were sent (the second is "
+                f"{file[1].filename!r}): send the others to /predict",
+                422,
+                file[1].filename,
+            )
         with decoded(file) as (image,):
             answer = predictor.explain(image)
         return {"file": file[0].filename, **answer, "time_ms": (time.perf_counter() - start) * 1000}
@@ -351,9 +387,11 @@ def warn_if_exposed(host: str) -> bool:
     """Log a warning when ``host`` lets other machines connect: the server checks no one's identity."""
     if is_loopback(host):
         return False
-    logger.warning("listening on %s: other machines can reach this server, and it has no authentication; anyone who "
-                   "can connect may use the model (bind to 127.0.0.1, or put it behind a proxy that authenticates)",
-                   host)
+    logger.warning(
+        "listening on %s: other machines can reach this server, and it has no authentication; anyone who "
+        "can connect may use the model (bind to 127.0.0.1, or put it behind a proxy that authenticates)",
+        host,
+    )
     return True
 
 
@@ -385,13 +423,25 @@ def _h11_with_header_timeout(timeout: float) -> type:
     return H11WithHeaderTimeout
 
 
-def server_config(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: Optional[str] = "info",
-                  header_timeout: float = HEADER_TIMEOUT_S):
+def server_config(
+    app,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    log_level: str | None = "info",
+    header_timeout: float = HEADER_TIMEOUT_S,
+):
     """The uvicorn config every server here runs with: the timeouts and the connection limit above."""
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=_h11_with_header_timeout(header_timeout),
-                          timeout_keep_alive=KEEP_ALIVE_S, limit_concurrency=LIMIT_CONCURRENCY)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=_h11_with_header_timeout(header_timeout),
+        timeout_keep_alive=KEEP_ALIVE_S,
+        limit_concurrency=LIMIT_CONCURRENCY,
+    )
 
 
 def return_freed_memory() -> bool:
@@ -413,7 +463,7 @@ def return_freed_memory() -> bool:
         return False
 
 
-def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: Optional[str] = "info") -> None:
+def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: str | None = "info") -> None:
     """Run ``app`` with uvicorn until interrupted."""
     import uvicorn
 
@@ -423,8 +473,9 @@ def serve(app, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, log_level: Op
 
 
 @contextmanager
-def running_server(app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0,
-                   header_timeout: float = HEADER_TIMEOUT_S) -> Iterator[str]:
+def running_server(
+    app, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0, header_timeout: float = HEADER_TIMEOUT_S
+) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a background thread; yields its base URL (port 0: a free one)."""
     import uvicorn
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import io
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -88,7 +88,11 @@ def model_tasks(outputs: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def heatmaps(
-    model: nn.Module, image: torch.Tensor, chosen: Mapping[str, int], mean: tuple, std: tuple,
+    model: nn.Module,
+    image: torch.Tensor,
+    chosen: Mapping[str, int],
+    mean: tuple,
+    std: tuple,
 ) -> dict[str, np.ndarray]:
     """Heatmaps (H, W, 3 uint8 RGB, the map over the image) of ``image`` (C, H, W, normalised) per task.
 
@@ -120,4 +124,3 @@ def png_data_uri(rgb: np.ndarray, min_side: int = MIN_DISPLAY_SIDE) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
-

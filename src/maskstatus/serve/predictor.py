@@ -20,21 +20,29 @@ import io
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Optional, Sequence, cast
+from typing import BinaryIO, cast
 
 import cv2
 import numpy as np
 
-from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, shared_detector
-from ..defaults import DECODE_MIN_SIDE, DEFAULT_MAX_PIXELS
-from ..data.images import (MAX_IMAGE_PIXELS, ImageError, ImageFormatError, ImageTooLarge, accepted_formats, load_rgb,
-                           probe_image)
 from ..choices import check_accelerator_available, check_backend
+from ..data.faces import Box, FaceCrop, FaceDetector, cache_aspect, crop_face, shared_detector
+from ..data.images import (
+    MAX_IMAGE_PIXELS,
+    ImageError,
+    ImageFormatError,
+    ImageTooLarge,
+    accepted_formats,
+    load_rgb,
+    probe_image,
+)
+from ..defaults import DECODE_MIN_SIDE, DEFAULT_MAX_PIXELS
+from ..errors import UsageError
 from ..infer.pipeline import Backend, Pipeline, model_inputs
 from ..infer.tta import TTA, tta_views
-from ..errors import UsageError
 from ..labels import AGE_NAMES, DEFAULT_AGE_THRESHOLDS, GENDER_NAMES, MASK_NAMES, TASKS, decode, split_class_probs
 from .gradcam import heatmaps, png_data_uri
 
@@ -49,14 +57,14 @@ DETECT_MAX_SIDE = 1600
 class BadImage(ValueError):
     """An upload the server will not decode; ``reason`` is shown to the client with HTTP ``status``."""
 
-    def __init__(self, reason: str, status: int = 422, filename: Optional[str] = None) -> None:
+    def __init__(self, reason: str, status: int = 422, filename: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.filename = filename
 
 
-def _heif_brand(head: bytes) -> Optional[str]:
+def _heif_brand(head: bytes) -> str | None:
     """'HEIC' (or AVIF...) for an ISO media file, which PIL cannot open without a plugin, so it can be named."""
     if head[4:8] != b"ftyp":
         return None
@@ -64,8 +72,7 @@ def _heif_brand(head: bytes) -> Optional[str]:
     return "AVIF" if brand.startswith("avi") else "HEIC" if brand.startswith(("hei", "hev", "mif")) else None
 
 
-def probe_upload(file: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 min_side: Optional[int] = DECODE_MIN_SIDE) -> int:
+def probe_upload(file: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = DECODE_MIN_SIDE) -> int:
     """Pixels that decoding an uploaded file will hold, read from its header (a decompression bomb costs nothing).
 
     Raises BadImage: 422 not an image, 415 a format not in ``IMAGE_FORMATS``, 413 more than ``max_pixels``.
@@ -84,8 +91,11 @@ def probe_upload(file: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
     except ImageError as err:
         brand = _heif_brand(head)
         if brand is not None:
-            raise BadImage(f"{brand} images are not accepted (PIL cannot decode them); accepted formats: "
-                           f"{', '.join(accepted_formats())}", 415) from None
+            raise BadImage(
+                f"{brand} images are not accepted (PIL cannot decode them); accepted formats: "
+                f"{', '.join(accepted_formats())}",
+                415,
+            ) from None
         raise BadImage(err.reason) from None
     if pixels > max_pixels:
         decoded = "" if pixels == width * height else f" decoded at reduced size to {pixels} pixels"
@@ -93,8 +103,9 @@ def probe_upload(file: BinaryIO, max_pixels: int = DEFAULT_MAX_PIXELS,
     return pixels
 
 
-def decode_upload(file: BinaryIO | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
-                  min_side: Optional[int] = DECODE_MIN_SIDE) -> np.ndarray:
+def decode_upload(
+    file: BinaryIO | bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = DECODE_MIN_SIDE
+) -> np.ndarray:
     """An uploaded file -> (H, W, 3) uint8 RGB, decoded as ``load_rgb`` decodes a file (JPEGs over twice
     ``min_side`` at reduced size), after ``probe_upload``'s checks."""
     if isinstance(file, bytes):
@@ -112,15 +123,19 @@ def decode_upload(file: BinaryIO | bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
 def check_max_pixels(max_pixels: int) -> None:
     """--max-pixels must be positive and within the decoder's hard cap, which would refuse the images anyway."""
     if not 0 < max_pixels <= MAX_IMAGE_PIXELS:
-        raise UsageError(f"--max-pixels {max_pixels}: give a number of pixels from 1 to {MAX_IMAGE_PIXELS} "
-                         "(images.MAX_IMAGE_PIXELS, the most any image may have)")
+        raise UsageError(
+            f"--max-pixels {max_pixels}: give a number of pixels from 1 to {MAX_IMAGE_PIXELS} "
+            "(images.MAX_IMAGE_PIXELS, the most any image may have)"
+        )
 
 
 def check_tta_names(names: Sequence[str]) -> None:
     unknown = [n for n in names if n not in TTA]
     if unknown:
-        raise UsageError(f"--tta {', '.join(map(repr, unknown))}: unknown test-time augmentation; known: "
-                         f"{', '.join(TTA.names())}, or 'none'")
+        raise UsageError(
+            f"--tta {', '.join(map(repr, unknown))}: unknown test-time augmentation; known: "
+            f"{', '.join(TTA.names())}, or 'none'"
+        )
 
 
 class BoundedDetector:
@@ -136,8 +151,16 @@ class BoundedDetector:
         if scale >= 1:
             return self.detector.detect(image)
         small = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
-        return [Box(max(0, round(b.left / scale)), max(0, round(b.top / scale)), min(w, round(b.right / scale)),
-                    min(h, round(b.bottom / scale)), b.score) for b in self.detector.detect(small)]
+        return [
+            Box(
+                max(0, round(b.left / scale)),
+                max(0, round(b.top / scale)),
+                min(w, round(b.right / scale)),
+                min(h, round(b.bottom / scale)),
+                b.score,
+            )
+            for b in self.detector.detect(small)
+        ]
 
 
 @dataclass
@@ -185,12 +208,12 @@ class Predictor:
         sources: Sequence[Path | str],
         checkpoint: str = "best",
         accelerator: str = "auto",
-        tta: Optional[Sequence[str]] = None,
+        tta: Sequence[str] | None = None,
         face_crop: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
-        batch_size: Optional[int] = None,
+        batch_size: int | None = None,
         backend: str = "torch",
-        onnx_dir: Optional[Path | str] = None,
+        onnx_dir: Path | str | None = None,
     ) -> None:
         if not sources:
             raise ValueError("serve needs at least one run or CV folder")
@@ -206,8 +229,9 @@ class Predictor:
         self.max_pixels = max_pixels
         self.batch_size = batch_size
         # Grad-CAM needs gradients, so with ONNX answering the PyTorch models are kept for ``explain``.
-        self.pipeline = Pipeline.load(self.sources, checkpoint, cast(Backend, backend), onnx_dir, accelerator,
-                                      keep_torch=True)
+        self.pipeline = Pipeline.load(
+            self.sources, checkpoint, cast(Backend, backend), onnx_dir, accelerator, keep_torch=True
+        )
         self.pipeline.prepare_all()  # at start-up, not on the first request
         self.members = self.pipeline.members
         self.fabric = self.pipeline.fabric
@@ -222,8 +246,13 @@ class Predictor:
         # The scored age groups; the members of an ensemble are scored alike, so the first run's hold.
         self.age_ranges = first.data.age.thresholds().names()
         self.lock = threading.Lock()
-        logger.info("serving %d model(s) from %s on %s (%s)", self.model_count, ", ".join(map(str, self.sources)),
-                    self.fabric.device, "ONNX Runtime" if backend == "onnx" else "PyTorch")
+        logger.info(
+            "serving %d model(s) from %s on %s (%s)",
+            self.model_count,
+            ", ".join(map(str, self.sources)),
+            self.fabric.device,
+            "ONNX Runtime" if backend == "onnx" else "PyTorch",
+        )
 
     @property
     def model_count(self) -> int:

@@ -34,22 +34,32 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import pandas as pd
 
+from ..choices import check_accelerator_available
 from ..config import Config, ConfigError, load_config, save_config
 from ..data.folds import attach_folds, make_folds, read_folds
-from ..choices import check_accelerator_available
+from ..data.tables import load_train_table
 from ..errors import DataError, RunError, RunNotFoundError, UsageError
 from ..labels import PROB_COLUMNS
+from ..runs import (
+    CV_CONFIG,
+    CV_METRICS,
+    FOLDS,
+    OOF,
+    RunDir,
+    atomic_write_csv,
+    atomic_write_text,
+    load_checkpoint,
+    new_run_dir,
+)
 from ..scoring.metrics import model_metrics
 from ..scoring.score import oof_interval, scored_scope
-from ..runs import (CV_CONFIG, CV_METRICS, FOLDS, OOF, RunDir, atomic_write_csv, atomic_write_text,
-                    load_checkpoint, new_run_dir)
-from ..data.tables import load_train_table
 from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
@@ -70,7 +80,7 @@ class CVResult:
     ci: dict[str, Any] = field(default_factory=dict)
 
 
-def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[Path | str] = None) -> CVResult:
+def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str | None = None) -> CVResult:
     """Train the given folds (default: all of range(cfg.split.folds)) on one shared fold assignment.
 
     With `resume`, continue that CV folder: its saved config is used with the caller's `train`
@@ -87,8 +97,10 @@ def run_cv(cfg: Config, folds: Optional[Sequence[int]] = None, resume: Optional[
         check_train_outputs(cfg, cv_dir)
     else:
         if not cfg.split.holdout:
-            raise ConfigError("split.holdout=false trains on every person, so a CV has no folds to hold out: "
-                              "use maskstatus train for that final model")
+            raise ConfigError(
+                "split.holdout=false trains on every person, so a CV has no folds to hold out: "
+                "use maskstatus train for that final model"
+            )
         todo = fold_list(cfg, folds)
         # Each fold's train() checks it too, but only after this folder exists.
         check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
@@ -125,8 +137,9 @@ def _train_folds(cfg: Config, cv_dir: Path, todo: Sequence[int]) -> None:
             # place; the new run is preferred because it will hold weights (and predict skips the old one).
             logger.info("fold %d of %d: training", k, cfg.split.folds)
             result = train(fold_cfg)
-        logger.info("fold %d: best val macro F1 %.4f at epoch %d (%s)", k, result.best_f1, result.best_epoch,
-                    result.run_dir)
+        logger.info(
+            "fold %d: best val macro F1 %.4f at epoch %d (%s)", k, result.best_f1, result.best_epoch, result.run_dir
+        )
 
 
 def _check_resume_epochs(cv_dir: Path, cfg: Config) -> None:
@@ -147,7 +160,7 @@ def _check_resume_epochs(cv_dir: Path, cfg: Config) -> None:
         )
 
 
-def fold_list(cfg: Config, folds: Optional[Sequence[int]]) -> list[int]:
+def fold_list(cfg: Config, folds: Sequence[int] | None) -> list[int]:
     if folds is None:
         return list(range(cfg.split.folds))
     todo = [int(k) for k in folds]
@@ -174,7 +187,9 @@ def _make_cv_folds(cfg: Config) -> pd.DataFrame:
         folds = read_folds(cfg.split.folds_file)
         bad = sorted(set(folds["fold"].astype(int)) - set(range(cfg.split.folds)))
         if bad:
-            raise DataError.one(cfg.split.folds_file, f"fold numbers {bad} outside 0..{cfg.split.folds - 1} (split.folds)")
+            raise DataError.one(
+                cfg.split.folds_file, f"fold numbers {bad} outside 0..{cfg.split.folds - 1} (split.folds)"
+            )
         return folds
     # Every image decoded once here, before the CV folder is made; the folds' own runs then leave it to their cache.
     table = load_train_table(cfg, check_images=cfg.data.check_images)
@@ -188,7 +203,7 @@ def _fold_config(cfg: Config, k: int, cv_dir: Path) -> Config:
     return cfg.model_copy(update={"split": split, "output_dir": cv_dir, "name": f"fold{k}"})
 
 
-def fold_run(cv_dir: Path, k: int) -> Optional[Path]:
+def fold_run(cv_dir: Path, k: int) -> Path | None:
     """The run folder of fold k in the CV folder, or None; should there be several, the newest with weights."""
     # Names end in a timestamp (plus -N on a clash), so name order is age order.
     runs = sorted((p for p in cv_dir.glob(f"fold{k}-*") if RunDir(p).config.is_file()), key=lambda p: p.name)
@@ -198,7 +213,7 @@ def fold_run(cv_dir: Path, k: int) -> Optional[Path]:
     return runs[-1] if runs else None
 
 
-def _finished_state(run: Path, cfg: Config) -> Optional[dict[str, Any]]:
+def _finished_state(run: Path, cfg: Config) -> dict[str, Any] | None:
     """The run's last checkpoint if it trained all cfg.train.epochs or stopped early, else None.
 
     Judged on last.pt because it is the last file an epoch writes: metrics.csv or oof.csv can be
@@ -232,14 +247,16 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
         oof = pd.read_csv(oof_path, dtype={"person_id": str, "stem": str})
         fold_runs.append(run)
         parts.append(oof)
-        per_fold.append({
-            "fold": k,
-            "run": run.name,
-            "best_f1": float(state["best_f1"]),
-            "best_epoch": int(state["best_epoch"]),
-            "epochs_run": int(state["epoch"]) + 1,
-            "images": len(oof),
-        })
+        per_fold.append(
+            {
+                "fold": k,
+                "run": run.name,
+                "best_f1": float(state["best_f1"]),
+                "best_epoch": int(state["best_epoch"]),
+                "epochs_run": int(state["epoch"]) + 1,
+                "images": len(oof),
+            }
+        )
     if not parts:
         raise RunError(f"no finished fold run in {cv_dir}")
 
@@ -248,8 +265,9 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
         dup = oof.loc[oof["image_path"].duplicated(), "image_path"].tolist()[:5]
         raise RunError(f"{cv_dir}: images predicted by more than one fold run, e.g. {dup}")
     # Scored as the fold runs were: a per-task model on its tasks, a cascade expert on its mask states.
-    metrics = model_metrics(oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks,
-                            cfg.data.mask_codes())
+    metrics = model_metrics(
+        oof[list(PROB_COLUMNS)].to_numpy(), oof["label"].to_numpy(), cfg.model.tasks, cfg.data.mask_codes()
+    )
     interval = oof_interval(oof, *scored_scope(cfg)).to_dict()
     ci = {k: interval[k] for k in ("level", "n_boot", "seed", "people")} | interval["ci"]
     complete = len(per_fold) == cfg.split.folds

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..config import load_config
 from ..defaults import DEFAULT_SEED, DEMO_DIR, DEMO_PEOPLE
@@ -22,8 +22,9 @@ class DemoResult:
     eval_acc: float
 
 
-def run_demo(out_dir: Path | str = DEMO_DIR, people: int = DEMO_PEOPLE, seed: int = DEFAULT_SEED,
-             overrides: Sequence[str] = ()) -> DemoResult:
+def run_demo(
+    out_dir: Path | str = DEMO_DIR, people: int = DEMO_PEOPLE, seed: int = DEFAULT_SEED, overrides: Sequence[str] = ()
+) -> DemoResult:
     out_dir = Path(out_dir)
     # The overrides are checked before the data is drawn and torch and sklearn imported (seconds), so a typo is
     # answered at once.

@@ -16,17 +16,18 @@ names them all with ``data.pseudo.probs: <out>/fold{fold}.probs.csv``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import pandas as pd
 
 from ..data.folds import FOLD_COLUMNS, IMAGE_FOLD_COLUMNS
 from ..errors import DataError, UsageError
+from ..infer.predict import predict
 from ..outputs import check_output, check_prediction_output, first_line
 from ..runs import FOLDS, atomic_write_csv
 from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
-from ..infer.predict import predict
 
 logger = logging.getLogger(__name__)
 
@@ -43,16 +44,19 @@ def _shared_folds(teachers: Sequence[Path]) -> pd.DataFrame:
     first = tables[0]
     for cv, t in zip(teachers[1:], tables[1:], strict=True):
         if not t.equals(first):
-            raise DataError.one(cv / CV_FOLDS, f"assigns people to folds differently from {teachers[0] / CV_FOLDS}; "
-                                "the fold-k teachers would have seen different people")
+            raise DataError.one(
+                cv / CV_FOLDS,
+                f"assigns people to folds differently from {teachers[0] / CV_FOLDS}; "
+                "the fold-k teachers would have seen different people",
+            )
     return first
 
 
 def fold_teacher_probs(
-    teachers: Sequence[Union[Path, str]],
-    data: Union[Path, str],
-    out_dir: Union[Path, str],
-    folds: Optional[Sequence[int]] = None,
+    teachers: Sequence[Path | str],
+    data: Path | str,
+    out_dir: Path | str,
+    folds: Sequence[int] | None = None,
     progress: bool = True,
     overwrite: bool = False,
     **predict_options: Any,
@@ -72,16 +76,25 @@ def fold_teacher_probs(
     fold_table = _shared_folds(teacher_dirs)
     todo = fold_list(load_cv_config(teacher_dirs[0]), folds)
     found_runs = {k: [fold_run(cv, k) for cv in teacher_dirs] for k in todo}
-    missing = [f"{cv} fold {k}" for k, found in found_runs.items()
-               for cv, run in zip(teacher_dirs, found, strict=True) if run is None]
+    missing = [
+        f"{cv} fold {k}"
+        for k, found in found_runs.items()
+        for cv, run in zip(teacher_dirs, found, strict=True)
+        if run is None
+    ]
     if missing:  # checked for every fold before predicting any, so nothing is half done
         raise FileNotFoundError(f"teacher fold runs not found: {', '.join(missing)}")
     runs = {k: [run for run in found if run is not None] for k, found in found_runs.items()}
 
     out_dir = Path(out_dir)
     inputs = [*teacher_dirs, data]
-    check_output(out_dir / FOLDS_COPY, command="pseudo-label", inputs=inputs, overwrite=overwrite,
-                 previous=lambda p: first_line(p) in (",".join(FOLD_COLUMNS), ",".join(IMAGE_FOLD_COLUMNS)))
+    check_output(
+        out_dir / FOLDS_COPY,
+        command="pseudo-label",
+        inputs=inputs,
+        overwrite=overwrite,
+        previous=lambda p: first_line(p) in (",".join(FOLD_COLUMNS), ",".join(IMAGE_FOLD_COLUMNS)),
+    )
     for k in todo:
         check_prediction_output(out_dir / f"fold{k}.csv", inputs, overwrite, command="pseudo-label")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -89,7 +102,8 @@ def fold_teacher_probs(
     written = []
     for k in todo:
         logger.info("fold %d: eval predictions of %s", k, ", ".join(str(r) for r in runs[k]))
-        _, probs = predict(runs[k], data, out_dir / f"fold{k}.csv", progress=progress, overwrite=True,
-                           **predict_options)
+        _, probs = predict(
+            runs[k], data, out_dir / f"fold{k}.csv", progress=progress, overwrite=True, **predict_options
+        )
         written.append(probs)
     return written

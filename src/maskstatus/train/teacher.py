@@ -50,14 +50,20 @@ def teacher_targets(
     missing = labelled[at[labelled] < 0]
     if len(missing):
         person, stem = table.iloc[missing[0]][KEY_COLUMNS]
-        raise DataError.one(source, f"the teacher has no prediction for {len(missing)} of the {len(labelled)} "
-                                    f"training images, e.g. person {person} {stem}: it must cover every person "
-                                    "trained on")
+        raise DataError.one(
+            source,
+            f"the teacher has no prediction for {len(missing)} of the {len(labelled)} "
+            f"training images, e.g. person {person} {stem}: it must cover every person "
+            "trained on",
+        )
     seen_val = int((at[np.asarray(val_rows)] >= 0).sum())
     if seen_val:
-        logger.warning("the teacher %s predicts %d validation images: if its models trained on these people, "
-                       "the validation score is optimistic (a nested CV over the training folds avoids it)",
-                       source, seen_val)
+        logger.warning(
+            "the teacher %s predicts %d validation images: if its models trained on these people, "
+            "the validation score is optimistic (a nested CV over the training folds avoids it)",
+            source,
+            seen_val,
+        )
 
     probs = np.full((len(table), NUM_CLASSES), np.nan, dtype=np.float32)
     years = np.full(len(table), np.nan, dtype=np.float32)
@@ -66,6 +72,7 @@ def teacher_targets(
     probs[found] = p / p.sum(axis=1, keepdims=True)
     if AGE_MEAN in oof.columns:
         years[found] = oof[AGE_MEAN].to_numpy(np.float32)[at[found]]
-    logger.info("teacher %s: soft targets for %d of %d training images", source, int(found[train_rows].sum()),
-                len(train_rows))
+    logger.info(
+        "teacher %s: soft targets for %d of %d training images", source, int(found[train_rows].sum()), len(train_rows)
+    )
     return {TEACHER_PROBS: probs, TEACHER_YEARS: years}

@@ -13,41 +13,48 @@ import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from lightning_fabric import Fabric
 from lightning_fabric.wrappers import _FabricModule
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from timm.utils import ModelEmaV3
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
 from tqdm.auto import tqdm
 
 from ..age import AGE_MEAN, AGE_SIGMA, AGE_YEARS, thresholds_cuts
+from ..choices import check_accelerator_available
 from ..config import Config, ConfigError, config_to_dict, load_config, save_config
 from ..data.cache import ImageCache, available_cores
 from ..data.dataset import FaceDataset, NamedCollate, table_targets, worker_init
 from ..data.faces import cache_loader
+from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.mix import mix_batch, mixed_loss
 from ..data.pseudo import PSEUDO_FOLD, pseudo_rows
 from ..data.sampling import WeightedEpochSampler, inverse_density_weights, inverse_frequency_weights
-from ..data.folds import attach_folds, make_folds, make_image_folds, read_folds, split_rows
 from ..data.tables import load_train_table
 from ..data.transforms import Prepare, batch_normalizer, build_train_eval, output_shape, split_prepare
-from ..choices import check_accelerator_available
 from ..errors import DataError, Problem, RunError
+from ..infer.evaluate import eval_loader, infer, loader_workers, normalize_on_device, sum_tensor
+from ..infer.grouping import FeatureCapture
 from ..labels import MASK_NAMES, PROB_COLUMNS, class_names
 from ..losses import build_loss, class_weights, with_class_weights
-from ..scoring.metrics import confusion, model_metrics, plot_confusion, plot_curves
-from ..infer.grouping import FeatureCapture
 from ..models import create_model, model_data_config
 from ..models.freeze import FrozenStages, freeze_stages
 from ..optim import EpochScheduler, build_optimizer, build_scheduler
 from ..outputs import check_writable
-from ..runs import (RunDir, atomic_save_torch, atomic_write_csv, load_checkpoint, new_run_dir, open_run_dir,
-                    remove_stale_temp_files)
-from ..infer.evaluate import eval_loader, infer, loader_workers, normalize_on_device, sum_tensor
+from ..runs import (
+    RunDir,
+    atomic_save_torch,
+    atomic_write_csv,
+    load_checkpoint,
+    new_run_dir,
+    open_run_dir,
+    remove_stale_temp_files,
+)
+from ..scoring.metrics import confusion, model_metrics, plot_confusion, plot_curves
 from .teacher import teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -143,8 +150,9 @@ def _train_loader(dataset: FaceDataset, cfg: Config, fabric: Fabric):
     return loader, sampler
 
 
-def _write_oof(run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.ndarray,
-               age_years: Optional[np.ndarray]) -> None:
+def _write_oof(
+    run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.ndarray, age_years: np.ndarray | None
+) -> None:
     oof = table.iloc[rows][["person_id", "stem", "image_path", "label", "fold"]].reset_index(drop=True)
     oof = pd.concat([oof, pd.DataFrame(probs, columns=PROB_COLUMNS)], axis=1)
     if age_years is not None:  # a regression head's years, so its age cut points can be tuned out of fold
@@ -152,7 +160,7 @@ def _write_oof(run: RunDir, table: pd.DataFrame, rows: np.ndarray, probs: np.nda
     atomic_write_csv(oof, run.oof, float_format="%.6f")
 
 
-def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
+def train(cfg: Config, resume: Path | str | None = None) -> TrainResult:
     """Train one fold as configured; with `resume`, continue that run from its last checkpoint."""
     if resume is not None:
         run = open_run_dir(resume)
@@ -169,7 +177,7 @@ def train(cfg: Config, resume: Optional[Path | str] = None) -> TrainResult:
     return fabric.launch(partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None))
 
 
-def check_train_outputs(cfg: Config, resume: Optional[Path | str] = None) -> None:
+def check_train_outputs(cfg: Config, resume: Path | str | None = None) -> None:
     """A read-only or full disk under the run (or the disk cache) fails now, not after the images are decoded."""
     check_writable(resume if resume is not None else cfg.output_dir, "--resume" if resume is not None else "output_dir")
     if cfg.cache.mode == "disk":
@@ -213,11 +221,18 @@ def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[
     scheduler.load_state_dict(state["scheduler"])  # after the optimizer: it sets the optimizer's lr
     saved_epochs = state.get("config", {}).get("train", {}).get("epochs", epochs)
     if saved_epochs != epochs:
-        logger.info("train.epochs changed from %d to %d: the learning-rate schedule is that of a %d-epoch run; "
-                    "epoch %d trains at lr %.3g", saved_epochs, epochs, epochs, len(history), scheduler.lr)
+        logger.info(
+            "train.epochs changed from %d to %d: the learning-rate schedule is that of a %d-epoch run; "
+            "epoch %d trains at lr %.3g",
+            saved_epochs,
+            epochs,
+            epochs,
+            len(history),
+            scheduler.lr,
+        )
 
 
-def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
+def _train(fabric: Fabric, cfg: Config, resume: str | None) -> TrainResult:
     fabric.seed_everything(cfg.seed)
     # Everything that can fail on a bad config, data or folds file runs before the run folder is made
     # (or a resumed run's config rewritten), so a failed start leaves nothing behind.
@@ -225,8 +240,10 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         data = _prepare_data(cfg, resume)
         parts = _build(fabric, cfg, data)
     except KeyboardInterrupt as exc:
-        raise TrainingInterrupted("before training started, with nothing written"
-                                  + (f"; {resume_hint(Path(resume))}" if resume is not None else "")) from exc
+        raise TrainingInterrupted(
+            "before training started, with nothing written"
+            + (f"; {resume_hint(Path(resume))}" if resume is not None else "")
+        ) from exc
     run = _open_run(fabric, cfg, data)
     progress = _restore(cfg, parts, data, run)
     saver = EpochSaver(fabric, run, cfg, data.table)
@@ -239,8 +256,9 @@ def _train(fabric: Fabric, cfg: Config, resume: Optional[str]) -> TrainResult:
         saver.abort()
         raise RunError(_diverged_message(exc, run)) from None
     saver.close(progress.history)
-    return TrainResult(run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history,
-                       fabric.is_global_zero)
+    return TrainResult(
+        run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history, fabric.is_global_zero
+    )
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -255,8 +273,10 @@ def resume_hint(run_root: Path) -> str:
     """How to continue an interrupted run: resume it if an epoch was saved, else start it again."""
     if RunDir(run_root).last.is_file():
         return f"continue with: maskstatus train --resume {run_root}"
-    return (f"{run_root} finished no epoch, so there is nothing to resume: train again with "
-            f"--config {RunDir(run_root).config} (and delete {run_root})")
+    return (
+        f"{run_root} finished no epoch, so there is nothing to resume: train again with "
+        f"--config {RunDir(run_root).config} (and delete {run_root})"
+    )
 
 
 class NonFiniteLoss(Exception):
@@ -269,16 +289,21 @@ class NonFiniteLoss(Exception):
 
 def _diverged_message(exc: NonFiniteLoss, run: RunDir) -> str:
     if run.last.is_file():
-        kept = (f"{run.root} keeps its last good checkpoint, epoch {exc.epoch - 1} (checkpoints/last.pt; best.pt "
-                f"as before); the non-finite weights were not saved")
+        kept = (
+            f"{run.root} keeps its last good checkpoint, epoch {exc.epoch - 1} (checkpoints/last.pt; best.pt "
+            f"as before); the non-finite weights were not saved"
+        )
     else:
         kept = f"no epoch finished, so {run.root} holds no checkpoint; the non-finite weights were not saved"
-    return (f"training diverged: {exc} (counting from 0). {kept}. Lower optimizer.lr, set train.grad_clip "
-            f"or check the loss settings, then train again")
+    return (
+        f"training diverged: {exc} (counting from 0). {kept}. Lower optimizer.lr, set train.grad_clip "
+        f"or check the loss settings, then train again"
+    )
 
 
-def _run_epochs(fabric: Fabric, cfg: Config, data: TrainData, parts: "TrainParts", progress: "Progress",
-                saver: "EpochSaver") -> int:
+def _run_epochs(
+    fabric: Fabric, cfg: Config, data: TrainData, parts: TrainParts, progress: Progress, saver: EpochSaver
+) -> int:
     """Train, validate and save each epoch from the start epoch on; returns the last epoch run."""
     epoch = progress.start_epoch - 1
     for epoch in range(progress.start_epoch, cfg.train.epochs):
@@ -292,17 +317,19 @@ def _run_epochs(fabric: Fabric, cfg: Config, data: TrainData, parts: "TrainParts
         val = _validate(fabric, parts, cfg, data.table, epoch) if parts.val_loader is not None else None
         lr = parts.scheduler.lr
         parts.scheduler.step(val.metrics["score"] if val else None)
-        improved = progress.record({
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train_loss,
-            **({"val_loss": val.loss, **{f"val_{k}": v for k, v in val.metrics.items()}} if val else {}),
-            "train_images": seen,
-            "train_time_s": train_time,
-            "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
-            # Wall clock (Unix seconds) of the epoch's training loop, to line it up with outside samplers (GPU use).
-            "train_start_time": started_at,
-        })
+        improved = progress.record(
+            {
+                "epoch": epoch,
+                "lr": lr,
+                "train_loss": train_loss,
+                **({"val_loss": val.loss, **{f"val_{k}": v for k, v in val.metrics.items()}} if val else {}),
+                "train_images": seen,
+                "train_time_s": train_time,
+                "train_images_per_s": seen / train_time if train_time > 0 else float("nan"),
+                # Wall clock (Unix seconds) of the epoch's training loop, to line it up with outside samplers (GPU use).
+                "train_start_time": started_at,
+            }
+        )
         saver.save(epoch, parts, progress, val, improved)
         _log_epoch(epoch, train_loss, val, improved)
         fabric.barrier()
@@ -312,14 +339,21 @@ def _run_epochs(fabric: Fabric, cfg: Config, data: TrainData, parts: "TrainParts
     return epoch
 
 
-def _log_epoch(epoch: int, train_loss: float, val: Optional["Validation"], improved: bool) -> None:
+def _log_epoch(epoch: int, train_loss: float, val: Validation | None, improved: bool) -> None:
     if val is None:
         logger.info("epoch %d: train_loss %.4f (no held-out fold)", epoch, train_loss)
         return
     m = val.metrics
     logger.info(
         "epoch %d: train_loss %.4f val_loss %.4f val_f1 %.4f (mask %.3f gender %.3f age %.3f) score %.4f%s",
-        epoch, train_loss, val.loss, m["f1"], m["mask_f1"], m["gender_f1"], m["age_f1"], m["score"],
+        epoch,
+        train_loss,
+        val.loss,
+        m["f1"],
+        m["mask_f1"],
+        m["gender_f1"],
+        m["age_f1"],
+        m["score"],
         " *" if improved else "",
     )
 
@@ -332,12 +366,12 @@ class TrainData:
     folds: pd.DataFrame
     train_rows: np.ndarray
     val_rows: np.ndarray
-    pseudo_record: Optional[pd.DataFrame] = None
-    run: Optional[RunDir] = None  # the resumed run; a new run's folder is made only after everything is built
-    resume_state: Optional[dict[str, Any]] = None
+    pseudo_record: pd.DataFrame | None = None
+    run: RunDir | None = None  # the resumed run; a new run's folder is made only after everything is built
+    resume_state: dict[str, Any] | None = None
 
 
-def _prepare_data(cfg: Config, resume: Optional[str]) -> TrainData:
+def _prepare_data(cfg: Config, resume: str | None) -> TrainData:
     run, resume_state = None, None
     if resume is not None:
         run = open_run_dir(resume)
@@ -354,8 +388,9 @@ def _prepare_data(cfg: Config, resume: Optional[str]) -> TrainData:
     if cfg.data.pseudo is not None:
         table, pseudo_record = _add_pseudo_labels(cfg, table)
     expert = len(cfg.data.mask_codes()) < len(MASK_NAMES)
-    train_rows, val_rows = split_rows(table, cfg.split.fold, cfg.data.age.drop_bands,
-                                      cfg.data.mask_codes() if expert else None, cfg.split.holdout)
+    train_rows, val_rows = split_rows(
+        table, cfg.split.fold, cfg.data.age.drop_bands, cfg.data.mask_codes() if expert else None, cfg.split.holdout
+    )
     if cfg.split.holdout:
         logger.info("fold %d: %d train images, %d validation images", cfg.split.fold, len(train_rows), len(val_rows))
     else:
@@ -370,7 +405,7 @@ class TrainParts:
     cache: ImageCache
     raw_model: torch.nn.Module  # the module itself: state dicts, EMA updates
     model: _FabricModule  # the same module as set up by Fabric: forward and backward
-    ema: Optional[ModelEmaV3]
+    ema: ModelEmaV3 | None
     loss_fn: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: EpochScheduler
@@ -378,7 +413,7 @@ class TrainParts:
     train_set: FaceDataset
     train_loader: DataLoader
     train_sampler: Any
-    val_loader: Optional[DataLoader]  # None without a held-out fold (split.holdout=false)
+    val_loader: DataLoader | None  # None without a held-out fold (split.holdout=false)
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -386,7 +421,7 @@ class TrainParts:
         return self.ema.module if self.ema is not None else self.model
 
 
-def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame, prepare: Optional[Prepare]) -> ImageCache:
+def _fill_cache(fabric: Fabric, cfg: Config, table: pd.DataFrame, prepare: Prepare | None) -> ImageCache:
     cache = ImageCache(
         table["image_path"].tolist(),
         size=cfg.cache.size,
@@ -427,12 +462,20 @@ def check_tensor_shapes(cache: ImageCache, loaders: dict[str, tuple[np.ndarray, 
         for hw, shape in shapes.items():
             counts[shape] = counts.get(shape, 0) + len(by_size[hw])
         common = max(counts, key=counts.__getitem__)
-        problems += [Problem(cache.paths[row], f"{hw[0]}x{hw[1]} image makes a {shape} {name} tensor, not {common}")
-                     for hw, shape in shapes.items() if shape != common for row in by_size[hw]]
+        problems += [
+            Problem(cache.paths[row], f"{hw[0]}x{hw[1]} image makes a {shape} {name} tensor, not {common}")
+            for hw, shape in shapes.items()
+            if shape != common
+            for row in by_size[hw]
+        ]
     if problems:
-        raise DataError(problems, f"{len(cache)} images", note="images of different sizes: set cache.size=[height, "
-                                                               "width] or end transforms.train and transforms.eval "
-                                                               "with a Resize")
+        raise DataError(
+            problems,
+            f"{len(cache)} images",
+            note="images of different sizes: set cache.size=[height, "
+            "width] or end transforms.train and transforms.eval "
+            "with a Resize",
+        )
 
 
 def _tensor_shape(pipeline: Any, hw: tuple[int, int]) -> str:
@@ -466,14 +509,17 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     train_set = FaceDataset(cache, train_rows, train_tf, train_targets, seed=cfg.seed, normalize=train_norm)
     val_set = FaceDataset(cache, data.val_rows, eval_tf, table_targets(table), seed=cfg.seed, normalize=eval_norm)
     train_loader, train_sampler = _train_loader(train_set, cfg, fabric)
-    val_loader = eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric) if len(val_set) else None
+    val_loader = (
+        eval_loader(val_set, cfg.train.eval_batch_size, cfg.train.num_workers, fabric) if len(val_set) else None
+    )
 
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_cfg = cfg.loss
     if loss_cfg.class_weights != "none":
-        weights = class_weights({k: v[train_rows] for k, v in train_targets.items()}, model.output_keys,
-                                loss_cfg.class_weights)
+        weights = class_weights(
+            {k: v[train_rows] for k, v in train_targets.items()}, model.output_keys, loss_cfg.class_weights
+        )
         loss_cfg = with_class_weights(loss_cfg, weights)
     loss_fn = build_loss(loss_cfg, model.output_keys)
     # The optimizer sees every parameter, frozen ones included, so unfreezing later needs no rebuild
@@ -482,8 +528,10 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
     scheduler = build_scheduler(optimizer, cfg.scheduler, cfg.train.epochs)
     frozen = freeze_stages(model.backbone, cfg.train.freeze_stages)
     if frozen and cfg.train.unfreeze_epoch is not None and fabric.world_size > 1:
-        raise ConfigError("train.unfreeze_epoch is not supported with more than one process (DDP fixes the "
-                          "trained parameters when it wraps the model); freeze without unfreezing, or use one device")
+        raise ConfigError(
+            "train.unfreeze_epoch is not supported with more than one process (DDP fixes the "
+            "trained parameters when it wraps the model); freeze without unfreezing, or use one device"
+        )
     raw_model = model  # state dicts and EMA updates read the plain module, never the compiled one
     to_set_up: torch.nn.Module = model
     if cfg.train.compile:
@@ -492,10 +540,25 @@ def _build(fabric: Fabric, cfg: Config, data: TrainData) -> TrainParts:
         to_set_up = compiled
     fabric_model, optimizer = fabric.setup(to_set_up, optimizer)
     # Without warmup, decay 0.999 over a few hundred steps keeps most of the initial weights (0.999^700 ~ 0.5).
-    ema = (ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
-           if cfg.train.ema_decay else None)
-    return TrainParts(cache, raw_model, fabric_model, ema, loss_fn, optimizer, scheduler, frozen, train_set, train_loader,
-                      train_sampler, val_loader)
+    ema = (
+        ModelEmaV3(raw_model, decay=cfg.train.ema_decay, use_warmup=cfg.train.ema_warmup)
+        if cfg.train.ema_decay
+        else None
+    )
+    return TrainParts(
+        cache,
+        raw_model,
+        fabric_model,
+        ema,
+        loss_fn,
+        optimizer,
+        scheduler,
+        frozen,
+        train_set,
+        train_loader,
+        train_sampler,
+        val_loader,
+    )
 
 
 def _open_run(fabric: Fabric, cfg: Config, data: TrainData) -> RunDir:
@@ -521,8 +584,12 @@ def log_removed_temp_files(folder: Path) -> None:
     """Remove (and name) the temp files of saves a kill interrupted in a run or CV folder being resumed."""
     removed = remove_stale_temp_files(folder)
     if removed:
-        logger.warning("removed %d temp file(s) of interrupted saves in %s: %s", len(removed), folder,
-                       ", ".join(str(p.relative_to(folder)) for p in removed))
+        logger.warning(
+            "removed %d temp file(s) of interrupted saves in %s: %s",
+            len(removed),
+            folder,
+            ", ".join(str(p.relative_to(folder)) for p in removed),
+        )
 
 
 @dataclass
@@ -558,16 +625,18 @@ def _restore(cfg: Config, parts: TrainParts, data: TrainData, run: RunDir) -> Pr
     if state is None:
         return Progress()
     start = state["epoch"] + 1
-    progress = Progress(start, state["best_f1"], state["best_epoch"],
-                        [h for h in state["history"] if h["epoch"] < start])
+    progress = Progress(
+        start, state["best_f1"], state["best_epoch"], [h for h in state["history"] if h["epoch"] < start]
+    )
     progress.stale = 0 if progress.best_epoch < 0 else max(0, start - 1 - progress.best_epoch)
     parts.raw_model.load_state_dict(state["model"])
     _resume_schedule(parts.scheduler, parts.optimizer, state, progress.history, cfg.train.epochs)
     _set_rng_state(state["rng"])
     if parts.ema is not None:
         parts.ema.module.load_state_dict(state["ema"])
-    logger.info("resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start, progress.best_score,
-                progress.best_epoch)
+    logger.info(
+        "resuming %s at epoch %d (best F1 %.4f at epoch %d)", run.root, start, progress.best_score, progress.best_epoch
+    )
     return progress
 
 
@@ -576,7 +645,7 @@ class Validation:
     rows: np.ndarray
     probs: np.ndarray
     loss: float
-    years: Optional[np.ndarray]
+    years: np.ndarray | None
     metrics: dict[str, float]
 
 
@@ -584,8 +653,15 @@ def _validate(fabric: Fabric, parts: TrainParts, cfg: Config, table: pd.DataFram
     assert parts.val_loader is not None, "validation runs only with a held-out fold"
     # Validation predicts the way the run will predict (its TTA and grouping included), so OOF scores measure that.
     rows, probs, loss, years = infer(
-        fabric, parts.eval_model, parts.val_loader, parts.loss_fn, cfg.train.limit_val_batches, cfg.train.progress,
-        desc=f"val {epoch}", tta=cfg.predict.tta, age_cuts=thresholds_cuts(cfg.data.age.thresholds()),
+        fabric,
+        parts.eval_model,
+        parts.val_loader,
+        parts.loss_fn,
+        cfg.train.limit_val_batches,
+        cfg.train.progress,
+        desc=f"val {epoch}",
+        tta=cfg.predict.tta,
+        age_cuts=thresholds_cuts(cfg.data.age.thresholds()),
         grouping=cfg.predict.grouping if cfg.predict.group_people else None,
     )
     metrics = model_metrics(probs, table["label"].to_numpy()[rows], cfg.model.tasks, cfg.data.mask_codes())
@@ -607,8 +683,7 @@ class EpochSaver:
 
             self.tb = SummaryWriter(log_dir=str(run.tensorboard))
 
-    def save(self, epoch: int, parts: TrainParts, progress: Progress, val: Optional[Validation],
-             improved: bool) -> None:
+    def save(self, epoch: int, parts: TrainParts, progress: Progress, val: Validation | None, improved: bool) -> None:
         if not self.fabric.is_global_zero:
             return
         assert self.tb is not None  # made on rank 0
@@ -619,8 +694,15 @@ class EpochSaver:
         state = self._state(epoch, parts, progress)
         if improved:
             best_weights = state["ema"] if parts.ema is not None else state["model"]
-            atomic_save_torch({"model": best_weights, "epoch": epoch, "metrics": val.metrics if val else {},
-                               "config": state["config"]}, self.run.best)
+            atomic_save_torch(
+                {
+                    "model": best_weights,
+                    "epoch": epoch,
+                    "metrics": val.metrics if val else {},
+                    "config": state["config"],
+                },
+                self.run.best,
+            )
             if val is not None:
                 self._save_best_predictions(val)
         atomic_save_torch(state, self.run.last)
@@ -657,8 +739,11 @@ class EpochSaver:
         _write_oof(self.run, table, val.rows, val.probs, val.years)
         labels = table["label"].to_numpy()[val.rows]
         scored = np.isin(table["mask"].to_numpy()[val.rows], cfg.data.mask_codes())
-        plot_confusion(confusion(val.probs[scored], labels[scored]), self.run.plots / "confusion.png",
-                       class_names(cfg.data.age.thresholds()))
+        plot_confusion(
+            confusion(val.probs[scored], labels[scored]),
+            self.run.plots / "confusion.png",
+            class_names(cfg.data.age.thresholds()),
+        )
 
 
 def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> tuple[float, int]:
@@ -680,8 +765,13 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
     # own draws, so the result depends neither on num_workers nor on whether the run was resumed.
     torch.manual_seed(int(np.random.SeedSequence([cfg.seed, epoch, fabric.global_rank]).generate_state(1)[0]))
     mix_rng = np.random.default_rng([cfg.seed, epoch, fabric.global_rank, 1])
-    bar = tqdm(batches, total=steps, desc=f"train {epoch}", disable=not (cfg.train.progress and fabric.is_global_zero),
-               leave=False)
+    bar = tqdm(
+        batches,
+        total=steps,
+        desc=f"train {epoch}",
+        disable=not (cfg.train.progress and fabric.is_global_zero),
+        leave=False,
+    )
     optimizer.zero_grad(set_to_none=True)
     for i, batch in enumerate(bar):
         if i >= steps:
@@ -699,7 +789,9 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
             with fabric.autocast():
                 outputs = model(images)
             outputs = {k: v.float() for k, v in outputs.items()}
-            loss, _ = mixed_loss(parts.loss_fn, outputs, batch, mixed) if mixed is not None else parts.loss_fn(outputs, batch)
+            loss, _ = (
+                mixed_loss(parts.loss_fn, outputs, batch, mixed) if mixed is not None else parts.loss_fn(outputs, batch)
+            )
             fabric.backward(loss / accumulate)
         if step_now:
             if cfg.train.grad_clip:
@@ -720,8 +812,13 @@ def _train_epoch(fabric: Fabric, parts: TrainParts, cfg: Config, epoch: int) -> 
                 break
     total = sum_tensor(fabric, total) if fabric.world_size > 1 else total
     if not torch.isfinite(total) or first_bad >= 0:
-        raise NonFiniteLoss(epoch, int(first_bad), f"the training loss is {float(bad_loss)}" if first_bad >= 0 else
-                            "the training loss of another process is not finite")
+        raise NonFiniteLoss(
+            epoch,
+            int(first_bad),
+            f"the training loss is {float(bad_loss)}"
+            if first_bad >= 0
+            else "the training loss of another process is not finite",
+        )
     _check_finite_weights(parts, epoch, steps - 1)
     seen_all = seen * fabric.world_size
     return float(total) / max(seen_all, 1), seen_all
