@@ -68,3 +68,13 @@ def test_save_round_trip(tmp_path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_configs_validate(path):
     load_config(path)
+
+
+def test_the_config_types_of_mask_states_and_tasks_are_the_label_names():
+    from typing import get_args
+
+    from maskstatus.config import MaskState, Task
+    from maskstatus.labels import MASK_NAMES, TASKS
+
+    assert get_args(MaskState) == MASK_NAMES
+    assert get_args(Task) == tuple(TASKS)

@@ -10,13 +10,15 @@ imported anyway, before any model is loaded.
 from __future__ import annotations
 
 import importlib.util
+from typing import Literal, get_args
 
 from .errors import MaskstatusError, UsageError
 
 # What Fabric(accelerator=...) takes; gpu is cuda or mps, whichever there is.
-ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "cuda", "gpu", "mps", "tpu")
+Accelerator = Literal["auto", "cpu", "cuda", "gpu", "mps", "tpu"]
+ACCELERATORS: tuple[str, ...] = get_args(Accelerator)
 # What Fabric(precision=...) takes as a string (train.precision); the aliases 32, 16, bf16, 64 included.
-PRECISIONS: tuple[str, ...] = (
+Precision = Literal[
     "32-true",
     "16-mixed",
     "bf16-mixed",
@@ -29,7 +31,8 @@ PRECISIONS: tuple[str, ...] = (
     "16",
     "bf16",
     "64",
-)
+]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # The precisions prediction offers, and its backends (the PyTorch model, or its ONNX export).
 PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
@@ -37,7 +40,8 @@ BACKENDS: tuple[str, ...] = ("torch", "onnx")
 CHECKPOINTS: tuple[str, ...] = ("best", "last")
 VOTES: tuple[str, ...] = ("soft", "hard")
 # The test-time augmentations of infer.tta (predict.tta, --tta).
-TTA_NAMES: tuple[str, ...] = ("hflip", "shift")
+TtaName = Literal["hflip", "shift"]
+TTA_NAMES: tuple[str, ...] = get_args(TtaName)
 
 
 def check_backend(backend: str, accelerator: str, precision: str | None = None) -> None:

@@ -10,12 +10,12 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .choices import ACCELERATORS, PRECISIONS, TTA_NAMES
+from .choices import Accelerator, Precision, TtaName
 from .errors import ConfigError
 from .labels import MASK_NAMES, TASKS, AgeThresholds
 
@@ -44,6 +44,10 @@ def _finite_params(params: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"must be finite numbers, got {', '.join(found)}")
     return params
 
+
+# labels.MASK_NAMES and labels.TASKS as types, so that a list of them is checked (tests/test_config.py: they agree)
+MaskState = Literal["wear", "incorrect", "not_wear"]
+Task = Literal["mask", "gender", "age"]
 
 # One path component: a run folder is made as output_dir/<name>-<timestamp>, and '/', '..' or a leading '.'
 # would put it elsewhere (or hide it).
@@ -134,8 +138,8 @@ class DataConfig(_Section):
         AgeConfig(),
         description="age-group thresholds for scoring and for training labels, and age bands left out of training",
     )
-    mask_states: list[Literal["wear", "incorrect", "not_wear"]] = Field(
-        default_factory=lambda: list(MASK_NAMES),
+    mask_states: list[MaskState] = Field(
+        default_factory=lambda: list(get_args(MaskState)),
         description="train (and score) on faces of these mask states only: a cascade expert for gender/age",
     )
     pseudo: PseudoConfig | None = Field(
@@ -247,8 +251,8 @@ class ModelConfig(_Section):
         "one head per task (mask, gender, age), combined into the 18 "
         "classes",
     )
-    tasks: list[Literal["mask", "gender", "age"]] = Field(
-        default_factory=lambda: list(TASKS),
+    tasks: list[Task] = Field(
+        default_factory=lambda: list(get_args(Task)),
         description="tasks a multitask head predicts; a subset makes a per-task model, combined at predict time",
     )
     age_output: Literal["groups", "years", "distribution", "ordinal"] = Field(
@@ -413,10 +417,10 @@ class TrainConfig(_Section):
     num_workers: Literal["auto"] | Annotated[int, Field(ge=0)] = Field(
         0, description="DataLoader worker processes; auto: one per core of each process, less one for the process"
     )
-    accelerator: Literal[ACCELERATORS] = Field("auto", description="Fabric's accelerator: auto, cpu, cuda, gpu...")
+    accelerator: Accelerator = Field("auto", description="Fabric's accelerator: auto, cpu, cuda, gpu...")
     devices: int | str = Field(1, description="Fabric's devices: how many (or which) devices to train on")
     strategy: str = Field("auto", description="Fabric's strategy for several devices: auto, ddp...")
-    precision: Literal[PRECISIONS] = Field("32-true", description="Fabric's precision: 32-true, bf16-mixed...")
+    precision: Precision = Field("32-true", description="Fabric's precision: 32-true, bf16-mixed...")
     early_stopping_patience: int = Field(0, ge=0, description="epochs without macro-F1 gain before stopping; 0 = off")
     limit_train_batches: int | None = Field(
         None, ge=1, description="train on at most this many batches an epoch (quick checks; null: all)"
@@ -486,7 +490,7 @@ class GroupingConfig(_Section):
 
 
 class PredictConfig(_Section):
-    tta: list[Literal[TTA_NAMES]] = Field(
+    tta: list[TtaName] = Field(
         default_factory=list, description="test-time augmentations averaged with the plain view (after softmax)"
     )
     group_people: bool = Field(

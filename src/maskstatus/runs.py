@@ -151,7 +151,7 @@ def open_run_dir(path: Path | str) -> RunDir:
     return run
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(temp_path)`` for a temp file in the same folder, then rename it to ``path``.
 
     The rename is the commit: a crash never leaves half a file. Every file the project writes goes through here.

@@ -85,7 +85,7 @@ class ReportResult:
 def _class_intervals(
     labels: np.ndarray,
     preds: np.ndarray,
-    people: Sequence[str],
+    people: Sequence[str] | np.ndarray,
     samples: int = DEFAULT_BOOT,
     level: float = DEFAULT_LEVEL,
     seed: int = 0,
@@ -118,7 +118,7 @@ def _class_intervals(
 def per_class_table(
     labels: np.ndarray,
     preds: np.ndarray,
-    people: Sequence[str],
+    people: Sequence[str] | np.ndarray | pd.Series,
     thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS,
     level: float = DEFAULT_LEVEL,
     samples: int = DEFAULT_BOOT,
@@ -126,7 +126,7 @@ def per_class_table(
 ) -> pd.DataFrame:
     """Per class: support (images, people), precision, recall, F1 and their person-bootstrap intervals."""
     labels, preds = np.asarray(labels, dtype=np.int64), np.asarray(preds, dtype=np.int64)
-    people = pd.Series(people).astype(str).to_numpy()
+    person_ids = pd.Series(people).astype(str).to_numpy()
     tp = np.bincount(labels[labels == preds], minlength=NUM_CLASSES).astype(np.float64)
     true_n = np.bincount(labels, minlength=NUM_CLASSES).astype(np.float64)
     pred_n = np.bincount(preds, minlength=NUM_CLASSES).astype(np.float64)
@@ -134,13 +134,13 @@ def per_class_table(
         precision = np.where(pred_n > 0, tp / pred_n, 0.0)
         recall = np.where(true_n > 0, tp / true_n, 0.0)
         f1 = np.where(true_n + pred_n > 0, 2 * tp / (true_n + pred_n), 0.0)
-    ci = _class_intervals(labels, preds, people, samples, level, seed)
+    ci = _class_intervals(labels, preds, person_ids, samples, level, seed)
     table = pd.DataFrame(
         {
             "class": np.arange(NUM_CLASSES),
             "name": class_names(thresholds),
             "images": true_n.astype(np.int64),
-            "people": [len(set(people[labels == c])) for c in range(NUM_CLASSES)],
+            "people": [len(set(person_ids[labels == c])) for c in range(NUM_CLASSES)],
             "predicted": pred_n.astype(np.int64),
             "precision": precision,
             "precision_lo": ci["precision"][0],
@@ -210,7 +210,7 @@ def fold_scores(oof: pd.DataFrame) -> pd.DataFrame:
         m = compute_metrics(part[PROB_COLUMNS].to_numpy(dtype=np.float64), part["label"].to_numpy())
         rows.append(
             {
-                "fold": int(fold),
+                "fold": int(fold),  # type: ignore[arg-type]  # pandas types a group key as any scalar; folds are ints
                 "images": len(part),
                 "f1": m["f1"],
                 "acc": m["acc"],
@@ -285,8 +285,8 @@ def _curves_section(r: ReportResult) -> str:
         score = "val_f1" if "val_f1" in df and df["val_f1"].notna().any() else "val_score"
         if score in df:
             ax_f1.plot(df.index, df[score], color=colour, marker="o", ms=3, label=label)
-            best = df[score].idxmax()
-            ax_f1.plot([best], [df[score][best]], marker="*", ms=11, color=colour)
+            best = int(np.nanargmax(df[score].to_numpy(dtype=np.float64)))
+            ax_f1.plot([df.index[best]], [df[score].iloc[best]], marker="*", ms=11, color=colour)
         if "lr" in df:
             ax_lr.plot(df.index, df["lr"], color=colour, label=label)
             lrs.append(df["lr"].to_numpy(dtype=np.float64))
@@ -319,7 +319,9 @@ def _confusion_section(r: ReportResult) -> str:
     ]
     marginals = split_class_probs(probs / probs.sum(axis=1, keepdims=True))
     tasks = []
-    for task, codes, task_names in zip(TASKS, decode(labels), (MASK_NAMES, GENDER_NAMES, r.thresholds.names())):
+    for task, codes, task_names in zip(
+        TASKS, decode(labels), (MASK_NAMES, GENDER_NAMES, r.thresholds.names()), strict=True
+    ):
         k = TASKS[task]
         matrix = np.zeros((k, k), dtype=np.int64)
         np.add.at(matrix, (codes, marginals[task].argmax(axis=1)), 1)
@@ -345,6 +347,11 @@ def _score_text(iv: Interval, key: str) -> str:
     return f"{point:.4f}, {iv.level:.0%} interval {lo:.4f}-{hi:.4f}"
 
 
+def _rows(frame: pd.DataFrame) -> list[Any]:
+    """The frame's rows as named tuples, typed Any: pandas types every field as any scalar, whatever the column."""
+    return list(frame.itertuples(index=False))
+
+
 def _per_class_section(r: ReportResult) -> str:
     probs = r.oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
     iv = r.interval
@@ -362,7 +369,7 @@ def _per_class_section(r: ReportResult) -> str:
             _interval(t.recall, t.recall_lo, t.recall_hi),
             _interval(t.f1, t.f1_lo, t.f1_hi),
         ]
-        for t in table.rename(columns={"class": "class_"}).itertuples(index=False)
+        for t in _rows(table.rename(columns={"class": "class_"}))
     ]
     text = (
         f"Intervals: {iv.level:.0%} percentile intervals over {iv.n_boot} resamples of the "
@@ -370,7 +377,10 @@ def _per_class_section(r: ReportResult) -> str:
         f"drawn, not images). Macro F1 {_score_text(iv, 'f1')}."
     )
     weakest = table.sort_values("f1", kind="stable").head(3)
-    worst = H.note("Weakest classes: " + ", ".join(f"{n} (F1 {f:.2f})" for n, f in zip(weakest["name"], weakest["f1"])))
+    worst = H.note(
+        "Weakest classes: "
+        + ", ".join(f"{n} (F1 {f:.2f})" for n, f in zip(weakest["name"], weakest["f1"], strict=True))
+    )
     return (
         H.note(text)
         + worst
@@ -403,7 +413,7 @@ def _calibration_section(r: ReportResult) -> str:
     ax_n.set_xlabel("top-class probability")
     ax_n.set_ylabel("images")
     ax_n.set_title("images per bin", fontsize=10)
-    rows = [[f"{t.low:.1f}-{t.high:.1f}", int(t.images), t.confidence, t.accuracy] for t in table.itertuples()]
+    rows = [[f"{t.low:.1f}-{t.high:.1f}", int(t.images), t.confidence, t.accuracy] for t in _rows(table)]
     return (
         H.note("Points below the diagonal: the model is more sure than right (over-confident).")
         + '<div class="row">'
@@ -459,7 +469,7 @@ def _headroom_section(r: ReportResult) -> str:
         f"age error by {BAND_YEARS}-year band (MAE {found['age_mae']:.2f}, bias {found['age_bias']:+.2f})", fontsize=10
     )
     ax.legend(fontsize=8, loc="lower left")  # the young bands' bars rise above 0, the old ones' fall below
-    rows = [[b.band, int(b.people), int(b.images), b.mae, f"{b.bias:+.2f}"] for b in bands.itertuples()]
+    rows = [[b.band, int(b.people), int(b.images), b.mae, f"{b.bias:+.2f}"] for b in _rows(bands)]
     return (
         kpis
         + text
@@ -484,7 +494,7 @@ def _mistakes_section(r: ReportResult) -> str:
             H.thumbnail(w.image_path, (96, 128)),
             [f"{w.person_id} {w.stem}", f"true {names[w.label]}", f"pred {names[w.pred]} ({w.confidence:.2f})"],
         )
-        for w in wrong.itertuples(index=False)
+        for w in _rows(wrong)
     )
     return (
         H.note(
@@ -504,7 +514,7 @@ def _folds_section(r: ReportResult) -> str:
     if r.cv_summary:
         best = {int(f["fold"]): f for f in r.cv_summary.get("per_fold", [])}
     rows = []
-    for s in scores.itertuples(index=False):
+    for s in _rows(scores):
         f = best.get(int(s.fold), {})
         rows.append(
             [

@@ -82,8 +82,10 @@ def output_meanings(cfg: Config, keys: Sequence[str]) -> dict[str, dict[str, Any
         "age": (len(AGE_NAMES), f"logits over age groups {list(ages)} (codes 0..2)"),
         AGE_YEARS: (
             2,
-            "predicted age in years as a normal distribution: column 0 the mean, column 1 the spread "
-            "(standard deviation); the age-group probabilities are its mass between the age cut points",
+            (
+                "predicted age in years as a normal distribution: column 0 the mean, column 1 the spread "
+                "(standard deviation); the age-group probabilities are its mass between the age cut points"
+            ),
         ),
     }
     return {k: {"shape": ["batch", meaning[k][0]], "meaning": meaning[k][1]} for k in keys}

@@ -297,11 +297,11 @@ def _cache_key(cfg: Config) -> tuple:
 def model_inputs(run: LoadedRun, images: Sequence[str] | Sequence[np.ndarray]) -> list[torch.Tensor]:
     """The images (files, or decoded RGB arrays) as ``run``'s model sees them at prediction: decoded, sized,
     through ``transforms.eval`` and normalised; one (3, H, W) tensor each."""
-    cache = (
-        decode_images(run.cfg, [str(p) for p in images])
-        if all(isinstance(i, (str, Path)) for i in images)
-        else array_cache(run.cfg, images)
-    )  # type: ignore[arg-type]
+    paths = [str(i) for i in images if isinstance(i, (str, Path))]
+    arrays = [i for i in images if isinstance(i, np.ndarray)]
+    if paths and arrays:
+        raise TypeError("model_inputs: give image files or decoded arrays, not both")
+    cache = array_cache(run.cfg, arrays) if arrays else decode_images(run.cfg, paths)
     _, rest = _split_eval(run.cfg)
     norm = run.norm
     transform = build_transforms(rest, norm["mean"], norm["std"], "transforms.eval")

@@ -182,10 +182,10 @@ class Prediction:
                 "label": names[task][chosen[task]],
                 "code": int(chosen[task]),
                 "prob": float(marginals[task][chosen[task]]),
-                "probs": {n: float(p) for n, p in zip(names[task], marginals[task])},
+                "probs": {n: float(p) for n, p in zip(names[task], marginals[task], strict=True)},
             }
         out["age"]["range"] = self.age_ranges[age]
-        out["age"]["ranges"] = dict(zip(AGE_NAMES, self.age_ranges))
+        out["age"]["ranges"] = dict(zip(AGE_NAMES, self.age_ranges, strict=True))
         out["face"] = {
             "detected": self.crop.face is not None,
             "box": self.crop.face.as_list() if self.crop.face else None,
@@ -287,7 +287,7 @@ class Predictor:
         """Find the faces, then predict all images in one batch."""
         crops = [self.prepare(img) for img in images]
         probs = self.probs([c.image for c in crops])
-        return [Prediction(p, c, self.age_ranges) for p, c in zip(probs, crops)]
+        return [Prediction(p, c, self.age_ranges) for p, c in zip(probs, crops, strict=True)]
 
     def predict_timed(self, images: Sequence[np.ndarray]) -> tuple[list[Prediction], float]:
         start = time.perf_counter()
