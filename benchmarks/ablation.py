@@ -87,7 +87,7 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     from lightning_fabric import Fabric
 
     from maskstatus.scoring.oof import read_oof
-    from maskstatus.infer.predict import load_run, predict_outputs
+    from maskstatus.infer.pipeline import Pipeline, load_run
     from maskstatus.labels import PROB_COLUMNS
     from maskstatus.scoring.metrics import model_metrics
 
@@ -98,7 +98,7 @@ def _tta_row(row: dict, out_dir: Path) -> tuple[dict, dict]:
     scores, seconds, tables = {}, {}, {}
     for name, views in (("tta", list(row["tta"])), ("no_tta", [])):
         t0 = time.perf_counter()
-        probs = predict_outputs([run], oof, fabric, progress=False, tta=views)[0]
+        probs = Pipeline.of_runs([run], fabric).predict_files(oof["image_path"].tolist(), progress=False, tta=views)[0]
         seconds[name] = time.perf_counter() - t0
         scores[name] = model_metrics(probs, oof["label"].to_numpy(), run.cfg.model.tasks, run.cfg.data.mask_codes())
         tables[name] = oof.assign(**dict(zip(PROB_COLUMNS, probs.T)))

@@ -33,7 +33,8 @@ from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.scoring.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
 from maskstatus.train.cv import CVResult, run_cv  # noqa: E402
 from maskstatus.scoring.oof import read_oof  # noqa: E402
-from maskstatus.infer.predict import load_run, predict, predict_outputs  # noqa: E402
+from maskstatus.infer.pipeline import Pipeline  # noqa: E402
+from maskstatus.infer.predict import load_run, predict  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
 from maskstatus.scoring.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
@@ -79,7 +80,8 @@ def pooled_with_tta(result: CVResult, cfg: Config, views: list[str]) -> dict:
         oof = read_oof(run_dir)
         fabric = Fabric(accelerator="auto", devices=1, precision=run.cfg.train.precision)
         t0 = time.perf_counter()
-        probs, years = predict_outputs([run], oof, fabric, progress=False, tta=views)
+        pipeline = Pipeline.of_runs([run], fabric)
+        probs, years = pipeline.predict_files(oof["image_path"].tolist(), progress=False, tta=views)
         seconds += time.perf_counter() - t0
         oof = oof.assign(**dict(zip(PROB_COLUMNS, probs.T)))
         if years is not None:

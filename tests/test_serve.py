@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
 from maskstatus.infer.ensemble import expand_runs  # noqa: E402
-from maskstatus.infer.predict import load_run, predict_outputs  # noqa: E402
+from maskstatus.infer.pipeline import Pipeline, load_run  # noqa: E402
 from maskstatus.labels import TASKS, decode, split_class_probs  # noqa: E402
 from data_builders import png_header_only  # noqa: E402
 from maskstatus.serve.app import create_app  # noqa: E402
@@ -49,7 +49,9 @@ def reference_probs(cv_dir, paths):
 
     runs = [load_run(r) for r in expand_runs([cv_dir])]
     table = pd.DataFrame({"image_path": [str(p) for p in paths], "image_id": [p.name for p in paths]})
-    return predict_outputs([runs], table, Fabric(accelerator="cpu", devices=1), progress=False)[0]
+    return Pipeline.of_runs([runs], Fabric(accelerator="cpu", devices=1)).predict_files(
+        table["image_path"].tolist(), progress=False
+    )[0]
 
 
 def post(client, paths, url="/predict"):

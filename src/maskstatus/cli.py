@@ -454,6 +454,28 @@ def _weights_arg(text: str) -> list[float]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 1,2,1, got {text!r}") from None
 
 
+def _add_ensemble_outputs(s: argparse.ArgumentParser) -> None:
+    """ensemble's outputs: its OOF file, and a submission when it also predicts a folder."""
+    s.add_argument(
+        "--out-oof",
+        default=None,
+        metavar="FILE.csv",
+        help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)",
+    )
+    s.add_argument(
+        "--data",
+        default=None,
+        metavar="EVAL_DIR",
+        help="also predict this eval folder (or any folder of images), as predict does; needs --out",
+    )
+    s.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE.csv",
+        help="submission file for --data; the probabilities go to FILE.probs.csv beside it",
+    )
+
+
 def _add_ensemble(sub: Subparsers) -> None:
     s = sub.add_parser("ensemble", help="score an ensemble of runs out of fold; optionally predict eval images with it")
     s.add_argument(
@@ -478,24 +500,7 @@ def _add_ensemble(sub: Subparsers) -> None:
         help="soft: weighted mean of probabilities; hard: weighted majority of argmax classes, "
         "ties to the larger summed probability (default %(default)s)",
     )
-    s.add_argument(
-        "--out-oof",
-        default=None,
-        metavar="FILE.csv",
-        help="write the ensemble's OOF probabilities (the columns of a run's oof.csv)",
-    )
-    s.add_argument(
-        "--data",
-        default=None,
-        metavar="EVAL_DIR",
-        help="also predict this eval folder (or any folder of images), as predict does; needs --out",
-    )
-    s.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE.csv",
-        help="submission file for --data; the probabilities go to FILE.probs.csv beside it",
-    )
+    _add_ensemble_outputs(s)
     _add_overwrite(s, "the --out and --out-oof files")
     _add_prediction_options(s, only_with="--data")
     s.set_defaults(fn=_cmd_ensemble)
@@ -1034,6 +1039,19 @@ def _add_prediction_options(s: argparse.ArgumentParser, only_with: str | None = 
         default=defaults.DEFAULT_NUM_WORKERS,
         help=f"{pre}DataLoader workers, or auto: one per core less one (default %(default)s)",
     )
+    _add_backend_options(s, pre)
+    s.add_argument(
+        "--precision",
+        choices=PREDICT_PRECISIONS,
+        default=None,
+        help=f"{pre}torch backend: bf16-mixed is faster on GPUs and on CPUs with bf16 instructions, with "
+        "answers that differ from float32 on about 1%% of images (default: the run's train.precision)",
+    )
+    _add_view_options(s, pre)
+
+
+def _add_view_options(s: argparse.ArgumentParser, pre: str) -> None:
+    """What each image is predicted from: test-time views, and grouping the photos of one person."""
     s.add_argument(
         "--tta",
         action="append",
@@ -1042,14 +1060,6 @@ def _add_prediction_options(s: argparse.ArgumentParser, only_with: str | None = 
         metavar="NAME",
         help=f"{pre}test-time augmentation averaged with the plain view: hflip, shift (4 shifted views); "
         "repeat to add more, 'none' for none (default: each run's predict.tta)",
-    )
-    _add_backend_options(s, pre)
-    s.add_argument(
-        "--precision",
-        choices=PREDICT_PRECISIONS,
-        default=None,
-        help=f"{pre}torch backend: bf16-mixed is faster on GPUs and on CPUs with bf16 instructions, with "
-        "answers that differ from float32 on about 1%% of images (default: the run's train.precision)",
     )
     s.add_argument(
         "--group-people",
@@ -1060,6 +1070,26 @@ def _add_prediction_options(s: argparse.ArgumentParser, only_with: str | None = 
     )
 
 
+# In the order `maskstatus --help` lists them: data, training, prediction, scoring, serving, reports.
+COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
+    _add_demo_data,
+    _add_validate_data,
+    _add_train,
+    _add_cv,
+    _add_predict,
+    _add_export,
+    _add_ensemble,
+    _add_pseudo_label,
+    _add_demo,
+    _add_find_label_errors,
+    _add_tune_age,
+    _add_score,
+    _add_serve,
+    _add_eda,
+    _add_report,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="maskstatus",
@@ -1068,24 +1098,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    # In the order `maskstatus --help` lists them: data, training, prediction, scoring, serving, reports.
-    for add_command in (
-        _add_demo_data,
-        _add_validate_data,
-        _add_train,
-        _add_cv,
-        _add_predict,
-        _add_export,
-        _add_ensemble,
-        _add_pseudo_label,
-        _add_demo,
-        _add_find_label_errors,
-        _add_tune_age,
-        _add_score,
-        _add_serve,
-        _add_eda,
-        _add_report,
-    ):
+    for add_command in COMMANDS:
         add_command(sub)
     return p
 

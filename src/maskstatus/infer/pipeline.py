@@ -432,6 +432,12 @@ class Pipeline:
         members = load_members(sources, checkpoint, backend, onnx_dir, keep_torch)
         return cls(members, make_fabric(backend, accelerator, precision, members[0].runs[0].cfg, keep_torch))
 
+    @classmethod
+    def of_runs(cls, runs: Sequence[LoadedRun | Sequence[LoadedRun]], fabric: Fabric) -> Pipeline:
+        """Runs already loaded: each item is a run, or a list of runs (the folds of a CV folder) averaged into one
+        member."""
+        return cls([Member(None, [m] if isinstance(m, LoadedRun) else list(m)) for m in runs], fabric)
+
     @property
     def first(self) -> Config:
         """The first run's config: what the members of an ensemble share (scoring, face framing) comes from it."""
@@ -474,7 +480,11 @@ class Pipeline:
     ) -> RunOutput:
         """Ensemble probabilities (N, 18) of image files in order, and the predicted years (N, 2) or None.
 
-        Runs sharing an image size, face cropping and prepare steps share one decode of the files.
+        Members are combined by ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
+        overrides every run's ``predict.tta`` (``[]``: none), ``group_people`` its ``predict.group_people``;
+        None keeps each run's own. The years are the plain mean over every run that predicts them (TTA views
+        already averaged); they let pseudo labels carry an age in years for a regression head. Runs sharing an
+        image size, face cropping and prepare steps share one decode of the files.
         """
         caches: dict[tuple, ImageCache] = {}
 
@@ -491,31 +501,3 @@ class Pipeline:
     ) -> RunOutput:
         """As ``predict_files`` for images already decoded (RGB arrays, faces already found)."""
         return self._vote(lambda run: self.prepared(run).outputs(array_cache(run.cfg, images), batch_size, tta=tta))
-
-
-def predict_outputs(
-    runs: Sequence[LoadedRun | Sequence[LoadedRun]],
-    table: Any,
-    fabric: Fabric,
-    batch_size: int | None = None,
-    num_workers: int | str = 0,
-    progress: bool = True,
-    tta: Sequence[str] | None = None,
-    weights: Sequence[float] | None = None,
-    vote: Vote = "soft",
-    group_people: bool | None = None,
-) -> RunOutput:
-    """Ensemble 18-class probabilities in the order of ``table``'s ``image_path`` column, and the years or None.
-
-    Each member of ``runs`` is a run, or a list of runs (the folds of a CV folder)
-    whose probabilities are averaged into one member. Members are combined by
-    ``vote`` with ``weights`` (default equal; soft: the weighted mean). ``tta``
-    overrides every run's ``predict.tta`` (``[]``: none); None keeps each run's own.
-    ``group_people`` likewise overrides every run's ``predict.group_people``.
-    The years are the plain mean over every run that predicts them (TTA views already
-    averaged); they let pseudo labels carry an age in years for a regression head.
-    """
-    members = [Member(None, [m] if isinstance(m, LoadedRun) else list(m)) for m in runs]
-    return Pipeline(members, fabric).predict_files(
-        table["image_path"].tolist(), batch_size, num_workers, progress, tta, weights, vote, group_people
-    )

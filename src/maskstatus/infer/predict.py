@@ -24,7 +24,7 @@ from ..runs import atomic_write_csv
 from .ensemble import Vote, check_vote, normalize_weights
 
 # The run's pipeline lives in .pipeline (shared with serve and export); these names were found here first.
-from .pipeline import Backend, LoadedRun, Pipeline, decode_images, load_run, predict_outputs  # noqa: F401
+from .pipeline import Backend, LoadedRun, Pipeline, decode_images, load_run  # noqa: F401
 from .tta import tta_views
 
 logger = logging.getLogger(__name__)
