@@ -21,6 +21,8 @@ from . import defaults
 from .choices import ACCELERATORS, BACKENDS, CHECKPOINTS, PREDICT_PRECISIONS, TTA_NAMES, VOTES
 
 if TYPE_CHECKING:
+    from .config import Config
+
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -144,43 +146,45 @@ def _cmd_validate_data(args: argparse.Namespace) -> int:
 def _add_train(sub: Subparsers) -> None:
     s = sub.add_parser("train", help="train one fold; prints the run folder")
     s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/)")
-    s.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="RUN_DIR",
-        help="continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)",
-    )
-    _add_skip_bad(s)
-    s.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides, e.g. data.root=DIR train.epochs=3 model.backbone=resnet18",
+    _add_config_or_resume(
+        s,
+        "RUN_DIR",
+        "continue RUN_DIR from its last checkpoint, with its saved config (train.epochs=N extends it)",
+        "data.root=DIR train.epochs=3 model.backbone=resnet18",
     )
     s.set_defaults(fn=_cmd_train)
 
 
-def _add_skip_bad(s: argparse.ArgumentParser) -> None:
-    """--skip-bad of train and cv: the data.skip_bad override."""
+def _add_config_or_resume(s: argparse.ArgumentParser, folder: str, resume_help: str, example: str) -> None:
+    """train's and cv's way to a config: --config FILE or --resume FOLDER, --skip-bad, then key=value overrides."""
+    s.add_argument("--resume", type=Path, default=None, metavar=folder, help=resume_help)
     s.add_argument(
         "--skip-bad",
         action="store_true",
         help="leave bad files and rows out with a warning instead of stopping (data.skip_bad=true)",
     )
+    s.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
+
+
+def _config_or_resume(args: argparse.Namespace, folder: str, saved_config: Callable[[Path], Path]) -> Config:
+    """The config train or cv runs with: --config FILE with the overrides, or the saved config of the folder
+    --resume names (``saved_config`` finds it), whose train section alone the overrides may change."""
+    from .config import load_config
+
+    if (args.resume is None) == (args.config is None):
+        raise SystemExit(f"{args.command}: give either --config FILE or --resume {folder}")
+    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
+    if args.resume is None:
+        return load_config(args.config, overrides)
+    saved = saved_config(args.resume)
+    _check_resume_overrides(overrides, str(saved))
+    return load_config(saved, overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .runs import open_run_dir
 
-    if (args.resume is None) == (args.config is None):
-        raise SystemExit("train: give either --config FILE or --resume RUN_DIR")
-    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
-    if args.resume is not None:
-        _check_resume_overrides(overrides, f"{args.resume}/config.yaml")
-    # A resumed run starts from its own saved config; overrides then change its train section (e.g. epochs).
-    cfg = load_config(args.config if args.resume is None else open_run_dir(args.resume).config, overrides)
+    cfg = _config_or_resume(args, "RUN_DIR", lambda run: open_run_dir(run).config)
     from .train.trainer import train  # after the config is checked (see the top of this file)
 
     result = train(cfg, resume=args.resume)
@@ -251,35 +255,20 @@ def _add_cv(sub: Subparsers) -> None:
         metavar="0,1,...",
         help="train only these folds (default: all of split.folds); the OOF pools every finished fold",
     )
-    s.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        metavar="CV_DIR",
-        help="continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
+    _add_config_or_resume(
+        s,
+        "CV_DIR",
+        "continue CV_DIR with its saved config and split: finished folds are skipped, an interrupted "
         "fold continues from its last checkpoint (train.epochs=N extends every fold)",
-    )
-    _add_skip_bad(s)
-    s.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides, e.g. data.root=DIR split.folds=5 train.epochs=3",
+        "data.root=DIR split.folds=5 train.epochs=3",
     )
     s.set_defaults(fn=_cmd_cv)
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
-    from .config import load_config
     from .runs import CV_CONFIG
 
-    if (args.resume is None) == (args.config is None):
-        raise SystemExit("cv: give either --config FILE or --resume CV_DIR")
-    overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
-    if args.resume is not None:
-        _check_resume_overrides(overrides, f"{args.resume}/{CV_CONFIG}")
-    # Like train --resume: a resumed CV keeps its saved config; overrides then change its train section.
-    cfg = load_config(args.config if args.resume is None else args.resume / CV_CONFIG, overrides)
+    cfg = _config_or_resume(args, "CV_DIR", lambda cv: cv / CV_CONFIG)
     from .train.cv import run_cv  # after the config is checked (see the top of this file)
 
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
