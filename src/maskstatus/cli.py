@@ -166,9 +166,12 @@ def _add_config_or_resume(s: argparse.ArgumentParser, folder: str, resume_help: 
     s.add_argument("overrides", nargs="*", metavar="key=value", help=f"dotted overrides, e.g. {example}")
 
 
-def _config_or_resume(args: argparse.Namespace, folder: str, saved_config: Callable[[Path], Path]) -> Config:
-    """The config train or cv runs with: --config FILE with the overrides, or the saved config of the folder
-    --resume names (``saved_config`` finds it), whose train section alone the overrides may change."""
+def _config_or_resume(
+    args: argparse.Namespace, folder: str, config_file: str, check_folder: Callable[[Path], object] | None = None
+) -> Config:
+    """The config train or cv runs with: --config FILE with the overrides, or the ``config_file`` saved in the
+    folder --resume names (``check_folder`` refuses a folder that is not one), whose train section alone the
+    overrides may change."""
     from .config import load_config
 
     if (args.resume is None) == (args.config is None):
@@ -176,15 +179,17 @@ def _config_or_resume(args: argparse.Namespace, folder: str, saved_config: Calla
     overrides = [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])]
     if args.resume is None:
         return load_config(args.config, overrides)
-    saved = saved_config(args.resume)
-    _check_resume_overrides(overrides, str(saved))
+    saved = args.resume / config_file
+    _check_resume_overrides(overrides, str(saved))  # first: a wrong override is the mistake to name
+    if check_folder is not None:
+        check_folder(args.resume)
     return load_config(saved, overrides)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from .runs import open_run_dir
+    from .runs import RUN_CONFIG, open_run_dir
 
-    cfg = _config_or_resume(args, "RUN_DIR", lambda run: open_run_dir(run).config)
+    cfg = _config_or_resume(args, "RUN_DIR", RUN_CONFIG, open_run_dir)
     from .train.trainer import train  # after the config is checked (see the top of this file)
 
     result = train(cfg, resume=args.resume)
@@ -268,7 +273,7 @@ def _add_cv(sub: Subparsers) -> None:
 def _cmd_cv(args: argparse.Namespace) -> int:
     from .runs import CV_CONFIG
 
-    cfg = _config_or_resume(args, "CV_DIR", lambda cv: cv / CV_CONFIG)
+    cfg = _config_or_resume(args, "CV_DIR", CV_CONFIG)
     from .train.cv import run_cv  # after the config is checked (see the top of this file)
 
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
