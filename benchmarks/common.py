@@ -179,7 +179,7 @@ def run_configs(path: Path | str) -> dict[str, dict[str, Any]]:
     :func:`resolved_config` does for a result that trains from a config.
     """
     from maskstatus.config import load_config
-    from maskstatus.infer.ensemble import expand_runs
+    from maskstatus.runs import expand_runs
     from maskstatus.runs import RunDir
 
     return {run.name: resolved_config(load_config(RunDir(run).config)) for run in expand_runs([path])}

@@ -63,7 +63,8 @@ from lightning_fabric import Fabric  # noqa: E402
 from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.data.synthetic import make_demo_data, score_submission  # noqa: E402
 from maskstatus.infer.evaluate import loader_workers, normalize_on_device  # noqa: E402
-from maskstatus.infer.predict import decode_images, predict  # noqa: E402
+from maskstatus.infer.pipeline import decode_images  # noqa: E402
+from maskstatus.infer.predict import predict  # noqa: E402
 from maskstatus.train.trainer import train  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402
 

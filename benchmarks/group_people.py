@@ -40,7 +40,7 @@ from maskstatus.data.folds import attach_folds, read_folds  # noqa: E402
 from maskstatus.data.transforms import build_transforms  # noqa: E402
 from maskstatus.infer.evaluate import eval_loader, infer  # noqa: E402
 from maskstatus.scoring.oof import read_oof  # noqa: E402
-from maskstatus.infer.predict import load_run  # noqa: E402
+from maskstatus.infer.pipeline import load_run  # noqa: E402
 from maskstatus.data.tables import load_train_table  # noqa: E402
 from maskstatus.infer.tta import tta_views  # noqa: E402
 from maskstatus.infer.grouping import cluster_people, group_people, region_embedding  # noqa: E402

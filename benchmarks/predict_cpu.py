@@ -38,10 +38,11 @@ import torch  # noqa: E402
 from common import DEFAULT_DATA, commit, provenance, run_configs, write_report  # noqa: E402
 
 from maskstatus.data.cache import available_cores  # noqa: E402
-from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+from maskstatus.runs import expand_runs  # noqa: E402
 from maskstatus.infer.export import export  # noqa: E402
 from maskstatus.infer.onnx_model import OnnxModel, onnx_path  # noqa: E402
-from maskstatus.infer.predict import load_run, predict, read_images  # noqa: E402
+from maskstatus.infer.pipeline import load_run  # noqa: E402
+from maskstatus.infer.predict import predict, read_images  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

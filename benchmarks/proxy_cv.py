@@ -33,8 +33,8 @@ from maskstatus.config import Config, load_config  # noqa: E402
 from maskstatus.scoring.age_cuts import cross_fitted_metrics, tune_age_cuts  # noqa: E402
 from maskstatus.train.cv import CVResult, run_cv  # noqa: E402
 from maskstatus.scoring.oof import read_oof  # noqa: E402
-from maskstatus.infer.pipeline import Pipeline  # noqa: E402
-from maskstatus.infer.predict import load_run, predict  # noqa: E402
+from maskstatus.infer.pipeline import Pipeline, load_run  # noqa: E402
+from maskstatus.infer.predict import predict  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS  # noqa: E402
 from maskstatus.scoring.metrics import model_metrics  # noqa: E402
 from maskstatus.runs import RunDir  # noqa: E402

@@ -36,7 +36,7 @@ from common import commit, machine, run_configs  # noqa: E402
 
 from maskstatus.config import load_config  # noqa: E402
 from maskstatus.data.images import is_image_file  # noqa: E402
-from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+from maskstatus.runs import expand_runs  # noqa: E402
 
 KIND = "tool"  # rerun it on any config, run or commit (benchmarks/README.md lists every script)
 

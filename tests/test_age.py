@@ -11,7 +11,6 @@ from maskstatus.age import (
     AGE_MEAN,
     AGE_SIGMA,
     AGE_YEARS,
-    CUTS_FILE,
     group_probs,
     group_probs_np,
     oof_with_cuts,
@@ -21,6 +20,7 @@ from maskstatus.age import (
     write_cuts,
 )
 from maskstatus.cli import main as cli_main
+from maskstatus.runs import AGE_CUTS
 from maskstatus.config import ConfigError, load_config
 from maskstatus.scoring.age_cuts import cross_fitted_metrics, tune_age_cuts
 from maskstatus.infer.ensemble import ensemble_oof
@@ -111,8 +111,8 @@ def test_cut_file_round_trip_and_bad_file(tmp_path):
     assert read_cuts(tmp_path) is None
     write_cuts(tmp_path, {"cuts": [28.0, 56.5], "note": "x"})
     assert read_cuts(tmp_path) == (28.0, 56.5)
-    (tmp_path / CUTS_FILE).write_text(json.dumps({"cuts": [60, 30]}))
-    with pytest.raises(ValueError, match=CUTS_FILE):
+    (tmp_path / AGE_CUTS).write_text(json.dumps({"cuts": [60, 30]}))
+    with pytest.raises(ValueError, match=AGE_CUTS):
         read_cuts(tmp_path)
     with pytest.raises(ValueError, match="cut points"):
         write_cuts(tmp_path, {"cuts": [1]})
@@ -210,7 +210,7 @@ def test_regression_run_writes_years_and_tunes_its_cuts(years_run, demo_data, tm
     assert np.isfinite(metrics["val_f1"]).all() and np.isfinite(metrics["train_loss"]).all()
 
     result = tune_age_cuts(run.root, write=False)
-    assert not (run.root / CUTS_FILE).exists()
+    assert not (run.root / AGE_CUTS).exists()
     assert result["oof_f1_tuned"] >= result["oof_f1_default"]
     assert 0.0 <= result["oof_f1_cross_fitted"] <= 1.0
     assert result["images"] == len(oof)

@@ -20,7 +20,8 @@ from maskstatus.age import (
 from maskstatus.config import ConfigError, load_config
 from maskstatus.infer.export import export
 from maskstatus.infer.onnx_model import OnnxModel, onnx_path
-from maskstatus.infer.predict import load_run, predict
+from maskstatus.infer.pipeline import load_run
+from maskstatus.infer.predict import predict
 from maskstatus.train.trainer import train
 from maskstatus.infer.tta import average_view_probs
 from maskstatus.labels import PROB_COLUMNS, split_class_probs

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from maskstatus.cli import main
-from maskstatus.infer.ensemble import combine_probs, ensemble_oof, expand_runs
+from maskstatus.infer.ensemble import combine_probs, ensemble_oof
+from maskstatus.runs import expand_runs
 from maskstatus.infer.predict import predict
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.labels import NUM_CLASSES

@@ -15,7 +15,8 @@ from maskstatus.errors import RunError
 from maskstatus.infer import export as export_module
 from maskstatus.infer.export import export, export_run
 from maskstatus.infer.onnx_model import OnnxModel, onnx_path, sidecar_path
-from maskstatus.infer.predict import load_run, predict
+from maskstatus.infer.pipeline import load_run
+from maskstatus.infer.predict import predict
 from maskstatus.train.trainer import train
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.models import model_data_config

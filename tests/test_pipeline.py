@@ -14,7 +14,8 @@ from maskstatus.data.images import load_rgb
 from maskstatus.infer.export import export
 from maskstatus.infer.onnx_model import onnx_path, sidecar_path
 from maskstatus.infer.pipeline import Pipeline, model_inputs
-from maskstatus.infer.predict import load_run, predict
+from maskstatus.infer.pipeline import load_run
+from maskstatus.infer.predict import predict
 from maskstatus.labels import PROB_COLUMNS
 from maskstatus.runs import RunDir
 from maskstatus.train.trainer import train

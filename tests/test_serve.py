@@ -11,7 +11,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 from lightning_fabric import Fabric  # noqa: E402
 
-from maskstatus.infer.ensemble import expand_runs  # noqa: E402
+from maskstatus.runs import expand_runs  # noqa: E402
 from maskstatus.infer.pipeline import Pipeline, load_run  # noqa: E402
 from maskstatus.labels import TASKS, decode, split_class_probs  # noqa: E402
 from data_builders import png_header_only  # noqa: E402

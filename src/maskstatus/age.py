@@ -44,9 +44,6 @@ AGE_HEAD_SIZES = {AGE_YEARS: 2, AGE_BINS: AGE_BIN_COUNT, AGE_RANKS: AGE_BIN_COUN
 AGE_YEAR_HEADS = tuple(AGE_HEAD_SIZES)
 # Columns of an out-of-fold table holding a regression head's predicted years.
 AGE_MEAN, AGE_SIGMA = "age_mean", "age_sigma"
-# The tuned cut points, beside config.yaml (a run) or cv_config.yaml (a CV folder).
-CUTS_FILE = AGE_CUTS  # in a run or CV folder (runs names the layout)
-
 Cuts = tuple[float, float]
 
 
@@ -223,7 +220,7 @@ def oof_with_cuts(oof: pd.DataFrame, cuts: Sequence[float], source: str = "out-o
 def write_cuts(folder: Path | str, result: dict) -> Path:
     from .runs import atomic_write_text
 
-    path = Path(folder) / CUTS_FILE
+    path = Path(folder) / AGE_CUTS
     check_cuts(result["cuts"])
     atomic_write_text(path, json.dumps(result, indent=2) + "\n")
     return path
@@ -231,7 +228,7 @@ def write_cuts(folder: Path | str, result: dict) -> Path:
 
 def read_cuts(folder: Path | str) -> Cuts | None:
     """The tuned cut points stored in a run or CV folder, or None if it has none."""
-    path = Path(folder) / CUTS_FILE
+    path = Path(folder) / AGE_CUTS
     if not path.is_file():
         return None
     try:

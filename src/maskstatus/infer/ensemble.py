@@ -20,7 +20,6 @@ import pandas as pd
 from ..age import AGE_MEAN, AGE_SIGMA
 from ..errors import UsageError
 from ..labels import MASK_NAMES, NUM_CLASSES, PROB_COLUMNS, TASKS, split_class_probs
-from ..runs import expand_runs  # noqa: F401  (where importers of the ensemble code found it; it lives with the layout)
 from ..scoring.metrics import compute_metrics
 from ..scoring.oof import KEY_COLUMNS, member_config, read_oof
 

@@ -23,7 +23,6 @@ from ..runs import ONNX
 
 logger = logging.getLogger(__name__)
 
-ONNX_DIR = ONNX  # in a run folder (runs names the layout)
 INPUT_NAME = "image"
 # Bumped when the sidecar's meaning changes, so an old file is refused instead of misread.
 # 2: the sidecar carries the digests of the ONNX file, of the checkpoint and of itself.
@@ -41,7 +40,7 @@ SIDECAR_DIGEST = "sidecar_sha256"
 def onnx_path(run_dir: Path | str, checkpoint: str = "best", onnx_dir: Path | str | None = None) -> Path:
     """Where the export of ``run_dir``'s ``checkpoint`` lives: ``<run>/onnx/``, or ``<onnx_dir>/<run name>/``."""
     run_dir = Path(run_dir)
-    folder = run_dir / ONNX_DIR if onnx_dir is None else Path(onnx_dir) / run_dir.name
+    folder = run_dir / ONNX if onnx_dir is None else Path(onnx_dir) / run_dir.name
     return folder / f"{checkpoint}.onnx"
 
 

@@ -13,8 +13,7 @@ from .. import outputs
 from ..age import AGE_MEAN, AGE_SIGMA
 
 # The argument checks live where they need no torch (the command line runs them first); importers find them here too.
-from ..choices import BACKENDS, check_accelerator_available, check_backend  # noqa: F401
-from ..choices import PREDICT_PRECISIONS as PRECISIONS  # noqa: F401
+from ..choices import check_accelerator_available, check_backend
 from ..data.tables import eval_table, folder_table
 from ..errors import DataError, UsageError
 from ..labels import PROB_COLUMNS, decode
@@ -24,7 +23,7 @@ from ..runs import atomic_write_csv
 from .ensemble import Vote, check_vote, normalize_weights
 
 # The run's pipeline lives in .pipeline (shared with serve and export); these names were found here first.
-from .pipeline import Backend, LoadedRun, Pipeline, decode_images, load_run  # noqa: F401
+from .pipeline import Backend, Pipeline
 from .tta import tta_views
 
 logger = logging.getLogger(__name__)

@@ -64,10 +64,6 @@ from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_
 
 logger = logging.getLogger(__name__)
 
-# The CV folder's files (runs names the layout); these names are what the training code has always used.
-CV_FOLDS = FOLDS
-CV_OOF = OOF
-
 
 @dataclass
 class CVResult:
@@ -108,7 +104,7 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)
         save_config(cfg, cv_dir / CV_CONFIG)
-        atomic_write_csv(fold_table, cv_dir / CV_FOLDS)
+        atomic_write_csv(fold_table, cv_dir / FOLDS)
 
     try:
         _train_folds(cfg, cv_dir, todo)
@@ -199,7 +195,7 @@ def _make_cv_folds(cfg: Config) -> pd.DataFrame:
 
 
 def _fold_config(cfg: Config, k: int, cv_dir: Path) -> Config:
-    split = cfg.split.model_copy(update={"fold": k, "folds_file": cv_dir / CV_FOLDS})
+    split = cfg.split.model_copy(update={"fold": k, "folds_file": cv_dir / FOLDS})
     return cfg.model_copy(update={"split": split, "output_dir": cv_dir, "name": f"fold{k}"})
 
 
@@ -231,7 +227,7 @@ def _finished_state(run: Path, cfg: Config) -> dict[str, Any] | None:
 
 def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     """Stack the finished fold runs' OOF predictions, score them, write oof.csv and cv_metrics.json."""
-    shared = sorted_folds(cv_dir / CV_FOLDS)
+    shared = sorted_folds(cv_dir / FOLDS)
     fold_runs: list[Path] = []
     per_fold, parts = [], []
     for k in range(cfg.split.folds):
@@ -240,7 +236,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
         if run is None or state is None:
             continue
         if not sorted_folds(RunDir(run).folds).equals(shared):
-            raise RunError(f"{run} was trained on other folds than {cv_dir / CV_FOLDS}")
+            raise RunError(f"{run} was trained on other folds than {cv_dir / FOLDS}")
         oof_path = RunDir(run).oof
         if not oof_path.is_file():
             raise FileNotFoundError(f"fold {k} run has no out-of-fold predictions: {oof_path}")
@@ -271,7 +267,7 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     interval = oof_interval(oof, *scored_scope(cfg)).to_dict()
     ci = {k: interval[k] for k in ("level", "n_boot", "seed", "people")} | interval["ci"]
     complete = len(per_fold) == cfg.split.folds
-    atomic_write_csv(oof, cv_dir / CV_OOF, float_format="%.6f")
+    atomic_write_csv(oof, cv_dir / OOF, float_format="%.6f")
     summary = {
         "name": cfg.name,
         "folds": cfg.split.folds,

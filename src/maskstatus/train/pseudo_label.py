@@ -27,7 +27,7 @@ from ..errors import DataError, UsageError
 from ..infer.predict import predict
 from ..outputs import check_output, check_prediction_output, first_line
 from ..runs import FOLDS, atomic_write_csv
-from .cv import CV_FOLDS, fold_list, fold_run, load_cv_config, sorted_folds
+from .cv import fold_list, fold_run, load_cv_config, sorted_folds
 
 logger = logging.getLogger(__name__)
 
@@ -38,15 +38,15 @@ def _shared_folds(teachers: Sequence[Path]) -> pd.DataFrame:
     """The one person -> fold table every teacher CV folder holds; an error naming the first that differs."""
     tables = []
     for cv in teachers:
-        if not (cv / CV_FOLDS).is_file():
-            raise FileNotFoundError(f"not a CV folder (no {CV_FOLDS}): {cv}")
-        tables.append(sorted_folds(cv / CV_FOLDS))
+        if not (cv / FOLDS).is_file():
+            raise FileNotFoundError(f"not a CV folder (no {FOLDS}): {cv}")
+        tables.append(sorted_folds(cv / FOLDS))
     first = tables[0]
     for cv, t in zip(teachers[1:], tables[1:], strict=True):
         if not t.equals(first):
             raise DataError.one(
-                cv / CV_FOLDS,
-                f"assigns people to folds differently from {teachers[0] / CV_FOLDS}; "
+                cv / FOLDS,
+                f"assigns people to folds differently from {teachers[0] / FOLDS}; "
                 "the fold-k teachers would have seen different people",
             )
     return first
