@@ -1,7 +1,7 @@
 """Optional dependencies: check that an extra's packages are installed, else name the pip command that adds them.
 
-Training and prediction with PyTorch need only the core dependencies; serving and ONNX come with the
-``serve`` and ``onnx`` extras (pyproject.toml). The check looks the modules up without importing them,
+Training and prediction with PyTorch need only the core dependencies; serving, ONNX, experiment tracking
+and sweeps come with the ``serve``, ``onnx``, ``track`` and ``sweep`` extras (pyproject.toml). The check looks the modules up without importing them,
 so a command can run it before it imports torch and answer at once.
 """
 
@@ -16,6 +16,8 @@ from .errors import MaskstatusError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "serve": ("fastapi", "uvicorn", "python_multipart", "pytorch_grad_cam", "dlib"),
     "onnx": ("onnx", "onnxruntime", "onnxsim"),
+    "track": ("wandb", "mlflow", "pytorch_lightning"),
+    "sweep": ("optuna", "psycopg2"),
 }
 
 
