@@ -266,6 +266,11 @@ def _usage(parser: argparse.ArgumentParser) -> str:
             os.environ["COLUMNS"] = old
 
 
+def _command_anchor(command: str) -> str:
+    """A command's heading anchor: ``cv merge`` (two words on the command line) is ``cv-merge``."""
+    return command.replace(" ", "-")
+
+
 def cli_reference() -> str:
     parser = build_parser()
     commands = _subcommands(parser)
@@ -291,11 +296,11 @@ def cli_reference() -> str:
         "",
         "| command | what it does |",
         "|---|---|",
-        *[f"| [`{name}`](#{name}) | {_markdown_text(help_)} |" for name, help_, _ in commands],
+        *[f"| [`{name}`](#{_command_anchor(name)}) | {_markdown_text(help_)} |" for name, help_, _ in commands],
         "",
     ]
     for name, help_, sub in commands:
-        lines += [f"## `maskstatus {name}` {{#{name}}}", "", _markdown_text(help_), ""]
+        lines += [f"## `maskstatus {name}` {{#{_command_anchor(name)}}}", "", _markdown_text(help_), ""]
         if sub.description:
             lines += [_markdown_text(sub.description), ""]
         lines += ["```text", _usage(sub), "```", "",

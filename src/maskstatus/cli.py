@@ -22,6 +22,7 @@ from .choices import ACCELERATORS, BACKENDS, CHECKPOINTS, PREDICT_PRECISIONS, TT
 
 if TYPE_CHECKING:
     from .config import Config
+    from .train.cv import CVResult
 
     Subparsers = argparse._SubParsersAction[argparse.ArgumentParser]
 
@@ -250,7 +251,8 @@ def _add_cv(sub: Subparsers) -> None:
         help="train every fold on one shared split; prints per-fold and out-of-fold F1 and the CV folder",
         description="Make the person -> fold split once, train one run per fold on it, pool the held-out "
         "predictions into CV_DIR/oof.csv and score them (CV_DIR/cv_metrics.json). The CV folder works as "
-        "predict --run CV_DIR (its fold runs are soft-voted).",
+        "predict --run CV_DIR (its fold runs are soft-voted). Folds trained apart (other machines) from one "
+        "folds.csv (--write-folds) are joined by maskstatus cv merge.",
     )
     s.add_argument("--config", type=Path, default=None, help="YAML config (see configs/); split.folds sets K")
     s.add_argument(
@@ -260,6 +262,7 @@ def _add_cv(sub: Subparsers) -> None:
         metavar="0,1,...",
         help="train only these folds (default: all of split.folds); the OOF pools every finished fold",
     )
+    _add_fold_sharing(s)
     _add_config_or_resume(
         s,
         "CV_DIR",
@@ -270,13 +273,67 @@ def _add_cv(sub: Subparsers) -> None:
     s.set_defaults(fn=_cmd_cv)
 
 
+def _add_fold_sharing(s: argparse.ArgumentParser) -> None:
+    """cv's ways to train folds apart: at once on one machine, or on several from one written split."""
+    s.add_argument(
+        "--parallel-folds",
+        type=_positive_int_arg,
+        default=None,
+        metavar="N",
+        help="train N folds at once into the one CV folder, each by its own worker process on its own GPU "
+        "(on CPU they share the cores); each fold's output goes to CV_DIR/logs/fold<K>.log",
+    )
+    s.add_argument(
+        "--write-folds",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="only write the person -> fold split of --config to FILE (a new file) and stop: train folds of "
+        "it on several machines with --folds ... split.folds_file=FILE, then merge them with cv merge",
+    )
+
+
 def _cmd_cv(args: argparse.Namespace) -> int:
     from .runs import CV_CONFIG
 
+    if args.write_folds is not None:
+        return _write_folds(args)
     cfg = _config_or_resume(args, "CV_DIR", CV_CONFIG)
-    from .train.cv import run_cv  # after the config is checked (see the top of this file)
+    if args.parallel_folds is not None:
+        from .train.parallel import run_cv_parallel  # after the config is checked (see the top of this file)
 
-    result = run_cv(cfg, folds=args.folds, resume=args.resume)
+        # A resume's train.* overrides are not saved in cv_config.yaml: every worker needs them too.
+        overrides = args.overrides if args.resume is not None else ()
+        result = run_cv_parallel(cfg, args.parallel_folds, args.folds, args.resume, overrides)
+    else:
+        from .train.cv import run_cv
+
+        result = run_cv(cfg, folds=args.folds, resume=args.resume)
+    _print_cv(result)
+    return 0
+
+
+def _write_folds(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .errors import UsageError
+
+    if args.config is None or args.resume is not None or args.folds is not None or args.parallel_folds is not None:
+        raise UsageError("cv --write-folds FILE takes --config (and overrides) only: it writes the split and stops")
+    if args.write_folds.exists():
+        raise UsageError(f"--write-folds {args.write_folds}: already exists (folds trained from it would change)")
+    cfg = load_config(args.config, [*args.overrides, *(["data.skip_bad=true"] if args.skip_bad else [])])
+    from .runs import atomic_write_csv
+    from .train.cv import make_cv_folds
+
+    folds = make_cv_folds(cfg)
+    atomic_write_csv(folds, args.write_folds)
+    print(f"wrote {args.write_folds}: {len(folds)} {folds.columns[0]}s in {cfg.split.folds} folds")
+    again = f"maskstatus cv --config {args.config} --folds 0,1 split.folds_file={args.write_folds}"
+    print(f"train folds of it with: {again}")
+    return 0
+
+
+def _print_cv(result: CVResult) -> None:
     for f in result.per_fold:
         print(f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})")
     m = result.metrics
@@ -295,6 +352,35 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     if m["score"] != m["f1"]:
         print(f"OOF score (mean F1 of the tasks this model predicts, on its mask states): {m['score']:.4f}")
     print(f"cv folder: {result.cv_dir}")
+
+
+def _add_cv_merge(sub: Subparsers) -> None:
+    # Named "cv merge", two words on the command line (see _Parser): cv's key=value overrides take any word, so a
+    # subcommand nested under cv could not be told from an override, and one level of commands keeps the parser,
+    # its snapshot and its reference flat.
+    s = sub.add_parser(
+        "cv merge",
+        help="join CV folders whose folds were trained apart (other machines) into one CV folder",
+        description="Check that the CV folders were trained on the same folds.csv and config (but the keys that "
+        "may differ between machines: where files are and how fast they train), that each fold run finished and "
+        "no fold finished twice; then write --out as one CV folder (config, folds.csv, the fold runs, the pooled "
+        "oof.csv and cv_metrics.json) that predict, ensemble, find-label-errors, tune-age and report take.",
+    )
+    s.add_argument("cv_dirs", nargs="+", type=Path, metavar="CV_DIR", help="CV folders to merge")
+    s.add_argument("--out", type=Path, required=True, metavar="MERGED", help="the new CV folder to write")
+    s.add_argument(
+        "--move",
+        action="store_true",
+        help="move the fold runs instead of copying them (default: copy, leaving the CV folders as they were)",
+    )
+    s.set_defaults(fn=_cmd_cv_merge)
+
+
+def _cmd_cv_merge(args: argparse.Namespace) -> int:
+    from .train.cv_merge import merge_cvs
+
+    result = merge_cvs(args.cv_dirs, args.out, move=args.move)
+    _print_cv(result)
     return 0
 
 
@@ -1070,6 +1156,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_validate_data,
     _add_train,
     _add_cv,
+    _add_cv_merge,
     _add_predict,
     _add_export,
     _add_ensemble,
@@ -1084,14 +1171,27 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: reads the words ``cv merge`` as the one command named so (see ``_add_cv_merge``)."""
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None):  # type: ignore[override]
+        words = list(sys.argv[1:] if args is None else args)
+        # The command is the first word that is not an option (the top-level options take no value).
+        i = next((i for i, w in enumerate(words) if not w.startswith("-")), len(words))
+        if words[i : i + 2] == ["cv", "merge"]:
+            words[i : i + 2] = ["cv merge"]
+        return super().parse_known_args(words, namespace)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="maskstatus",
         description="Mask-wearing status, gender and age group from face photos (18 classes, macro F1).",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The commands' own parsers are plain ones: only the top level reads "cv merge" as one word.
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
     for add_command in COMMANDS:
         add_command(sub)
     return p

@@ -18,6 +18,8 @@ A CV folder holds one run folder per fold, and at its top:
     <cv>/oof.csv                 every fold run's oof.csv stacked
     <cv>/cv_metrics.json         its scores with person-bootstrap intervals, and each fold's best epoch
     <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
+    <cv>/logs/fold<k>.log        each fold's output, when folds were trained in parallel (cv --parallel-folds)
+    <cv>/.pool.lock              taken while oof.csv and cv_metrics.json are rewritten
 
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
@@ -52,6 +54,10 @@ ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskst
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
 CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
+# Held while a CV folder's oof.csv and cv_metrics.json are rewritten, so that processes training folds of one CV
+# folder at once pool one after another (train/cv.py).
+POOL_LOCK = ".pool.lock"
+WORKER_LOGS = "logs"  # <cv>/logs/fold<k>.log: the output of a fold trained by `maskstatus cv --parallel-folds`
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,17 @@ def new_run_dir(output_dir: Path, name: str) -> RunDir:
             root = base.with_name(f"{base.name}-{i}")
             i += 1
     return RunDir(root).make()
+
+
+def pool_lock(cv_dir: Path) -> Any:
+    """An exclusive lock on the CV folder's pooled files (a ``filelock.FileLock``, a context manager).
+
+    ``filelock`` rather than a hand-written ``fcntl.flock``: torch already depends on it, and it locks on Windows
+    too. The lock file stays (removing it while another process waits on it would let a third one in).
+    """
+    from filelock import FileLock
+
+    return FileLock(Path(cv_dir) / POOL_LOCK)
 
 
 def remove_stale_temp_files(folder: Path) -> list[Path]:

@@ -27,7 +27,9 @@ a fold whose run never finished an epoch (no checkpoint, nothing to continue)
 is trained again in a new run folder (the old one stays, without weights, and
 is ignored). The pooled OOF covers every fold finished in the folder, so
 folds may also be trained in separate calls (`folds=[0]`, then `folds=[1]`
-with `resume`).
+with `resume`), at once too: pooling holds the folder's lock (`runs.pool_lock`).
+Folds trained in separate CV folders (other machines) are joined by
+`cv_merge.merge_cvs`; `parallel.run_cv_parallel` trains one fold per device.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from ..runs import (
     atomic_write_text,
     load_checkpoint,
     new_run_dir,
+    pool_lock,
 )
 from ..scoring.metrics import model_metrics
 from ..scoring.score import oof_interval, scored_scope
@@ -82,6 +85,38 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
     With `resume`, continue that CV folder: its saved config is used with the caller's `train`
     section (e.g. more epochs), its folds.csv is kept, and finished folds are not trained again.
     """
+    opened = open_cv(cfg, folds, resume)
+    cfg, cv_dir, todo = opened.cfg, opened.cv_dir, opened.todo
+    try:
+        _train_folds(cfg, cv_dir, todo)
+    except KeyboardInterrupt as exc:
+        raise TrainingInterrupted(f"during cross-validation; continue with: {opened.resume_command(folds)}") from exc
+    return _pool(cfg, cv_dir)
+
+
+@dataclass
+class OpenedCV:
+    """A CV folder ready to train folds in: its config, the folds to train and the epochs its config saved."""
+
+    cfg: Config
+    cv_dir: Path
+    todo: list[int]
+    saved_epochs: int
+
+    def resume_command(self, folds: Sequence[int] | None) -> str:
+        """The command that continues this CV (the folds asked for, and more epochs than it saved)."""
+        again = [f"--folds {','.join(map(str, self.todo))}"] if folds is not None else []
+        if self.cfg.train.epochs != self.saved_epochs:
+            again.append(f"train.epochs={self.cfg.train.epochs}")  # cv_config.yaml keeps the CV's first epoch count
+        return " ".join(["maskstatus cv --resume", str(self.cv_dir), *again])
+
+
+def open_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str | None = None) -> OpenedCV:
+    """Make a new CV folder (config, folds.csv) for ``cfg``, or check the one ``resume`` names; train nothing.
+
+    Other processes may be training folds of a resumed folder at once (``cv --parallel-folds``, a second
+    ``cv --resume --folds``): only the temp files of the folds asked for are cleaned up here.
+    """
     if resume is not None:
         cv_dir = Path(resume)
         # Data, split and model must stay as they were, or the folds would not belong together.
@@ -89,32 +124,26 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
         cfg = saved.model_copy(update={"train": cfg.train})
         todo = fold_list(cfg, folds)
         _check_resume_epochs(cv_dir, cfg)
-        log_removed_temp_files(cv_dir)
+        for k in todo:
+            run = fold_run(cv_dir, k)
+            if run is not None:
+                log_removed_temp_files(run)
         check_train_outputs(cfg, cv_dir)
-    else:
-        if not cfg.split.holdout:
-            raise ConfigError(
-                "split.holdout=false trains on every person, so a CV has no folds to hold out: "
-                "use maskstatus train for that final model"
-            )
-        todo = fold_list(cfg, folds)
-        # Each fold's train() checks it too, but only after this folder exists.
-        check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
-        check_train_outputs(cfg)
-        fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
-        cv_dir = _new_cv_dir(cfg)
-        save_config(cfg, cv_dir / CV_CONFIG)
-        atomic_write_csv(fold_table, cv_dir / FOLDS)
-
-    try:
-        _train_folds(cfg, cv_dir, todo)
-    except KeyboardInterrupt as exc:
-        again = [f"--folds {','.join(map(str, todo))}"] if folds is not None else []
-        if resume is not None and cfg.train.epochs != saved.train.epochs:
-            again.append(f"train.epochs={cfg.train.epochs}")  # cv_config.yaml keeps the CV's first epoch count
-        command = " ".join(["maskstatus cv --resume", str(cv_dir), *again])
-        raise TrainingInterrupted(f"during cross-validation; continue with: {command}") from exc
-    return _pool(cfg, cv_dir)
+        return OpenedCV(cfg, cv_dir, todo, saved.train.epochs)
+    if not cfg.split.holdout:
+        raise ConfigError(
+            "split.holdout=false trains on every person, so a CV has no folds to hold out: "
+            "use maskstatus train for that final model"
+        )
+    todo = fold_list(cfg, folds)
+    # Each fold's train() checks it too, but only after this folder exists.
+    check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
+    check_train_outputs(cfg)
+    fold_table = make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
+    cv_dir = _new_cv_dir(cfg)
+    save_config(cfg, cv_dir / CV_CONFIG)
+    atomic_write_csv(fold_table, cv_dir / FOLDS)
+    return OpenedCV(cfg, cv_dir, todo, cfg.train.epochs)
 
 
 def _train_folds(cfg: Config, cv_dir: Path, todo: Sequence[int]) -> None:
@@ -178,7 +207,8 @@ def _new_cv_dir(cfg: Config) -> Path:
     return run.root
 
 
-def _make_cv_folds(cfg: Config) -> pd.DataFrame:
+def make_cv_folds(cfg: Config) -> pd.DataFrame:
+    """The person -> fold table a new CV of ``cfg`` trains on: ``split.folds_file`` if given, else a new split."""
     if cfg.split.folds_file is not None:
         folds = read_folds(cfg.split.folds_file)
         bad = sorted(set(folds["fold"].astype(int)) - set(range(cfg.split.folds)))
@@ -226,7 +256,20 @@ def _finished_state(run: Path, cfg: Config) -> dict[str, Any] | None:
 
 
 def _pool(cfg: Config, cv_dir: Path) -> CVResult:
-    """Stack the finished fold runs' OOF predictions, score them, write oof.csv and cv_metrics.json."""
+    """Stack the finished fold runs' OOF predictions, score them, write oof.csv and cv_metrics.json.
+
+    Under the CV folder's pool lock: processes training folds of one CV folder at once pool one after
+    another, so the last pool reads every fold finished before it and no pool overwrites a newer one.
+    """
+    with pool_lock(cv_dir):
+        # Only a pool writes at the top of a CV folder, and only under the lock: a temp file there is a kill's.
+        for stale in cv_dir.glob(".*.tmp"):
+            logger.warning("removed the temp file of an interrupted save: %s", stale)
+            stale.unlink(missing_ok=True)
+        return _pool_locked(cfg, cv_dir)
+
+
+def _pool_locked(cfg: Config, cv_dir: Path) -> CVResult:
     shared = sorted_folds(cv_dir / FOLDS)
     fold_runs: list[Path] = []
     per_fold, parts = [], []
