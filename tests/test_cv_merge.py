@@ -60,12 +60,27 @@ def cvs(demo_data, tiny_overrides, tmp_path_factory):
     # Another machine: its own output folder, name and cache, which may differ.
     part0 = _cv_dir(_cli("cv", "--config", DEMO_YAML, "--folds", "0", *shared, f"output_dir={tmp / 'a'}"))
     part1 = _cv_dir(
-        _cli("cv", "--config", DEMO_YAML, "--folds", "1", *shared, f"output_dir={tmp / 'b'}", "name=machine2",
-             f"cache.dir={tmp / 'cache2'}")
+        _cli(
+            "cv",
+            "--config",
+            DEMO_YAML,
+            "--folds",
+            "1",
+            *shared,
+            f"output_dir={tmp / 'b'}",
+            "name=machine2",
+            f"cache.dir={tmp / 'cache2'}",
+        )
     )
     merged = _cv_dir(_cli("cv", "merge", str(part0), str(part1), "--out", str(tmp / "merged")))
-    return {"tmp": tmp, "folds": folds_csv, "shared": shared, "one": one_call, "parts": (part0, part1),
-            "merged": merged}
+    return {
+        "tmp": tmp,
+        "folds": folds_csv,
+        "shared": shared,
+        "one": one_call,
+        "parts": (part0, part1),
+        "merged": merged,
+    }
 
 
 def test_merged_cv_equals_the_cv_of_one_call(cvs, demo_data, tmp_path):
@@ -154,8 +169,12 @@ def test_only_machine_keys_may_differ(tiny_config):
     base = tiny_config()
     local = tiny_config("train.num_workers=2", "train.progress=true", "name=other", "cache.dir=/elsewhere")
     assert config_differences(base, local) == []
-    for key, value in [("train.devices", 2), ("train.precision", "bf16-mixed"), ("split.folds", 3),
-                       ("model.dropout", 0.5)]:
+    for key, value in [
+        ("train.devices", 2),
+        ("train.precision", "bf16-mixed"),
+        ("split.folds", 3),
+        ("model.dropout", 0.5),
+    ]:
         assert key not in MAY_DIFFER
         other = tiny_config(f"{key}={value}")
         assert [d[0] for d in config_differences(base, other)] == [key]
@@ -189,7 +208,7 @@ def test_parallel_folds_train_at_once_into_one_folder(cvs, tmp_path, monkeypatch
 
 def test_a_failing_worker_fails_the_call_naming_its_fold(cvs, tmp_path, monkeypatch):
     cfg = load_config(DEMO_YAML, [*cvs["shared"], f"output_dir={tmp_path}"])
-    with pytest.raises(ConfigError, match="train.devices=2"):
+    with pytest.raises(ConfigError, match=r"train\.devices=2"):
         run_cv_parallel(cfg.model_copy(update={"train": cfg.train.model_copy(update={"devices": 2})}), 2)
 
     def fake(cv_dir, fold, overrides):
