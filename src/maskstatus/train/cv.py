@@ -262,8 +262,8 @@ def _pool(cfg: Config, cv_dir: Path) -> CVResult:
     another, so the last pool reads every fold finished before it and no pool overwrites a newer one.
     """
     with pool_lock(cv_dir):
-        # Only a pool writes at the top of a CV folder, and only under the lock: a temp file there is a kill's.
-        for stale in cv_dir.glob(".*.tmp"):
+        # Only a pool writes these files, and only under the lock: a temp file of theirs now is a kill's.
+        for stale in [p for name in (OOF, CV_METRICS) for p in cv_dir.glob(f".{name}.*.tmp")]:
             logger.warning("removed the temp file of an interrupted save: %s", stale)
             stale.unlink(missing_ok=True)
         return _pool_locked(cfg, cv_dir)

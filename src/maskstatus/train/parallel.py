@@ -41,7 +41,7 @@ class _Worker:
     log: Path
 
 
-def worker_devices(cfg: Config, workers: int) -> list[str | None]:
+def worker_devices(cfg: Config, workers: int) -> Sequence[str | None]:
     """The device each worker slot trains on: a CUDA device index, or None on CPU (the slots share the cores)."""
     import torch
 
