@@ -91,7 +91,7 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
         _train_folds(cfg, cv_dir, todo)
     except KeyboardInterrupt as exc:
         raise TrainingInterrupted(f"during cross-validation; continue with: {opened.resume_command(folds)}") from exc
-    return _pool(cfg, cv_dir)
+    return pool_folds(cfg, cv_dir)
 
 
 @dataclass
@@ -151,7 +151,7 @@ def _train_folds(cfg: Config, cv_dir: Path, todo: Sequence[int]) -> None:
     for k in todo:
         existing = fold_run(cv_dir, k)
         fold_cfg = _fold_config(cfg, k, cv_dir)
-        if existing is not None and _finished_state(existing, cfg) is not None:
+        if existing is not None and finished_state(existing, cfg) is not None:
             logger.info("fold %d: already finished in %s, skipped", k, existing.name)
             continue
         if existing is not None and RunDir(existing).last.is_file():
@@ -239,7 +239,7 @@ def fold_run(cv_dir: Path, k: int) -> Path | None:
     return runs[-1] if runs else None
 
 
-def _finished_state(run: Path, cfg: Config) -> dict[str, Any] | None:
+def finished_state(run: Path, cfg: Config) -> dict[str, Any] | None:
     """The run's last checkpoint if it trained all cfg.train.epochs or stopped early, else None.
 
     Judged on last.pt because it is the last file an epoch writes: metrics.csv or oof.csv can be
@@ -255,7 +255,7 @@ def _finished_state(run: Path, cfg: Config) -> dict[str, Any] | None:
     return state if patience and state["epoch"] - state["best_epoch"] >= patience else None
 
 
-def _pool(cfg: Config, cv_dir: Path) -> CVResult:
+def pool_folds(cfg: Config, cv_dir: Path) -> CVResult:
     """Stack the finished fold runs' OOF predictions, score them, write oof.csv and cv_metrics.json.
 
     Under the CV folder's pool lock: processes training folds of one CV folder at once pool one after
@@ -275,7 +275,7 @@ def _pool_locked(cfg: Config, cv_dir: Path) -> CVResult:
     per_fold, parts = [], []
     for k in range(cfg.split.folds):
         run = fold_run(cv_dir, k)
-        state = _finished_state(run, cfg) if run is not None else None
+        state = finished_state(run, cfg) if run is not None else None
         if run is None or state is None:
             continue
         if not sorted_folds(RunDir(run).folds).equals(shared):

@@ -20,8 +20,9 @@ from typing import Any
 
 from ..config import Config, ConfigError, load_config
 from ..errors import RunError, UsageError
+from ..outputs import check_writable
 from ..runs import CV_CONFIG, FOLDS, RunDir
-from .cv import CVResult, _finished_state, _pool, fold_run, load_cv_config, sorted_folds
+from .cv import CVResult, finished_state, fold_run, load_cv_config, pool_folds, sorted_folds
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def _finished_fold_runs(cv_dir: Path, cfg: Config) -> dict[int, tuple[Path, Conf
         if run is None:
             continue
         run_cfg = load_config(RunDir(run).config)
-        if _finished_state(run, run_cfg) is None:
+        if finished_state(run, run_cfg) is None:
             raise RunError(
                 f"fold {k} run {run} has not finished its {run_cfg.train.epochs} epochs: finish it with "
                 f"maskstatus cv --resume {cv_dir} --folds {k}, or delete that run folder to leave the fold out"
@@ -135,6 +136,7 @@ def merge_cvs(cv_dirs: Sequence[Path | str], out: Path | str, move: bool = False
         raise UsageError(f"a CV folder is named twice: {[str(d) for d in dirs]}")
     if out.exists():
         raise UsageError(f"--out {out}: already exists; cv merge writes a new CV folder")
+    check_writable(out, "--out")
     inside = [d for d, r in zip(dirs, resolved, strict=True) if out.resolve().is_relative_to(r)]
     if inside:
         raise UsageError(f"--out {out} lies inside the CV folder {inside[0]}: give a folder outside the inputs")
@@ -187,4 +189,4 @@ def merge_cvs(cv_dirs: Sequence[Path | str], out: Path | str, move: bool = False
         else:
             shutil.rmtree(out, ignore_errors=True)
         raise
-    return _pool(base, out)
+    return pool_folds(base, out)

@@ -4,7 +4,7 @@ The CV folder (config, folds.csv) is made first, here; then each fold is trained
 ``maskstatus cv --resume CV_DIR --folds K`` process, on GPU with ``CUDA_VISIBLE_DEVICES`` naming its one device, so
 that a worker is an ordinary CV call (the same checks, the same resume) and a crash or a kill costs only its fold.
 At most ``workers`` run at once; a device that finishes its fold takes the next. Each worker's output goes to
-``CV_DIR/logs/fold<K>.log``. Workers pool as they finish (under the folder's lock, see ``cv._pool``), and the
+``CV_DIR/logs/fold<K>.log``. Workers pool as they finish (under the folder's lock, see ``cv.pool_folds``), and the
 command pools once more at the end, so ``cv_metrics.json`` covers every fold that finished even when one failed.
 
 Processes rather than threads: a fold's training holds the GPU, its memory and the interpreter; a separate process
@@ -25,7 +25,7 @@ from pathlib import Path
 from ..config import Config, ConfigError
 from ..errors import RunError, UsageError
 from ..runs import WORKER_LOGS
-from .cv import CVResult, _pool, open_cv
+from .cv import CVResult, open_cv, pool_folds
 from .trainer import TrainingInterrupted
 
 logger = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ def run_cv_parallel(
         raise TrainingInterrupted(f"during cross-validation; continue with: {opened.resume_command(folds)}") from exc
 
     try:
-        result = _pool(opened.cfg, cv_dir)
+        result = pool_folds(opened.cfg, cv_dir)
     except RunError:
         if not failed:
             raise
