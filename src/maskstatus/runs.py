@@ -18,6 +18,8 @@ A CV folder holds one run folder per fold, and at its top:
     <cv>/oof.csv                 every fold run's oof.csv stacked
     <cv>/cv_metrics.json         its scores with person-bootstrap intervals, and each fold's best epoch
     <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
+    <cv>/review/                 ``maskstatus review``: decisions.json (every decision, saved as made) and
+                                 relabel.csv (the export, in the format data.relabel reads)
 
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
@@ -52,6 +54,9 @@ ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskst
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
 CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
+REVIEW = "review"  # <cv>/review/: the label review page's folder (its default place)
+REVIEW_DECISIONS = "decisions.json"
+REVIEW_RELABEL = "relabel.csv"
 
 
 @dataclass(frozen=True)
