@@ -18,10 +18,10 @@ from maskstatus.data.relabel import SWAP_VALUE, read_relabel  # noqa: E402
 from maskstatus.data.tables import train_table  # noqa: E402
 from maskstatus.errors import DataError, RunError  # noqa: E402
 from maskstatus.labels import PROB_COLUMNS, TASKS, combine_task_probs, decode  # noqa: E402
-from maskstatus.review.app import create_app, open_review  # noqa: E402
+from maskstatus.review.app import open_review  # noqa: E402
 from maskstatus.review.decisions import DecisionStore, ReviewError, StaleDecision, export_relabel  # noqa: E402
 from maskstatus.review.suspects import load_review  # noqa: E402
-from maskstatus.runs import CV_CONFIG, OOF, REVIEW, REVIEW_DECISIONS, RUN_CONFIG  # noqa: E402
+from maskstatus.runs import CV_CONFIG, OOF, REVIEW, REVIEW_DECISIONS, RUN_CONFIG, RunDir  # noqa: E402
 
 # Four people; the models see the other gender on 000003 (given male) and a swap on 000001.
 PEOPLE = [
@@ -105,7 +105,7 @@ def test_each_bad_input_gets_its_own_message(cv, tmp_path):
     with pytest.raises(RunError, match="is a run folder, not a CV folder"):
         _review(run)
     (cv / OOF).rename(tmp_path / "oof.csv")
-    with pytest.raises(RunError, match="no out-of-fold table .* maskstatus cv --resume"):
+    with pytest.raises(RunError, match=r"no out-of-fold table .* maskstatus cv --resume"):
         _review(cv)
     other = pd.read_csv(tmp_path / "oof.csv", dtype=str)
     other["person_id"] = other["person_id"].str.replace("0000", "9999")
@@ -196,7 +196,8 @@ def test_export_writes_changed_labels_only_and_the_file_trains_the_table(cv, tmp
     assert sorted(zip(rows["id"], rows["field"], rows["value"], strict=True)) == [
         ("000001", "mask_swap", SWAP_VALUE), ("000003", "gender", "female"), ("000004", "age", "23")]
     assert (out.rows, out.new, out.kept_from) == (3, 3, None)
-    fixed = train_table(tmp_path / "data" / "train", relabel=out.path, check_images=False).set_index(["person_id", "stem"])
+    fixed = train_table(tmp_path / "data" / "train", relabel=out.path, check_images=False)
+    fixed = fixed.set_index(["person_id", "stem"])
     assert fixed.loc[(FLIPPED, "mask1"), "gender"] == 1 and fixed.loc[("000004", "mask1"), "age"] == 23
     assert fixed.loc[(SWAPPED, "normal"), "mask"] == 1
 
@@ -263,3 +264,137 @@ def test_cli_names_the_bad_folder_in_one_line(tmp_path, capsys):
     assert main(["review", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "not a CV folder" in err and len(err.splitlines()) == 1
+
+
+# ---- the page in chromium, on a tiny CV trained on demo data with planted gender flips
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def planted_cv(tmp_path_factory, tiny_overrides):
+    """A 2-fold CV (1 batch an epoch) on demo data whose train.csv has three genders flipped: (cv_dir, overrides)."""
+    from maskstatus.data.synthetic import make_demo_data
+    from maskstatus.train.cv import run_cv
+
+    tmp = tmp_path_factory.mktemp("review_cv")
+    demo = make_demo_data(tmp / "data", people=12, eval_people=6, seed=7)
+    csv = demo.root / "train" / "train.csv"
+    table = pd.read_csv(csv, dtype=str)
+    flip = table.index[:3]
+    table.loc[flip, "gender"] = table.loc[flip, "gender"].map({"male": "female", "female": "male"})
+    table.to_csv(csv, index=False)
+    overrides = [f"data.root={demo.root}", f"output_dir={tmp / 'runs'}", f"cache.dir={tmp / 'cache'}",
+                 *tiny_overrides, "split.folds=2", "train.epochs=1", "train.limit_train_batches=1"]
+    return run_cv(load_config(None, [*overrides, "name=planted"])).cv_dir, overrides
+
+
+@pytest.fixture
+def chromium():
+    import shutil
+
+    pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[dev])")
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.skip("no chromium on PATH: the page test needs the system chromium (apt-get install chromium)")
+    return path
+
+
+def test_review_by_keyboard_in_chromium_resumes_after_reload_and_the_export_trains(chromium, planted_cv):
+    from playwright import sync_api
+
+    from maskstatus.data.tables import load_train_table
+    from maskstatus.serve.app import running_server
+    from maskstatus.train.trainer import train
+
+    cv_dir, overrides = planted_cv
+    app, review, out = open_review(cv_dir, min_score=0.3)
+    assert {s.task for s in review.suspects} >= {"gender", "age"}
+    with running_server(app) as url, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-state=ready]")
+            assert "accept the suggestion" in page.inner_text("#keys")
+
+            def current():
+                return page.get_attribute("body", "data-current")
+
+            def saved(n):
+                page.wait_for_selector(f"body[data-saved='{n}']")
+
+            page.keyboard.press("t")  # task filter: all -> gender
+            gender_key = current()
+            assert gender_key.endswith("/gender")
+            page.keyboard.press("a")  # accept the other gender
+            saved(1)
+            page.keyboard.press("t")  # gender -> age
+            age_key = current()
+            given_age = review.people[age_key.split("/")[0]].age
+            years = "33" if given_age != 33 else "34"
+            page.keyboard.press("v")
+            page.wait_for_selector("#value-box.open")
+            page.keyboard.type(years)
+            page.keyboard.press("Enter")
+            saved(2)
+            kept_key = current()
+            assert kept_key != age_key and kept_key.endswith("/age")
+            page.keyboard.press("k")
+            saved(3)
+            skipped_key = current()
+            page.keyboard.press("s")
+            saved(4)
+            page.keyboard.press("u")  # undo the skip: that suspect is open again
+            saved(5)
+            assert current() == skipped_key
+
+            page.reload()
+            page.wait_for_selector("body[data-state=ready]")
+            assert page.get_attribute("body", "data-done") == "3"
+            assert current() not in (gender_key, age_key, kept_key)
+            page.select_option("#task-filter", "age")
+            page.wait_for_function(f"document.body.dataset.current !== {json.dumps(gender_key)}")
+            assert page.get_attribute("body", "data-done") == "2"  # the age decisions, in the age filter
+            assert current() == skipped_key  # resumes at the first open suspect
+
+            page.keyboard.press("e")
+            page.wait_for_selector("body[data-exported]")
+            assert "maskstatus cv --config" in page.inner_text("#message")
+            assert not errors, errors
+        finally:
+            browser.close()
+
+    decisions = json.loads((out / REVIEW_DECISIONS).read_text())["decisions"]
+    assert {(d["person_id"] + "/" + d["task"], d["action"]) for d in decisions if d["action"] != "pending"} == {
+        (gender_key, "accept"), (age_key, "set"), (kept_key, "keep")}
+    relabel = out / "relabel.csv"
+    rows = read_relabel(relabel)
+    gender_pid, age_pid = gender_key.split("/")[0], age_key.split("/")[0]
+    given_gender = review.people[gender_pid].gender
+    assert sorted(zip(rows["id"], rows["field"], rows["value"], strict=True)) == sorted(
+        [(gender_pid, "gender", {"male": "female", "female": "male"}[given_gender]), (age_pid, "age", years)])
+
+    cfg = load_config(None, [*overrides, f"data.relabel={relabel}", "name=fixed"])
+    fixed = load_train_table(cfg, check_images=False).groupby("person_id").first()
+    assert fixed.loc[age_pid, "age"] == int(years)
+    assert fixed.loc[gender_pid, "gender"] == {"male": 1, "female": 0}[given_gender]
+    result = train(cfg)
+    assert RunDir(result.run_dir).best.is_file()
+
+
+def test_screenshot_script_saves_the_page(chromium, planted_cv, tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "docs" / "screenshots"))
+    import review as screenshot
+
+    out = tmp_path / "review.png"
+    assert screenshot.main([str(planted_cv[0]), "--out", str(out), "--width", "900", "--height", "700"]) == 0
+    from PIL import Image
+
+    with Image.open(out) as img:
+        assert img.size == (900, 700)

@@ -151,8 +151,8 @@ class DecisionStore:
                 raise StaleDecision(key, current, base_rev)
             decision = Decision(
                 person_id=person_id,
-                task=task,  # type: ignore[arg-type]  # checked above
-                action=action,  # type: ignore[arg-type]  # pydantic checks it
+                task=task,
+                action=action,
                 value=value,
                 rev=rev + 1,
                 at=datetime.now(UTC).isoformat(timespec="seconds"),

@@ -183,25 +183,26 @@ def _suspects(
     years = _mean_years(oof)
     ages = table.groupby("person_id")["age"].first()
     out = []
-    for row in ranked.itertuples(index=False):
-        pid, task = str(row.person_id), str(row.task)
+    for row in ranked.to_dict("records"):
+        pid, task, given, predicted = (str(row[c]) for c in ("person_id", "task", "given", "predicted"))
+        score = float(row["score"])
         if task == "gender":
-            suggestion: str | None = str(row.predicted) if row.predicted != row.given else None
-            reason = f"the fold models see {row.predicted}: P({row.given}) is only {1 - row.score:.2f}"
+            suggestion: str | None = predicted if predicted != given else None
+            reason = f"the fold models see {predicted}: P({given}) is only {1 - score:.2f}"
         elif task == "age":
-            suggestion = _age_suggestion(str(row.predicted), str(row.given), years.get(pid), thresholds)
+            suggestion = _age_suggestion(predicted, given, years.get(pid), thresholds)
             seen = f", about {years[pid]:.0f} years" if pid in years else ""
             reason = (
-                f"given {int(ages[pid])} years ({row.given}); the fold models see {row.predicted}{seen}: "
-                f"P({row.given}) is only {1 - row.score:.2f}"
+                f"given {int(ages[pid])} years ({given}); the fold models see {predicted}{seen}: "
+                f"P({given}) is only {1 - score:.2f}"
             )
         else:
             suggestion = SWAP_VALUE
             reason = (
                 f"the {SWAP_STEMS[0]} photo looks like the {SWAP_STEMS[1]} one and the other way round "
-                f"(geometric mean of the two swap probabilities {row.score:.2f})"
+                f"(geometric mean of the two swap probabilities {score:.2f})"
             )
-        out.append(Suspect(pid, task, str(row.given), str(row.predicted), float(row.score), suggestion, reason))
+        out.append(Suspect(pid, task, given, predicted, score, suggestion, reason))
     return out
 
 
@@ -240,11 +241,12 @@ def _people(oof: pd.DataFrame, table: pd.DataFrame) -> dict[str, Person]:
         if not idx:
             continue  # a person the CV left out (data.mask_states, skip_bad): nothing to review
         photos = []
-        for r in sorted(rows.itertuples(index=False), key=lambda r: order.get(str(r.stem), len(order))):
-            i = row_of.get((pid, str(r.stem)))
+        masks, _, _ = decode(rows["label"].to_numpy(dtype=np.int64))
+        listed = zip(rows["stem"].astype(str), rows["image_path"].astype(str), masks, strict=True)
+        for stem, path, mask in sorted(listed, key=lambda r: order.get(r[0], len(order))):
+            i = row_of.get((pid, stem))
             mask_probs = {} if i is None else _named(marginals["mask"][i], MASK_NAMES)
-            mask, _, _ = decode(np.array([int(r.label)]))
-            photos.append(Photo(str(r.stem), Path(str(r.image_path)), MASK_NAMES[int(mask[0])], mask_probs))
+            photos.append(Photo(stem, Path(path), MASK_NAMES[int(mask)], mask_probs))
         first = rows.iloc[0]
         people[pid] = Person(
             person_id=pid,
