@@ -87,6 +87,24 @@ def test_suspects_are_the_planted_errors_with_photos_from_the_data(cv, tmp_path)
     assert person.given("mask_swap") == "incorrect/not_wear"
 
 
+def test_an_age_regression_run_suggests_the_predicted_years_inside_the_predicted_group(cv):
+    oof = pd.read_csv(cv / OOF, dtype={"person_id": str})
+    young = oof["person_id"] == "000004"  # given 19 (young); the models see about 27, and say middle
+    probs = oof[PROB_COLUMNS].to_numpy()
+    joint = probs.reshape(len(oof), 3, 2, 3).sum(axis=3, keepdims=True) * np.array([0.05, 0.9, 0.05])
+    probs[young.to_numpy()] = joint.reshape(len(oof), 18)[young.to_numpy()]
+    oof[PROB_COLUMNS] = probs
+    oof["age_mean"] = np.where(young, 27.4, 40.0)
+    oof["age_sigma"] = 3.0
+    oof.to_csv(cv / OOF, index=False)
+    review = _review(cv)
+    age = next(s for s in review.suspects if s.key == "000004/age")
+    assert (age.given, age.predicted) == ("young", "middle")
+    assert age.suggestion == "30"  # 27 years is young: the suggestion stays inside the group the models see
+    assert "about 27 years" in age.reason
+    assert review.people["000004"].years == pytest.approx(27.4)
+
+
 def test_a_cv_from_another_machine_reviews_against_the_data_given(cv, tmp_path):
     moved = tmp_path / "moved"
     (tmp_path / "data").rename(moved)
