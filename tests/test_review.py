@@ -264,6 +264,24 @@ def test_api_saves_decisions_refuses_stale_and_bad_ones_and_exports(client, cv):
     assert body["command"] == f"maskstatus cv --config {cv / CV_CONFIG} data.relabel={cv / REVIEW / 'relabel.csv'}"
 
 
+def test_api_answers_a_file_broken_while_it_runs_with_its_message(tmp_path):
+    make_train(tmp_path / "data", people=PEOPLE)
+    old = tmp_path / "old.csv"
+    old.write_text("id,field,value\n000004,age,40\n")
+    cv = _write_cv(tmp_path / "data", tmp_path / "cv", relabel=old)
+    app, _, out = open_review(cv, min_score=0.5)
+    with TestClient(app) as client:
+        old.unlink()
+        r = client.post("/api/export")
+        assert r.status_code == 422
+        assert "relabel file not found" in r.json()["detail"]
+        (out / REVIEW_DECISIONS).parent.mkdir(exist_ok=True)
+        (out / REVIEW_DECISIONS).write_text("[]")
+        r = client.put(f"/api/decisions/gender/{FLIPPED}", json={"action": "keep", "base_rev": 0})
+        assert r.status_code == 422
+        assert "not a review's decisions" in r.json()["detail"]
+
+
 def test_photos_are_served_by_person_and_place_only(client, cv):
     state = client.get("/api/review").json()
     url = state["people"][FLIPPED]["photos"][0]["url"]

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from ..data.relabel import SWAP_VALUE
 from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_TOP
-from ..errors import UsageError
+from ..errors import MaskstatusError, UsageError
 from ..labels import AGE_NAMES, GENDER_NAMES
 from ..runs import REVIEW, REVIEW_DECISIONS, REVIEW_RELABEL
 from .decisions import DONE, DecisionStore, StaleDecision, export_relabel, next_command, normalise_value
@@ -62,6 +62,11 @@ def create_app(review: Review, store: DecisionStore, out_dir: Path) -> FastAPI:
     async def stale(_: Request, err: StaleDecision) -> JSONResponse:
         current = err.current.model_dump() if err.current else None
         return JSONResponse({"detail": str(err), "key": err.key, "current": current}, status_code=409)
+
+    @app.exception_handler(MaskstatusError)
+    async def user_error(_: Request, err: MaskstatusError) -> JSONResponse:
+        # The export's: the CV's own relabel file gone or broken since the review opened, a full disk.
+        return JSONResponse({"detail": str(err)}, status_code=422)
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> HTMLResponse:
@@ -113,10 +118,10 @@ def create_app(review: Review, store: DecisionStore, out_dir: Path) -> FastAPI:
     def photo(person_id: str, index: int) -> FileResponse:
         person = review.people.get(person_id)
         if person is None or not 0 <= index < len(person.photos):
-            return JSONResponse({"detail": "no such photo"}, status_code=404)  # type: ignore[return-value]
+            raise HTTPException(404, "no such photo")
         path = person.photos[index].path
         if not path.is_file():
-            return JSONResponse({"detail": f"photo missing: {path.name}"}, status_code=404)  # type: ignore[return-value]
+            raise HTTPException(404, f"photo missing from the data folder: {path.name}")
         media = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         return FileResponse(path, media_type=media, headers={"Cache-Control": "max-age=3600"})
 
