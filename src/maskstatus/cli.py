@@ -942,10 +942,11 @@ def _cmd_review(args: argparse.Namespace) -> int:
 
     require("serve", "maskstatus review", ("fastapi", "uvicorn"))  # the page needs neither Grad-CAM nor dlib
     from .review.app import open_review
+    from .review.suspects import REVIEW_TASKS
     from .serve.app import serve
 
     app, review, out = open_review(args.cv, args.out, args.data_root, args.top, args.min_score)
-    counts = ", ".join(f"{t}: {sum(s.task == t for s in review.suspects)}" for t in ("gender", "age", "mask_swap"))
+    counts = ", ".join(f"{t}: {sum(s.task == t for s in review.suspects)}" for t in REVIEW_TASKS)
     print(f"{len(review.suspects)} suspects ({counts}); decisions are saved in {out}")
     print(f"review on http://{args.host}:{args.port}/ (Ctrl+C stops; nothing decided is lost)")
     serve(app, host=args.host, port=args.port)

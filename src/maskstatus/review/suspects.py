@@ -34,13 +34,13 @@ from ..labels import (
     split_class_probs,
 )
 from ..runs import CV_CONFIG, OOF, RunDir
-from ..scoring.label_errors import find_label_errors
+from ..scoring.label_errors import TASK_NAMES, find_label_errors
 from ..scoring.oof import read_oof
 
 logger = logging.getLogger(__name__)
 
 # The review's tasks are the finder's; each fix is a relabel row of the field with the task's name.
-REVIEW_TASKS: tuple[str, ...] = ("gender", "age", "mask_swap")
+REVIEW_TASKS: tuple[str, ...] = TASK_NAMES
 
 
 @dataclass(frozen=True)
