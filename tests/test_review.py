@@ -356,6 +356,9 @@ def test_review_by_keyboard_in_chromium_resumes_after_reload_and_the_export_trai
             page.goto(url + "/")
             page.wait_for_selector("body[data-state=ready]")
             assert "accept the suggestion" in page.inner_text("#keys")
+            stale = browser.new_page()  # a second tab, opened before any decision
+            stale.goto(url + "/")
+            stale.wait_for_selector("body[data-state=ready]")
 
             def current():
                 return page.get_attribute("body", "data-current")
@@ -387,6 +390,13 @@ def test_review_by_keyboard_in_chromium_resumes_after_reload_and_the_export_trai
             page.keyboard.press("u")  # undo the skip: that suspect is open again
             saved(5)
             assert current() == skipped_key
+
+            stale.select_option("#task-filter", "gender")
+            assert stale.get_attribute("body", "data-current") == gender_key  # still open in its view
+            stale.keyboard.press("k")
+            stale.wait_for_selector("#message.show")
+            assert "changed in another tab" in stale.inner_text("#message")
+            assert "accepted" in stale.inner_text("#suspect")  # it shows the other tab's decision now
 
             page.reload()
             page.wait_for_selector("body[data-state=ready]")
