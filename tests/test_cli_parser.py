@@ -77,6 +77,8 @@ DEFAULTS = [
     ("serve", "--max-upload-mb", defaults.DEFAULT_MAX_UPLOAD_MB), ("serve", "--max-files", defaults.DEFAULT_MAX_FILES),
     ("serve", "--max-pixels", defaults.DEFAULT_MAX_PIXELS),
     ("serve", "--read-timeout", defaults.DEFAULT_READ_TIMEOUT_S),
+    ("review", "--host", defaults.DEFAULT_HOST), ("review", "--port", defaults.REVIEW_PORT),
+    ("review", "--top", defaults.LABEL_ERRORS_TOP), ("review", "--min-score", defaults.LABEL_ERRORS_MIN_SCORE),
 ]
 
 

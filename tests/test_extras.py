@@ -34,6 +34,11 @@ def _block(monkeypatch, *modules: str) -> None:
         (["serve", "no-such-run"], ["fastapi"], SERVE_LINE.format("fastapi")),
         (["serve", "no-such-run"], ["dlib", "pytorch_grad_cam"], SERVE_LINE.format("pytorch_grad_cam, dlib")),
         (
+            ["review", "no-such-cv"],
+            ["uvicorn"],
+            "error: maskstatus review needs the serve extra (no module named uvicorn): pip install 'maskstatus[serve]'",
+        ),
+        (
             ["serve", "no-such-run", "--backend", "onnx"],
             ["onnxruntime"],
             ONNX_LINE.format("serve --backend onnx", "onnxruntime"),
@@ -144,7 +149,8 @@ def test_each_checked_module_comes_from_that_extra_in_pyproject(extra):
 
 
 def test_training_and_prediction_modules_import_without_the_extras():
-    """Everything but serve and export imports with no extra installed (the torch path of predict included)."""
+    """Everything but serve, export and the review page's app imports with no extra installed (the torch path of
+    predict included)."""
     blocked = [m for modules in EXTRAS.values() for m in modules]
     code = (
         f"import importlib, pkgutil, sys\n"
@@ -152,7 +158,7 @@ def test_training_and_prediction_modules_import_without_the_extras():
         "import maskstatus\n"
         "for info in pkgutil.walk_packages(maskstatus.__path__, 'maskstatus.'):\n"
         "    parts = info.name.split('.')\n"
-        "    if 'serve' not in parts and parts[-1] != 'export':\n"
+        "    if 'serve' not in parts and parts[-1] != 'export' and info.name != 'maskstatus.review.app':\n"
         "        importlib.import_module(info.name)\n"
         "print('imported', len(sys.modules))\n"
     )

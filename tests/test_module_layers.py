@@ -168,3 +168,15 @@ def test_serve_and_export_reach_a_run_only_through_the_prediction_pipeline():
     assert "maskstatus.infer.pipeline" in graph["maskstatus.serve.predictor"]
     assert "maskstatus.infer.pipeline" in graph["maskstatus.infer.export"]
     assert "maskstatus.infer.pipeline" in graph["maskstatus.infer.predict"]
+
+
+def test_review_reads_a_cv_and_its_data_but_loads_no_model():
+    """The label review page works from a CV's out-of-fold table and the data folder: it never trains, predicts or
+    imports the command line, and nothing below it imports it."""
+    graph = import_graph()
+    assert "maskstatus.review.app" in graph
+    models_and_cli = ("maskstatus.train", "maskstatus.infer", "maskstatus.serve", "maskstatus.cli")
+    assert _offenders(graph, "maskstatus.review", models_and_cli) == {}
+    for package in ("maskstatus.data", "maskstatus.scoring", "maskstatus.train", "maskstatus.infer",
+                    "maskstatus.serve", "maskstatus.analysis"):
+        assert _offenders(graph, package, ("maskstatus.review",)) == {}

@@ -80,6 +80,7 @@ def test_wheel_holds_every_module_and_data_file_and_the_entry_point(dist):
         "maskstatus/configs/demo.yaml",
         "maskstatus/configs/relabel/competition.csv",
         "maskstatus/serve/page.html",
+        "maskstatus/review/page.html",
         "maskstatus/py.typed",
     ):
         assert data in names

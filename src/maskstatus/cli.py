@@ -988,6 +988,57 @@ def _serve_pixels(text: str) -> int:
     return _serve_number(int, 1, MAX_IMAGE_PIXELS, "a number of pixels")(text)
 
 
+def _add_review(sub: Subparsers) -> None:
+    s = sub.add_parser(
+        "review",
+        help="go through a CV's label suspects on a local web page and export the fixes as a relabel CSV",
+        description="Serve a page listing the suspects find-label-errors ranks on a CV's pooled oof.csv, most "
+        "suspicious first, with each person's photos, given labels and what the fold models believe. Decide by "
+        "keyboard (accept, keep, set, skip, undo); every decision is saved at once to the review folder, and "
+        "the export writes the relabel CSV that `maskstatus cv --config CV/cv_config.yaml data.relabel=FILE` reads.",
+    )
+    s.add_argument("cv", metavar="CV_DIR", help="CV folder (cv_config.yaml and its pooled oof.csv)")
+    s.add_argument(
+        "--host", default=defaults.DEFAULT_HOST, help="address to listen on (default %(default)s: this machine only)"
+    )
+    s.add_argument(
+        "--port",
+        type=_serve_number(int, 1, 65535, "a port"),
+        default=defaults.REVIEW_PORT,
+        help="port (default %(default)s)",
+    )
+    s.add_argument("--out", default=None, metavar="REVIEW_DIR", help="review folder (default CV_DIR/review)")
+    s.add_argument(
+        "--data-root", default=None, metavar="DIR", help="the data folder holding train/ (default: the CV's data.root)"
+    )
+    s.add_argument(
+        "--top", type=int, default=defaults.LABEL_ERRORS_TOP, help="most suspects listed per task (default %(default)s)"
+    )
+    s.add_argument(
+        "--min-score",
+        type=float,
+        default=defaults.LABEL_ERRORS_MIN_SCORE,
+        help="list suspects whose label is at least this likely wrong, 0..1 (default %(default)s)",
+    )
+    s.set_defaults(fn=_cmd_review)
+
+
+def _cmd_review(args: argparse.Namespace) -> int:
+    from .extras import require
+
+    require("serve", "maskstatus review", ("fastapi", "uvicorn"))  # the page needs neither Grad-CAM nor dlib
+    from .review.app import open_review
+    from .review.suspects import REVIEW_TASKS
+    from .serve.app import serve
+
+    app, review, out = open_review(args.cv, args.out, args.data_root, args.top, args.min_score)
+    counts = ", ".join(f"{t}: {sum(s.task == t for s in review.suspects)}" for t in REVIEW_TASKS)
+    print(f"{len(review.suspects)} suspects ({counts}); decisions are saved in {out}")
+    print(f"review on http://{args.host}:{args.port}/ (Ctrl+C stops; nothing decided is lost)")
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
 # ---- reports (eda, report): one self-contained HTML page each
 def _add_eda(sub: Subparsers) -> None:
     s = sub.add_parser(
@@ -1166,6 +1217,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_tune_age,
     _add_score,
     _add_serve,
+    _add_review,
     _add_eda,
     _add_report,
 )

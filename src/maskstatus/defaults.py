@@ -51,6 +51,7 @@ EDA_PAGE = "eda.html"
 # This machine only: anyone who can connect may use the model, so listening wider is the user's explicit choice.
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+REVIEW_PORT = 8001  # maskstatus review: beside a serve on the default port
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_FILES = 16
 # Seconds a client may leave the server waiting for the next part of its request body (uvicorn has no such timeout).

@@ -20,6 +20,8 @@ A CV folder holds one run folder per fold, and at its top:
     <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
     <cv>/logs/fold<k>.log        each fold's output, when folds were trained in parallel (cv --parallel-folds)
     <cv>/.pool.lock              taken while oof.csv and cv_metrics.json are rewritten
+    <cv>/review/                 ``maskstatus review``: decisions.json (every decision, saved as made) and
+                                 relabel.csv (the export, in the format data.relabel reads)
 
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
@@ -58,6 +60,9 @@ CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
 # folder at once pool one after another (train/cv.py).
 POOL_LOCK = ".pool.lock"
 WORKER_LOGS = "logs"  # <cv>/logs/fold<k>.log: the output of a fold trained by `maskstatus cv --parallel-folds`
+REVIEW = "review"  # <cv>/review/: the label review page's folder (its default place)
+REVIEW_DECISIONS = "decisions.json"
+REVIEW_RELABEL = "relabel.csv"
 
 
 @dataclass(frozen=True)
