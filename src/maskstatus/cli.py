@@ -277,6 +277,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     from .train.cv import run_cv  # after the config is checked (see the top of this file)
 
     result = run_cv(cfg, folds=args.folds, resume=args.resume)
+    if not result.is_global_zero:  # one process of several (DDP): rank 0 prints the result
+        return 0
     for f in result.per_fold:
         print(f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})")
     m = result.metrics
