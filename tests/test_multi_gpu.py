@@ -142,3 +142,12 @@ def test_a_launch_that_does_not_match_the_devices_names_them(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(ConfigError, match=r"train\.devices=1.*train\.num_nodes=1.*WORLD_SIZE=2"):
         make_fabric(load_config(None, ["train.accelerator=cpu"]))
+
+
+@pytest.mark.parametrize("several_machines", [False, True])
+def test_the_page_launches_train_and_cv_alike(several_machines):
+    """Each launch runs above for one command only; the page's other line must differ from it by the command alone."""
+    train_line = documented("train", several_machines)
+    assert train_line.replace(" -m maskstatus.cli train ", " -m maskstatus.cli cv ") == documented(
+        "cv", several_machines
+    )
