@@ -334,6 +334,8 @@ def _write_folds(args: argparse.Namespace) -> int:
 
 
 def _print_cv(result: CVResult) -> None:
+    if not result.is_global_zero:  # one process of several (DDP): rank 0 prints the result
+        return
     for f in result.per_fold:
         print(f"fold {f['fold']}: best val macro F1 {f['best_f1']:.4f} at epoch {f['best_epoch']} ({f['run']})")
     m = result.metrics

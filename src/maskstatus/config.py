@@ -418,7 +418,13 @@ class TrainConfig(_Section):
         0, description="DataLoader worker processes; auto: one per core of each process, less one for the process"
     )
     accelerator: Accelerator = Field("auto", description="Fabric's accelerator: auto, cpu, cuda, gpu...")
-    devices: int | str = Field(1, description="Fabric's devices: how many (or which) devices to train on")
+    devices: int | str = Field(1, description="Fabric's devices: how many (or which) devices to train on, per machine")
+    num_nodes: int = Field(
+        1,
+        ge=1,
+        description="machines the run spans (Fabric's num_nodes), each with train.devices processes started by "
+        "torchrun; see the multi-GPU page",
+    )
     strategy: str = Field("auto", description="Fabric's strategy for several devices: auto, ddp...")
     precision: Precision = Field("32-true", description="Fabric's precision: 32-true, bf16-mixed...")
     early_stopping_patience: int = Field(0, ge=0, description="epochs without macro-F1 gain before stopping; 0 = off")

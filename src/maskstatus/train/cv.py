@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
+from lightning_fabric import Fabric
+from lightning_fabric.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from ..choices import check_accelerator_available
 from ..config import Config, ConfigError, load_config, save_config
@@ -63,7 +66,7 @@ from ..runs import (
 )
 from ..scoring.metrics import model_metrics
 from ..scoring.score import oof_interval, scored_scope
-from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, train
+from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, make_fabric, train
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +80,7 @@ class CVResult:
     complete: bool = True  # every fold of split.folds is in the pooled OOF
     # Person-bootstrap intervals of the pooled OOF metrics: level, n_boot, seed, people and {metric: [lo, hi] or None}.
     ci: dict[str, Any] = field(default_factory=dict)
+    is_global_zero: bool = True  # under DDP only rank 0 pooled (and prints); the others get its result
 
 
 def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str | None = None) -> CVResult:
@@ -85,13 +89,17 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
     With `resume`, continue that CV folder: its saved config is used with the caller's `train`
     section (e.g. more epochs), its folds.csv is kept, and finished folds are not trained again.
     """
-    opened = open_cv(cfg, folds, resume)
+    # Before the processes join: an accelerator this machine lacks gets the config's message, not Fabric's.
+    check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
+    ranks = _join_launched_processes(cfg)
+    opened = _on_rank_zero(ranks, lambda: open_cv(cfg, folds, resume))
     cfg, cv_dir, todo = opened.cfg, opened.cv_dir, opened.todo
     try:
         _train_folds(cfg, cv_dir, todo)
     except KeyboardInterrupt as exc:
         raise TrainingInterrupted(f"during cross-validation; continue with: {opened.resume_command(folds)}") from exc
-    return pool_folds(cfg, cv_dir)
+    result = _on_rank_zero(ranks, lambda: pool_folds(cfg, cv_dir))
+    return result if ranks is None or ranks.is_global_zero else replace(result, is_global_zero=False)
 
 
 @dataclass
@@ -144,6 +152,53 @@ def open_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str 
     save_config(cfg, cv_dir / CV_CONFIG)
     atomic_write_csv(fold_table, cv_dir / FOLDS)
     return OpenedCV(cfg, cv_dir, todo, cfg.train.epochs)
+
+
+def _join_launched_processes(cfg: Config) -> Fabric | None:
+    """Under torchrun or Fabric's own launcher, the process group of every process; None in a single process.
+
+    Those launchers run this same command in every process from its start, so without this each would make a
+    CV folder of its own (its name holds the time), the folds would train into rank 0's and the other ranks
+    would pool an empty one. Joined here, rank 0 alone makes the folder and pools, and every fold's train()
+    reuses the group. A spawning strategy (ddp_spawn) starts its processes inside each train() instead, so
+    this process is then the only one that runs the CV.
+    """
+    fabric = make_fabric(cfg)
+    # Fabric has no public test for "every process runs the script": its script launcher is what marks it.
+    if fabric.world_size == 1 or not isinstance(fabric.strategy.launcher, _SubprocessScriptLauncher):
+        return None
+    fabric.launch()
+    return fabric
+
+
+T = TypeVar("T")
+
+
+def _on_rank_zero(ranks: Fabric | None, work: Callable[[], T]) -> T:
+    """``work`` done by rank 0 alone, its result (or its error) sent to every process.
+
+    An error is sent too, so every process stops with rank 0's message instead of waiting for a result.
+    """
+    if ranks is None:
+        return work()
+    outcome: tuple[T | None, BaseException | None] = (None, None)
+    if ranks.is_global_zero:
+        try:
+            outcome = (work(), None)
+        except Exception as exc:
+            outcome = (None, exc if _picklable(exc) else RunError(f"{type(exc).__name__}: {exc}"))
+    value, error = ranks.broadcast(outcome)
+    if error is not None:
+        raise error
+    return value  # type: ignore[return-value]  # rank 0's result, not None when no error came
+
+
+def _picklable(exc: BaseException) -> bool:
+    try:
+        pickle.dumps(exc)
+    except Exception:
+        return False
+    return True
 
 
 def _train_folds(cfg: Config, cv_dir: Path, todo: Sequence[int]) -> None:

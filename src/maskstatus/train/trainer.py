@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -167,14 +168,35 @@ def train(cfg: Config, resume: Path | str | None = None) -> TrainResult:
         cfg = _resume_config(run, cfg)
     check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
     check_train_outputs(cfg, resume)
+    fabric = make_fabric(cfg)
+    # A partial, not extra launch arguments: Fabric types the launched function as taking the Fabric only.
+    return fabric.launch(partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None))
+
+
+def make_fabric(cfg: Config) -> Fabric:
+    """The Fabric of ``cfg.train``'s devices, machines, strategy and precision.
+
+    Under torchrun the processes exist before Fabric does, and each one's WORLD_SIZE says how many there
+    are: a config that accounts for another number is refused here, since with one device per config every
+    process would quietly train (and write) a run of its own. A second Fabric in a process (the next fold of
+    a CV) joins the process group the first one made.
+    """
     fabric = Fabric(
         accelerator=cfg.train.accelerator,
         devices=cfg.train.devices,
+        num_nodes=cfg.train.num_nodes,
         strategy=cfg.train.strategy,
         precision=cfg.train.precision,
     )
-    # A partial, not extra launch arguments: Fabric types the launched function as taking the Fabric only.
-    return fabric.launch(partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None))
+    launched = os.environ.get("WORLD_SIZE")
+    if launched is not None and launched.isdigit() and int(launched) != fabric.world_size:
+        raise ConfigError(
+            f"train.devices={cfg.train.devices} x train.num_nodes={cfg.train.num_nodes} (train.strategy="
+            f"{cfg.train.strategy}) is {fabric.world_size} process(es), but this one was launched as one of "
+            f"WORLD_SIZE={launched}: give train.devices=<processes per machine> train.num_nodes=<machines> "
+            "train.strategy=ddp to match torchrun's --nproc-per-node and --nnodes"
+        )
+    return fabric
 
 
 def check_train_outputs(cfg: Config, resume: Path | str | None = None) -> None:
