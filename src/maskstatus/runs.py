@@ -6,6 +6,8 @@
     <run>/checkpoints/last.pt    last epoch, with optimiser/scheduler/RNG state for resume
     <run>/metrics.csv            one row per epoch
     <run>/tensorboard/           TensorBoard event files
+    <run>/wandb/                 the W&B run's local files (tracking.backends: wandb; offline runs wait here for sync)
+    <run>/tracking.json          the W&B and MLflow run ids, so that a resumed run logs to the same runs
     <run>/predictions/oof.csv    out-of-fold probabilities (the run's held-out fold)
     <run>/plots/                 curves, confusion matrix
     <run>/age_cuts.json          age cut points tuned out of fold (``maskstatus tune-age``), if tuned
@@ -18,6 +20,9 @@ A CV folder holds one run folder per fold, and at its top:
     <cv>/oof.csv                 every fold run's oof.csv stacked
     <cv>/cv_metrics.json         its scores with person-bootstrap intervals, and each fold's best epoch
     <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
+    <cv>/wandb/                  the W&B run of the pooled OOF scores (tracking.backends: wandb)
+
+The default MLflow store (tracking.backends: mlflow) is ``<output_dir>/mlruns``, beside the runs.
 
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
@@ -52,6 +57,9 @@ ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskst
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
 CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
+TRACKING = "tracking.json"  # <run>/tracking.json: the tracking backends' run ids
+WANDB = "wandb"  # <run>/wandb/, <cv>/wandb/: W&B's own folder (wandb names it; save_dir is the folder above)
+MLRUNS = "mlruns"  # <output_dir>/mlruns: the default MLflow file store
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / TRACKING
 
     @property
     def predictions(self) -> Path:

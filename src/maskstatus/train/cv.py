@@ -60,6 +60,7 @@ from ..runs import (
 )
 from ..scoring.metrics import model_metrics
 from ..scoring.score import oof_interval, scored_scope
+from ..tracking import check_backends, fold_tracking, log_cv
 from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, train
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
         _check_resume_epochs(cv_dir, cfg)
         log_removed_temp_files(cv_dir)
         check_train_outputs(cfg, cv_dir)
+        cfg = check_backends(cfg)
     else:
         if not cfg.split.holdout:
             raise ConfigError(
@@ -101,6 +103,7 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
         # Each fold's train() checks it too, but only after this folder exists.
         check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
         check_train_outputs(cfg)
+        cfg = check_backends(cfg)  # before the folder exists: a backend out of reach leaves nothing behind
         fold_table = _make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
         cv_dir = _new_cv_dir(cfg)
         save_config(cfg, cv_dir / CV_CONFIG)
@@ -114,7 +117,9 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
             again.append(f"train.epochs={cfg.train.epochs}")  # cv_config.yaml keeps the CV's first epoch count
         command = " ".join(["maskstatus cv --resume", str(cv_dir), *again])
         raise TrainingInterrupted(f"during cross-validation; continue with: {command}") from exc
-    return _pool(cfg, cv_dir)
+    result = _pool(cfg, cv_dir)
+    log_cv(cfg, cv_dir, result.metrics, result.ci)
+    return result
 
 
 def _train_folds(cfg: Config, cv_dir: Path, todo: Sequence[int]) -> None:
@@ -196,7 +201,9 @@ def _make_cv_folds(cfg: Config) -> pd.DataFrame:
 
 def _fold_config(cfg: Config, k: int, cv_dir: Path) -> Config:
     split = cfg.split.model_copy(update={"fold": k, "folds_file": cv_dir / FOLDS})
-    return cfg.model_copy(update={"split": split, "output_dir": cv_dir, "name": f"fold{k}"})
+    return cfg.model_copy(
+        update={"split": split, "output_dir": cv_dir, "name": f"fold{k}", "tracking": fold_tracking(cfg, cv_dir)}
+    )
 
 
 def fold_run(cv_dir: Path, k: int) -> Path | None:
