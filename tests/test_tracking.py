@@ -139,11 +139,13 @@ def _pooled_scores(cv_dir: Path) -> dict[str, float]:
 
 def _head_commit() -> str:
     src = Path(__file__).resolve().parents[1]
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 def test_wandb_offline_runs_hold_config_epochs_final_score_commit_and_pictures(tracked_cv):
-    cfg, result = tracked_cv
+    _, result = tracked_cv
     for run in _fold_runs(result):
         logged = wandb_run(run.root)
         assert logged["run"].run_group == result.cv_dir.name
@@ -212,7 +214,8 @@ def test_mlflow_nests_the_folds_under_a_cv_parent_with_the_pooled_oof_f1(tracked
     cfg, result = tracked_cv
     _, runs = _mlflow(cfg)
     (parent,) = [r for r in runs if r.data.tags.get("maskstatus.cv") == result.cv_dir.name]
-    assert parent.info.run_name == result.cv_dir.name and parent.info.status == "FINISHED"
+    assert parent.info.run_name == result.cv_dir.name
+    assert parent.info.status == "FINISHED"
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(r.info.run_name for r in children) == sorted(p.name for p in result.fold_runs)
     expected = _pooled_scores(result.cv_dir)
@@ -258,7 +261,8 @@ def test_a_missing_backend_package_stops_before_training_with_one_line(tiny_conf
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("error: tracking.backends: wandb needs the track extra (no module named wandb): ")
-    assert "pip install 'maskstatus[track]'" in err and "tracking.on_unavailable=tensorboard" in err
+    assert "pip install 'maskstatus[track]'" in err
+    assert "tracking.on_unavailable=tensorboard" in err
 
 
 def test_an_unreachable_server_stops_before_training_or_goes_on_with_tensorboard(tiny_config, caplog):
@@ -307,3 +311,24 @@ def test_a_backend_failing_mid_run_is_dropped_with_a_warning_not_a_crash(caplog)
 def test_the_commit_is_left_out_outside_a_git_checkout(tmp_path):
     assert git_commit(tmp_path) is None
     assert git_commit() == _head_commit()
+
+
+def test_a_resumed_run_logs_on_to_the_same_mlflow_run(tiny_config, monkeypatch):
+    from maskstatus.train.trainer import train
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    cfg = tiny_config("tracking.backends=[mlflow]", "train.epochs=1", "train.limit_train_batches=1")
+    run = RunDir(train(cfg).run_dir)
+    first = json.loads(run.tracking.read_text())["mlflow"]
+    train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"epochs": 2})}), resume=run.root)
+    assert json.loads(run.tracking.read_text())["mlflow"] == first
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=(cfg.output_dir / "mlruns").resolve().as_uri())
+    (experiment,) = [e for e in client.search_experiments() if e.name == "maskstatus"]
+    (logged,) = client.search_runs([experiment.experiment_id])
+    assert logged.info.run_id == first
+    assert logged.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(first, "val_f1")] == [0, 1]
+    assert logged.data.params["train.epochs"] == "1"  # the parameters a run started with; metrics.csv tells the rest
+    assert not list(run.tensorboard.glob("events.out.tfevents.*"))  # tracking.backends without TensorBoard

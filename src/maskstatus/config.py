@@ -506,6 +506,10 @@ class PredictConfig(_Section):
 TrackingBackend = Literal["tensorboard", "wandb", "mlflow"]
 
 
+def _tensorboard_only() -> list[TrackingBackend]:
+    return ["tensorboard"]
+
+
 class WandbConfig(_Section):
     project: str = Field("maskstatus", description="W&B project the runs are logged to (one per team and task)")
     entity: str | None = Field(None, description="W&B user or team owning the project (null: the login's default)")
@@ -527,7 +531,7 @@ class MlflowConfig(_Section):
 
 class TrackingConfig(_Section):
     backends: list[TrackingBackend] = Field(
-        default_factory=lambda: ["tensorboard"],
+        default_factory=_tensorboard_only,
         description="where each run logs its config, epochs, final score and plots: tensorboard (the run's "
         "tensorboard/ folder), wandb, mlflow (both need the track extra)",
     )

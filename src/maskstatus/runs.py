@@ -58,7 +58,6 @@ ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskst
 CV_CONFIG = "cv_config.yaml"
 CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
 TRACKING = "tracking.json"  # <run>/tracking.json: the tracking backends' run ids
-WANDB = "wandb"  # <run>/wandb/, <cv>/wandb/: W&B's own folder (wandb names it; save_dir is the folder above)
 MLRUNS = "mlruns"  # <output_dir>/mlruns: the default MLflow file store
 
 

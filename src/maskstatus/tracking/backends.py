@@ -14,7 +14,7 @@ import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from lightning_fabric.loggers import Logger, TensorBoardLogger
@@ -22,6 +22,9 @@ from lightning_fabric.loggers import Logger, TensorBoardLogger
 from ..config import Config, ConfigError, TrackingConfig
 from ..extras import MissingExtraError, require
 from ..runs import MLRUNS, RunDir
+
+if TYPE_CHECKING:
+    from pytorch_lightning.loggers import MLFlowLogger, WandbLogger
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +70,10 @@ class Backend:
     def log_files(self, lg: Logger, files: Sequence[tuple[Path, str]]) -> None:
         """Attach (file, folder in the run) pairs to the run; TensorBoard's files already lie in the run folder."""
 
+    def has_params(self, lg: Logger) -> bool:
+        """Whether the run has its parameters already (a resumed run, a CV parent pooled again)."""
+        return False
+
     def finish(self, lg: Logger, status: str) -> None:
         lg.finalize(status)
 
@@ -110,12 +117,12 @@ class WandbBackend(Backend):
         return wb
 
     def run_id(self, lg: Logger) -> str | None:
-        return str(lg.experiment.id)
+        return str(cast("WandbLogger", lg).experiment.id)
 
     def log_files(self, lg: Logger, files: Sequence[tuple[Path, str]]) -> None:
         import wandb
 
-        run = lg.experiment
+        run = cast("WandbLogger", lg).experiment
         artifact = wandb.Artifact(f"files-{run.id}", type="run-files")
         for path, folder in files:
             artifact.add_file(str(path), name=f"{folder}/{path.name}" if folder else path.name)
@@ -123,7 +130,7 @@ class WandbBackend(Backend):
 
     def finish(self, lg: Logger, status: str) -> None:
         lg.finalize(status)  # PL's W&B logger leaves the run open: finish it, or the next fold's run joins it
-        lg.experiment.finish(exit_code=0 if status == "success" else 1)
+        cast("WandbLogger", lg).experiment.finish(exit_code=0 if status == "success" else 1)
 
 
 class MlflowBackend(Backend):
@@ -153,12 +160,16 @@ class MlflowBackend(Backend):
         return ml
 
     def run_id(self, lg: Logger) -> str | None:
-        return str(lg.run_id)  # type: ignore[attr-defined]  # MLFlowLogger's
+        return str(cast("MLFlowLogger", lg).run_id)
 
     def log_files(self, lg: Logger, files: Sequence[tuple[Path, str]]) -> None:
-        client, run_id = lg.experiment, lg.run_id  # type: ignore[attr-defined]
+        ml = cast("MLFlowLogger", lg)
         for path, folder in files:
-            client.log_artifact(run_id, str(path), folder or None)
+            ml.experiment.log_artifact(ml.run_id, str(path), folder or None)
+
+    def has_params(self, lg: Logger) -> bool:
+        ml = cast("MLFlowLogger", lg)
+        return bool(ml.experiment.get_run(ml.run_id).data.params)
 
     def finish(self, lg: Logger, status: str) -> None:
         lg.finalize("success" if status == "success" else "failed")

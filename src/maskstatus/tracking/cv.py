@@ -63,8 +63,7 @@ def _log_pooled(
         assert tracking.mlflow.tracking_uri is not None  # fold_tracking resolved it
         run_id = cv_parent_run(tracking.mlflow.tracking_uri, tracking.mlflow.experiment, group)
     lg = backend.open(tracking, RunInfo(cv_dir, f"{group}-pooled", cfg.output_dir, group, "cv", run_id))
-    if name != "mlflow" or not lg.experiment.get_run(run_id).data.params:
-        # An MLflow parent keeps the parameters it was first given (MLflow refuses to change them on a resume).
+    if not backend.has_params(lg):  # MLflow refuses to change a parameter: a CV pooled again keeps the first ones
         lg.log_hyperparams(flat_params(cfg))
     lg.log_metrics(pooled, 0)
     new_id = backend.run_id(lg)

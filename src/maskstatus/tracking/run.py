@@ -23,7 +23,7 @@ from typing import Any
 from lightning_fabric.loggers import Logger
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-from ..config import Config, TrackingConfig, config_to_dict
+from ..config import Config, TrackingBackend, TrackingConfig, config_to_dict
 from ..errors import RunError
 from ..runs import RunDir, atomic_write_text
 from ..scoring.oof import read_oof
@@ -32,7 +32,7 @@ from .backends import BACKENDS, RunInfo, finite, unavailable
 
 logger = logging.getLogger(__name__)
 
-TENSORBOARD = "tensorboard"
+TENSORBOARD: TrackingBackend = "tensorboard"
 NOT_CURVES = ("epoch", "train_start_time")  # of an epoch's history row: its step, and a clock reading
 
 
@@ -47,9 +47,9 @@ def check_backends(cfg: Config) -> Config:
     if cfg.tracking.on_unavailable == "stop":
         first = next(iter(problems.values()))
         raise type(first)(f"{first}; or set tracking.on_unavailable=tensorboard to train logging to TensorBoard only")
-    for name, exc in problems.items():
+    for exc in problems.values():
         logger.warning("%s: training logs to TensorBoard instead (tracking.on_unavailable=tensorboard)", exc)
-    kept = [b for b in cfg.tracking.backends if b not in problems]
+    kept: list[TrackingBackend] = [b for b in cfg.tracking.backends if b not in problems]
     if TENSORBOARD not in kept:
         kept.insert(0, TENSORBOARD)
     return cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"backends": kept})})
