@@ -157,37 +157,42 @@ class RunTracker(Logger):
 
     @rank_zero_only
     def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
-        self._each("log its parameters", lambda lg: lg.log_hyperparams(params))
+        self._each("log its parameters", lambda _, lg: lg.log_hyperparams(params))
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         values = finite({k: v for k, v in metrics.items() if k not in NOT_CURVES})
-        self._each("log metrics", lambda lg: lg.log_metrics(values, step))
+        self._each("log metrics", lambda _, lg: lg.log_metrics(values, step))
 
     @rank_zero_only
     def log_final(self, run: RunDir, best_epoch: int, best_score: float, last_epoch: int) -> None:
         """The run's final score with its person-bootstrap interval (from its held-out predictions) and its pictures."""
         metrics = {"final/best_epoch": float(best_epoch)}
-        if run.oof.is_file():
-            interval = folder_interval(run.root, read_oof(run.root)).to_dict()
-            metrics |= score_metrics("final", interval["point"], interval["ci"])
-            metrics["final/level"] = float(interval["level"])
-        elif best_score >= 0:
+        if best_score >= 0:
             metrics["final/score"] = best_score
-        self._each("log the final score", lambda lg: lg.log_metrics(metrics, last_epoch))
+        if run.oof.is_file():
+            try:
+                interval = folder_interval(run.root, read_oof(run.root)).to_dict()
+            except (OSError, ValueError) as exc:  # the run is trained and saved: its scores stay in its folder
+                logger.warning("tracking: the final interval of %s could not be computed (%s)", run.root, exc)
+            else:
+                metrics |= score_metrics("final", interval["point"], interval["ci"])
+                metrics["final/level"] = float(interval["level"])
+        self._each("log the final score", lambda _, lg: lg.log_metrics(metrics, last_epoch))
         files = run_files(run.root)
         if files:
-            self._each("log the run's files", lambda lg, name: BACKENDS[name].log_files(lg, files), by_name=True)
+            self._each("log the run's files", lambda name, lg: BACKENDS[name].log_files(lg, files))
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        self._each("finish", lambda lg, name: BACKENDS[name].finish(lg, status), by_name=True)
+        self._each("finish", lambda name, lg: BACKENDS[name].finish(lg, status))
         self._open.clear()
 
-    def _each(self, what: str, call: Callable[..., Any], by_name: bool = False) -> None:
+    def _each(self, what: str, call: Callable[[str, Logger], Any]) -> None:
+        """``call(name, logger)`` on every open backend; one that raises is dropped with a warning."""
         for name, lg in list(self._open.items()):
             try:
-                call(lg, name) if by_name else call(lg)
+                call(name, lg)
             except Exception as exc:  # a backend's failure never stops the training it logs
                 logger.warning("tracking: %s could not %s (%s); the run goes on without it", name, what, exc)
                 self._open.pop(name, None)
