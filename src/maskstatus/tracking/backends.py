@@ -146,6 +146,7 @@ class MlflowBackend(Backend):
         from pytorch_lightning.loggers import MLFlowLogger
 
         uri = mlflow_uri(tracking, run.output_dir)
+        experiment_id(uri, tracking.mlflow.experiment)  # made here, not by the logger (with a warning that it did)
         tags = {"maskstatus.run_dir": str(run.root)}
         if run.job == "fold" and run.group is not None and run.run_id is None:
             tags[PARENT_TAG] = cv_parent_run(uri, tracking.mlflow.experiment, run.group)
@@ -191,18 +192,26 @@ def mlflow_uri(tracking: TrackingConfig, output_dir: Path) -> str:
     return uri
 
 
+def experiment_id(uri: str, experiment: str) -> str:
+    """The id of the MLflow experiment named ``experiment``, created if it does not exist yet."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    return str(found.experiment_id if found is not None else client.create_experiment(experiment))
+
+
 def cv_parent_run(uri: str, experiment: str, group: str) -> str:
     """The id of the MLflow run standing for the CV ``group``, created by the first fold (or the pooling) to ask."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(experiment)
-    experiment_id = found.experiment_id if found is not None else client.create_experiment(experiment)
+    exp = experiment_id(uri, experiment)
     # Folder names hold only letters, digits, '.', '_' and '-' (config.RUN_NAME), so the quoted value is safe.
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`{CV_TAG}` = '{group}'", max_results=1)
+    runs = client.search_runs([exp], filter_string=f"tags.`{CV_TAG}` = '{group}'", max_results=1)
     if runs:
         return str(runs[0].info.run_id)
-    return str(client.create_run(experiment_id, run_name=group, tags={CV_TAG: group}).info.run_id)
+    return str(client.create_run(exp, run_name=group, tags={CV_TAG: group}).info.run_id)
 
 
 def unavailable(cfg: Config) -> dict[str, Exception]:
