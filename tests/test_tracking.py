@@ -332,3 +332,26 @@ def test_a_resumed_run_logs_on_to_the_same_mlflow_run(tiny_config, monkeypatch):
     assert [m.step for m in client.get_metric_history(first, "val_f1")] == [0, 1]
     assert logged.data.params["train.epochs"] == "1"  # the parameters a run started with; metrics.csv tells the rest
     assert not list(run.tensorboard.glob("events.out.tfevents.*"))  # tracking.backends without TensorBoard
+
+
+def test_wandb_online_without_its_server_is_named_and_tensorboard_can_stand_in(monkeypatch, tmp_path):
+    from maskstatus.tracking import check_backends
+
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{_closed_port()}")
+    cfg = load_config(None, [f"output_dir={tmp_path}", "tracking.backends=[wandb, mlflow]"])
+    with pytest.raises(ConfigError, match=r"^tracking.wandb.mode: cannot reach the wandb server at http://127"):
+        check_backends(cfg)
+    monkeypatch.setitem(sys.modules, "mlflow", None)
+    kept = check_backends(
+        cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"on_unavailable": "tensorboard"})})
+    )
+    assert kept.tracking.backends == ["tensorboard"]
+    offline = load_config(None, ["tracking.backends=[wandb]", "tracking.wandb.mode=offline"])
+    assert check_backends(offline) == offline  # offline needs no server
+
+
+def test_a_backend_named_twice_or_unknown_is_a_config_error_naming_the_key():
+    with pytest.raises(ConfigError, match=r"tracking.backends: .*each backend once"):
+        load_config(None, ["tracking.backends=[wandb, wandb]"])
+    with pytest.raises(ConfigError, match=r"tracking.backends.0: "):
+        load_config(None, ["tracking.backends=[neptune]"])
