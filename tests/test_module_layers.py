@@ -136,6 +136,14 @@ def test_prediction_and_scoring_never_import_training():
         assert _offenders(graph, package, ("maskstatus.train",)) == {}
 
 
+def test_tracking_logs_runs_without_reaching_into_training_prediction_or_the_cli():
+    """Training and cv call tracking; tracking reads a finished run's files (scoring) but never calls back."""
+    graph = import_graph()
+    assert "maskstatus.tracking" in graph["maskstatus.train.trainer"]
+    above = ("maskstatus.train", "maskstatus.infer", "maskstatus.serve", "maskstatus.analysis", "maskstatus.cli")
+    assert _offenders(graph, "maskstatus.tracking", above) == {}
+
+
 def test_reading_validating_and_building_tables_run_one_way():
     graph = import_graph()
     data = "maskstatus.data."

@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 # The narrative pages written by hand; the site's other pages are generated or kept elsewhere.
-PAGES = ("getting-started.md", "data.md", "configuration.md", "training.md", "prediction.md", "serving.md",
-         "analysis.md")
+PAGES = ("getting-started.md", "data.md", "configuration.md", "training.md", "tracking.md", "prediction.md",
+         "serving.md", "analysis.md")
 MAX_README_LINES = 250
 # Placeholders that stand for a number in an override (a path placeholder such as DATA needs none).
 NUMBER_PLACEHOLDERS = {"N": "3"}
@@ -172,8 +172,29 @@ def check_pre_commit(args: list[str]) -> None:
     assert args[:1] in (["install"], ["run"]), f"pre-commit {' '.join(args)}"
 
 
+def check_click_cli(cli, name: str, args: list[str]) -> None:
+    """A command of a tracking library's own click CLI: the subcommand exists, and so does each of its --options."""
+    assert args and args[0] in cli.commands, f"{name} has no command {args[:1]}"
+    options = {opt for param in cli.commands[args[0]].params for opt in param.opts}
+    unknown = {a.split("=", 1)[0] for a in args[1:] if a.startswith("-")} - options
+    assert not unknown, f"{name} {args[0]} has no option {sorted(unknown)}"
+
+
+def check_wandb(args: list[str]) -> None:
+    from wandb.cli.cli import cli
+
+    check_click_cli(cli, "wandb", args)
+
+
+def check_mlflow(args: list[str]) -> None:
+    from mlflow.cli import cli
+
+    check_click_cli(cli, "mlflow", args)
+
+
 CHECKS = {"maskstatus": check_maskstatus, "make": check_make, "pip": check_pip, "python": check_python,
-          "curl": check_curl, "source": check_source, "pre-commit": check_pre_commit}
+          "curl": check_curl, "source": check_source, "pre-commit": check_pre_commit, "wandb": check_wandb,
+          "mlflow": check_mlflow}
 
 
 @pytest.mark.parametrize("item", COMMANDS, ids=command_id)
@@ -200,6 +221,7 @@ def test_a_misspelt_maskstatus_command_fails(args):
 @pytest.mark.parametrize("check, args", [
     (check_make, ["demoo"]), (check_pip, ["install", "-e", ".[serv]"]), (check_python, ["benchmarks/nope.py"]),
     (check_python, ["benchmarks/readme_recipes.py", "--chek"]), (check_curl, ["http://127.0.0.1:8000/predcit"]),
+    (check_wandb, ["snyc", "runs/x"]), (check_mlflow, ["server", "--backend-store-url", "runs/mlruns"]),
 ])
 def test_other_misspelt_commands_fail(check, args):
     with pytest.raises(AssertionError):

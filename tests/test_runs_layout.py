@@ -11,7 +11,8 @@ from maskstatus.runs import RunDir, expand_runs, oof_path
 
 ROOT = Path(maskstatus.__file__).resolve().parent
 NAMES = {runs.RUN_CONFIG, runs.FOLDS, runs.CHECKPOINTS, runs.BEST, runs.LAST, runs.METRICS, runs.PREDICTIONS, runs.OOF,
-         runs.AGE_CUTS, runs.CV_CONFIG, runs.CV_METRICS, runs.REVIEW_DECISIONS, runs.REVIEW_RELABEL}
+         runs.AGE_CUTS, runs.CV_CONFIG, runs.CV_METRICS, runs.REVIEW_DECISIONS, runs.REVIEW_RELABEL,
+         runs.TRACKING, runs.MLRUNS}
 # outputs tells run folders from others before it lets a file be written, and runs imports outputs (for its disk
 # errors): importing runs back would be a cycle, so outputs spells the two names it needs.
 SPELT_OUT = {"outputs.py": {runs.CV_CONFIG, runs.RUN_CONFIG, runs.CHECKPOINTS}}

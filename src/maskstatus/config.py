@@ -509,6 +509,59 @@ class PredictConfig(_Section):
     )
 
 
+TrackingBackend = Literal["tensorboard", "wandb", "mlflow"]
+
+
+def _tensorboard_only() -> list[TrackingBackend]:
+    return ["tensorboard"]
+
+
+class WandbConfig(_Section):
+    project: str = Field("maskstatus", description="W&B project the runs are logged to (one per team and task)")
+    entity: str | None = Field(None, description="W&B user or team owning the project (null: the login's default)")
+    mode: Literal["online", "offline"] = Field(
+        "online",
+        description="online: stream to the W&B server; offline: write the run under the run folder only, "
+        "for `wandb sync` later (no network, no login)",
+    )
+
+
+class MlflowConfig(_Section):
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking server or store, e.g. http://host:5000 or sqlite:///mlflow.db "
+        "(null: a local file store, output_dir/mlruns)",
+    )
+    experiment: str = Field("maskstatus", description="MLflow experiment the runs are logged to")
+
+
+class TrackingConfig(_Section):
+    backends: list[TrackingBackend] = Field(
+        default_factory=_tensorboard_only,
+        description="where each run logs its config, epochs, final score and plots: tensorboard (the run's "
+        "tensorboard/ folder), wandb, mlflow (both need the track extra)",
+    )
+    on_unavailable: Literal["stop", "tensorboard"] = Field(
+        "stop",
+        description="a backend not installed or whose server cannot be reached: stop before the first epoch "
+        "with one line, or go on logging to TensorBoard only",
+    )
+    group: str | None = Field(
+        None,
+        description="the CV the run belongs to, set by `maskstatus cv` (its folder name): the W&B group, "
+        "the MLflow parent run",
+    )
+    wandb: WandbConfig = Field(WandbConfig(), description="Weights & Biases (tracking.backends: wandb)")
+    mlflow: MlflowConfig = Field(MlflowConfig(), description="MLflow (tracking.backends: mlflow)")
+
+    @field_validator("backends")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"must name each backend once, got {v}")
+        return v
+
+
 class Config(_Section):
     name: str = Field(
         "run",
@@ -537,6 +590,9 @@ class Config(_Section):
     predict: PredictConfig = Field(
         PredictConfig(),
         description="defaults of prediction with this run: test-time augmentation and grouping photos into people",
+    )
+    tracking: TrackingConfig = Field(
+        TrackingConfig(), description="experiment tracking: TensorBoard, Weights & Biases, MLflow"
     )
 
     @field_validator("name")

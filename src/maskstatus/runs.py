@@ -6,6 +6,8 @@
     <run>/checkpoints/last.pt    last epoch, with optimiser/scheduler/RNG state for resume
     <run>/metrics.csv            one row per epoch
     <run>/tensorboard/           TensorBoard event files
+    <run>/wandb/                 the W&B run's local files (tracking.backends: wandb; offline runs wait here for sync)
+    <run>/tracking.json          the W&B and MLflow run ids, so that a resumed run logs to the same runs
     <run>/predictions/oof.csv    out-of-fold probabilities (the run's held-out fold)
     <run>/plots/                 curves, confusion matrix
     <run>/age_cuts.json          age cut points tuned out of fold (``maskstatus tune-age``), if tuned
@@ -22,6 +24,9 @@ A CV folder holds one run folder per fold, and at its top:
     <cv>/.pool.lock              taken while oof.csv and cv_metrics.json are rewritten
     <cv>/review/                 ``maskstatus review``: decisions.json (every decision, saved as made) and
                                  relabel.csv (the export, in the format data.relabel reads)
+    <cv>/wandb/                  the W&B run of the pooled OOF scores (tracking.backends: wandb)
+
+The default MLflow store (tracking.backends: mlflow) is ``<output_dir>/mlruns``, beside the runs.
 
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
@@ -63,6 +68,8 @@ WORKER_LOGS = "logs"  # <cv>/logs/fold<k>.log: the output of a fold trained by `
 REVIEW = "review"  # <cv>/review/: the label review page's folder (its default place)
 REVIEW_DECISIONS = "decisions.json"
 REVIEW_RELABEL = "relabel.csv"
+TRACKING = "tracking.json"  # <run>/tracking.json: the tracking backends' run ids
+MLRUNS = "mlruns"  # <output_dir>/mlruns: the default MLflow file store
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.root / "tensorboard"
+
+    @property
+    def tracking(self) -> Path:
+        return self.root / TRACKING
 
     @property
     def predictions(self) -> Path:

@@ -66,6 +66,7 @@ from ..runs import (
 )
 from ..scoring.metrics import model_metrics
 from ..scoring.score import oof_interval, scored_scope
+from ..tracking import check_backends, fold_tracking, log_cv
 from .trainer import TrainingInterrupted, check_train_outputs, log_removed_temp_files, make_fabric, train
 
 logger = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ def run_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str |
         _train_folds(cfg, cv_dir, todo)
     except KeyboardInterrupt as exc:
         raise TrainingInterrupted(f"during cross-validation; continue with: {opened.resume_command(folds)}") from exc
-    result = _on_rank_zero(ranks, lambda: pool_folds(cfg, cv_dir))
+    result = _on_rank_zero(ranks, lambda: _pool_and_log(cfg, cv_dir))
     return result if ranks is None or ranks.is_global_zero else replace(result, is_global_zero=False)
 
 
@@ -137,6 +138,7 @@ def open_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str 
             if run is not None:
                 log_removed_temp_files(run)
         check_train_outputs(cfg, cv_dir)
+        cfg = check_backends(cfg)
         return OpenedCV(cfg, cv_dir, todo, saved.train.epochs)
     if not cfg.split.holdout:
         raise ConfigError(
@@ -147,11 +149,18 @@ def open_cv(cfg: Config, folds: Sequence[int] | None = None, resume: Path | str 
     # Each fold's train() checks it too, but only after this folder exists.
     check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
     check_train_outputs(cfg)
+    cfg = check_backends(cfg)  # before the folder exists: a backend out of reach leaves nothing behind
     fold_table = make_cv_folds(cfg)  # before the folder exists, so a bad split leaves nothing behind
     cv_dir = _new_cv_dir(cfg)
     save_config(cfg, cv_dir / CV_CONFIG)
     atomic_write_csv(fold_table, cv_dir / FOLDS)
     return OpenedCV(cfg, cv_dir, todo, cfg.train.epochs)
+
+
+def _pool_and_log(cfg: Config, cv_dir: Path) -> CVResult:
+    result = pool_folds(cfg, cv_dir)
+    log_cv(cfg, cv_dir, result.metrics, result.ci)
+    return result
 
 
 def _join_launched_processes(cfg: Config) -> Fabric | None:
@@ -281,7 +290,9 @@ def make_cv_folds(cfg: Config) -> pd.DataFrame:
 
 def _fold_config(cfg: Config, k: int, cv_dir: Path) -> Config:
     split = cfg.split.model_copy(update={"fold": k, "folds_file": cv_dir / FOLDS})
-    return cfg.model_copy(update={"split": split, "output_dir": cv_dir, "name": f"fold{k}"})
+    return cfg.model_copy(
+        update={"split": split, "output_dir": cv_dir, "name": f"fold{k}", "tracking": fold_tracking(cfg, cv_dir)}
+    )
 
 
 def fold_run(cv_dir: Path, k: int) -> Path | None:

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 from lightning_fabric import Fabric
+from lightning_fabric.loggers import Logger
 from lightning_fabric.wrappers import _FabricModule
 from timm.utils import ModelEmaV3
 from torch.utils.data import DataLoader, DistributedSampler, Sampler
@@ -56,6 +57,7 @@ from ..runs import (
     remove_stale_temp_files,
 )
 from ..scoring.metrics import confusion, model_metrics, plot_confusion, plot_curves
+from ..tracking import RunTracker, check_backends
 from .teacher import teacher_targets
 
 logger = logging.getLogger(__name__)
@@ -168,13 +170,14 @@ def train(cfg: Config, resume: Path | str | None = None) -> TrainResult:
         cfg = _resume_config(run, cfg)
     check_accelerator_available(cfg.train.accelerator, "train.accelerator", ConfigError)
     check_train_outputs(cfg, resume)
-    fabric = make_fabric(cfg)
+    cfg = check_backends(cfg)  # a tracking backend missing or out of reach stops the run here, with nothing written
+    fabric = make_fabric(cfg, loggers=[RunTracker(cfg.tracking)])
     # A partial, not extra launch arguments: Fabric types the launched function as taking the Fabric only.
     return fabric.launch(partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None))
 
 
-def make_fabric(cfg: Config) -> Fabric:
-    """The Fabric of ``cfg.train``'s devices, machines, strategy and precision.
+def make_fabric(cfg: Config, loggers: list[Logger] | None = None) -> Fabric:
+    """The Fabric of ``cfg.train``'s devices, machines, strategy and precision (and the run's loggers).
 
     Under torchrun the processes exist before Fabric does, and each one's WORLD_SIZE says how many there
     are: a config that accounts for another number is refused here, since with one device per config every
@@ -187,6 +190,7 @@ def make_fabric(cfg: Config) -> Fabric:
         num_nodes=cfg.train.num_nodes,
         strategy=cfg.train.strategy,
         precision=cfg.train.precision,
+        loggers=loggers,
     )
     launched = os.environ.get("WORLD_SIZE")
     if launched is not None and launched.isdigit() and int(launched) != fabric.world_size:
@@ -268,7 +272,7 @@ def _train(fabric: Fabric, cfg: Config, resume: str | None) -> TrainResult:
         ) from exc
     run = _open_run(fabric, cfg, data)
     progress = _restore(cfg, parts, data, run)
-    saver = EpochSaver(fabric, run, cfg, data.table)
+    saver = EpochSaver(fabric, run, cfg, data.table, resumed=data.resume_state is not None)
     try:
         epoch = _run_epochs(fabric, cfg, data, parts, progress, saver)
     except KeyboardInterrupt as exc:
@@ -277,7 +281,7 @@ def _train(fabric: Fabric, cfg: Config, resume: str | None) -> TrainResult:
     except NonFiniteLoss as exc:
         saver.abort()
         raise RunError(_diverged_message(exc, run)) from None
-    saver.close(progress.history)
+    saver.close(progress)
     return TrainResult(
         run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history, fabric.is_global_zero
     )
@@ -693,25 +697,22 @@ def _validate(fabric: Fabric, parts: TrainParts, cfg: Config, table: pd.DataFram
 class EpochSaver:
     """What each epoch leaves in the run folder, written by rank 0 (the role of timm's CheckpointSaver).
 
-    Every epoch: metrics.csv, TensorBoard scalars and last.pt (everything a resume needs). On a new best
-    score: best.pt (the validated weights only), the held-out predictions and the confusion plot.
+    Every epoch: metrics.csv, the epoch's row on the tracking backends (TensorBoard by default) and last.pt
+    (everything a resume needs). On a new best score: best.pt (the validated weights only), the held-out
+    predictions and the confusion plot. At the end: the curves, and the final score and pictures on the backends.
     """
 
-    def __init__(self, fabric: Fabric, run: RunDir, cfg: Config, table: pd.DataFrame) -> None:
+    def __init__(self, fabric: Fabric, run: RunDir, cfg: Config, table: pd.DataFrame, resumed: bool = False) -> None:
         self.fabric, self.run, self.cfg, self.table = fabric, run, cfg, table
-        self.tb = None
-        if fabric.is_global_zero:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(run.tensorboard))
+        tracker = fabric.logger
+        assert isinstance(tracker, RunTracker), "train() gives Fabric the run's tracker"
+        self.tracker = tracker
+        tracker.open(cfg, run, resumed, fabric.is_global_zero)
 
     def save(self, epoch: int, parts: TrainParts, progress: Progress, val: Validation | None, improved: bool) -> None:
         if not self.fabric.is_global_zero:
             return
-        assert self.tb is not None  # made on rank 0
-        for k, v in progress.history[-1].items():
-            if k not in ("epoch", "train_start_time"):  # a clock reading, not a curve
-                self.tb.add_scalar(k, v, epoch)
+        self.fabric.log_dict(progress.history[-1], step=epoch)
         atomic_write_csv(pd.DataFrame(progress.history), self.run.metrics)
         state = self._state(epoch, parts, progress)
         if improved:
@@ -730,15 +731,16 @@ class EpochSaver:
         atomic_save_torch(state, self.run.last)
 
     def abort(self) -> None:
-        """Flush what TensorBoard has of the epochs saved, on the way out of a failed or interrupted run."""
-        if self.tb is not None:
-            self.tb.close()
+        """Close the tracking runs as failed, keeping the epochs saved, on the way out of a failed or interrupted run."""
+        self.tracker.finalize("failed")
 
-    def close(self, history: list[dict[str, Any]]) -> None:
-        if self.tb is not None:
-            self.tb.close()
-            if history:
-                plot_curves(self.run.metrics, self.run.plots / "curves.png")
+    def close(self, progress: Progress) -> None:
+        if not self.fabric.is_global_zero:
+            return
+        if progress.history:
+            plot_curves(self.run.metrics, self.run.plots / "curves.png")
+            self.tracker.log_final(self.run, progress.best_epoch, progress.best_score, progress.history[-1]["epoch"])
+        self.tracker.finalize("success")
 
     def _state(self, epoch: int, parts: TrainParts, progress: Progress) -> dict[str, Any]:
         state = {
