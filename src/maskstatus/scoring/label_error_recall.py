@@ -144,8 +144,13 @@ def _summary(values: list[float], level: float = DEFAULT_LEVEL) -> dict[str, flo
     arr = np.asarray(values, dtype=np.float64)
     alpha = (1.0 - level) / 2.0
     lo, hi = np.quantile(arr, [alpha, 1.0 - alpha])
-    return {"mean": float(arr.mean()), "min": float(arr.min()), "max": float(arr.max()), "lo": float(lo),
-            "hi": float(hi)}
+    return {
+        "mean": float(arr.mean()),
+        "min": float(arr.min()),
+        "max": float(arr.max()),
+        "lo": float(lo),
+        "hi": float(hi),
+    }
 
 
 def _difference(values: np.ndarray, level: float, seed: int) -> dict[str, float]:
@@ -154,8 +159,14 @@ def _difference(values: np.ndarray, level: float, seed: int) -> dict[str, float]
 
     out = _summary(list(values), level)
     if len(values) > 1 and np.ptp(values) > 0:
-        mean_ci = bootstrap((values,), np.mean, confidence_level=level, method="percentile", n_resamples=2000,
-                            random_state=np.random.default_rng(seed)).confidence_interval
+        mean_ci = bootstrap(
+            (values,),
+            np.mean,
+            confidence_level=level,
+            method="percentile",
+            n_resamples=2000,
+            random_state=np.random.default_rng(seed),
+        ).confidence_interval
         out["mean_lo"], out["mean_hi"] = float(mean_ci.low), float(mean_ci.high)
     else:  # every draw the same difference (or one draw): nothing to resample
         out["mean_lo"] = out["mean_hi"] = float(values.mean())

@@ -59,8 +59,8 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from ..data.relabel import SWAP_STEMS, SWAP_VALUE
 from ..choices import LABEL_ERROR_RANKERS
+from ..data.relabel import SWAP_STEMS, SWAP_VALUE
 from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_RANKER, LABEL_ERRORS_TOP
 from ..errors import UsageError
 from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
@@ -331,7 +331,7 @@ def _rank_swap(ev: _SwapEvidence, mask_labels: np.ndarray, mask_probs: np.ndarra
         cl = np.sqrt(adj_looks1 * adj_looks2)
         score = cl if ranker == "cleanlab" else (confidence + cl) / 2.0
         reason = [
-            f"{r}; after the mask thresholds ({', '.join(f'{n} {t:.2f}' for n, t in zip(MASK_NAMES, thresholds))}) "
+            f"{r}; after the mask thresholds ({', '.join(f'{n} {t:.2f}' for n, t in zip(MASK_NAMES, thresholds, strict=True))}) "
             f"{x:.2f} and {y:.2f}"
             for r, x, y in zip(reason, adj_looks1, adj_looks2, strict=True)
         ]
