@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+from data_builders import uneven_oof
 
 from maskstatus.scoring.label_error_recall import (
     compare_rankers,
@@ -96,32 +97,8 @@ def test_injected_found_counts_per_task():
     assert counts["mask_swap"]["found"] == 1 and counts["age"]["injected"] == 0
 
 
-def _uneven(people: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Clean labels; the model is surer of some classes than others (which moves confident learning's
-    thresholds) and of some people than others (so clean people compete with planted errors)."""
-    rng = np.random.default_rng(seed)
-    rows, truth, person = [], [], []
-    for i in range(people):
-        gender, age = int(rng.integers(2)), int(rng.integers(3))
-        for stem in IMAGE_STEMS:
-            mask = STEM_TO_MASK[stem]
-            rows.append((f"{i:06d}", stem, f"/d/{i:06d}/{stem}.jpg", encode(mask, gender, age), i % 5))
-            truth.append((mask, gender, age))
-            person.append(i)
-    table = pd.DataFrame(rows, columns=["person_id", "stem", "image_path", "label", "fold"])
-    sure = {"mask": [0.95, 0.6, 0.8], "gender": [0.95, 0.6], "age": [0.9, 0.45, 0.7]}
-    factor = rng.uniform(0.05, 1.0, size=people)[person]
-    task_probs = {}
-    for t, codes in zip(("mask", "gender", "age"), np.array(truth).T):
-        c = np.array(sure[t])[codes] * factor
-        probs = rng.dirichlet(np.ones(TASKS[t]), size=len(codes)) * (1 - c)[:, None]
-        probs[np.arange(len(codes)), codes] += c
-        task_probs[t] = probs
-    return pd.concat([table, pd.DataFrame(combine_task_probs(task_probs), columns=PROB_COLUMNS)], axis=1)
-
-
 def test_compare_rankers_pairs_the_same_draws():
-    oof, counts = _uneven(), {"gender": 5, "age": 5, "mask_swap": 3}
+    oof, counts = uneven_oof(), {"gender": 5, "age": 5, "mask_swap": 3}
     report = compare_rankers(oof, counts, draws=5, seed=2, top=5, min_score=0.0)
     assert set(report["rankers"]) == {"confidence", "cleanlab", "combined"}
     # The same seed plants the same errors: each ranker's report is simulate_recall's with that ranker alone.
