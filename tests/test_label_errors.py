@@ -316,3 +316,28 @@ def test_cli_find_label_errors_ranker(planted, tmp_path, capsys):
     assert "gender: 3" in capsys.readouterr().out
     review = pd.read_csv(tmp_path / "r" / "review.csv", dtype={"person_id": str})
     assert review.reason.str.contains("threshold").all()
+
+
+def test_accepted_fixes_are_what_accepting_every_suggestion_writes(planted, tmp_path):
+    from maskstatus.labels import AgeThresholds
+    from maskstatus.scoring.label_errors import accepted_fixes
+
+    oof, flipped, swapped = planted
+    ages = pd.DataFrame(
+        [("000001", "age", "young", "middle", 0.8, "", ""), ("000002", "age", "middle", "old", 0.7, "", ""),
+         ("000003", "age", "old", "middle", 0.6, "", ""), ("000004", "age", "middle", "middle", 0.55, "", "")],
+        columns=list(REVIEW_COLUMNS),
+    )
+    suspects = pd.concat([find_label_errors(oof), ages], ignore_index=True)
+    fixes = accepted_fixes(suspects, oof).set_index(["id", "field"]).value
+    truth = {pid: GENDER_NAMES[1 - int(oof[oof.person_id == pid].label.iloc[0]) // 3 % 2] for pid in flipped}
+    assert {pid: fixes[pid, "gender"] for pid in flipped} == truth
+    assert fixes[swapped, "mask_swap"] == SWAP_VALUE
+    # Without predicted years: the nearest year of the suggested group; a suggestion equal to the label: no row.
+    assert (fixes["000001", "age"], fixes["000002", "age"], fixes["000003", "age"]) == ("30", "60", "59")
+    assert ("000004", "age") not in fixes.index
+    with_years = oof.assign(age_mean=np.where(oof.person_id == "000001", 41.6, 20.0))
+    years = accepted_fixes(ages, with_years, AgeThresholds(30, 58)).set_index("id").value
+    assert (years["000001"], years["000002"], years["000003"]) == ("42", "58", "30")
+    (tmp_path / "fix.csv").write_text(accepted_fixes(suspects, oof).to_csv(index=False))
+    assert len(read_relabel(tmp_path / "fix.csv")) == len(flipped) + 1 + 3

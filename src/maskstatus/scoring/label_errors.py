@@ -59,11 +59,24 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
+from ..age import AGE_MEAN
 from ..choices import LABEL_ERROR_RANKERS
-from ..data.relabel import SWAP_STEMS, SWAP_VALUE
+from ..data.relabel import RELABEL_COLUMNS, SWAP_STEMS, SWAP_VALUE
+from ..data.validate import MAX_AGE, MIN_AGE
 from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_RANKER, LABEL_ERRORS_TOP
 from ..errors import UsageError
-from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
+from ..labels import (
+    AGE_NAMES,
+    DEFAULT_AGE_THRESHOLDS,
+    GENDER_NAMES,
+    IMAGE_STEMS,
+    MASK_NAMES,
+    PROB_COLUMNS,
+    TASKS,
+    AgeThresholds,
+    decode,
+    split_class_probs,
+)
 from ..outputs import check_output, first_line
 from ..runs import atomic_write, atomic_write_csv, atomic_write_text
 from . import confident_learning
@@ -76,6 +89,7 @@ __all__ = [
     "REVIEW_ROW_HEIGHT",
     "REVIEW_THUMB",
     "TASK_NAMES",
+    "accepted_fixes",
     "check_review_output",
     "find_label_errors",
     "load_oof",
@@ -392,6 +406,42 @@ def rank_suspects(scores: pd.DataFrame, top: int = 50, min_score: float = 0.5) -
     kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
     kept = kept.groupby("task", sort=False).head(top)
     return kept.reset_index(drop=True)
+
+
+def accepted_fixes(
+    suspects: pd.DataFrame, oof: pd.DataFrame, thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS
+) -> pd.DataFrame:
+    """The relabel rows (id, field, value) of a user who accepts every suggestion in ``suspects``.
+
+    Gender takes the predicted gender and a mask_swap row swaps the pair. An age
+    needs whole years: the person's predicted years (the OOF's ``age_mean``, an
+    age-regression run's) clipped into the suggested group, else the year of the
+    suggested group nearest the given one (the smallest move that changes the
+    group, e.g. 30 for young -> middle). A suggestion equal to the given label
+    changes nothing and gives no row. ``thresholds`` are the run's age groups.
+    """
+    years = oof.groupby(oof["person_id"].astype(str))[AGE_MEAN].mean() if AGE_MEAN in oof.columns else None
+    edges = [
+        (MIN_AGE, thresholds.young_below - 1),
+        (thresholds.young_below, thresholds.old_from - 1),
+        (thresholds.old_from, MAX_AGE),
+    ]
+    rows: list[tuple[str, str, str]] = []
+    for row in suspects.itertuples(index=False):
+        pid = str(row.person_id)
+        if row.task == "mask_swap" and row.given != row.predicted:
+            rows.append((pid, "mask_swap", SWAP_VALUE))
+        elif row.task == "gender" and row.given != row.predicted:
+            rows.append((pid, "gender", str(row.predicted)))
+        elif row.task == "age" and row.given != row.predicted:
+            given, group = AGE_NAMES.index(row.given), AGE_NAMES.index(row.predicted)
+            low, high = edges[group]
+            if years is not None and pid in years.index:
+                age = int(np.clip(round(float(years[pid])), low, high))
+            else:
+                age = high if group < given else low
+            rows.append((pid, "age", str(age)))
+    return pd.DataFrame(rows, columns=list(RELABEL_COLUMNS)).drop_duplicates(["id", "field"])
 
 
 def write_review(suspects: pd.DataFrame, out_dir: Path, grid_people: int = 20) -> dict[str, Path]:
