@@ -715,6 +715,8 @@ def _ablation_change(row: dict[str, Any]) -> str:
         return f"age cut points of *{_markdown_text(str(row['tune_age_of']))}* tuned out of fold"
     if row.get("tta_of"):
         return f"*{_markdown_text(str(row['tta_of']))}* predicted with TTA {_code(str(row.get('tta')))}"
+    if row.get("loop_result"):
+        return "every `find-label-errors` suggestion accepted, the pooled CV trained again"
     text = " ".join(_code(str(o)) for o in row.get("overrides") or []) or "—"
     for key, what in (("distill", "distilled from a teacher CV"), ("label_loop", "relabelled by the finder"),
                       ("pseudo_from", "pseudo labels"), ("pseudo_teachers", "pseudo labels from teacher CVs")):
@@ -735,7 +737,11 @@ def _ablation_table(benchmarks: Path) -> list[str]:
     ref_f1, ref_ci = reference.get("oof_f1"), reference.get("oof_f1_ci")
     rows = []
     for row in rows_:
-        d = loaded.get(f"{_slug(row['name'])}.json")
+        if row.get("loop_result"):
+            # A whole pooled CV trained again (benchmarks/label_loop_cv.py), shown from its own result file.
+            d = dict(_load_results(benchmarks / "results")).get(str(row["loop_result"]))
+        else:
+            d = loaded.get(f"{_slug(row['name'])}.json")
         if d is None:
             continue
         f1 = d.get("oof_f1")
@@ -744,11 +750,15 @@ def _ablation_table(benchmarks: Path) -> list[str]:
         delta = _gain(f1 - ref_f1) if finite and results_index.is_number(ref_f1) and not is_ref else ""
         inside = ("" if is_ref or not finite or not isinstance(ref_ci, list)
                   else "yes" if ref_ci[0] <= f1 <= ref_ci[1] else "no")
+        if row.get("loop_result"):  # pooled over every fold: its Δ is paired with the CV it came from
+            delta, inside = _gain(d.get("f1_gain"), d.get("f1_gain_ci")) + " paired", ""
         rows.append([_markdown_text(row["name"]), _ablation_change(row), _f1(f1, d.get("oof_f1_ci")), delta, inside,
                      _f1(d.get("oof_mask_f1")), _f1(d.get("oof_gender_f1")), _f1(d.get("oof_age_f1")),
                      _minutes(d.get("train_s_whole", d.get("train_s")))])
     return ["The reference is the first row; *Δ* is against it and *in ref. CI* says whether a row's F1 lies "
-            "inside the reference's interval. A dash marks a model that predicts part of the tasks only. Each "
+            "inside the reference's interval; a row marked *paired* is pooled over every fold and its Δ is the "
+            "paired change against the CV it retrained, with its interval. A dash marks a model that predicts "
+            "part of the tasks only. Each "
             "row's note, machine and command are in `benchmarks/results/ablation.md` and its JSON in "
             "`benchmarks/results/ablation/`.", "",
             *_table(["row", "change", "OOF macro F1 [90 % CI]", "Δ", "in ref. CI", "mask F1", "gender F1",
