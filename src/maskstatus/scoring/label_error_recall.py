@@ -199,7 +199,9 @@ def _per_draw(
     """
     _check_counts(counts, draws)
     rng = np.random.default_rng(seed)
-    out = {name: {"found": {t: [] for t in TASK_NAMES}, "rank_only": {t: [] for t in TASK_NAMES}} for name in scorers}
+    out: dict[str, dict] = {
+        name: {"found": {t: [] for t in TASK_NAMES}, "rank_only": {t: [] for t in TASK_NAMES}} for name in scorers
+    }
     for _ in range(draws):
         planted_oof, injected = inject_label_errors(
             oof, rng, counts.get("gender", 0), counts.get("age", 0), counts.get("mask_swap", 0), age_mode

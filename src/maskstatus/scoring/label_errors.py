@@ -427,14 +427,16 @@ def accepted_fixes(
         (thresholds.old_from, MAX_AGE),
     ]
     rows: list[tuple[str, str, str]] = []
-    for row in suspects.itertuples(index=False):
-        pid = str(row.person_id)
-        if row.task == "mask_swap" and row.given != row.predicted:
+    columns = [suspects[c].astype(str) for c in ("person_id", "task", "given", "predicted")]
+    for pid, task, given_name, predicted in zip(*columns, strict=True):
+        if given_name == predicted:
+            continue
+        if task == "mask_swap":
             rows.append((pid, "mask_swap", SWAP_VALUE))
-        elif row.task == "gender" and row.given != row.predicted:
-            rows.append((pid, "gender", str(row.predicted)))
-        elif row.task == "age" and row.given != row.predicted:
-            given, group = AGE_NAMES.index(row.given), AGE_NAMES.index(row.predicted)
+        elif task == "gender":
+            rows.append((pid, "gender", predicted))
+        elif task == "age":
+            given, group = AGE_NAMES.index(given_name), AGE_NAMES.index(predicted)
             low, high = edges[group]
             if years is not None and pid in years.index:
                 age = int(np.clip(round(float(years[pid])), low, high))
