@@ -341,3 +341,10 @@ def test_accepted_fixes_are_what_accepting_every_suggestion_writes(planted, tmp_
     assert (years["000001"], years["000002"], years["000003"]) == ("42", "58", "30")
     (tmp_path / "fix.csv").write_text(accepted_fixes(suspects, oof).to_csv(index=False))
     assert len(read_relabel(tmp_path / "fix.csv")) == len(flipped) + 1 + 3
+
+
+def test_default_ranker_is_one_of_the_choices():
+    from maskstatus.choices import LABEL_ERROR_RANKERS
+    from maskstatus.defaults import LABEL_ERRORS_RANKER
+
+    assert LABEL_ERRORS_RANKER in LABEL_ERROR_RANKERS
