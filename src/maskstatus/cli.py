@@ -680,7 +680,8 @@ def _cmd_find_label_errors(args: argparse.Namespace) -> int:
     suspects = find_label_errors(load_oof(source), top=args.top, min_score=args.min_score, ranker=args.ranker)
     paths = write_review(suspects, out)
     counts = suspects["task"].value_counts()
-    print("suspects: " + ", ".join(f"{task}: {int(counts.get(task, 0))}" for task in TASK_NAMES))
+    listed = ", ".join(f"{task}: {int(counts.get(task, 0))}" for task in TASK_NAMES)
+    print(f"suspects (ranker {args.ranker}): {listed}")
     for path in paths.values():
         print(path)
     return 0
