@@ -29,6 +29,11 @@ train time counts the teachers' training too. A row with ``label_loop: {oof: CV_
 the fold with the label-error finder's relabel draft from that CV folder's out-of-fold
 predictions, less the held-out people's fixes (benchmarks/label_loop.py).
 
+A row with ``loop_result: FILE`` trains nothing here: it shows ``benchmarks/results/FILE``, written by
+benchmarks/label_loop_cv.py (a whole pooled CV trained again on every accepted suggestion of
+find-label-errors), once that file exists. Its F1 is pooled over all folds, not fold 0's, so its Δ is the
+paired change against the same CV without the fixes (over the same people), not against the reference row.
+
 Every row gets the 90 % person-bootstrap interval of its OOF macro F1 and task
 F1s (``oof_f1_ci`` etc. in its JSON) when it is measured; a row measured before
 that gets it added from its run's OOF predictions if they are still at hand
@@ -231,7 +236,13 @@ def reference_folds(plan: dict, data: Path, runs: Path) -> Path:
 
 
 def _trains(row: dict) -> bool:
-    return not ("ensemble" in row or "tune_age_of" in row or "tta_of" in row)
+    return not ("ensemble" in row or "tune_age_of" in row or "tta_of" in row or "loop_result" in row)
+
+
+def _row_json(row: dict, out_dir: Path) -> Path:
+    """Where a row's result lives: its own JSON under ``out_dir``, or the loop result it shows."""
+    # Beside the ablation folder: benchmarks/results/FILE for the default benchmarks/results/ablation.
+    return out_dir.parent / row["loop_result"] if "loop_result" in row else out_dir / f"{slug(row['name'])}.json"
 
 
 def _shares_reference_split(plan: dict, row: dict, data: Path) -> bool:
@@ -345,7 +356,7 @@ def render(plan: dict, out_dir: Path) -> str:
         ref_json = json.loads(ref_path.read_text())
         ref, ref_ci = ref_json["oof_f1"], ref_json.get("oof_f1_ci")
     for row in plan["rows"]:
-        path = out_dir / f"{slug(row['name'])}.json"
+        path = _row_json(row, out_dir)
         what = (row.get("recipe")
                 or (" + ".join(row["ensemble"]) if "ensemble" in row else "")
                 or (f"cut points of '{row['tune_age_of']}' tuned" if "tune_age_of" in row else "")
@@ -355,6 +366,9 @@ def render(plan: dict, out_dir: Path) -> str:
             what += f", distilled from a teacher CV over the other folds (weight {row['distill'].get('weight', 0.5)})"
         if "label_loop" in row:
             what += ", trained on the label-error finder's relabel draft (held-out people's fixes dropped)"
+        if "loop_result" in row:
+            what = ("every find-label-errors suggestion accepted, the pooled CV trained again "
+                    f"(`benchmarks/results/{row['loop_result']}`)")
         if "pseudo_from" in row:
             what += f", pseudo labels from the eval predictions of '{row['pseudo_from']}'"
         if "pseudo_teachers" in row:
@@ -367,12 +381,16 @@ def render(plan: dict, out_dir: Path) -> str:
         # A per-task model or cascade expert has no 18-class F1 (NaN, or null in JSON): shown as a dash.
         f1 = r["oof_f1"] if r["oof_f1"] is not None and not math.isnan(r["oof_f1"]) else None
         delta = "" if ref is None or f1 is None or row is plan["rows"][0] else f"{f1 - ref:+.3f}"
+        if "loop_result" in row:  # pooled over every fold: its change is paired with the CV it came from
+            gain, gain_ci = r.get("f1_gain"), r.get("f1_gain_ci")
+            delta = "" if gain is None else f"{gain:+.3f} paired" + (
+                f" ({gain_ci[0]:+.3f} to {gain_ci[1]:+.3f})" if gain_ci else "")
         # A distilled row's budget is its teachers' training and its own.
         train_s = r.get("train_s_whole", r.get("train_s"))
         train_min = f"{train_s / 60:.1f}" if train_s is not None else ""
         machine = r["machine"].get("gpu") or _cpu_name(r["machine"])
         ci = _ci(r, f1)
-        inside = ("" if ref_ci is None or f1 is None or row is plan["rows"][0]
+        inside = ("" if ref_ci is None or f1 is None or row is plan["rows"][0] or "loop_result" in row
                   else "yes" if ref_ci[0] <= f1 <= ref_ci[1] else "no")
         lines.append(
             f"| {row['name']} | {what} | {_num(f1)} | {ci} | {delta} | {inside} | {_num(r['oof_mask_f1'])} | "
@@ -409,8 +427,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown row(s) {unknown}; rows are {sorted(known)}")
     if not args.table_only:
+        # A loop_result row is measured by benchmarks/label_loop_cv.py, not here.
         todo = [row for row in plan["rows"] if (not args.rows or row["name"] in args.rows)
-                and not (args.out / f"{slug(row['name'])}.json").is_file()]
+                and "loop_result" not in row and not (args.out / f"{slug(row['name'])}.json").is_file()]
         data = common.DEFAULT_DATA if args.data is None else args.data
         folds = reference_folds(plan, data, args.runs) if any(_trains(row) for row in todo) else None
         for row in todo:

@@ -475,17 +475,51 @@ def _serve_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
                    "requests answered", "machine"], rows)
 
 
+def _ranker_results(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{ranker: {age mode: report}} of a label_errors JSON; a file from before the rankers is the confidence one's."""
+    results = d.get("results") or {}
+    if any(isinstance(v, dict) and "per_task" in v for v in results.values()):
+        return {"confidence": results}
+    return {r: v for r, v in results.items() if isinstance(v, dict)}
+
+
+def _recall(summary: Any) -> str:
+    """Mean recall over the draws, with the central 90 % of the draws where the file has it."""
+    if not isinstance(summary, dict) or not results_index.is_number(summary.get("mean")):
+        return "—"
+    lo, hi = summary.get("lo"), summary.get("hi")
+    spread = f" [{lo:.2f}, {hi:.2f}]" if results_index.is_number(lo) and results_index.is_number(hi) else ""
+    return f"{summary['mean']:.2f}{spread}"
+
+
 def _label_error_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
-    rows = []
+    rows, diffs = [], []
     for name, d in results:
-        for kind, result in sorted((d.get("results") or {}).items()):
-            per_task = result.get("per_task") or {}
-            recall = {task: (v.get("recall") or {}).get("mean") for task, v in per_task.items()}
-            overall = ((result.get("overall") or {}).get("recall") or {}).get("mean")
-            rows.append([_file(name), _markdown_text(_run_name(d.get("oof"))), kind, _num(d.get("top"), 0),
-                         *[_num(recall.get(t), 2) for t in ("gender", "age", "mask_swap")], _num(overall, 2)])
-    return _table(["file", "out-of-fold predictions", "planted age errors", "top rows kept", "gender recall",
-                   "age recall", "mask swap recall", "pooled recall"], rows)
+        default = d.get("default_ranker")
+        for ranker, by_mode in sorted(_ranker_results(d).items()):
+            for kind, result in sorted(by_mode.items()):
+                per_task = result.get("per_task") or {}
+                recall = {task: v.get("recall") for task, v in per_task.items()}
+                overall = (result.get("overall") or {}).get("recall")
+                shown = f"{ranker} (default)" if ranker == default else ranker
+                rows.append([_file(name), _markdown_text(_run_name(d.get("oof"))), _markdown_text(shown), kind,
+                             _num(d.get("top"), 0), *[_recall(recall.get(t)) for t in ("gender", "age", "mask_swap")],
+                             _recall(overall)])
+        for kind, pairs in sorted((d.get("differences") or {}).items()):
+            for pair, by_task in sorted(pairs.items()):
+                overall = by_task.get("overall") or {}
+                ci = [overall.get("mean_lo"), overall.get("mean_hi")]
+                diffs.append([_file(name), kind, _markdown_text(pair),
+                              *[_gain((by_task.get(t) or {}).get("mean")) for t in ("gender", "age", "mask_swap")],
+                              _gain(overall.get("mean"), ci), _beyond_noise(ci)])
+    table = _table(["file", "out-of-fold predictions", "ranker", "planted age errors", "top rows kept",
+                    "gender recall", "age recall", "mask swap recall", "pooled recall"], rows)
+    if diffs:
+        table += ["Paired on the same draws: the recall of the first ranker minus the second's, per task and "
+                  "pooled, with the 90 % bootstrap interval of the pooled mean over the draws.", "",
+                  *_table(["file", "planted age errors", "rankers", "gender", "age", "mask swap",
+                           "pooled [90 % CI]", "verdict"], diffs)]
+    return table
 
 
 def _quantize_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -590,7 +624,10 @@ STUDIES: list[tuple[str, str, str, Callable[[list[tuple[str, dict[str, Any]]]], 
     ("label_errors.py", "Finding label errors",
      "`benchmarks/label_errors.py` plants wrong labels (gender flips, age moved to a neighbouring or a random "
      "group, mask states swapped) into out-of-fold predictions and measures the share `find-label-errors` lists "
-     "among its top rows per task, over many draws.", _label_error_rows),
+     "among its top rows per task, over many draws, for each ranker (`--ranker`) on the same draws. A recall is "
+     "the mean over the draws, in brackets the central 90 % of the draws; files from before the rankers measured "
+     "the confidence ranker. The default ranker is the one with the highest pooled recall here.",
+     _label_error_rows),
     ("predict_cpu.py", "Prediction speed on a CPU",
      "`benchmarks/predict_cpu.py` predicts the eval images of the proxy data with PyTorch (float32 and bfloat16) "
      "and with the ONNX export under ONNX Runtime, end to end (decoding included), and checks that the answers "
@@ -683,6 +720,8 @@ def _ablation_change(row: dict[str, Any]) -> str:
         return f"age cut points of *{_markdown_text(str(row['tune_age_of']))}* tuned out of fold"
     if row.get("tta_of"):
         return f"*{_markdown_text(str(row['tta_of']))}* predicted with TTA {_code(str(row.get('tta')))}"
+    if row.get("loop_result"):
+        return "every `find-label-errors` suggestion accepted, the pooled CV trained again"
     text = " ".join(_code(str(o)) for o in row.get("overrides") or []) or "—"
     for key, what in (("distill", "distilled from a teacher CV"), ("label_loop", "relabelled by the finder"),
                       ("pseudo_from", "pseudo labels"), ("pseudo_teachers", "pseudo labels from teacher CVs")):
@@ -703,7 +742,11 @@ def _ablation_table(benchmarks: Path) -> list[str]:
     ref_f1, ref_ci = reference.get("oof_f1"), reference.get("oof_f1_ci")
     rows = []
     for row in rows_:
-        d = loaded.get(f"{_slug(row['name'])}.json")
+        if row.get("loop_result"):
+            # A whole pooled CV trained again (benchmarks/label_loop_cv.py), shown from its own result file.
+            d = dict(_load_results(benchmarks / "results")).get(str(row["loop_result"]))
+        else:
+            d = loaded.get(f"{_slug(row['name'])}.json")
         if d is None:
             continue
         f1 = d.get("oof_f1")
@@ -712,11 +755,15 @@ def _ablation_table(benchmarks: Path) -> list[str]:
         delta = _gain(f1 - ref_f1) if finite and results_index.is_number(ref_f1) and not is_ref else ""
         inside = ("" if is_ref or not finite or not isinstance(ref_ci, list)
                   else "yes" if ref_ci[0] <= f1 <= ref_ci[1] else "no")
+        if row.get("loop_result"):  # pooled over every fold: its Δ is paired with the CV it came from
+            delta, inside = _gain(d.get("f1_gain"), d.get("f1_gain_ci")) + " paired", ""
         rows.append([_markdown_text(row["name"]), _ablation_change(row), _f1(f1, d.get("oof_f1_ci")), delta, inside,
                      _f1(d.get("oof_mask_f1")), _f1(d.get("oof_gender_f1")), _f1(d.get("oof_age_f1")),
                      _minutes(d.get("train_s_whole", d.get("train_s")))])
     return ["The reference is the first row; *Δ* is against it and *in ref. CI* says whether a row's F1 lies "
-            "inside the reference's interval. A dash marks a model that predicts part of the tasks only. Each "
+            "inside the reference's interval; a row marked *paired* is pooled over every fold and its Δ is the "
+            "paired change against the CV it retrained, with its interval. A dash marks a model that predicts "
+            "part of the tasks only. Each "
             "row's note, machine and command are in `benchmarks/results/ablation.md` and its JSON in "
             "`benchmarks/results/ablation/`.", "",
             *_table(["row", "change", "OOF macro F1 [90 % CI]", "Δ", "in ref. CI", "mask F1", "gender F1",

@@ -8,11 +8,12 @@ import struct
 import zlib
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
 from maskstatus.data.layout import TRAIN_COLUMNS
-from maskstatus.labels import IMAGE_STEMS
+from maskstatus.labels import IMAGE_STEMS, PROB_COLUMNS, STEM_TO_MASK, TASKS, combine_task_probs, encode
 
 PEOPLE = [
     ("000001", "female", "Asian", 45),
@@ -62,3 +63,27 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = chunk(b"IDAT", zlib.compress(b"\0" * 1000))
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
+
+
+def uneven_oof(people: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Clean labels; the model is surer of some classes than others (which moves confident learning's
+    thresholds) and of some people than others (so clean people compete with planted errors)."""
+    rng = np.random.default_rng(seed)
+    rows, truth, person = [], [], []
+    for i in range(people):
+        gender, age = int(rng.integers(2)), int(rng.integers(3))
+        for stem in IMAGE_STEMS:
+            mask = STEM_TO_MASK[stem]
+            rows.append((f"{i:06d}", stem, f"/d/{i:06d}/{stem}.jpg", encode(mask, gender, age), i % 5))
+            truth.append((mask, gender, age))
+            person.append(i)
+    table = pd.DataFrame(rows, columns=["person_id", "stem", "image_path", "label", "fold"])
+    sure = {"mask": [0.95, 0.6, 0.8], "gender": [0.95, 0.6], "age": [0.9, 0.45, 0.7]}
+    factor = rng.uniform(0.05, 1.0, size=people)[person]
+    task_probs = {}
+    for t, codes in zip(("mask", "gender", "age"), np.array(truth).T):
+        c = np.array(sure[t])[codes] * factor
+        probs = rng.dirichlet(np.ones(TASKS[t]), size=len(codes)) * (1 - c)[:, None]
+        probs[np.arange(len(codes)), codes] += c
+        task_probs[t] = probs
+    return pd.concat([table, pd.DataFrame(combine_task_probs(task_probs), columns=PROB_COLUMNS)], axis=1)

@@ -72,6 +72,7 @@ DEFAULTS = [
     ("score", "--seed", defaults.DEFAULT_SEED),
     ("find-label-errors", "--top", defaults.LABEL_ERRORS_TOP),
     ("find-label-errors", "--min-score", defaults.LABEL_ERRORS_MIN_SCORE),
+    ("find-label-errors", "--ranker", defaults.LABEL_ERRORS_RANKER),
     ("tune-age", "--step", defaults.AGE_CUT_STEP),
     ("serve", "--host", defaults.DEFAULT_HOST), ("serve", "--port", defaults.DEFAULT_PORT),
     ("serve", "--max-upload-mb", defaults.DEFAULT_MAX_UPLOAD_MB), ("serve", "--max-files", defaults.DEFAULT_MAX_FILES),

@@ -3,9 +3,17 @@
 import numpy as np
 import pandas as pd
 import pytest
+from data_builders import uneven_oof
 
-from maskstatus.scoring.label_error_recall import inject_label_errors, injected_found, simulate_recall
-from maskstatus.scoring.label_errors import find_label_errors
+from maskstatus.scoring.label_error_recall import (
+    compare_rankers,
+    inject_label_errors,
+    injected_found,
+    simulate_recall,
+)
+from functools import partial
+
+from maskstatus.scoring.label_errors import find_label_errors, score_people
 from maskstatus.errors import UsageError
 from maskstatus.labels import IMAGE_STEMS, PROB_COLUMNS, STEM_TO_MASK, TASKS, combine_task_probs, decode, encode
 
@@ -65,7 +73,7 @@ def test_inject_refuses_more_than_there_are_people():
 def test_confident_model_finds_every_planted_error():
     report = simulate_recall(_oof(), {"gender": 3, "age": 2, "mask_swap": 2}, draws=4, seed=0, top=10)
     for task in ("gender", "age", "mask_swap"):
-        assert report["per_task"][task]["recall"] == {"mean": 1.0, "min": 1.0, "max": 1.0}
+        assert report["per_task"][task]["recall"] == {"mean": 1.0, "min": 1.0, "max": 1.0, "lo": 1.0, "hi": 1.0}
         assert report["per_task"][task]["listed_injected"] == report["per_task"][task]["listed"]
     assert report["overall"]["recall"]["mean"] == 1.0
 
@@ -87,3 +95,34 @@ def test_injected_found_counts_per_task():
     counts = injected_found(find_label_errors(planted), injected)
     assert counts["gender"] == {"injected": 2, "found": 2, "listed": 2, "listed_injected": 2}
     assert counts["mask_swap"]["found"] == 1 and counts["age"]["injected"] == 0
+
+
+def test_compare_rankers_pairs_the_same_draws():
+    oof, counts = uneven_oof(), {"gender": 5, "age": 5, "mask_swap": 3}
+    report = compare_rankers(oof, counts, draws=5, seed=2, top=5, min_score=0.0)
+    assert set(report["rankers"]) == {"confidence", "cleanlab", "combined"}
+    # The same seed plants the same errors: each ranker's report is simulate_recall's with that ranker alone.
+    alone = simulate_recall(oof, counts, draws=5, seed=2, top=5, min_score=0.0,
+                            scorer=partial(score_people, ranker="cleanlab"))
+    assert report["rankers"]["cleanlab"] == alone
+    assert set(report["differences"]) == {"cleanlab - confidence", "combined - confidence", "combined - cleanlab"}
+    for task in ("gender", "age", "mask_swap", "overall"):
+        diff = report["differences"]["cleanlab - confidence"][task]
+        a, b = (report["rankers"][r]["overall" if task == "overall" else "per_task"] for r in ("confidence", "cleanlab"))
+        a, b = (x["recall"] if task == "overall" else x[task]["recall"] for x in (a, b))
+        assert diff["mean"] == pytest.approx(b["mean"] - a["mean"])
+        assert diff["min"] <= diff["lo"] <= diff["mean"] <= diff["hi"] <= diff["max"]
+        assert diff["lo"] <= diff["mean_lo"] <= diff["mean"] <= diff["mean_hi"] <= diff["hi"]
+        assert 0 <= diff["share_above_0"] + diff["share_below_0"] <= 1
+    # The rankers do disagree on these draws, so the pairing above is not a comparison of zeros.
+    assert report["differences"]["cleanlab - confidence"]["age"]["share_below_0"] > 0
+    with pytest.raises(UsageError, match="rankers"):
+        compare_rankers(oof, counts, rankers=["confidence", "margin"], draws=1)
+
+
+def test_compare_rankers_perfect_model_no_difference():
+    report = compare_rankers(_oof(), {"gender": 3, "age": 2, "mask_swap": 2}, rankers=["confidence", "cleanlab"],
+                             draws=3, top=10)
+    assert report["rankers"]["cleanlab"]["overall"]["recall"]["mean"] == 1.0
+    diff = report["differences"]["cleanlab - confidence"]["overall"]
+    assert diff["mean"] == diff["mean_lo"] == diff["mean_hi"] == 0.0 and diff["share_above_0"] == 0.0

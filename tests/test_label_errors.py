@@ -168,7 +168,7 @@ def test_write_review_files(demo_review):
 def test_relabel_draft_swap_and_age_comments(planted, tmp_path):
     oof, flipped, swapped = planted
     age_suspect = pd.DataFrame(
-        [("000002", "age", "young", "old", 0.8, "")], columns=list(REVIEW_COLUMNS)
+        [("000002", "age", "young", "old", 0.8, "", "")], columns=list(REVIEW_COLUMNS)
     )
     suspects = pd.concat([find_label_errors(oof), age_suspect], ignore_index=True)
     paths = write_review(suspects, tmp_path / "r", grid_people=2)
@@ -255,3 +255,96 @@ def test_gender_score_is_the_renormalised_geometric_mean(planted):
     log_odds = (4 * np.log(0.999 / 0.001) + 3 * np.log(0.4 / 0.6)) / 7
     assert scores["000002"] == pytest.approx(1 / (1 + np.exp(-log_odds)), abs=1e-4)
     assert scores["000002"] > scores["000001"]
+
+
+def _age_people(rows):
+    """oof of people with one given age group each and the same age probabilities on all 7 photos.
+
+    ``rows``: (person_id, given age group, age probabilities); mask and gender are right and sure.
+    """
+    table, probs = [], []
+    for pid, given, age_probs in rows:
+        for stem in IMAGE_STEMS:
+            mask = STEM_TO_MASK[stem]
+            table.append((pid, stem, f"/d/{pid}/{stem}.jpg", encode(mask, 0, given), 0))
+            probs.append(combine_task_probs(
+                {"mask": np.eye(3)[[mask]] * 0.98 + 0.01 / 1.5, "gender": np.array([[0.98, 0.02]]),
+                 "age": np.array([age_probs])}
+            )[0])
+    frame = pd.DataFrame(table, columns=["person_id", "stem", "image_path", "label", "fold"])
+    return pd.concat([frame, pd.DataFrame(np.array(probs), columns=PROB_COLUMNS)], axis=1)
+
+
+def test_cleanlab_judges_each_class_against_its_own_threshold():
+    # The model is sure of the young (0.95) and never of the middle group (0.55). Two suspects with
+    # mirrored probabilities tie for self-confidence; confident learning flags the one labelled young
+    # whose middle probability is at the middle group's usual level, and clears the one labelled middle.
+    rows = [(f"y{i}", 0, [0.95, 0.04, 0.01]) for i in range(8)] + [(f"m{i}", 1, [0.3, 0.55, 0.15]) for i in range(8)]
+    rows += [("young?", 0, [0.44, 0.55, 0.01]), ("middle?", 1, [0.55, 0.44, 0.01])]
+    oof = _age_people(rows)
+    confidence = score_people(oof, "confidence").query("task == 'age'").set_index("person_id")
+    cleanlab = score_people(oof, "cleanlab").query("task == 'age'").set_index("person_id")
+    combined = score_people(oof, "combined").query("task == 'age'").set_index("person_id")
+    assert confidence.score["young?"] == pytest.approx(confidence.score["middle?"], abs=0.02)
+    assert cleanlab.score["young?"] > 0.5 > cleanlab.score["middle?"]
+    assert cleanlab.score.between(0, 1).all() and cleanlab.score.drop(["young?", "middle?"]).max() < 0.5
+    assert combined.score["young?"] == pytest.approx((confidence.score["young?"] + cleanlab.score["young?"]) / 2)
+    # The suggestion is the most probable group whatever the ranker; the reason names the thresholds.
+    assert cleanlab.predicted["young?"] == confidence.predicted["young?"] == "middle"
+    assert cleanlab.predicted["middle?"] == "young"
+    assert "class thresholds middle 0.5" in cleanlab.reason["young?"]
+    assert "among the" in cleanlab.reason["young?"] and "not among" in cleanlab.reason["y0"]
+    assert list(find_label_errors(oof, ranker="cleanlab").query("task == 'age'").person_id) == ["young?"]
+
+
+def test_every_ranker_finds_the_planted_flips(planted):
+    oof, flipped, swapped = planted
+    for ranker in ("confidence", "cleanlab", "combined"):
+        suspects = find_label_errors(oof, ranker=ranker)
+        assert list(suspects.columns) == list(REVIEW_COLUMNS)
+        assert set(suspects.query("task == 'gender'").person_id) == flipped, ranker
+        assert list(suspects.query("task == 'mask_swap'").person_id) == [swapped], ranker
+        assert suspects.reason.str.len().min() > 0 and suspects.score.between(0.5, 1).all()
+    with pytest.raises(ValueError, match="ranker must be one of confidence, cleanlab, combined"):
+        score_people(oof, "cleanlab2")
+
+
+def test_cli_find_label_errors_ranker(planted, tmp_path, capsys):
+    oof, _, _ = planted
+    oof.to_csv(tmp_path / "oof.csv", index=False)
+    assert main(["find-label-errors", str(tmp_path / "oof.csv"), "--ranker", "cleanlab", "--out", str(tmp_path / "r")]) == 0
+    assert "gender: 3" in capsys.readouterr().out
+    review = pd.read_csv(tmp_path / "r" / "review.csv", dtype={"person_id": str})
+    assert review.reason.str.contains("threshold").all()
+
+
+def test_accepted_fixes_are_what_accepting_every_suggestion_writes(planted, tmp_path):
+    from maskstatus.labels import AgeThresholds
+    from maskstatus.scoring.label_errors import accepted_fixes
+
+    oof, flipped, swapped = planted
+    ages = pd.DataFrame(
+        [("000001", "age", "young", "middle", 0.8, "", ""), ("000002", "age", "middle", "old", 0.7, "", ""),
+         ("000003", "age", "old", "middle", 0.6, "", ""), ("000004", "age", "middle", "middle", 0.55, "", "")],
+        columns=list(REVIEW_COLUMNS),
+    )
+    suspects = pd.concat([find_label_errors(oof), ages], ignore_index=True)
+    fixes = accepted_fixes(suspects, oof).set_index(["id", "field"]).value
+    truth = {pid: GENDER_NAMES[1 - int(oof[oof.person_id == pid].label.iloc[0]) // 3 % 2] for pid in flipped}
+    assert {pid: fixes[pid, "gender"] for pid in flipped} == truth
+    assert fixes[swapped, "mask_swap"] == SWAP_VALUE
+    # Without predicted years: the nearest year of the suggested group; a suggestion equal to the label: no row.
+    assert (fixes["000001", "age"], fixes["000002", "age"], fixes["000003", "age"]) == ("30", "60", "59")
+    assert ("000004", "age") not in fixes.index
+    with_years = oof.assign(age_mean=np.where(oof.person_id == "000001", 41.6, 20.0))
+    years = accepted_fixes(ages, with_years, AgeThresholds(30, 58)).set_index("id").value
+    assert (years["000001"], years["000002"], years["000003"]) == ("42", "58", "30")
+    (tmp_path / "fix.csv").write_text(accepted_fixes(suspects, oof).to_csv(index=False))
+    assert len(read_relabel(tmp_path / "fix.csv")) == len(flipped) + 1 + 3
+
+
+def test_default_ranker_is_one_of_the_choices():
+    from maskstatus.choices import LABEL_ERROR_RANKERS
+    from maskstatus.defaults import LABEL_ERRORS_RANKER
+
+    assert LABEL_ERRORS_RANKER in LABEL_ERROR_RANKERS

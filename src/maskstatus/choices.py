@@ -42,6 +42,9 @@ VOTES: tuple[str, ...] = ("soft", "hard")
 # The test-time augmentations of infer.tta (predict.tta, --tta).
 TtaName = Literal["hflip", "shift"]
 TTA_NAMES: tuple[str, ...] = get_args(TtaName)
+# How find-label-errors ranks suspects (scoring.label_errors.score_people): the self-confidence finder, cleanlab's
+# confident learning, or the mean of the two scores.
+LABEL_ERROR_RANKERS: tuple[str, ...] = ("confidence", "cleanlab", "combined")
 
 
 def check_backend(backend: str, accelerator: str, precision: str | None = None) -> None:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 # modules (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py). Option
 # defaults and choices are the library's constants, from ``defaults`` and ``choices``, which import nothing heavy.
 from . import defaults
-from .choices import ACCELERATORS, BACKENDS, CHECKPOINTS, PREDICT_PRECISIONS, TTA_NAMES, VOTES
+from .choices import ACCELERATORS, BACKENDS, CHECKPOINTS, LABEL_ERROR_RANKERS, PREDICT_PRECISIONS, TTA_NAMES, VOTES
 
 if TYPE_CHECKING:
     from .config import Config
@@ -748,6 +748,13 @@ def _add_find_label_errors(sub: Subparsers) -> None:
         default=defaults.LABEL_ERRORS_MIN_SCORE,
         help="keep suspects whose label is at least this likely wrong, 0..1 (default %(default)s)",
     )
+    s.add_argument(
+        "--ranker",
+        choices=LABEL_ERROR_RANKERS,
+        default=defaults.LABEL_ERRORS_RANKER,
+        help="confidence: the model's own probability of the label; cleanlab: confident learning (each class "
+        "against its own threshold); combined: the mean of the two scores (default %(default)s)",
+    )
     _add_overwrite(s, "the review files in DIR")
     s.set_defaults(fn=_cmd_find_label_errors)
 
@@ -758,10 +765,11 @@ def _cmd_find_label_errors(args: argparse.Namespace) -> int:
     source = Path(args.run)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "label_review"
     check_review_output(out, source, args.overwrite)
-    suspects = find_label_errors(load_oof(source), top=args.top, min_score=args.min_score)
+    suspects = find_label_errors(load_oof(source), top=args.top, min_score=args.min_score, ranker=args.ranker)
     paths = write_review(suspects, out)
     counts = suspects["task"].value_counts()
-    print("suspects: " + ", ".join(f"{task}: {int(counts.get(task, 0))}" for task in TASK_NAMES))
+    listed = ", ".join(f"{task}: {int(counts.get(task, 0))}" for task in TASK_NAMES)
+    print(f"suspects (ranker {args.ranker}): {listed}")
     for path in paths.values():
         print(path)
     return 0

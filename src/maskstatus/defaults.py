@@ -41,6 +41,9 @@ DEFAULT_LEVEL = 0.9
 # find-label-errors: most suspects kept per task, and the least score (how likely a label is wrong) kept.
 LABEL_ERRORS_TOP = 50
 LABEL_ERRORS_MIN_SCORE = 0.5
+# find-label-errors: how suspects are ranked, one of choices.LABEL_ERROR_RANKERS. Chosen by the recall of planted
+# errors (benchmarks/label_errors.py, benchmarks/results/label-errors-*.json).
+LABEL_ERRORS_RANKER = "confidence"
 # tune-age: grid step of the age cut points, in years.
 AGE_CUT_STEP = 0.5
 

@@ -27,8 +27,20 @@ person and a mask swap concerns two photos of one person:
   score 0.9), so one ``min_score`` means the same for every task. ``given`` and
   ``predicted`` are the masks of the incorrect_mask / normal photos, in that order.
 
-Every score is "how likely the model thinks the label is wrong", 0..1. The
-labels judged are those in ``oof.csv``, i.e. after any relabel file the run used.
+These are the scores of the ``confidence`` ranker (self-confidence: the
+model's own probabilities). The ``cleanlab`` ranker pools the photos the same
+way and judges each task by confident learning (``confident_learning``): every
+class against its own threshold, the mean probability the model gives it on the
+people labelled with it, instead of against one fixed 0.5; for the swap, the
+same geometric mean of the two photos' threshold-adjusted probabilities. The
+``combined`` ranker averages the two scores. Which ranks planted errors higher
+is measured by ``benchmarks/label_errors.py``; the default
+(``defaults.LABEL_ERRORS_RANKER``) is the better one there.
+
+Every score is "how likely the label is wrong", 0..1, higher = more suspicious;
+``predicted`` is the task's most probable value (the suggestion) and ``reason``
+the probabilities behind the score in words. The labels judged are those in
+``oof.csv``, i.e. after any relabel file the run used.
 
 ``write_review`` turns a ranking into a review folder: ``review.csv``,
 ``review.png`` (each suspect person's photos with a caption) and
@@ -39,6 +51,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +59,27 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from PIL.PngImagePlugin import PngInfo
 
-from ..data.relabel import SWAP_STEMS, SWAP_VALUE
-from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_TOP
+from ..age import AGE_MEAN
+from ..choices import LABEL_ERROR_RANKERS
+from ..data.relabel import RELABEL_COLUMNS, SWAP_STEMS, SWAP_VALUE
+from ..data.validate import MAX_AGE, MIN_AGE
+from ..defaults import LABEL_ERRORS_MIN_SCORE, LABEL_ERRORS_RANKER, LABEL_ERRORS_TOP
 from ..errors import UsageError
-from ..labels import AGE_NAMES, GENDER_NAMES, IMAGE_STEMS, MASK_NAMES, PROB_COLUMNS, TASKS, decode, split_class_probs
+from ..labels import (
+    AGE_NAMES,
+    DEFAULT_AGE_THRESHOLDS,
+    GENDER_NAMES,
+    IMAGE_STEMS,
+    MASK_NAMES,
+    PROB_COLUMNS,
+    TASKS,
+    AgeThresholds,
+    decode,
+    split_class_probs,
+)
 from ..outputs import check_output, first_line
 from ..runs import atomic_write, atomic_write_csv, atomic_write_text
+from . import confident_learning
 from .oof import OOF_COLUMNS, check_oof_frame, read_oof
 
 __all__ = [
@@ -61,6 +89,7 @@ __all__ = [
     "REVIEW_ROW_HEIGHT",
     "REVIEW_THUMB",
     "TASK_NAMES",
+    "accepted_fixes",
     "check_review_output",
     "find_label_errors",
     "load_oof",
@@ -69,7 +98,9 @@ __all__ = [
     "write_review",
 ]
 
-REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images")
+REVIEW_COLUMNS: tuple[str, ...] = ("person_id", "task", "given", "predicted", "score", "images", "reason")
+# review.csv as written before it had a reason column: still a review that a new one may replace.
+_REVIEW_COLUMNS_BEFORE_REASON: tuple[str, ...] = REVIEW_COLUMNS[:-1]
 # The task names double as relabel field names where a fix is a relabel row.
 TASK_NAMES: tuple[str, ...] = ("gender", "age", "mask_swap")
 
@@ -113,16 +144,72 @@ def _person_images(frame: pd.DataFrame) -> pd.Series:
     """person_id -> the person's image paths in IMAGE_STEMS order, ';'-joined."""
     order = frame["stem"].map({stem: i for i, stem in enumerate(IMAGE_STEMS)}).fillna(len(IMAGE_STEMS))
     ordered = frame.assign(_order=order).sort_values(["person_id", "_order", "image_path"], kind="stable")
-    return ordered.groupby("person_id", sort=False)["image_path"].agg(lambda s: ";".join(dict.fromkeys(s)))
+    # One pass over the rows: a pandas groupby calls a Python function per person, which cost most of a
+    # score_people call on thousands of people (the benchmark scores every draw).
+    paths: dict[str, list[str]] = {}
+    for pid, path in zip(ordered["person_id"], ordered["image_path"], strict=True):
+        paths.setdefault(pid, []).append(path)
+    return pd.Series({pid: ";".join(dict.fromkeys(p)) for pid, p in paths.items()}, dtype=object)
 
 
-def score_people(oof: pd.DataFrame) -> pd.DataFrame:
+def score_people(oof: pd.DataFrame, ranker: str = LABEL_ERRORS_RANKER) -> pd.DataFrame:
     """Every (person, task) suspicion score, unfiltered and unsorted; columns REVIEW_COLUMNS.
 
-    The scoring rules are in the module docstring. A person without both an
-    incorrect_mask and a normal photo, or whose two photos carry the same given
-    mask, gets no mask_swap row.
+    ``ranker`` is one of LABEL_ERROR_RANKERS: ``confidence`` (the rules in the
+    module docstring), ``cleanlab`` (confident learning on the same person-level
+    probabilities) or ``combined`` (the mean of the two scores). A person without
+    both an incorrect_mask and a normal photo, or whose two photos carry the same
+    given mask, gets no mask_swap row.
     """
+    if ranker not in LABEL_ERROR_RANKERS:
+        raise UsageError(f"ranker must be one of {', '.join(LABEL_ERROR_RANKERS)}, got {ranker!r}")
+    evidence = _person_evidence(oof)
+    rows: list[pd.DataFrame] = []
+    for task in ("gender", "age"):
+        rows.append(_rank_task(evidence.tasks[task], ranker))
+    if len(evidence.swap.people):
+        rows.append(_rank_swap(evidence.swap, evidence.mask_labels, evidence.mask_probs, ranker))
+    scores = pd.concat(rows, ignore_index=True)
+    scores["score"] = scores["score"].clip(0.0, 1.0)
+    scores["images"] = scores["person_id"].map(evidence.images)
+    return scores[list(REVIEW_COLUMNS)]
+
+
+@dataclass
+class _TaskEvidence:
+    """One task's person-level probabilities: ``probs[i]`` for ``people[i]``, whose given label is ``given[i]``."""
+
+    task: str
+    names: tuple[str, ...]
+    people: np.ndarray
+    given: np.ndarray
+    probs: np.ndarray
+    photos: np.ndarray
+    how: str  # how the photos were pooled, for the reason text
+
+
+@dataclass
+class _SwapEvidence:
+    """People with both swap photos of different given masks: the photos' given masks and mask probabilities."""
+
+    people: np.ndarray
+    given_first: np.ndarray
+    given_second: np.ndarray
+    probs_first: np.ndarray
+    probs_second: np.ndarray
+
+
+@dataclass
+class _Evidence:
+    tasks: dict[str, _TaskEvidence]
+    swap: _SwapEvidence
+    mask_labels: np.ndarray  # every photo's given mask and mask probabilities: confident learning's
+    mask_probs: np.ndarray  # mask thresholds are learnt from all photos, not the swap pairs only
+    images: pd.Series
+
+
+def _person_evidence(oof: pd.DataFrame) -> _Evidence:
+    """The OOF table pooled per person, as every ranker sees it (the pooling rules: module docstring)."""
     check_oof_frame(oof)
     probs = oof[PROB_COLUMNS].to_numpy(dtype=np.float64)
     # oof.csv rounds to 6 decimals; renormalise so the marginals sum to 1 exactly.
@@ -143,38 +230,143 @@ def score_people(oof: pd.DataFrame) -> pd.DataFrame:
     for task in TASKS:
         for k in range(TASKS[task]):
             frame[f"{task}{k}"] = marginals[task][:, k]
-    images = _person_images(frame)
     people = frame.groupby("person_id", sort=False)
+    photos = people.size()
 
-    rows: list[pd.DataFrame] = []
+    tasks: dict[str, _TaskEvidence] = {}
     for task, names in (("gender", GENDER_NAMES), ("age", AGE_NAMES)):
         cols = [f"{task}{k}" for k in range(TASKS[task])]
         given = _mode(frame, ["person_id"], f"given_{task}")
         if task == "gender":
-            mean = _geometric_mean(frame, cols).loc[given.index].to_numpy()
+            mean, how = _geometric_mean(frame, cols).loc[given.index].to_numpy(), "geometric mean"
         else:
-            mean = people[cols].mean().loc[given.index].to_numpy()
-        given_codes = given.to_numpy(dtype=np.int64)
-        p_given = mean[np.arange(len(mean)), given_codes]
-        rows.append(
-            pd.DataFrame(
-                {
-                    "person_id": given.index,
-                    "task": task,
-                    "given": [names[c] for c in given_codes],
-                    "predicted": [names[c] for c in mean.argmax(axis=1)],
-                    "score": 1.0 - p_given,
-                }
-            )
+            mean, how = people[cols].mean().loc[given.index].to_numpy(), "mean"
+        tasks[task] = _TaskEvidence(
+            task,
+            tuple(names),
+            given.index.to_numpy(),
+            given.to_numpy(dtype=np.int64),
+            mean,
+            photos.loc[given.index].to_numpy(),
+            how,
         )
-    swaps = _mask_swap_scores(frame)
-    if len(swaps):
-        rows.append(swaps)
+    return _Evidence(tasks, _swap_evidence(frame), given_mask, marginals["mask"], _person_images(frame))
 
-    scores = pd.concat(rows, ignore_index=True)
-    scores["score"] = scores["score"].clip(0.0, 1.0)
-    scores["images"] = scores["person_id"].map(images)
-    return scores[list(REVIEW_COLUMNS)]
+
+def _swap_evidence(frame: pd.DataFrame) -> _SwapEvidence:
+    first, second = SWAP_STEMS
+    mask_cols = [f"mask{k}" for k in range(TASKS["mask"])]
+    none = _SwapEvidence(np.array([], dtype=object), *(np.zeros(0, dtype=np.int64),) * 2, *(np.zeros((0, 3)),) * 2)
+    pair = frame[frame["stem"].isin(SWAP_STEMS)]
+    # Average duplicates (an image predicted twice) so each person has one row per stem.
+    probs = pair.groupby(["person_id", "stem"], sort=False)[mask_cols].mean().unstack("stem")
+    given = _mode(pair, ["person_id", "stem"], "given_mask").unstack("stem")
+    if first not in given.columns or second not in given.columns:
+        return none
+    given = given.dropna(subset=[first, second]).astype(np.int64)
+    given = given[given[first] != given[second]]
+    if given.empty:
+        return none
+    return _SwapEvidence(
+        given.index.to_numpy(),
+        given[first].to_numpy(),
+        given[second].to_numpy(),
+        np.stack([probs.loc[given.index, (c, first)].to_numpy() for c in mask_cols], axis=1),
+        np.stack([probs.loc[given.index, (c, second)].to_numpy() for c in mask_cols], axis=1),
+    )
+
+
+def _rank_task(ev: _TaskEvidence, ranker: str) -> pd.DataFrame:
+    """Scores and reasons of one person-level task (gender or age) by ``ranker``."""
+    idx = np.arange(len(ev.people))
+    predicted = ev.probs.argmax(axis=1)
+    p_given, p_pred = ev.probs[idx, ev.given], ev.probs[idx, predicted]
+    model = [
+        f"{ev.names[p]} {pp:.2f} against given {ev.names[g]} {pg:.2f} ({ev.how} of {n} photos)"
+        for p, pp, g, pg, n in zip(predicted, p_pred, ev.given, p_given, ev.photos, strict=True)
+    ]
+    confidence = 1.0 - p_given
+    if ranker == "confidence":
+        score, reason = confidence, model
+    else:
+        cl = confident_learning.suspicion(ev.given, ev.probs)
+        flagged = confident_learning.flag_issues(ev.given, ev.probs)
+        thresholds = confident_learning.confident_thresholds(ev.given, ev.probs)
+        cl_reason = [
+            f"{m}; class thresholds {ev.names[p]} {thresholds[p]:.2f}, {ev.names[g]} {thresholds[g]:.2f}; "
+            + _flag_text(f, int(flagged.sum()))
+            for m, p, g, f in zip(model, predicted, ev.given, flagged, strict=True)
+        ]
+        score = cl if ranker == "cleanlab" else (confidence + cl) / 2.0
+        reason = cl_reason if ranker == "cleanlab" else _combined_text(confidence, cl, cl_reason)
+    return pd.DataFrame(
+        {
+            "person_id": ev.people,
+            "task": ev.task,
+            "given": [ev.names[c] for c in ev.given],
+            "predicted": [ev.names[c] for c in predicted],
+            "score": score,
+            "reason": reason,
+        }
+    )
+
+
+def _combined_text(confidence: np.ndarray, cl: np.ndarray, reasons: list[str]) -> list[str]:
+    return [
+        f"mean of self-confidence {a:.2f} and confident learning {b:.2f}: {r}"
+        for a, b, r in zip(confidence, cl, reasons, strict=True)
+    ]
+
+
+def _flag_text(flagged: bool, count: int) -> str:
+    where = "among" if flagged else "not among"
+    return f"{where} the {count} issues confident learning finds in this task"
+
+
+def _rank_swap(ev: _SwapEvidence, mask_labels: np.ndarray, mask_probs: np.ndarray, ranker: str) -> pd.DataFrame:
+    """Scores and reasons of the incorrect_mask/normal swap by ``ranker``.
+
+    Swapped means each photo looks like the mask the other one is labelled with; the score is the
+    geometric mean of the two photos' probabilities of that (module docstring). Confident learning
+    takes the same mean of the photos' threshold-adjusted probabilities, the thresholds learnt from
+    every photo's mask label.
+    """
+    idx = np.arange(len(ev.people))
+    g1, g2 = ev.given_first, ev.given_second
+    looks1, looks2 = ev.probs_first[idx, g2], ev.probs_second[idx, g1]
+    confidence = np.sqrt(looks1 * looks2)
+    first, second = SWAP_STEMS
+    reason = [
+        f"{first} photo looks {MASK_NAMES[b]} {x:.2f}, {second} photo looks {MASK_NAMES[a]} {y:.2f}"
+        for a, b, x, y in zip(g1, g2, looks1, looks2, strict=True)
+    ]
+    if ranker == "confidence":
+        score = confidence
+    else:
+        thresholds = confident_learning.confident_thresholds(mask_labels, mask_probs)
+        adj1 = confident_learning.adjusted_probs(ev.probs_first, thresholds)
+        adj2 = confident_learning.adjusted_probs(ev.probs_second, thresholds)
+        adj_looks1, adj_looks2 = adj1[idx, g2], adj2[idx, g1]
+        cl = np.sqrt(adj_looks1 * adj_looks2)
+        score = cl if ranker == "cleanlab" else (confidence + cl) / 2.0
+        reason = [
+            f"{r}; after the mask thresholds ({', '.join(f'{n} {t:.2f}' for n, t in zip(MASK_NAMES, thresholds, strict=True))}) "
+            f"{x:.2f} and {y:.2f}"
+            for r, x, y in zip(reason, adj_looks1, adj_looks2, strict=True)
+        ]
+        if ranker == "combined":
+            reason = _combined_text(confidence, cl, reason)
+    pred1, pred2 = ev.probs_first.argmax(axis=1), ev.probs_second.argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "person_id": ev.people,
+            "task": "mask_swap",
+            "given": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(g1, g2, strict=True)],
+            "predicted": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(pred1, pred2, strict=True)],
+            "score": score,
+            "reason": reason,
+        }
+    )
 
 
 # oof.csv rounds probabilities to 6 decimals, so a written 0 means "below 1e-6"; flooring there keeps one
@@ -191,52 +383,24 @@ def _geometric_mean(frame: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
     return pd.DataFrame(q / q.sum(axis=1, keepdims=True), index=mean_log.index, columns=cols)
 
 
-def _mask_swap_scores(frame: pd.DataFrame) -> pd.DataFrame:
-    first, second = SWAP_STEMS
-    mask_cols = [f"mask{k}" for k in range(TASKS["mask"])]
-    pair = frame[frame["stem"].isin(SWAP_STEMS)]
-    # Average duplicates (an image predicted twice) so each person has one row per stem.
-    probs = pair.groupby(["person_id", "stem"], sort=False)[mask_cols].mean().unstack("stem")
-    given = _mode(pair, ["person_id", "stem"], "given_mask").unstack("stem")
-    columns = ["person_id", "task", "given", "predicted", "score"]
-    if first not in given.columns or second not in given.columns:
-        return pd.DataFrame(columns=columns)
-    given = given.dropna(subset=[first, second]).astype(np.int64)
-    given = given[given[first] != given[second]]
-    if given.empty:
-        return pd.DataFrame(columns=columns)
-    p_first = np.stack([probs.loc[given.index, (c, first)].to_numpy() for c in mask_cols], axis=1)
-    p_second = np.stack([probs.loc[given.index, (c, second)].to_numpy() for c in mask_cols], axis=1)
-    g_first, g_second = given[first].to_numpy(), given[second].to_numpy()
-    idx = np.arange(len(given))
-    # Swapped means each photo looks like the mask the other one is labelled with.
-    score = np.sqrt(p_first[idx, g_second] * p_second[idx, g_first])
-    pred_first, pred_second = p_first.argmax(axis=1), p_second.argmax(axis=1)
-    return pd.DataFrame(
-        {
-            "person_id": given.index,
-            "task": "mask_swap",
-            "given": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(g_first, g_second, strict=True)],
-            "predicted": [f"{MASK_NAMES[a]}/{MASK_NAMES[b]}" for a, b in zip(pred_first, pred_second, strict=True)],
-            "score": score,
-        }
-    )
-
-
 def find_label_errors(
-    oof: pd.DataFrame, top: int = LABEL_ERRORS_TOP, min_score: float = LABEL_ERRORS_MIN_SCORE
+    oof: pd.DataFrame,
+    top: int = LABEL_ERRORS_TOP,
+    min_score: float = LABEL_ERRORS_MIN_SCORE,
+    ranker: str = LABEL_ERRORS_RANKER,
 ) -> pd.DataFrame:
     """Rank people whose labels disagree with confident out-of-fold predictions.
 
     Returns one row per (person, task) with columns person_id, task (gender,
     age or mask_swap), given, predicted, score (0..1, how likely the label is
-    wrong; rules in the module docstring) and images (the person's image paths
-    in stem order, ';'-joined). A row is kept when its score is at least
+    wrong by ``ranker``; rules in the module docstring), images (the person's
+    image paths in stem order, ';'-joined) and reason (the probabilities behind
+    the score, in words). A row is kept when its score is at least
     ``min_score`` (default 0.5: the model finds the label more likely wrong
     than right) and it is among the ``top`` highest of its task. Sorted by
     score, highest first.
     """
-    return rank_suspects(score_people(oof), top, min_score)
+    return rank_suspects(score_people(oof, ranker), top, min_score)
 
 
 def rank_suspects(scores: pd.DataFrame, top: int = 50, min_score: float = 0.5) -> pd.DataFrame:
@@ -247,6 +411,44 @@ def rank_suspects(scores: pd.DataFrame, top: int = 50, min_score: float = 0.5) -
     kept = kept.sort_values(["score", "task", "person_id"], ascending=[False, True, True], kind="stable")
     kept = kept.groupby("task", sort=False).head(top)
     return kept.reset_index(drop=True)
+
+
+def accepted_fixes(
+    suspects: pd.DataFrame, oof: pd.DataFrame, thresholds: AgeThresholds = DEFAULT_AGE_THRESHOLDS
+) -> pd.DataFrame:
+    """The relabel rows (id, field, value) of a user who accepts every suggestion in ``suspects``.
+
+    Gender takes the predicted gender and a mask_swap row swaps the pair. An age
+    needs whole years: the person's predicted years (the OOF's ``age_mean``, an
+    age-regression run's) clipped into the suggested group, else the year of the
+    suggested group nearest the given one (the smallest move that changes the
+    group, e.g. 30 for young -> middle). A suggestion equal to the given label
+    changes nothing and gives no row. ``thresholds`` are the run's age groups.
+    """
+    years = oof.groupby(oof["person_id"].astype(str))[AGE_MEAN].mean() if AGE_MEAN in oof.columns else None
+    edges = [
+        (MIN_AGE, thresholds.young_below - 1),
+        (thresholds.young_below, thresholds.old_from - 1),
+        (thresholds.old_from, MAX_AGE),
+    ]
+    rows: list[tuple[str, str, str]] = []
+    columns = [suspects[c].astype(str) for c in ("person_id", "task", "given", "predicted")]
+    for pid, task, given_name, predicted in zip(*columns, strict=True):
+        if given_name == predicted:
+            continue
+        if task == "mask_swap":
+            rows.append((pid, "mask_swap", SWAP_VALUE))
+        elif task == "gender":
+            rows.append((pid, "gender", predicted))
+        elif task == "age":
+            given, group = AGE_NAMES.index(given_name), AGE_NAMES.index(predicted)
+            low, high = edges[group]
+            if years is not None and pid in years.index:
+                age = int(np.clip(round(float(years[pid])), low, high))
+            else:
+                age = high if group < given else low
+            rows.append((pid, "age", str(age)))
+    return pd.DataFrame(rows, columns=list(RELABEL_COLUMNS)).drop_duplicates(["id", "field"])
 
 
 def write_review(suspects: pd.DataFrame, out_dir: Path, grid_people: int = 20) -> dict[str, Path]:
@@ -361,7 +563,7 @@ def _is_previous_review(path: Path) -> bool:
             return False
         return _is_previous_review(path.with_name(REVIEW_FILES["review_csv"]))
     line = first_line(path)
-    return line == ",".join(REVIEW_COLUMNS) or line.startswith(DRAFT_HEADER)
+    return line in (",".join(REVIEW_COLUMNS), ",".join(_REVIEW_COLUMNS_BEFORE_REASON)) or line.startswith(DRAFT_HEADER)
 
 
 def check_review_output(out_dir: Path | str, source: Path | str, overwrite: bool = False) -> None:
