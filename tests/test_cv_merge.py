@@ -167,7 +167,10 @@ def test_merge_refuses_folders_that_do_not_belong_together(cvs, tmp_path, capsys
 
 def test_only_machine_keys_may_differ(tiny_config):
     base = tiny_config()
-    local = tiny_config("train.num_workers=2", "train.progress=true", "name=other", "cache.dir=/elsewhere")
+    local = tiny_config(
+        "train.num_workers=2", "train.progress=true", "name=other", "cache.dir=/elsewhere",
+        "tracking.backends=[tensorboard,mlflow]", "tracking.group=other-cv",
+    )
     assert config_differences(base, local) == []
     for key, value in [
         ("train.devices", 2),

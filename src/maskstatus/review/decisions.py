@@ -29,11 +29,6 @@ from ..errors import MaskstatusError
 from ..runs import CV_CONFIG, atomic_write_text
 from .suspects import REVIEW_TASKS, Review, decision_key
 
-try:
-    import fcntl
-except ImportError:  # not on Windows: one server process per review there
-    fcntl = None  # type: ignore[assignment]
-
 FORMAT = "maskstatus-review-decisions"
 Action = Literal["accept", "keep", "set", "skip", "pending"]
 # Decisions that change a label (a relabel row, unless the value is the given one).
@@ -169,17 +164,13 @@ class DecisionStore:
     @contextmanager
     def _locked(self) -> Iterator[None]:
         """This process's tabs queue on a thread lock; other processes on the same review on a file lock."""
+        # filelock, as the CV pool lock (runs.pool_lock): it locks on every platform, fcntl on POSIX only.
+        from filelock import FileLock
+
         with self._lock:
-            if fcntl is None:
-                yield
-                return
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    yield
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+            with FileLock(self.path.with_name(f".{self.path.name}.lock")):
+                yield
 
 
 @dataclass(frozen=True)

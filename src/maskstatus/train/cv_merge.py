@@ -44,18 +44,23 @@ MAY_DIFFER: dict[str, str] = {
     "train.compile": "speed: the same model up to float rounding",
     "train.channels_last": "speed: the same model up to float rounding",
     "train.normalize_on": "where images are normalised: the same floats",
+    "tracking": "where each machine logs its runs (every key of the section): not what is trained",
 }
-# A fold run's config.yaml differs from its CV's in these by design (cv._fold_config).
-_PER_FOLD = ("split.fold", "split.folds_file", "output_dir", "name")
+# A fold run's config.yaml differs from its CV's in these by design (cv._fold_config; tracking.group names the CV).
+_PER_FOLD = ("split.fold", "split.folds_file", "output_dir", "name", "tracking.group")
 
 
 def config_differences(a: Config, b: Config, ignore: Sequence[str] = tuple(MAY_DIFFER)) -> list[tuple[str, Any, Any]]:
-    """(dotted key, value in a, value in b) for every key whose values differ, but those of ``ignore``."""
+    """(dotted key, value in a, value in b) for every key whose values differ, but those of ``ignore``.
+
+    A key of ``ignore`` that names a section ignores every key under it.
+    """
     flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
+    sections = tuple(f"{key}." for key in ignore)
     return [
         (key, flat_a.get(key), flat_b.get(key))
         for key in sorted(flat_a.keys() | flat_b.keys())
-        if key not in ignore and flat_a.get(key) != flat_b.get(key)
+        if key not in ignore and not key.startswith(sections) and flat_a.get(key) != flat_b.get(key)
     ]
 
 
