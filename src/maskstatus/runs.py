@@ -19,6 +19,14 @@ A CV folder holds one run folder per fold, and at its top:
     <cv>/cv_metrics.json         its scores with person-bootstrap intervals, and each fold's best epoch
     <cv>/age_cuts.json           as for a run, tuned on the stacked oof.csv
 
+A sweep folder (``maskstatus sweep``) holds one run (or CV) folder per trial:
+
+    <sweep>/study.db             the Optuna study (the default storage)
+    <sweep>/trials/              trial-0000-<timestamp>/, ... each an ordinary run or CV folder
+    <sweep>/sweep.json           every trial: state, values, score, run folder, epochs, wall time
+    <sweep>/index.html, plots/   the sweep page and its pictures
+    <sweep>/best.yaml            the base config with the best trial's values (for ``maskstatus cv``)
+
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
 """
@@ -52,6 +60,13 @@ ONNX = "onnx"  # <run>/onnx/<checkpoint>.onnx and its sidecar, written by maskst
 # A CV folder's saved config (train.cv), named here so the command line reads it before importing the trainer.
 CV_CONFIG = "cv_config.yaml"
 CV_METRICS = "cv_metrics.json"  # the pooled OOF scores of a CV folder
+# A sweep folder (maskstatus sweep): its study database, trial folders, summary, page and best config.
+SWEEP_DATABASE = "study.db"
+SWEEP_TRIALS = "trials"
+SWEEP_SUMMARY = "sweep.json"
+SWEEP_PAGE = "index.html"
+SWEEP_BEST = "best.yaml"
+SWEEP_PLOTS = "plots"
 
 
 @dataclass(frozen=True)
@@ -106,6 +121,38 @@ class RunDir:
         for p in self.folders():
             p.mkdir(parents=True, exist_ok=True)
         return self
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep folder: ``study.db`` (the default storage), ``trials/`` (one run or CV folder per trial),
+    ``sweep.json``, ``index.html`` with its ``plots/``, and ``best.yaml`` (the best trial's config)."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / SWEEP_DATABASE
+
+    @property
+    def trials(self) -> Path:
+        return self.root / SWEEP_TRIALS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SWEEP_SUMMARY
+
+    @property
+    def page(self) -> Path:
+        return self.root / SWEEP_PAGE
+
+    @property
+    def best(self) -> Path:
+        return self.root / SWEEP_BEST
+
+    @property
+    def plots(self) -> Path:
+        return self.root / SWEEP_PLOTS
 
 
 def new_run_dir(output_dir: Path, name: str) -> RunDir:
