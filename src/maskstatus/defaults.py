@@ -51,6 +51,8 @@ SWEEP_HEARTBEAT_S = 60
 SWEEP_GRACE_S = 180
 # Seconds a worker waits for another's write to a shared SQLite file before the write fails.
 SWEEP_SQLITE_TIMEOUT_S = 60
+# A worker stops when this many of its trials in a row fail (a broken base config or data fails them all).
+SWEEP_MAX_FAILS_IN_A_ROW = 3
 SWEEP_PRUNER = "median"
 SWEEP_TRIALS = 20
 # Trials that finish before the median pruner judges any (it needs others to compare with), and epochs a trial

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 RUN_ATTR = "run_dir"  # the trial's run (or CV) folder, relative to the sweep folder
 EPOCHS_ATTR = "epochs_run"
 WALL_ATTR = "wall_s"
+ERROR_ATTR = "error"  # why a trial failed
 PARAM_OVERRIDES_ATTR = "param_overrides"  # the trial's values as key=value overrides of the base config
 
 
@@ -76,6 +77,11 @@ class Objective:
         started = time.perf_counter()
         try:
             value = self._run_cv(cfg, trial) if self.cv else self._run(cfg, trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # Optuna records the trial FAILED; sweep.json says why
+            trial.set_user_attr(ERROR_ATTR, f"{type(exc).__name__}: {exc}"[:2000])
+            raise
         finally:
             self._record(trial, name, time.perf_counter() - started)
         if not math.isfinite(value):
@@ -90,7 +96,8 @@ class Objective:
             if score is None or not math.isfinite(score):
                 return
             trial.report(float(score), epoch)
-            if trial.should_prune():
+            # Never after the last epoch: stopping there saves nothing and would throw the finished run's score away.
+            if epoch + 1 < cfg.train.epochs and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {epoch}: validation F1 {score:.4f}")
 
         result = train(cfg, on_epoch=report)

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import Config, ConfigError, apply_overrides, config_to_dict
 from ..errors import UsageError
 from ..runs import SweepDir, atomic_write_text
-from .objective import EPOCHS_ATTR, PARAM_OVERRIDES_ATTR, RUN_ATTR, WALL_ATTR
+from .objective import ERROR_ATTR, EPOCHS_ATTR, PARAM_OVERRIDES_ATTR, RUN_ATTR, WALL_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "wall_s": wall,
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         "worker": trial.user_attrs.get("worker"),
+        **({"error": trial.user_attrs[ERROR_ATTR]} if ERROR_ATTR in trial.user_attrs else {}),
         **({"note": trial.user_attrs["abandoned"]} if "abandoned" in trial.user_attrs else {}),
     }
 

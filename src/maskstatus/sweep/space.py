@@ -70,7 +70,8 @@ class Param(BaseModel):
         if self.type == "categorical":
             assert self.choices is not None
             return list(self.choices)
-        assert self.low is not None and self.high is not None
+        assert self.low is not None
+        assert self.high is not None
         if self.type == "int":
             return [int(self.low), int(self.high)]
         return [float(self.low), float(self.high)]
@@ -83,7 +84,8 @@ class Param(BaseModel):
             options = [c if _plain(c) else _as_yaml(c) for c in self.choices]
             drawn = trial.suggest_categorical(key, options)
             return drawn if _plain(drawn) else yaml.safe_load(drawn)
-        assert self.low is not None and self.high is not None
+        assert self.low is not None
+        assert self.high is not None
         if self.type == "int":
             return trial.suggest_int(key, int(self.low), int(self.high), step=int(self.step or 1))
         return trial.suggest_float(key, self.low, self.high, step=self.step, log=self.type == "log-float")

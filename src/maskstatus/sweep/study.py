@@ -27,15 +27,16 @@ from ..config import Config
 from ..defaults import (
     SWEEP_GRACE_S,
     SWEEP_HEARTBEAT_S,
+    SWEEP_MAX_FAILS_IN_A_ROW,
     SWEEP_PRUNE_STARTUP,
     SWEEP_PRUNE_WARMUP,
     SWEEP_PRUNER,
     SWEEP_SAMPLER_STARTUP,
     SWEEP_SQLITE_TIMEOUT_S,
 )
-from ..errors import UsageError
+from ..errors import RunError, UsageError
 from ..runs import SweepDir
-from .objective import OBJECTIVE_CV, OBJECTIVE_FOLD, Objective, OverBudget
+from .objective import ERROR_ATTR, OBJECTIVE_CV, OBJECTIVE_FOLD, Objective, OverBudget
 from .page import write_page
 from .results import record_base, write_results
 from .space import SearchSpace, base_values, check_space, read_space
@@ -185,6 +186,8 @@ def run_sweep(
     objective = Objective(space, config, overrides, settings.n_trials, SweepDir(settings.out), settings.cv, worker_id())
     sweep = SweepDir(settings.out)
 
+    failures = FailuresInARow(SWEEP_MAX_FAILS_IN_A_ROW)
+
     def write_after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         write_outputs(study, sweep)  # sweep.json and the page follow the study as it goes
 
@@ -193,11 +196,34 @@ def run_sweep(
         timeout=settings.timeout,
         # A failing trial (diverged, out of memory, a refused combination) is recorded FAILED and the sweep goes on.
         catch=(Exception,),
-        callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=None), write_after_trial],
+        callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=None), write_after_trial, failures],
         gc_after_trial=True,
     )
     write_outputs(study, sweep)
+    if failures.stopped is not None:
+        raise RunError(
+            f"this worker stopped after {failures.limit} failed trials in a row (trials "
+            f"{', '.join(map(str, failures.numbers))}); the last failed with {failures.stopped}. "
+            f"Fix the cause (see {sweep.summary}) and run the same command again to go on"
+        )
     return SweepResult(sweep.root, study, objective.ran)
+
+
+class FailuresInARow:
+    """Stop the worker when ``limit`` of its trials in a row fail: a broken base config or data fails every
+    trial, and a sweep left overnight should say so at once rather than fail its whole budget."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.numbers, self.stopped = limit, [], None
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if trial.state != TrialState.FAIL or trial.user_attrs.get(ERROR_ATTR) is None:
+            self.numbers = []  # only failures of training count: not an over-budget or abandoned trial
+            return
+        self.numbers.append(trial.number)
+        if len(self.numbers) >= self.limit:
+            self.stopped = trial.user_attrs[ERROR_ATTR]
+            study.stop()
 
 
 def sweep(

@@ -10,9 +10,9 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
