@@ -28,16 +28,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-import pandas as pd  # noqa: E402
-from common import DEFAULT_DATA, REPO, commit, provenance, resolved_config, write_report  # noqa: E402
-from cv_ensemble import paired_gain, summary  # noqa: E402
+import pandas as pd
 
-from maskstatus.config import load_config  # noqa: E402
-from maskstatus.runs import RunDir, SweepDir  # noqa: E402
-from maskstatus.scoring.oof import read_oof  # noqa: E402
-from maskstatus.scoring.score import oof_interval, scored_scope  # noqa: E402
-from maskstatus.sweep.results import best_config  # noqa: E402
-from maskstatus.sweep.study import SweepSettings, sweep, write_outputs  # noqa: E402
+from common import DEFAULT_DATA, REPO, commit, provenance, resolved_config, write_report
+from cv_ensemble import paired_gain, summary
+from maskstatus.config import load_config
+from maskstatus.runs import RunDir, SweepDir
+from maskstatus.scoring.oof import read_oof
+from maskstatus.scoring.score import oof_interval, scored_scope
+from maskstatus.sweep.results import best_config
+from maskstatus.sweep.study import SweepSettings, sweep, write_outputs
 
 logger = logging.getLogger("sweep")
 

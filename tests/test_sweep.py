@@ -163,3 +163,130 @@ def test_the_benchmark_writes_its_json_and_copies_the_page(demo_data, tiny_overr
     assert (copied / "index.html").is_file() and (copied / "best.yaml").is_file()
     assert (copied / "plots" / "history.png").is_file()
     assert 'src="plots/history.png"' in (copied / "index.html").read_text()
+
+
+def test_the_command_refuses_a_bad_space_before_anything_is_made(tmp_path, capsys):
+    from maskstatus.cli import main
+
+    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-4, high: 1.0e-2}\n"
+                             "train.no_such_key: {type: int, low: 1, high: 3}\n")
+    out = tmp_path / "sw"
+    assert main(["sweep", "--config", str(ROOT / "configs" / "demo.yaml"), "--space", str(space),
+                 "--out", str(out)]) == 2
+    assert "train.no_such_key is not a config field" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_worker_killed_on_this_machine_leaves_a_trial_the_next_run_fails(tmp_path):
+    import subprocess
+
+    import optuna
+
+    from maskstatus.runs import SweepDir
+    from maskstatus.sweep.study import WORKER_ATTR, fail_abandoned_trials, open_storage, worker_id
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = worker_id().rpartition(":")[0]
+    for storage in (f"journal:{tmp_path / 'j.log'}", None):
+        study = optuna.create_study(storage=open_storage(storage, SweepDir(tmp_path / "sw")), study_name="s")
+        gone, alive, elsewhere = study.ask(), study.ask(), study.ask()
+        gone.set_user_attr(WORKER_ATTR, f"{host}:{dead.pid}")
+        alive.set_user_attr(WORKER_ATTR, worker_id())
+        elsewhere.set_user_attr(WORKER_ATTR, f"another-machine:{dead.pid}")
+        assert fail_abandoned_trials(study) == [gone.number]
+        states = [t.state.name for t in study.get_trials()]
+        assert states == ["FAIL", "RUNNING", "RUNNING"]
+        assert "ended without it" in study.get_trials()[0].user_attrs["abandoned"]
+
+
+def _cli_sweep(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "maskstatus.cli", "-q", "sweep", *args]
+
+
+@pytest.mark.parametrize("storage", ["journal", "sqlite"])
+def test_two_workers_share_one_study_and_run_every_trial_once(demo_data, tiny_overrides, tmp_path, storage, capsys):
+    import os
+    import subprocess
+
+    from maskstatus.cli import main
+
+    out = tmp_path / "sw"
+    store = f"journal:{tmp_path / 'study.log'}" if storage == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
+    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n"
+                             "model.dropout: {type: categorical, choices: [0.0, 0.2]}\n")
+    args = ["--config", str(ROOT / "configs" / "demo.yaml"), "--space", str(space), "--out", str(out),
+            "--storage", store, "--study", "shared", "--trials", "3",
+            f"data.root={demo_data.root}", *tiny_overrides, "train.epochs=1", "train.limit_train_batches=1",
+            "train.limit_val_batches=1", "scheduler.warmup_epochs=0", f"cache.dir={tmp_path / 'cache'}"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    workers = [subprocess.Popen(_cli_sweep(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    logs = [w.communicate(timeout=600)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], logs
+    ran = sorted(int(log.split("this worker ran ")[1].split()[0]) for log in logs)
+    assert sum(ran) == 3, logs  # between them, every trial once
+    summary = json.loads((out / "sweep.json").read_text())
+    assert [t["number"] for t in summary["trials"]] == [0, 1, 2]
+    assert [t["state"] for t in summary["trials"]] == ["COMPLETE"] * 3
+    folders = sorted(p.name for p in (out / "trials").iterdir())
+    assert [f.rsplit("-", 2)[0] for f in folders] == ["trial-0000", "trial-0001", "trial-0002"]
+    assert sorted(t["run_dir"] for t in summary["trials"]) == [f"trials/{f}" for f in folders]
+    assert len({t["worker"] for t in summary["trials"]}) in (1, 2)
+    best = load_config(out / "best.yaml")  # the base config with the best trial's values, valid as it is
+    assert best.name == "demo" and best.model.dropout in (0.0, 0.2)
+    # Rerunning the command (a resume) finds the study complete and trains nothing; --page rewrites the page.
+    capsys.readouterr()
+    assert main(["sweep", *args]) == 0
+    assert "this worker ran 0 trial(s)" in capsys.readouterr().out
+    (out / "index.html").unlink()
+    assert main(["sweep", "--page", str(out), "--storage", store]) == 0
+    page = (out / "index.html").read_text()
+    assert "Optimisation history" in page and "plots/history.png" in page and "trial-0002" in page
+
+
+def test_a_hopeless_trial_is_pruned_and_a_crashing_one_fails_while_the_sweep_goes_on(
+    demo_data, tiny_overrides, tmp_path, monkeypatch
+):
+    import optuna
+
+    from maskstatus.runs import RunDir
+    from maskstatus.sweep.study import SweepSettings, sweep
+    from maskstatus.train import trainer
+
+    # The tiny model learns nothing in two batches, so the scores are fixed by the learning rate: the pruner's
+    # decision is then known (the good trials 0.5 and 0.6, the hopeless one 0.0), and a learning rate of 5
+    # diverges at once, as a real one would after a few steps.
+    validate, train_epoch = trainer._validate, trainer._train_epoch
+
+    def scored(fabric, parts, cfg, table, epoch):
+        val = validate(fabric, parts, cfg, table, epoch)
+        val.metrics["score"] = 0.0 if cfg.optimizer.lr < 1e-6 else 0.5 + 0.1 * epoch
+        return val
+
+    def diverging(fabric, parts, cfg, epoch):
+        if cfg.optimizer.lr > 1:
+            raise trainer.NonFiniteLoss(epoch, 0, "the training loss is nan")
+        return train_epoch(fabric, parts, cfg, epoch)
+
+    monkeypatch.setattr(trainer, "_validate", scored)
+    monkeypatch.setattr(trainer, "_train_epoch", diverging)
+    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-10, high: 10.0}\n")
+    overrides = [f"data.root={demo_data.root}", *tiny_overrides, *TINY_SWEEP, "train.limit_train_batches=1",
+                 "train.limit_val_batches=1",
+                 f"cache.dir={tmp_path / 'cache'}"]
+    lrs = [3e-3, 2e-3, 5.0, 1e-9]
+    settings = SweepSettings(out=tmp_path / "sw", study="s", n_trials=len(lrs), prune_startup=2,
+                             enqueue=[{"optimizer.lr": lr} for lr in lrs])
+    result = sweep(space, ROOT / "configs" / "demo.yaml", overrides, settings)
+    trials = result.study.get_trials()
+    assert all(t.params for t in trials), [(t.state.name, t.params, t.user_attrs) for t in trials]
+    assert [t.params["optimizer.lr"] for t in trials] == lrs
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE", "FAIL", "PRUNED"]
+    assert "training diverged" in trials[2].user_attrs["error"]
+    pruned = RunDir(tmp_path / "sw" / trials[3].user_attrs["run_dir"])
+    assert trials[3].user_attrs["epochs_run"] == 1 and pruned.last.is_file()  # a valid, resumable run
+    summary = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert summary["epochs"]["saved_by_pruning"] == 1 and summary["counts"]["PRUNED"] == 1
+    assert summary["best"]["value"] == pytest.approx(0.6) and isinstance(result.study, optuna.Study)
+    assert summary["trials"][2]["error"].startswith("RunError: training diverged")

@@ -314,38 +314,83 @@ def _add_sweep(sub: Subparsers) -> None:
     s.add_argument(
         "--out", type=Path, default=None, metavar="SWEEP_DIR", help="sweep folder (default sweeps/<study name>)"
     )
-    s.add_argument("--study", default=None, help="study name: workers naming the same one share it "
-                   "(default: the space file's name)")
+    s.add_argument(
+        "--study",
+        default=None,
+        help="study name: workers naming the same one share it (default: the space file's name)",
+    )
     s.add_argument(
         "--storage",
         default=None,
         help="where the study lives: journal:FILE (a shared filesystem; also any path ending in .log or .jsonl), "
         "sqlite:///FILE, or a postgresql:// or mysql:// URL (several machines) (default: SWEEP_DIR/study.db)",
     )
-    s.add_argument("--trials", type=_positive_int_arg, default=defaults.SWEEP_TRIALS,
-                   help="trials in the study, counting every worker's and failed ones (default %(default)s)")
-    s.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="start no new trial after this long (default: none)")
-    s.add_argument("--cv", action="store_true", help="score each trial by a CV of all split.folds (pooled OOF F1; "
-                   "pruned between folds) instead of one held-out fold")
-    s.add_argument("--pruner", choices=PRUNERS, default=defaults.SWEEP_PRUNER,
-                   help="median: stop a trial whose epoch's F1 is below the median of earlier trials at that epoch; "
-                   "hyperband; none (default %(default)s)")
-    s.add_argument("--prune-startup", type=_workers_arg_int, default=defaults.SWEEP_PRUNE_STARTUP,
-                   help="trials that finish before any is pruned (median; default %(default)s)")
-    s.add_argument("--prune-warmup", type=_workers_arg_int, default=defaults.SWEEP_PRUNE_WARMUP,
-                   help="epochs every trial trains before it can be pruned (default %(default)s)")
-    s.add_argument("--sampler-startup", type=_workers_arg_int, default=defaults.SWEEP_SAMPLER_STARTUP,
-                   help="trials drawn at random before TPE models the results (default %(default)s)")
-    s.add_argument("--seed", type=int, default=None, help="seed of the sampler (default: random; give each "
-                   "worker its own)")
-    s.add_argument("--enqueue-base", action="store_true", help="make the base config's own values the first "
-                   "trial: the baseline at the sweep's budget")
-    s.add_argument("--page", type=Path, default=None, metavar="SWEEP_DIR",
-                   help="only write SWEEP_DIR's sweep.json, best.yaml and page again from its study "
-                   "(with --storage/--study when not the default)")
-    s.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="dotted overrides of the base config, e.g. data.root=DIR train.epochs=2")
+    s.add_argument(
+        "--trials",
+        type=_positive_int_arg,
+        default=defaults.SWEEP_TRIALS,
+        help="trials in the study, counting every worker's and failed ones (default %(default)s)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new trial after this long (default: none)",
+    )
+    s.add_argument(
+        "--cv",
+        action="store_true",
+        help="score each trial by a CV of all split.folds (pooled OOF F1; "
+        "pruned between folds) instead of one held-out fold",
+    )
+    s.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default=defaults.SWEEP_PRUNER,
+        help="median: stop a trial whose epoch's F1 is below the median of earlier trials at that epoch; "
+        "hyperband; none (default %(default)s)",
+    )
+    s.add_argument(
+        "--prune-startup",
+        type=_workers_arg_int,
+        default=defaults.SWEEP_PRUNE_STARTUP,
+        help="trials that finish before any is pruned (median; default %(default)s)",
+    )
+    s.add_argument(
+        "--prune-warmup",
+        type=_workers_arg_int,
+        default=defaults.SWEEP_PRUNE_WARMUP,
+        help="epochs every trial trains before it can be pruned (default %(default)s)",
+    )
+    s.add_argument(
+        "--sampler-startup",
+        type=_workers_arg_int,
+        default=defaults.SWEEP_SAMPLER_STARTUP,
+        help="trials drawn at random before TPE models the results (default %(default)s)",
+    )
+    s.add_argument(
+        "--seed", type=int, default=None, help="seed of the sampler (default: random; give each worker its own)"
+    )
+    s.add_argument(
+        "--enqueue-base",
+        action="store_true",
+        help="make the base config's own values the first trial: the baseline at the sweep's budget",
+    )
+    s.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        metavar="SWEEP_DIR",
+        help="only write SWEEP_DIR's sweep.json, best.yaml and page again from its study "
+        "(with --storage/--study when not the default)",
+    )
+    s.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="dotted overrides of the base config, e.g. data.root=DIR train.epochs=2",
+    )
     s.set_defaults(fn=_cmd_sweep)
 
 
@@ -406,8 +451,10 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _print_sweep(data: dict, sweep_dir) -> None:
     c = data["counts"]
-    print(f"study {data['study']}: {len(data['trials'])} trials, {c['COMPLETE']} finished, {c['PRUNED']} pruned, "
-          f"{c['FAIL']} failed, {c['RUNNING']} running")
+    print(
+        f"study {data['study']}: {len(data['trials'])} trials, {c['COMPLETE']} finished, {c['PRUNED']} pruned, "
+        f"{c['FAIL']} failed, {c['RUNNING']} running"
+    )
     best = data["best"]
     if best is not None:
         print(f"best: trial {best['number']} {best['value']:.4f} ({' '.join(best['param_overrides'])})")

@@ -29,6 +29,7 @@ RUN_ATTR = "run_dir"  # the trial's run (or CV) folder, relative to the sweep fo
 EPOCHS_ATTR = "epochs_run"
 WALL_ATTR = "wall_s"
 ERROR_ATTR = "error"  # why a trial failed
+OVER_BUDGET_ATTR = "over_budget"  # a trial asked for beyond --trials, not trained
 PARAM_OVERRIDES_ATTR = "param_overrides"  # the trial's values as key=value overrides of the base config
 
 
@@ -57,6 +58,7 @@ class Objective:
         self.space, self.config, self.overrides = space, config, list(overrides)
         self.n_trials, self.sweep, self.cv, self.worker = n_trials, sweep, cv, worker
         self.ran = 0
+        self.over_budget = False
 
     def __call__(self, trial: optuna.Trial) -> float:
         from .study import WORKER_ATTR
@@ -65,7 +67,8 @@ class Objective:
         # Trial numbers are handed out one by one by the storage, so the first n_trials numbers are the budget
         # whichever worker asked: a trial beyond it (a race of two workers) stops its worker untrained.
         if trial.number >= self.n_trials:
-            trial.study.stop()
+            self.over_budget = True
+            trial.set_user_attr(OVER_BUDGET_ATTR, True)
             raise OverBudget(f"trial {trial.number} is beyond the study's {self.n_trials} trials: not trained")
         values = {key: param.suggest(trial, key) for key, param in self.space.params.items()}
         name = trial_name(trial.number)

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import Config, ConfigError, apply_overrides, config_to_dict
 from ..errors import UsageError
 from ..runs import SweepDir, atomic_write_text
-from .objective import ERROR_ATTR, EPOCHS_ATTR, PARAM_OVERRIDES_ATTR, RUN_ATTR, WALL_ATTR
+from .objective import EPOCHS_ATTR, ERROR_ATTR, OVER_BUDGET_ATTR, PARAM_OVERRIDES_ATTR, RUN_ATTR, WALL_ATTR
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,7 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "worker": trial.user_attrs.get("worker"),
         **({"error": trial.user_attrs[ERROR_ATTR]} if ERROR_ATTR in trial.user_attrs else {}),
         **({"note": trial.user_attrs["abandoned"]} if "abandoned" in trial.user_attrs else {}),
+        **({"note": "asked for beyond --trials; not trained"} if trial.user_attrs.get(OVER_BUDGET_ATTR) else {}),
     }
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 # A trial's user attributes: the worker that ran it (host:pid), and why it failed when its worker died.
 WORKER_ATTR = "worker"
+# The trials --trials counts: every one started, whatever became of it; not those enqueued and waiting.
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 ABANDONED_ATTR = "abandoned"
 
 
@@ -77,9 +81,11 @@ def open_storage(storage: str | None, sweep: SweepDir) -> optuna.storages.BaseSt
         # Two workers on one SQLite file wait for each other's writes instead of failing at once.
         engine = {"connect_args": {"timeout": SWEEP_SQLITE_TIMEOUT_S}}
     try:
-        return optuna.storages.RDBStorage(
-            storage, engine_kwargs=engine, heartbeat_interval=SWEEP_HEARTBEAT_S, grace_period=SWEEP_GRACE_S
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9: a warning per worker
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                storage, engine_kwargs=engine, heartbeat_interval=SWEEP_HEARTBEAT_S, grace_period=SWEEP_GRACE_S
+            )
     except Exception as exc:  # SQLAlchemy's OperationalError, a missing driver...: the user's URL or server
         raise UsageError(f"--storage {_hide_password(storage)}: cannot open the study storage: {exc}") from None
 
@@ -175,30 +181,33 @@ def run_sweep(
     for values in settings.enqueue:
         # skip_if_exists: a second worker, or a rerun, does not enqueue the same baseline again.
         study.enqueue_trial(space.optuna_params(values), skip_if_exists=True)
-    if len(study.trials) >= settings.n_trials:
-        logger.info(
-            "study %s already holds %d trials (--trials %d): nothing to run",
-            settings.study,
-            len(study.trials),
-            settings.n_trials,
-        )
-        return SweepResult(SweepDir(settings.out).root, study, 0)
-    objective = Objective(space, config, overrides, settings.n_trials, SweepDir(settings.out), settings.cv, worker_id())
     sweep = SweepDir(settings.out)
-
+    objective = Objective(space, config, overrides, settings.n_trials, sweep, settings.cv, worker_id())
     failures = FailuresInARow(SWEEP_MAX_FAILS_IN_A_ROW)
 
     def write_after_trial(study: optuna.Study, trial: FrozenTrial) -> None:
         write_outputs(study, sweep)  # sweep.json and the page follow the study as it goes
 
-    study.optimize(
-        objective,
-        timeout=settings.timeout,
-        # A failing trial (diverged, out of memory, a refused combination) is recorded FAILED and the sweep goes on.
-        catch=(Exception,),
-        callbacks=[optuna.study.MaxTrialsCallback(settings.n_trials, states=None), write_after_trial, failures],
-        gc_after_trial=True,
-    )
+    # One trial per optimize call, the budget counted right before each: Optuna's MaxTrialsCallback counts after a
+    # trial and its callbacks (seconds of page writing), a window in which another worker's count misses the
+    # trial this one is about to ask for, and both start one. Here the window is one storage read; a trial that
+    # still lands beyond the budget stops its worker untrained (Objective).
+    deadline = None if settings.timeout is None else time.monotonic() + settings.timeout
+    while failures.stopped is None and not objective.over_budget:
+        started = len(study.get_trials(deepcopy=False, states=COUNTED))
+        if started >= settings.n_trials or (deadline is not None and time.monotonic() >= deadline):
+            logger.info(
+                "study %s holds %d of its %d trials: this worker stops", settings.study, started, settings.n_trials
+            )
+            break
+        study.optimize(
+            objective,
+            n_trials=1,
+            # A failing trial (diverged, out of memory, a refused combination) is recorded FAILED; the sweep goes on.
+            catch=(Exception,),
+            callbacks=[write_after_trial, failures],
+            gc_after_trial=True,
+        )
     write_outputs(study, sweep)
     if failures.stopped is not None:
         raise RunError(
