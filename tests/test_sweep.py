@@ -290,3 +290,64 @@ def test_a_hopeless_trial_is_pruned_and_a_crashing_one_fails_while_the_sweep_goe
     assert summary["epochs"]["saved_by_pruning"] == 1 and summary["counts"]["PRUNED"] == 1
     assert summary["best"]["value"] == pytest.approx(0.6) and isinstance(result.study, optuna.Study)
     assert summary["trials"][2]["error"].startswith("RunError: training diverged")
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on a free localhost port, from the Debian binaries `make setup` installs."""
+    import glob
+    import os
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not found:
+        pytest.skip("no PostgreSQL server binaries (/usr/lib/postgresql/*/bin/initdb): `make setup` installs them")
+    bin_dir = Path(found[-1]).parent
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: the server runs as nobody
+        if shutil.which("runuser") is None:
+            pytest.skip("running as root without runuser: initdb refuses root and there is no way to drop it")
+        run_as = ["runuser", "-u", "nobody", "--"]
+    # Not tmp_path: its parents are private to the user running the tests, and the server's user must reach it.
+    folder = Path(tempfile.mkdtemp(prefix="maskstatus-pg-"))
+    folder.chmod(0o755)
+    if run_as:
+        nobody = pwd.getpwnam("nobody")
+        os.chown(folder, nobody.pw_uid, nobody.pw_gid)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    data = folder / "data"
+    try:
+        subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+                       check=True, capture_output=True)
+        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
+                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True,
+                       capture_output=True)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_sweep_on_a_postgresql_server(demo_data, tiny_overrides, tmp_path, postgres_url):
+    from maskstatus.sweep.study import SweepSettings, load_study, sweep
+
+    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n")
+    overrides = [f"data.root={demo_data.root}", *tiny_overrides, "train.epochs=1", "train.limit_train_batches=1",
+                 "train.limit_val_batches=1", "scheduler.warmup_epochs=0", f"cache.dir={tmp_path / 'cache'}"]
+    settings = SweepSettings(out=tmp_path / "sw", study="pg", n_trials=2, storage=postgres_url)
+    result = sweep(space, ROOT / "configs" / "demo.yaml", overrides, settings, enqueue_base=True)
+    assert result.ran == 2
+    # Read back from the server by a fresh connection, as a worker on another machine would.
+    study = load_study(tmp_path / "sw", postgres_url, "pg")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert study.trials[0].params == {"optimizer.lr": 0.003}  # demo.yaml's own, enqueued
+    assert not (tmp_path / "sw" / "study.db").exists()
+    assert load_study(tmp_path / "sw", postgres_url).study_name == "pg"  # the only study there
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["counts"]["COMPLETE"] == 2

@@ -76,6 +76,10 @@ def open_storage(storage: str | None, sweep: SweepDir) -> optuna.storages.BaseSt
             f"--storage {storage!r}: expected journal:PATH (or a path ending in .log or .jsonl), "
             "sqlite:///FILE, postgresql://... or mysql://..."
         )
+    for plain in ("postgresql://", "postgres://"):
+        if storage.startswith(plain):
+            # The driver the sweep extra installs: SQLAlchemy 2.1's default for a plain URL is psycopg 3.
+            storage = "postgresql+psycopg2://" + storage.removeprefix(plain)
     engine: dict[str, Any] = {}
     if storage.startswith("sqlite://"):
         # Two workers on one SQLite file wait for each other's writes instead of failing at once.
