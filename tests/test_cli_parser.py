@@ -76,6 +76,9 @@ DEFAULTS = [
     ("serve", "--max-upload-mb", defaults.DEFAULT_MAX_UPLOAD_MB), ("serve", "--max-files", defaults.DEFAULT_MAX_FILES),
     ("serve", "--max-pixels", defaults.DEFAULT_MAX_PIXELS),
     ("serve", "--read-timeout", defaults.DEFAULT_READ_TIMEOUT_S),
+    ("sweep", "--trials", defaults.SWEEP_TRIALS), ("sweep", "--pruner", defaults.SWEEP_PRUNER),
+    ("sweep", "--prune-startup", defaults.SWEEP_PRUNE_STARTUP), ("sweep", "--prune-warmup", defaults.SWEEP_PRUNE_WARMUP),
+    ("sweep", "--sampler-startup", defaults.SWEEP_SAMPLER_STARTUP),
 ]
 
 

@@ -168,3 +168,14 @@ def test_serve_and_export_reach_a_run_only_through_the_prediction_pipeline():
     assert "maskstatus.infer.pipeline" in graph["maskstatus.serve.predictor"]
     assert "maskstatus.infer.pipeline" in graph["maskstatus.infer.export"]
     assert "maskstatus.infer.pipeline" in graph["maskstatus.infer.predict"]
+
+
+def test_sweeps_sit_above_training_and_below_the_command_line():
+    """sweep drives train (and reads runs, scoring and the report pages); nothing below it imports it."""
+    graph = import_graph()
+    assert "maskstatus.train.trainer" in graph["maskstatus.sweep.objective"]
+    below = ("maskstatus.data", "maskstatus.train", "maskstatus.infer", "maskstatus.scoring", "maskstatus.analysis",
+             "maskstatus.serve", "maskstatus.models")
+    for package in below:
+        assert _offenders(graph, package, ("maskstatus.sweep",)) == {}
+    assert _offenders(graph, "maskstatus.sweep", ("maskstatus.cli", "maskstatus.serve")) == {}

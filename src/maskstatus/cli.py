@@ -314,17 +314,28 @@ def _add_sweep(sub: Subparsers) -> None:
     s.add_argument(
         "--out", type=Path, default=None, metavar="SWEEP_DIR", help="sweep folder (default sweeps/<study name>)"
     )
-    s.add_argument(
-        "--study",
-        default=None,
-        help="study name: workers naming the same one share it (default: the space file's name)",
-    )
+    s.add_argument("--study", default=None, help="study name, shared by its workers (default: the space file's name)")
     s.add_argument(
         "--storage",
         default=None,
         help="where the study lives: journal:FILE (a shared filesystem; also any path ending in .log or .jsonl), "
         "sqlite:///FILE, or a postgresql:// or mysql:// URL (several machines) (default: SWEEP_DIR/study.db)",
     )
+    _add_sweep_budget(s)
+    _add_sweep_pruning(s)
+    s.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        metavar="SWEEP_DIR",
+        help="only write SWEEP_DIR's sweep.json, best.yaml and page again from its study (and --storage, --study)",
+    )
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base config")
+    s.set_defaults(fn=_cmd_sweep)
+
+
+def _add_sweep_budget(s: argparse.ArgumentParser) -> None:
+    """How many trials, how long, scored how, and where the sampler starts."""
     s.add_argument(
         "--trials",
         type=_positive_int_arg,
@@ -344,6 +355,18 @@ def _add_sweep(sub: Subparsers) -> None:
         help="score each trial by a CV of all split.folds (pooled OOF F1; "
         "pruned between folds) instead of one held-out fold",
     )
+    s.add_argument(
+        "--seed", type=int, default=None, help="seed of the sampler (default: random; give each worker its own)"
+    )
+    s.add_argument(
+        "--enqueue-base",
+        action="store_true",
+        help="make the base config's own values the first trial: the baseline at the sweep's budget",
+    )
+
+
+def _add_sweep_pruning(s: argparse.ArgumentParser) -> None:
+    """Which trials stop early, and when TPE takes over from random draws."""
     s.add_argument(
         "--pruner",
         choices=PRUNERS,
@@ -369,29 +392,6 @@ def _add_sweep(sub: Subparsers) -> None:
         default=defaults.SWEEP_SAMPLER_STARTUP,
         help="trials drawn at random before TPE models the results (default %(default)s)",
     )
-    s.add_argument(
-        "--seed", type=int, default=None, help="seed of the sampler (default: random; give each worker its own)"
-    )
-    s.add_argument(
-        "--enqueue-base",
-        action="store_true",
-        help="make the base config's own values the first trial: the baseline at the sweep's budget",
-    )
-    s.add_argument(
-        "--page",
-        type=Path,
-        default=None,
-        metavar="SWEEP_DIR",
-        help="only write SWEEP_DIR's sweep.json, best.yaml and page again from its study "
-        "(with --storage/--study when not the default)",
-    )
-    s.add_argument(
-        "overrides",
-        nargs="*",
-        metavar="key=value",
-        help="dotted overrides of the base config, e.g. data.root=DIR train.epochs=2",
-    )
-    s.set_defaults(fn=_cmd_sweep)
 
 
 def _workers_arg_int(text: str) -> int:

@@ -29,6 +29,8 @@ RUN_ATTR = "run_dir"  # the trial's run (or CV) folder, relative to the sweep fo
 EPOCHS_ATTR = "epochs_run"
 WALL_ATTR = "wall_s"
 ERROR_ATTR = "error"  # why a trial failed
+WORKER_ATTR = "worker"  # the worker that ran it: host:pid
+ABANDONED_ATTR = "abandoned"  # why it failed when its worker died
 OVER_BUDGET_ATTR = "over_budget"  # a trial asked for beyond --trials, not trained
 PARAM_OVERRIDES_ATTR = "param_overrides"  # the trial's values as key=value overrides of the base config
 
@@ -61,8 +63,6 @@ class Objective:
         self.over_budget = False
 
     def __call__(self, trial: optuna.Trial) -> float:
-        from .study import WORKER_ATTR
-
         trial.set_user_attr(WORKER_ATTR, self.worker)
         # Trial numbers are handed out one by one by the storage, so the first n_trials numbers are the budget
         # whichever worker asked: a trial beyond it (a race of two workers) stops its worker untrained.

@@ -21,7 +21,16 @@ from optuna.trial import FrozenTrial, TrialState
 from ..config import Config, ConfigError, apply_overrides, config_to_dict
 from ..errors import UsageError
 from ..runs import SweepDir, atomic_write_text
-from .objective import EPOCHS_ATTR, ERROR_ATTR, OVER_BUDGET_ATTR, PARAM_OVERRIDES_ATTR, RUN_ATTR, WALL_ATTR
+from .objective import (
+    ABANDONED_ATTR,
+    EPOCHS_ATTR,
+    ERROR_ATTR,
+    OVER_BUDGET_ATTR,
+    PARAM_OVERRIDES_ATTR,
+    RUN_ATTR,
+    WALL_ATTR,
+    WORKER_ATTR,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +111,9 @@ def trial_row(trial: FrozenTrial) -> dict[str, Any]:
         "epochs_run": trial.user_attrs.get(EPOCHS_ATTR, 0),
         "wall_s": wall,
         "started": trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
-        "worker": trial.user_attrs.get("worker"),
+        "worker": trial.user_attrs.get(WORKER_ATTR),
         **({"error": trial.user_attrs[ERROR_ATTR]} if ERROR_ATTR in trial.user_attrs else {}),
-        **({"note": trial.user_attrs["abandoned"]} if "abandoned" in trial.user_attrs else {}),
+        **({"note": trial.user_attrs[ABANDONED_ATTR]} if ABANDONED_ATTR in trial.user_attrs else {}),
         **({"note": "asked for beyond --trials; not trained"} if trial.user_attrs.get(OVER_BUDGET_ATTR) else {}),
     }
 

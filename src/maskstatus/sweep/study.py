@@ -38,18 +38,23 @@ from ..defaults import (
 )
 from ..errors import RunError, UsageError
 from ..runs import SweepDir
-from .objective import ERROR_ATTR, OBJECTIVE_CV, OBJECTIVE_FOLD, Objective, OverBudget
+from .objective import (
+    ABANDONED_ATTR,
+    ERROR_ATTR,
+    OBJECTIVE_CV,
+    OBJECTIVE_FOLD,
+    WORKER_ATTR,
+    Objective,
+    OverBudget,
+)
 from .page import write_page
 from .results import record_base, write_results
 from .space import SearchSpace, base_values, check_space, read_space
 
 logger = logging.getLogger(__name__)
 
-# A trial's user attributes: the worker that ran it (host:pid), and why it failed when its worker died.
-WORKER_ATTR = "worker"
 # The trials --trials counts: every one started, whatever became of it; not those enqueued and waiting.
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
-ABANDONED_ATTR = "abandoned"
 
 
 def open_storage(storage: str | None, sweep: SweepDir) -> optuna.storages.BaseStorage:
