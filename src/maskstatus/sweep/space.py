@@ -175,8 +175,8 @@ def check_config_key(key: str, where: str) -> None:
         fields = getattr(model, "model_fields", None)
         if fields is None or part not in fields:
             known = ", ".join(sorted(fields)) if fields else "none: it is not a section"
-            section = ".".join(parts[:i]) or "the config"
-            raise ConfigError(f"{where}: {key} is not a config field ({section} has {known})")
+            parent = ".".join(parts[:i]) or "the config"
+            raise ConfigError(f"{where}: {key} is not a config field ({parent} has {known})")
         annotation = fields[part].annotation
         if i == len(parts) - 1:
             return

@@ -180,6 +180,12 @@ def run_sweep(
     """
     if settings.n_trials < 1:
         raise UsageError(f"--trials must be at least 1, got {settings.n_trials}")
+    if str(base.train.devices) != "1":
+        # Every rank would report to the pruner and could disagree on stopping: one GPU per worker instead.
+        raise UsageError(
+            f"train.devices={base.train.devices}: a sweep trains each trial in one process; run one worker per "
+            "device instead (CUDA_VISIBLE_DEVICES=k maskstatus sweep ... --storage ... --study ...)"
+        )
     if not settings.cv and not base.split.holdout:
         raise UsageError("split.holdout=false leaves no held-out fold to score a trial on: sweep with holdout")
     # The pruner's steps: epochs, or with --cv the folds (a CV trial reports between folds).
@@ -232,7 +238,9 @@ class FailuresInARow:
     trial, and a sweep left overnight should say so at once rather than fail its whole budget."""
 
     def __init__(self, limit: int) -> None:
-        self.limit, self.numbers, self.stopped = limit, [], None
+        self.limit = limit
+        self.numbers: list[int] = []
+        self.stopped: str | None = None  # the last error, once the worker stopped
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.state != TrialState.FAIL or trial.user_attrs.get(ERROR_ATTR) is None:
