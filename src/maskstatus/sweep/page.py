@@ -32,6 +32,7 @@ def _save(fig: Any, sweep: SweepDir, name: str) -> None:
 
 def _history(data: dict[str, Any], sweep: SweepDir) -> str:
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows = [t for t in data["trials"] if t["value"] is not None or t["last_reported"] is not None]
     if not rows:
@@ -52,6 +53,7 @@ def _history(data: dict[str, Any], sweep: SweepDir) -> str:
             ys.append(best)
         ax.step(xs, ys, where="post", color="tab:green", label="best so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation macro F1")
     ax.set_title("optimisation history (pruned and failed: their last reported score)", fontsize=10)
     ax.legend(fontsize=8)
@@ -109,7 +111,7 @@ def _best(data: dict[str, Any], sweep: SweepDir) -> str:
     best = data["best"]
     if best is None:
         return H.note("No trial has finished yet.")
-    parts = [H.table([[k, str(v)] for k, v in best["params"].items()], ["parameter", "value"])]
+    parts = [H.table([[k, _value(v)] for k, v in best["params"].items()], ["parameter", "value"])]
     parts.append(
         H.note(
             f"Trial {best['number']}: {best['value']:.4f}, run folder {best['run_dir']}; its config "
@@ -125,6 +127,11 @@ def _best(data: dict[str, Any], sweep: SweepDir) -> str:
     return "".join(parts)
 
 
+def _value(v: Any) -> str:
+    """A drawn value as text: floats to 4 significant digits (0.30000000000000004 is 0.3)."""
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
 def _trials(data: dict[str, Any]) -> str:
     keys = sorted({k for t in data["trials"] for k in t["params"]})
     rows = []
@@ -135,9 +142,9 @@ def _trials(data: dict[str, Any]) -> str:
                 t["number"],
                 t["state"].lower(),
                 float("nan") if score is None else score,
-                *[str(t["params"].get(k, "")) for k in keys],
+                *[_value(t["params"].get(k, "")) for k in keys],
                 t["epochs_run"],
-                float("nan") if t["wall_s"] is None else t["wall_s"],
+                "" if t["wall_s"] is None else f"{t['wall_s']:.0f}",
                 t["run_dir"] or "",
             ]
         )
