@@ -53,20 +53,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fold", type=int, default=0, help="held-out fold (default 0)")
     p.add_argument("--trials", type=int, default=8, help="trials in the study (default 8)")
     p.add_argument("--epochs", type=int, default=2, help="epochs of every trial (default 2)")
-    p.add_argument("--limit-train-batches", type=int, default=60,
-                   help="training batches per epoch, at most (default 60); 0: all")
+    p.add_argument(
+        "--limit-train-batches", type=int, default=60, help="training batches per epoch, at most (default 60); 0: all"
+    )
     p.add_argument("--pruner", default="median", help="median, hyperband or none (default median)")
     p.add_argument("--prune-startup", type=int, default=2, help="trials finished before any is pruned (default 2)")
-    p.add_argument("--sampler-startup", type=int, default=4,
-                   help="trials drawn at random before TPE (default 4, the baseline included)")
+    p.add_argument(
+        "--sampler-startup",
+        type=int,
+        default=4,
+        help="trials drawn at random before TPE (default 4, the baseline included)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--boot", type=int, default=1000, help="bootstrap replicates (default 1000)")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="maskproxy folder holding train/ (default ../shared/data/maskproxy)")
-    p.add_argument("--sweep-dir", type=Path, default=REPO / "runs" / "sweeps" / "proxy-cpu-fold0",
-                   help="the sweep folder (its study.db resumes a rerun)")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "sweep-proxy-fold0.json",
-                   help="result JSON; the page, its PNGs and best.yaml go to the folder of the same name")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="maskproxy folder holding train/ (default ../shared/data/maskproxy)",
+    )
+    p.add_argument(
+        "--sweep-dir",
+        type=Path,
+        default=REPO / "runs" / "sweeps" / "proxy-cpu-fold0",
+        help="the sweep folder (its study.db resumes a rerun)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "benchmarks" / "results" / "sweep-proxy-fold0.json",
+        help="result JSON; the page, its PNGs and best.yaml go to the folder of the same name",
+    )
     p.add_argument("overrides", nargs="*", metavar="key=value", help="more overrides of the base config")
     return p.parse_args(argv)
 
@@ -75,9 +92,16 @@ def base_overrides(args: argparse.Namespace) -> list[str]:
     """The base config's overrides: the data, the fold and the per-trial budget, then the caller's."""
     limit = args.limit_train_batches or "null"
     # A disk cache in the sweep folder: the images are decoded once for all trials, not once per trial.
-    return [f"data.root={args.data}", f"split.fold={args.fold}", f"train.epochs={args.epochs}",
-            f"train.limit_train_batches={limit}", "train.progress=false", "cache.mode=disk",
-            f"cache.dir={args.sweep_dir / 'cache'}", *args.overrides]
+    return [
+        f"data.root={args.data}",
+        f"split.fold={args.fold}",
+        f"train.epochs={args.epochs}",
+        f"train.limit_train_batches={limit}",
+        "train.progress=false",
+        "cache.mode=disk",
+        f"cache.dir={args.sweep_dir / 'cache'}",
+        *args.overrides,
+    ]
 
 
 def _oof(run_dir: Path) -> pd.DataFrame:

@@ -168,11 +168,14 @@ def test_the_benchmark_writes_its_json_and_copies_the_page(demo_data, tiny_overr
 def test_the_command_refuses_a_bad_space_before_anything_is_made(tmp_path, capsys):
     from maskstatus.cli import main
 
-    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-4, high: 1.0e-2}\n"
-                             "train.no_such_key: {type: int, low: 1, high: 3}\n")
+    space = _space(
+        tmp_path,
+        "optimizer.lr: {type: log-float, low: 1.0e-4, high: 1.0e-2}\ntrain.no_such_key: {type: int, low: 1, high: 3}\n",
+    )
     out = tmp_path / "sw"
-    assert main(["sweep", "--config", str(ROOT / "configs" / "demo.yaml"), "--space", str(space),
-                 "--out", str(out)]) == 2
+    assert (
+        main(["sweep", "--config", str(ROOT / "configs" / "demo.yaml"), "--space", str(space), "--out", str(out)]) == 2
+    )
     assert "train.no_such_key is not a config field" in capsys.readouterr().err
     assert not out.exists()
 
@@ -213,15 +216,37 @@ def test_two_workers_share_one_study_and_run_every_trial_once(demo_data, tiny_ov
 
     out = tmp_path / "sw"
     store = f"journal:{tmp_path / 'study.log'}" if storage == "journal" else f"sqlite:///{tmp_path / 'study.db'}"
-    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n"
-                             "model.dropout: {type: categorical, choices: [0.0, 0.2]}\n")
-    args = ["--config", str(ROOT / "configs" / "demo.yaml"), "--space", str(space), "--out", str(out),
-            "--storage", store, "--study", "shared", "--trials", "3",
-            f"data.root={demo_data.root}", *tiny_overrides, "train.epochs=1", "train.limit_train_batches=1",
-            "train.limit_val_batches=1", "scheduler.warmup_epochs=0", f"cache.dir={tmp_path / 'cache'}"]
+    space = _space(
+        tmp_path,
+        "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n"
+        "model.dropout: {type: categorical, choices: [0.0, 0.2]}\n",
+    )
+    args = [
+        "--config",
+        str(ROOT / "configs" / "demo.yaml"),
+        "--space",
+        str(space),
+        "--out",
+        str(out),
+        "--storage",
+        store,
+        "--study",
+        "shared",
+        "--trials",
+        "3",
+        f"data.root={demo_data.root}",
+        *tiny_overrides,
+        "train.epochs=1",
+        "train.limit_train_batches=1",
+        "train.limit_val_batches=1",
+        "scheduler.warmup_epochs=0",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    workers = [subprocess.Popen(_cli_sweep(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(_cli_sweep(args), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
     logs = [w.communicate(timeout=600)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], logs
     ran = sorted(int(log.split("this worker ran ")[1].split()[0]) for log in logs)
@@ -272,12 +297,18 @@ def test_a_hopeless_trial_is_pruned_and_a_crashing_one_fails_while_the_sweep_goe
     monkeypatch.setattr(trainer, "_validate", scored)
     monkeypatch.setattr(trainer, "_train_epoch", diverging)
     space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-10, high: 10.0}\n")
-    overrides = [f"data.root={demo_data.root}", *tiny_overrides, *TINY_SWEEP, "train.limit_train_batches=1",
-                 "train.limit_val_batches=1",
-                 f"cache.dir={tmp_path / 'cache'}"]
+    overrides = [
+        f"data.root={demo_data.root}",
+        *tiny_overrides,
+        *TINY_SWEEP,
+        "train.limit_train_batches=1",
+        "train.limit_val_batches=1",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
     lrs = [3e-3, 2e-3, 5.0, 1e-9]
-    settings = SweepSettings(out=tmp_path / "sw", study="s", n_trials=len(lrs), prune_startup=2,
-                             enqueue=[{"optimizer.lr": lr} for lr in lrs])
+    settings = SweepSettings(
+        out=tmp_path / "sw", study="s", n_trials=len(lrs), prune_startup=2, enqueue=[{"optimizer.lr": lr} for lr in lrs]
+    )
     result = sweep(space, ROOT / "configs" / "demo.yaml", overrides, settings)
     trials = result.study.get_trials()
     assert all(t.params for t in trials), [(t.state.name, t.params, t.user_attrs) for t in trials]
@@ -323,15 +354,32 @@ def postgres_url():
         port = s.getsockname()[1]
     data = folder / "data"
     try:
-        subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
-                       check=True, capture_output=True)
-        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(folder / "log"), "-w", "-o",
-                        f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *run_as,
+                str(bin_dir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(folder / "log"),
+                "-w",
+                "-o",
+                f"-p {port} -k {folder} -c listen_addresses=127.0.0.1",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -339,8 +387,15 @@ def test_a_sweep_on_a_postgresql_server(demo_data, tiny_overrides, tmp_path, pos
     from maskstatus.sweep.study import SweepSettings, load_study, sweep
 
     space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n")
-    overrides = [f"data.root={demo_data.root}", *tiny_overrides, "train.epochs=1", "train.limit_train_batches=1",
-                 "train.limit_val_batches=1", "scheduler.warmup_epochs=0", f"cache.dir={tmp_path / 'cache'}"]
+    overrides = [
+        f"data.root={demo_data.root}",
+        *tiny_overrides,
+        "train.epochs=1",
+        "train.limit_train_batches=1",
+        "train.limit_val_batches=1",
+        "scheduler.warmup_epochs=0",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
     settings = SweepSettings(out=tmp_path / "sw", study="pg", n_trials=2, storage=postgres_url)
     result = sweep(space, ROOT / "configs" / "demo.yaml", overrides, settings, enqueue_base=True)
     assert result.ran == 2
@@ -351,3 +406,33 @@ def test_a_sweep_on_a_postgresql_server(demo_data, tiny_overrides, tmp_path, pos
     assert not (tmp_path / "sw" / "study.db").exists()
     assert load_study(tmp_path / "sw", postgres_url).study_name == "pg"  # the only study there
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["counts"]["COMPLETE"] == 2
+
+
+def test_with_cv_a_trial_is_a_cv_folder_scored_by_its_pooled_oof(demo_data, tiny_overrides, tmp_path):
+    from maskstatus.runs import CV_CONFIG, CV_METRICS
+    from maskstatus.sweep.study import SweepSettings, sweep
+
+    space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n")
+    overrides = [
+        f"data.root={demo_data.root}",
+        *tiny_overrides,
+        "split.folds=2",
+        "train.epochs=1",
+        "train.limit_train_batches=1",
+        "train.limit_val_batches=1",
+        "scheduler.warmup_epochs=0",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
+    result = sweep(
+        space,
+        ROOT / "configs" / "demo.yaml",
+        overrides,
+        SweepSettings(out=tmp_path / "sw", study="cv", n_trials=1, cv=True),
+    )
+    (trial,) = result.study.trials
+    folder = tmp_path / "sw" / trial.user_attrs["run_dir"]
+    assert (folder / CV_CONFIG).is_file() and folder.name.startswith("trial-0000-cv-")
+    pooled = json.loads((folder / CV_METRICS).read_text())
+    assert pooled["folds_done"] == [0, 1] and trial.value == pytest.approx(pooled["oof"]["score"])
+    assert sorted(trial.intermediate_values) == [0, 1] and trial.user_attrs["epochs_run"] == 2
+    assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["objective"].startswith("pooled out-of-fold")
