@@ -215,14 +215,22 @@ def run_sweep(
                 "study %s holds %d of its %d trials: this worker stops", settings.study, started, settings.n_trials
             )
             break
-        study.optimize(
-            objective,
-            n_trials=1,
-            # A failing trial (diverged, out of memory, a refused combination) is recorded FAILED; the sweep goes on.
-            catch=(Exception,),
-            callbacks=[write_after_trial, failures],
-            gc_after_trial=True,
-        )
+        try:
+            study.optimize(
+                objective,
+                n_trials=1,
+                # A failing trial (diverged, out of memory, a refused combination) is recorded FAILED; the sweep
+                # goes on.
+                catch=(Exception,),
+                callbacks=[write_after_trial, failures],
+                gc_after_trial=True,
+            )
+        except KeyboardInterrupt as exc:  # Optuna has recorded the trial FAILED; its run folder keeps its epochs
+            write_outputs(study, sweep)
+            raise SweepInterrupted(
+                f"the trial running is recorded FAILED; {sweep.summary} holds the rest. Run the same command "
+                "again to go on"
+            ) from exc
     write_outputs(study, sweep)
     if failures.stopped is not None:
         raise RunError(
@@ -231,6 +239,14 @@ def run_sweep(
             f"Fix the cause (see {sweep.summary}) and run the same command again to go on"
         )
     return SweepResult(sweep.root, study, objective.ran)
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl+C during a sweep; ``hint`` says what was kept and how to go on (the command line prints it)."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
 
 
 class FailuresInARow:
