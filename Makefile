@@ -19,6 +19,11 @@ $(STAMP): pyproject.toml
 	command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || \
 		echo "chromium not installed: the web page test will be skipped"
+	# The sweep's PostgreSQL test starts a throwaway server from the Debian binaries (initdb, pg_ctl); installed the
+	# same way when missing, else that test skips and says why.
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+		echo "postgresql not installed: the sweep's PostgreSQL test will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -80,6 +80,9 @@ DEFAULTS = [
     ("serve", "--read-timeout", defaults.DEFAULT_READ_TIMEOUT_S),
     ("review", "--host", defaults.DEFAULT_HOST), ("review", "--port", defaults.REVIEW_PORT),
     ("review", "--top", defaults.LABEL_ERRORS_TOP), ("review", "--min-score", defaults.LABEL_ERRORS_MIN_SCORE),
+    ("sweep", "--trials", defaults.SWEEP_TRIALS), ("sweep", "--pruner", defaults.SWEEP_PRUNER),
+    ("sweep", "--prune-startup", defaults.SWEEP_PRUNE_STARTUP), ("sweep", "--prune-warmup", defaults.SWEEP_PRUNE_WARMUP),
+    ("sweep", "--sampler-startup", defaults.SWEEP_SAMPLER_STARTUP),
 ]
 
 

@@ -188,3 +188,14 @@ def test_review_reads_a_cv_and_its_data_but_loads_no_model():
     for package in ("maskstatus.data", "maskstatus.scoring", "maskstatus.train", "maskstatus.infer",
                     "maskstatus.serve", "maskstatus.analysis"):
         assert _offenders(graph, package, ("maskstatus.review",)) == {}
+
+
+def test_sweeps_sit_above_training_and_below_the_command_line():
+    """sweep drives train (and reads runs, scoring and the report pages); nothing below it imports it."""
+    graph = import_graph()
+    assert "maskstatus.train.trainer" in graph["maskstatus.sweep.objective"]
+    below = ("maskstatus.data", "maskstatus.train", "maskstatus.infer", "maskstatus.scoring", "maskstatus.analysis",
+             "maskstatus.serve", "maskstatus.models")
+    for package in below:
+        assert _offenders(graph, package, ("maskstatus.sweep",)) == {}
+    assert _offenders(graph, "maskstatus.sweep", ("maskstatus.cli", "maskstatus.serve")) == {}

@@ -38,6 +38,8 @@ PREDICT_PRECISIONS: tuple[str, ...] = ("32-true", "bf16-mixed", "16-mixed")
 BACKENDS: tuple[str, ...] = ("torch", "onnx")
 # A run's checkpoints (best.pt, last.pt), and how an ensemble combines its members (infer.ensemble.Vote).
 CHECKPOINTS: tuple[str, ...] = ("best", "last")
+# The pruners of maskstatus sweep (sweep.study.make_pruner).
+PRUNERS: tuple[str, ...] = ("median", "hyperband", "none")
 VOTES: tuple[str, ...] = ("soft", "hard")
 # The test-time augmentations of infer.tta (predict.tta, --tta).
 TtaName = Literal["hflip", "shift"]

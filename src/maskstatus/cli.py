@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING
 # modules (torch, timm, albumentations: seconds), so a typo is answered at once (tests/test_cli_fast.py). Option
 # defaults and choices are the library's constants, from ``defaults`` and ``choices``, which import nothing heavy.
 from . import defaults
-from .choices import ACCELERATORS, BACKENDS, CHECKPOINTS, LABEL_ERROR_RANKERS, PREDICT_PRECISIONS, TTA_NAMES, VOTES
+from .choices import (
+    ACCELERATORS,
+    BACKENDS,
+    CHECKPOINTS,
+    LABEL_ERROR_RANKERS,
+    PREDICT_PRECISIONS,
+    PRUNERS,
+    TTA_NAMES,
+    VOTES,
+)
 
 if TYPE_CHECKING:
     from .config import Config
@@ -384,6 +393,170 @@ def _cmd_cv_merge(args: argparse.Namespace) -> int:
     result = merge_cvs(args.cv_dirs, args.out, move=args.move)
     _print_cv(result)
     return 0
+
+
+def _add_sweep(sub: Subparsers) -> None:
+    s = sub.add_parser(
+        "sweep",
+        help="search hyperparameters with Optuna: every trial a run folder, pruned on the per-epoch F1",
+        description="Draw values of config keys from a search-space YAML (float, log-float, int or categorical per "
+        "dotted key), train each trial as `maskstatus train` would (a run folder under SWEEP_DIR/trials/), score it "
+        "by its best validation macro F1 on the held-out fold (--cv: a CV's pooled OOF F1) and prune poor trials "
+        "epoch by epoch. Workers that name the same --storage and --study share one study; rerunning the command "
+        "resumes it. Writes SWEEP_DIR/sweep.json, the page SWEEP_DIR/index.html and SWEEP_DIR/best.yaml "
+        "(for maskstatus cv --config).",
+    )
+    s.add_argument("--config", type=Path, default=None, help="base YAML config (see configs/), as train takes it")
+    s.add_argument("--space", type=Path, default=None, metavar="FILE.yaml", help="search space (see configs/sweeps/)")
+    s.add_argument(
+        "--out", type=Path, default=None, metavar="SWEEP_DIR", help="sweep folder (default sweeps/<study name>)"
+    )
+    s.add_argument("--study", default=None, help="study name, shared by its workers (default: the space file's name)")
+    s.add_argument(
+        "--storage",
+        default=None,
+        help="where the study lives: journal:FILE (a shared filesystem; also any path ending in .log or .jsonl), "
+        "sqlite:///FILE, or a postgresql:// or mysql:// URL (several machines) (default: SWEEP_DIR/study.db)",
+    )
+    _add_sweep_budget(s)
+    _add_sweep_pruning(s)
+    s.add_argument(
+        "--page",
+        type=Path,
+        default=None,
+        metavar="SWEEP_DIR",
+        help="only write SWEEP_DIR's sweep.json, best.yaml and page again from its study (and --storage, --study)",
+    )
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base config")
+    s.set_defaults(fn=_cmd_sweep)
+
+
+def _add_sweep_budget(s: argparse.ArgumentParser) -> None:
+    """How many trials, how long, scored how, and where the sampler starts."""
+    s.add_argument(
+        "--trials",
+        type=_positive_int_arg,
+        default=defaults.SWEEP_TRIALS,
+        help="trials in the study, counting every worker's and failed ones (default %(default)s)",
+    )
+    s.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="start no new trial after this long (default: none)",
+    )
+    s.add_argument(
+        "--cv",
+        action="store_true",
+        help="score each trial by a CV of all split.folds (pooled OOF F1; "
+        "pruned between folds) instead of one held-out fold",
+    )
+    s.add_argument(
+        "--seed", type=int, default=None, help="seed of the sampler (default: random; give each worker its own)"
+    )
+    s.add_argument(
+        "--enqueue-base",
+        action="store_true",
+        help="make the base config's own values the first trial: the baseline at the sweep's budget",
+    )
+
+
+def _add_sweep_pruning(s: argparse.ArgumentParser) -> None:
+    """Which trials stop early, and when TPE takes over from random draws."""
+    s.add_argument(
+        "--pruner",
+        choices=PRUNERS,
+        default=defaults.SWEEP_PRUNER,
+        help="median: stop a trial whose epoch's F1 is below the median of earlier trials at that epoch; "
+        "hyperband; none (default %(default)s)",
+    )
+    s.add_argument(
+        "--prune-startup",
+        type=_workers_arg_int,
+        default=defaults.SWEEP_PRUNE_STARTUP,
+        help="trials that finish before any is pruned (median; default %(default)s)",
+    )
+    s.add_argument(
+        "--prune-warmup",
+        type=_workers_arg_int,
+        default=defaults.SWEEP_PRUNE_WARMUP,
+        help="epochs every trial trains before it can be pruned (default %(default)s)",
+    )
+    s.add_argument(
+        "--sampler-startup",
+        type=_workers_arg_int,
+        default=defaults.SWEEP_SAMPLER_STARTUP,
+        help="trials drawn at random before TPE models the results (default %(default)s)",
+    )
+
+
+def _workers_arg_int(text: str) -> int:
+    """A count of 0 or more."""
+    value = _workers_arg(text)
+    if not isinstance(value, int):
+        raise argparse.ArgumentTypeError(f"expected a whole number of 0 or more, got {text!r}")
+    return value
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .extras import require
+
+    require("sweep", "maskstatus sweep", ["optuna"])  # psycopg2 only for a PostgreSQL --storage
+    if args.storage and args.storage.startswith("postgres"):
+        require("sweep", "maskstatus sweep --storage postgresql://", ["psycopg2"])
+    if args.page is not None:
+        if args.config or args.space or args.overrides:
+            raise SystemExit("sweep --page takes a sweep folder (and --storage/--study) only")
+        from .runs import SweepDir
+        from .sweep.study import load_study, write_outputs
+
+        sweep_dir = SweepDir(args.page)
+        data = write_outputs(load_study(args.page, args.storage, args.study), sweep_dir)
+        _print_sweep(data, sweep_dir)
+        return 0
+    if args.config is None or args.space is None:
+        raise SystemExit("sweep: give --config FILE and --space FILE (or --page SWEEP_DIR)")
+    from .sweep.space import check_space, read_space
+
+    # The space and every value it reaches are checked before optuna and torch are imported.
+    check_space(read_space(args.space), args.config, args.overrides)
+    from .runs import SweepDir
+    from .sweep.study import SweepSettings, sweep
+
+    study = args.study or args.space.stem
+    settings = SweepSettings(
+        out=args.out or Path("sweeps") / study,
+        study=study,
+        n_trials=args.trials,
+        storage=args.storage,
+        timeout=args.timeout,
+        cv=args.cv,
+        pruner=args.pruner,
+        prune_startup=args.prune_startup,
+        prune_warmup=args.prune_warmup,
+        sampler_startup=args.sampler_startup,
+        seed=args.seed,
+    )
+    result = sweep(args.space, args.config, args.overrides, settings, enqueue_base=args.enqueue_base)
+    print(f"this worker ran {result.ran} trial(s)")
+    from .sweep.study import write_outputs
+
+    _print_sweep(write_outputs(result.study, SweepDir(result.sweep_dir)), SweepDir(result.sweep_dir))
+    return 0
+
+
+def _print_sweep(data: dict, sweep_dir) -> None:
+    c = data["counts"]
+    print(
+        f"study {data['study']}: {len(data['trials'])} trials, {c['COMPLETE']} finished, {c['PRUNED']} pruned, "
+        f"{c['FAIL']} failed, {c['RUNNING']} running"
+    )
+    best = data["best"]
+    if best is not None:
+        print(f"best: trial {best['number']} {best['value']:.4f} ({' '.join(best['param_overrides'])})")
+        print(f"best config: {sweep_dir.best}  (maskstatus cv --config {sweep_dir.best})")
+    print(f"sweep page: {sweep_dir.page}")
 
 
 def _add_predict(sub: Subparsers) -> None:
@@ -1218,6 +1391,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     _add_train,
     _add_cv,
     _add_cv_merge,
+    _add_sweep,
     _add_predict,
     _add_export,
     _add_ensemble,

@@ -47,6 +47,24 @@ LABEL_ERRORS_RANKER = "confidence"
 # tune-age: grid step of the age cut points, in years.
 AGE_CUT_STEP = 0.5
 
+# ---- sweeps
+# Optuna's RDB heartbeat: a worker records one every SWEEP_HEARTBEAT_S seconds, and a RUNNING trial silent for
+# SWEEP_GRACE_S is failed by the next worker to start a trial (a killed worker's).
+SWEEP_HEARTBEAT_S = 60
+SWEEP_GRACE_S = 180
+# Seconds a worker waits for another's write to a shared SQLite file before the write fails.
+SWEEP_SQLITE_TIMEOUT_S = 60
+# A worker stops when this many of its trials in a row fail (a broken base config or data fails them all).
+SWEEP_MAX_FAILS_IN_A_ROW = 3
+SWEEP_PRUNER = "median"
+SWEEP_TRIALS = 20
+# Trials that finish before the median pruner judges any (it needs others to compare with), and epochs a trial
+# always trains before it can be pruned.
+SWEEP_PRUNE_STARTUP = 2
+SWEEP_PRUNE_WARMUP = 0
+# Trials drawn at random before TPE models the results (Optuna's default).
+SWEEP_SAMPLER_STARTUP = 10
+
 # ---- reports
 EDA_PAGE = "eda.html"
 

@@ -28,6 +28,14 @@ A CV folder holds one run folder per fold, and at its top:
 
 The default MLflow store (tracking.backends: mlflow) is ``<output_dir>/mlruns``, beside the runs.
 
+A sweep folder (``maskstatus sweep``) holds one run (or CV) folder per trial:
+
+    <sweep>/study.db             the Optuna study (the default storage)
+    <sweep>/trials/              trial-0000-<timestamp>/, ... each an ordinary run or CV folder
+    <sweep>/sweep.json           every trial: state, values, score, run folder, epochs, wall time
+    <sweep>/index.html, plots/   the sweep page and its pictures
+    <sweep>/best.yaml            the base config with the best trial's values (for ``maskstatus cv``)
+
 Every file name of the layout is named here, and only here; this module imports no torch (the command line
 reads run folders before it imports torch).
 """
@@ -70,6 +78,13 @@ REVIEW_DECISIONS = "decisions.json"
 REVIEW_RELABEL = "relabel.csv"
 TRACKING = "tracking.json"  # <run>/tracking.json: the tracking backends' run ids
 MLRUNS = "mlruns"  # <output_dir>/mlruns: the default MLflow file store
+# A sweep folder (maskstatus sweep): its study database, trial folders, summary, page and best config.
+SWEEP_DATABASE = "study.db"
+SWEEP_TRIALS = "trials"
+SWEEP_SUMMARY = "sweep.json"
+SWEEP_PAGE = "index.html"
+SWEEP_BEST = "best.yaml"
+SWEEP_PLOTS = "plots"
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,38 @@ class RunDir:
         for p in self.folders():
             p.mkdir(parents=True, exist_ok=True)
         return self
+
+
+@dataclass(frozen=True)
+class SweepDir:
+    """A sweep folder: ``study.db`` (the default storage), ``trials/`` (one run or CV folder per trial),
+    ``sweep.json``, ``index.html`` with its ``plots/``, and ``best.yaml`` (the best trial's config)."""
+
+    root: Path
+
+    @property
+    def database(self) -> Path:
+        return self.root / SWEEP_DATABASE
+
+    @property
+    def trials(self) -> Path:
+        return self.root / SWEEP_TRIALS
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SWEEP_SUMMARY
+
+    @property
+    def page(self) -> Path:
+        return self.root / SWEEP_PAGE
+
+    @property
+    def best(self) -> Path:
+        return self.root / SWEEP_BEST
+
+    @property
+    def plots(self) -> Path:
+        return self.root / SWEEP_PLOTS
 
 
 def new_run_dir(output_dir: Path, name: str) -> RunDir:

@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -163,8 +164,16 @@ def _write_oof(
     atomic_write_csv(oof, run.oof, float_format="%.6f")
 
 
-def train(cfg: Config, resume: Path | str | None = None) -> TrainResult:
-    """Train one fold as configured; with `resume`, continue that run from its last checkpoint."""
+EpochHook = Callable[[int, dict[str, Any]], None]
+
+
+def train(cfg: Config, resume: Path | str | None = None, on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train one fold as configured; with `resume`, continue that run from its last checkpoint.
+
+    ``on_epoch(epoch, row)`` is called on every rank after each epoch is saved, with its metrics.csv row (a
+    sweep reports the validation F1 to its pruner there). An exception it raises stops training: the run
+    keeps its last.pt, as after an interruption, and the exception reaches the caller.
+    """
     if resume is not None:
         run = open_run_dir(resume)
         cfg = _resume_config(run, cfg)
@@ -173,7 +182,9 @@ def train(cfg: Config, resume: Path | str | None = None) -> TrainResult:
     cfg = check_backends(cfg)  # a tracking backend missing or out of reach stops the run here, with nothing written
     fabric = make_fabric(cfg, loggers=[RunTracker(cfg.tracking)])
     # A partial, not extra launch arguments: Fabric types the launched function as taking the Fabric only.
-    return fabric.launch(partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None))
+    return fabric.launch(
+        partial(_train, cfg=cfg, resume=str(resume) if resume is not None else None, on_epoch=on_epoch)
+    )
 
 
 def make_fabric(cfg: Config, loggers: list[Logger] | None = None) -> Fabric:
@@ -258,7 +269,7 @@ def _resume_schedule(scheduler, optimizer, state: dict[str, Any], history: list[
         )
 
 
-def _train(fabric: Fabric, cfg: Config, resume: str | None) -> TrainResult:
+def _train(fabric: Fabric, cfg: Config, resume: str | None, on_epoch: EpochHook | None = None) -> TrainResult:
     fabric.seed_everything(cfg.seed)
     # Everything that can fail on a bad config, data or folds file runs before the run folder is made
     # (or a resumed run's config rewritten), so a failed start leaves nothing behind.
@@ -274,13 +285,16 @@ def _train(fabric: Fabric, cfg: Config, resume: str | None) -> TrainResult:
     progress = _restore(cfg, parts, data, run)
     saver = EpochSaver(fabric, run, cfg, data.table, resumed=data.resume_state is not None)
     try:
-        epoch = _run_epochs(fabric, cfg, data, parts, progress, saver)
+        epoch = _run_epochs(fabric, cfg, data, parts, progress, saver, on_epoch)
     except KeyboardInterrupt as exc:
         saver.abort()
         raise TrainingInterrupted(f"during training; {resume_hint(run.root)}") from exc
     except NonFiniteLoss as exc:
         saver.abort()
         raise RunError(_diverged_message(exc, run)) from None
+    except Exception:  # raised by on_epoch (a pruned sweep trial): the epochs saved stay a resumable run
+        saver.abort()
+        raise
     saver.close(progress)
     return TrainResult(
         run.root, progress.best_score, progress.best_epoch, epoch + 1, progress.history, fabric.is_global_zero
@@ -328,7 +342,13 @@ def _diverged_message(exc: NonFiniteLoss, run: RunDir) -> str:
 
 
 def _run_epochs(
-    fabric: Fabric, cfg: Config, data: TrainData, parts: TrainParts, progress: Progress, saver: EpochSaver
+    fabric: Fabric,
+    cfg: Config,
+    data: TrainData,
+    parts: TrainParts,
+    progress: Progress,
+    saver: EpochSaver,
+    on_epoch: EpochHook | None = None,
 ) -> int:
     """Train, validate and save each epoch from the start epoch on; returns the last epoch run."""
     epoch = progress.start_epoch - 1
@@ -358,6 +378,8 @@ def _run_epochs(
         )
         saver.save(epoch, parts, progress, val, improved)
         _log_epoch(epoch, train_loss, val, improved)
+        if on_epoch is not None:
+            on_epoch(epoch, progress.history[-1])
         fabric.barrier()
         if cfg.train.early_stopping_patience and progress.stale >= cfg.train.early_stopping_patience:
             logger.info("early stop: no macro-F1 gain for %d epochs", progress.stale)
