@@ -65,9 +65,14 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_same_run(cfg: Config, run: RunDir) -> None:
     """Refuse to report a run trained with another config than the one named: the row would lie."""
     mine, theirs = _flat(config_to_dict(cfg)), _flat(config_to_dict(load_config(run.config)))
-    # Where the data, runs and cache live, and the name, do not change what is measured.
+    # Where the data, runs and cache live, the name, and where the run was logged (tracking: a CV names
+    # its group) do not change what is measured.
     ignored = {"data.root", "output_dir", "cache.dir", "name", "train.progress"}
-    differ = sorted(k for k in (set(mine) | set(theirs)) - ignored if mine.get(k) != theirs.get(k))
+    differ = sorted(
+        k
+        for k in (set(mine) | set(theirs)) - ignored
+        if not k.startswith("tracking.") and mine.get(k) != theirs.get(k)
+    )
     folds = [d.get("split.folds_file") for d in (mine, theirs)]
     if "split.folds_file" in differ and all(folds) and Path(folds[0]).read_bytes() == Path(folds[1]).read_bytes():
         differ.remove("split.folds_file")  # a CV copies the folds file into its folder: the same folds
