@@ -522,6 +522,21 @@ def _label_error_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     return table
 
 
+def _sweep_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    rows = []
+    for name, d in results:
+        counts, epochs, vs = d.get("counts") or {}, d.get("epochs") or {}, d.get("best_vs_baseline") or {}
+        best, base = vs.get("best") or {}, vs.get("baseline") or {}
+        trials = ", ".join(f"{n} {state.lower()}" for state, n in sorted(counts.items()))
+        saved = f"{epochs.get('saved_by_pruning', '—')} of {epochs.get('if_none_pruned', '—')}"
+        rows.append([_file(name), _code(str(d.get("config", "?"))), f"fold {d.get('fold', '?')}", trials, saved,
+                     _f1(base.get("oof_f1"), base.get("oof_f1_ci")), _f1(best.get("oof_f1"), best.get("oof_f1_ci")),
+                     _gain(vs.get("f1_gain"), vs.get("f1_gain_ci")), _beyond_noise(vs.get("f1_gain_ci")),
+                     _minutes(d.get("wall_s")), _machine(d), _commit(d)])
+    return _table(["file", "base config", "scored on", "trials", "epochs saved by pruning", "baseline F1 [90 % CI]",
+                   "best trial F1", "paired gain", "verdict", "wall min", "machine", "commit"], rows)
+
+
 def _quantize_rows(results: list[tuple[str, dict[str, Any]]]) -> list[str]:
     rows = []
     for name, d in results:
@@ -628,6 +643,13 @@ STUDIES: list[tuple[str, str, str, Callable[[list[tuple[str, dict[str, Any]]]], 
      "the mean over the draws, in brackets the central 90 % of the draws; files from before the rankers measured "
      "the confidence ranker. The default ranker is the one with the highest pooled recall here.",
      _label_error_rows),
+    ("sweep.py", "A small hyperparameter sweep",
+     "`benchmarks/sweep.py` runs `maskstatus sweep` on one proxy fold at a small budget (a few epochs of limited "
+     "batches per trial) with the median pruner, the base config's own values enqueued as trial 0, and compares "
+     "the best trial with that baseline on the same held-out people. The best trial is chosen on the fold it is "
+     "scored on, so its gain is optimistic even when beyond noise: confirm it with `maskstatus cv --config "
+     "best.yaml`. The sweep page and `best.yaml` lie beside the JSON, in the folder of the same name.",
+     _sweep_rows),
     ("predict_cpu.py", "Prediction speed on a CPU",
      "`benchmarks/predict_cpu.py` predicts the eval images of the proxy data with PyTorch (float32 and bfloat16) "
      "and with the ONNX export under ONNX Runtime, end to end (decoding included), and checks that the answers "
