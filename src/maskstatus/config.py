@@ -719,6 +719,18 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
     return cfg.model_dump(mode="json")
 
 
+def flat_config(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict (``config_to_dict``) as dotted keys: ``{"train.epochs": 3, ...}``; lists and empty sections stay
+    values. The one spelling of keys that comparisons (cv merge, sweep workers) and tracking parameters share."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def save_config(cfg: Config, path: Path) -> None:
     from .runs import atomic_write_text
 

@@ -18,7 +18,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from ..config import Config, ConfigError, apply_overrides, config_to_dict
+from ..config import Config, ConfigError, apply_overrides, config_to_dict, flat_config
 from ..errors import UsageError
 from ..runs import SweepDir, atomic_write_text
 from .objective import (
@@ -61,10 +61,11 @@ def record_base(study: optuna.Study, base: Config, max_steps: int, objective: st
         study.set_user_attr(MAX_STEPS_ATTR, max_steps)
         study.set_user_attr(OBJECTIVE_ATTR, objective)
         return
+    flat_mine, flat_theirs = flat_config(mine), flat_config(theirs)
     differ = sorted(
         k
-        for k in set(_flat(mine)) | set(_flat(theirs))
-        if k not in MACHINE_KEYS and _flat(mine).get(k) != _flat(theirs).get(k)
+        for k in flat_mine.keys() | flat_theirs.keys()
+        if k not in MACHINE_KEYS and flat_mine.get(k) != flat_theirs.get(k)
     )
     if differ:
         raise UsageError(
@@ -76,16 +77,6 @@ def record_base(study: optuna.Study, base: Config, max_steps: int, objective: st
             f"study {study.study_name} scores trials by {study.user_attrs.get(OBJECTIVE_ATTR)!r}, "
             f"not {objective!r}: give the same --cv as its other workers, or another --study"
         )
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _number(x: float | None) -> float | None:

@@ -23,7 +23,7 @@ from typing import Any
 from lightning_fabric.loggers import Logger
 from lightning_fabric.utilities.rank_zero import rank_zero_only
 
-from ..config import Config, TrackingBackend, TrackingConfig, config_to_dict
+from ..config import Config, TrackingBackend, TrackingConfig, config_to_dict, flat_config
 from ..errors import RunError
 from ..runs import RunDir, atomic_write_text
 from ..scoring.oof import read_oof
@@ -57,18 +57,11 @@ def check_backends(cfg: Config) -> Config:
 
 def flat_params(cfg: Config) -> dict[str, Any]:
     """The resolved config as dotted keys (``train.epochs``), lists and nulls as text, plus the code's commit."""
-    params: dict[str, Any] = {}
-
-    def walk(node: Any, prefix: str) -> None:
-        if isinstance(node, dict) and node:
-            for k, v in node.items():
-                walk(v, f"{prefix}.{k}" if prefix else str(k))
-        elif isinstance(node, (bool, int, float, str)):
-            params[prefix] = node
-        else:  # lists, empty sections and nulls: every backend takes a string
-            params[prefix] = json.dumps(node)
-
-    walk(config_to_dict(cfg), "")
+    # Lists, empty sections and nulls as JSON text: every backend takes a string.
+    params = {
+        k: v if isinstance(v, (bool, int, float, str)) else json.dumps(v)
+        for k, v in flat_config(config_to_dict(cfg)).items()
+    }
     commit = git_commit()
     if commit is not None:
         params["git_commit"] = commit

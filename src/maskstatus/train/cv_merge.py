@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, flat_config, load_config
 from ..errors import RunError, UsageError
 from ..outputs import check_writable
 from ..runs import CV_CONFIG, FOLDS, RunDir
@@ -55,23 +55,13 @@ def config_differences(a: Config, b: Config, ignore: Sequence[str] = tuple(MAY_D
 
     A key of ``ignore`` that names a section ignores every key under it.
     """
-    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
+    flat_a, flat_b = flat_config(a.model_dump(mode="json")), flat_config(b.model_dump(mode="json"))
     sections = tuple(f"{key}." for key in ignore)
     return [
         (key, flat_a.get(key), flat_b.get(key))
         for key in sorted(flat_a.keys() | flat_b.keys())
         if key not in ignore and not key.startswith(sections) and flat_a.get(key) != flat_b.get(key)
     ]
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _describe(differences: list[tuple[str, Any, Any]], first: Path, other: Path) -> str:
