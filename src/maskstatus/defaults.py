@@ -54,6 +54,7 @@ SWEEP_HEARTBEAT_S = 60
 SWEEP_GRACE_S = 180
 # Seconds a worker waits for another's write to a shared SQLite file before the write fails.
 SWEEP_SQLITE_TIMEOUT_S = 60
+SWEEP_STORAGE_RETRY_S = 2  # a worker that lost the race to create a new study database's tables tries again after
 # A worker stops when this many of its trials in a row fail (a broken base config or data fails them all).
 SWEEP_MAX_FAILS_IN_A_ROW = 3
 SWEEP_PRUNER = "median"

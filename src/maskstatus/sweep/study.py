@@ -17,6 +17,7 @@ import socket
 import time
 import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from ..defaults import (
     SWEEP_PRUNER,
     SWEEP_SAMPLER_STARTUP,
     SWEEP_SQLITE_TIMEOUT_S,
+    SWEEP_STORAGE_RETRY_S,
 )
 from ..errors import RunError, UsageError
 from ..runs import SweepDir
@@ -89,14 +91,34 @@ def open_storage(storage: str | None, sweep: SweepDir) -> optuna.storages.BaseSt
     if storage.startswith("sqlite://"):
         # Two workers on one SQLite file wait for each other's writes instead of failing at once.
         engine = {"connect_args": {"timeout": SWEEP_SQLITE_TIMEOUT_S}}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.9: a warning per worker
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                storage, engine_kwargs=engine, heartbeat_interval=SWEEP_HEARTBEAT_S, grace_period=SWEEP_GRACE_S
-            )
-    except Exception as exc:  # SQLAlchemy's OperationalError, a missing driver...: the user's URL or server
-        raise UsageError(f"--storage {_hide_password(storage)}: cannot open the study storage: {exc}") from None
+    # Workers started at once on a new database would each create its tables (and SQLite refuses the second
+    # writer): on SQLite they take turns through a lock file beside the database; on a server the loser of the
+    # race tries once more, when the tables exist.
+    with _sqlite_lock(storage):
+        for attempt in (1, 2):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna: a warning per worker
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    return optuna.storages.RDBStorage(
+                        storage, engine_kwargs=engine, heartbeat_interval=SWEEP_HEARTBEAT_S, grace_period=SWEEP_GRACE_S
+                    )
+            except Exception as exc:  # SQLAlchemy's OperationalError, a missing driver...: the user's URL or server
+                if attempt == 2 or isinstance(exc, ImportError):
+                    raise UsageError(
+                        f"--storage {_hide_password(storage)}: cannot open the study storage: {exc}"
+                    ) from None
+                time.sleep(SWEEP_STORAGE_RETRY_S)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _sqlite_lock(storage: str) -> AbstractContextManager[Any]:
+    """A file lock beside a SQLite database (``sqlite:///PATH``); nothing to lock for a server."""
+    path = storage.removeprefix("sqlite:///") if storage.startswith("sqlite:///") else ""
+    if not path or path == ":memory:":
+        return nullcontext()
+    from filelock import FileLock
+
+    return FileLock(f"{path}.lock")
 
 
 def _hide_password(url: str) -> str:
