@@ -8,17 +8,14 @@ Only looks: it opens the page at its first open suspect and decides nothing.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-from playwright.sync_api import sync_playwright
+from browser import chromium_page, find_chromium
 
 from maskstatus.review.app import open_review
 from maskstatus.serve.app import running_server
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "images" / "review.png"
 
 
@@ -31,24 +28,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=1360)
     p.add_argument("--height", type=int, default=660)
     args = p.parse_args(argv)
-    chromium = shutil.which("chromium")
-    if chromium is None:
-        raise SystemExit("no chromium on PATH (apt-get install chromium)")
+    chromium = find_chromium()
     app, _, _ = open_review(args.cv, data_root=args.data_root)
-    with running_server(app) as url, sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": args.width, "height": args.height})
-            page.goto(url + "/")
-            page.wait_for_selector("body[data-state=ready]", timeout=60_000)
-            if args.task:
-                page.select_option("#task-filter", args.task)
-            # Every photo loaded before the picture is taken.
-            page.wait_for_function("[...document.images].every((i) => i.complete && i.naturalWidth > 0)")
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=args.out)
-        finally:
-            browser.close()
+    with running_server(app) as url, chromium_page(chromium, url, args.width, args.height) as page:
+        page.wait_for_selector("body[data-state=ready]", timeout=60_000)
+        if args.task:
+            page.select_option("#task-filter", args.task)
+        # Every photo loaded before the picture is taken.
+        page.wait_for_function("[...document.images].every((i) => i.complete && i.naturalWidth > 0)")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=args.out)
     print(args.out)
     return 0
 
