@@ -65,10 +65,9 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b"")
 
 
-def uneven_oof(people: int = 40, seed: int = 0) -> pd.DataFrame:
-    """Clean labels; the model is surer of some classes than others (which moves confident learning's
-    thresholds) and of some people than others (so clean people compete with planted errors)."""
-    rng = np.random.default_rng(seed)
+def clean_oof_rows(people: int, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """An OOF table's rows with clean labels (every photo of ``people`` people, folds i % 5, no probabilities yet),
+    each row's true (mask, gender, age) codes and its person's number."""
     rows, truth, person = [], [], []
     for i in range(people):
         gender, age = int(rng.integers(2)), int(rng.integers(3))
@@ -78,12 +77,25 @@ def uneven_oof(people: int = 40, seed: int = 0) -> pd.DataFrame:
             truth.append((mask, gender, age))
             person.append(i)
     table = pd.DataFrame(rows, columns=["person_id", "stem", "image_path", "label", "fold"])
+    return table, np.array(truth), np.array(person)
+
+
+def with_task_probs(table: pd.DataFrame, task_probs: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The table with the 18 class probabilities made of per-task probabilities."""
+    return pd.concat([table, pd.DataFrame(combine_task_probs(task_probs), columns=PROB_COLUMNS)], axis=1)
+
+
+def uneven_oof(people: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Clean labels; the model is surer of some classes than others (which moves confident learning's
+    thresholds) and of some people than others (so clean people compete with planted errors)."""
+    rng = np.random.default_rng(seed)
+    table, truth, person = clean_oof_rows(people, rng)
     sure = {"mask": [0.95, 0.6, 0.8], "gender": [0.95, 0.6], "age": [0.9, 0.45, 0.7]}
     factor = rng.uniform(0.05, 1.0, size=people)[person]
     task_probs = {}
-    for t, codes in zip(("mask", "gender", "age"), np.array(truth).T):
+    for t, codes in zip(("mask", "gender", "age"), truth.T):
         c = np.array(sure[t])[codes] * factor
         probs = rng.dirichlet(np.ones(TASKS[t]), size=len(codes)) * (1 - c)[:, None]
         probs[np.arange(len(codes)), codes] += c
         task_probs[t] = probs
-    return pd.concat([table, pd.DataFrame(combine_task_probs(task_probs), columns=PROB_COLUMNS)], axis=1)
+    return with_task_probs(table, task_probs)

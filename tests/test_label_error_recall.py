@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
-from data_builders import uneven_oof
+from data_builders import clean_oof_rows, uneven_oof, with_task_probs
 
 from maskstatus.scoring.label_error_recall import (
     compare_rankers,
@@ -15,27 +15,19 @@ from functools import partial
 
 from maskstatus.scoring.label_errors import find_label_errors, score_people
 from maskstatus.errors import UsageError
-from maskstatus.labels import IMAGE_STEMS, PROB_COLUMNS, STEM_TO_MASK, TASKS, combine_task_probs, decode, encode
+from maskstatus.labels import PROB_COLUMNS, TASKS, decode
 
 
 def _oof(people: int = 30, confidence: float = 0.97, seed: int = 0) -> pd.DataFrame:
     """Clean labels; each photo's prediction puts ``confidence`` on its true label (uniform when 1/k)."""
-    rng = np.random.default_rng(seed)
-    rows, truth = [], []
-    for i in range(people):
-        gender, age = int(rng.integers(2)), int(rng.integers(3))
-        for stem in IMAGE_STEMS:
-            mask = STEM_TO_MASK[stem]
-            rows.append((f"{i:06d}", stem, f"/d/{i:06d}/{stem}.jpg", encode(mask, gender, age), i % 5))
-            truth.append((mask, gender, age))
-    table = pd.DataFrame(rows, columns=["person_id", "stem", "image_path", "label", "fold"])
+    table, truth, _ = clean_oof_rows(people, np.random.default_rng(seed))
     task_probs = {}
-    for t, codes in zip(("mask", "gender", "age"), np.array(truth).T):
+    for t, codes in zip(("mask", "gender", "age"), truth.T):
         k = TASKS[t]
         probs = np.full((len(codes), k), (1 - confidence) / (k - 1))
         probs[np.arange(len(codes)), codes] = confidence
         task_probs[t] = probs
-    return pd.concat([table, pd.DataFrame(combine_task_probs(task_probs), columns=PROB_COLUMNS)], axis=1)
+    return with_task_probs(table, task_probs)
 
 
 def test_inject_changes_only_the_planted_labels():
