@@ -203,6 +203,19 @@ def test_a_worker_killed_on_this_machine_leaves_a_trial_the_next_run_fails(tmp_p
         assert "ended without it" in study.get_trials()[0].user_attrs["abandoned"]
 
 
+def _one_batch(demo_data, tiny_overrides: list[str], tmp_path: Path) -> list[str]:
+    """Overrides of the tiny config for trials of one epoch of one batch (the sweep's plumbing, not its learning)."""
+    return [
+        f"data.root={demo_data.root}",
+        *tiny_overrides,
+        "train.epochs=1",
+        "train.limit_train_batches=1",
+        "train.limit_val_batches=1",
+        "scheduler.warmup_epochs=0",
+        f"cache.dir={tmp_path / 'cache'}",
+    ]
+
+
 def _cli_sweep(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "maskstatus.cli", "-q", "sweep", *args]
 
@@ -234,13 +247,7 @@ def test_two_workers_share_one_study_and_run_every_trial_once(demo_data, tiny_ov
         "shared",
         "--trials",
         "3",
-        f"data.root={demo_data.root}",
-        *tiny_overrides,
-        "train.epochs=1",
-        "train.limit_train_batches=1",
-        "train.limit_val_batches=1",
-        "scheduler.warmup_epochs=0",
-        f"cache.dir={tmp_path / 'cache'}",
+        *_one_batch(demo_data, tiny_overrides, tmp_path),
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     workers = [
@@ -387,15 +394,7 @@ def test_a_sweep_on_a_postgresql_server(demo_data, tiny_overrides, tmp_path, pos
     from maskstatus.sweep.study import SweepSettings, load_study, sweep
 
     space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n")
-    overrides = [
-        f"data.root={demo_data.root}",
-        *tiny_overrides,
-        "train.epochs=1",
-        "train.limit_train_batches=1",
-        "train.limit_val_batches=1",
-        "scheduler.warmup_epochs=0",
-        f"cache.dir={tmp_path / 'cache'}",
-    ]
+    overrides = _one_batch(demo_data, tiny_overrides, tmp_path)
     settings = SweepSettings(out=tmp_path / "sw", study="pg", n_trials=2, storage=postgres_url)
     result = sweep(space, ROOT / "configs" / "demo.yaml", overrides, settings, enqueue_base=True)
     assert result.ran == 2
@@ -413,16 +412,7 @@ def test_with_cv_a_trial_is_a_cv_folder_scored_by_its_pooled_oof(demo_data, tiny
     from maskstatus.sweep.study import SweepSettings, sweep
 
     space = _space(tmp_path, "optimizer.lr: {type: log-float, low: 1.0e-3, high: 1.0e-2}\n")
-    overrides = [
-        f"data.root={demo_data.root}",
-        *tiny_overrides,
-        "split.folds=2",
-        "train.epochs=1",
-        "train.limit_train_batches=1",
-        "train.limit_val_batches=1",
-        "scheduler.warmup_epochs=0",
-        f"cache.dir={tmp_path / 'cache'}",
-    ]
+    overrides = [*_one_batch(demo_data, tiny_overrides, tmp_path), "split.folds=2"]
     result = sweep(
         space,
         ROOT / "configs" / "demo.yaml",
